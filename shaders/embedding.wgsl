@@ -1,0 +1,37 @@
+// out[t] = row ids[t] of the embedding table, dequantized. Concatenated after
+// a weights_{format}.wgsl file that provides weight_block(). One invocation
+// per (token, 32-column block). Ids past the table give a zero row (the host
+// validates ids; this only keeps the read in bounds).
+
+struct Params {
+    rows: u32,    // vocabulary size
+    cols: u32,    // hidden size (multiple of 32)
+    tokens: u32,  // T
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;            // [T]
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>; // [T, cols / 4]
+
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let blocks = p.cols / 32u;
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    let t = i / blocks;
+    let j = i % blocks;
+    if (t >= p.tokens) {
+        return;
+    }
+    let id = ids[t];
+    var w: array<vec4<f32>, 8>;
+    if (id < p.rows) {
+        w = weight_block(id * blocks + j);
+    }
+    for (var k = 0u; k < 8u; k++) {
+        out[t * blocks * 8u + j * 8u + k] = w[k];
+    }
+}

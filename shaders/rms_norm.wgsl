@@ -1,0 +1,44 @@
+// y = w * x * rsqrt(mean(x^2) + eps), row by row, in f32 (HF Phi3RMSNorm).
+
+struct Params {
+    rows: u32,  // T
+    cols: u32,  // D
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // [T, D]
+@group(0) @binding(2) var<storage, read> w: array<f32>;          // [D]
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // [T, D]
+
+override WG: u32 = 256u;  // a power of two
+
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let row = flat_workgroup(wid, nwg);
+    if (row >= p.rows) {
+        return;  // uniform per workgroup
+    }
+    let base = row * p.cols;
+    var sum = 0.0;
+    for (var i = lid; i < p.cols; i += WG) {
+        let v = x[base + i];
+        sum += v * v;
+    }
+    partial[lid] = sum;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let scale = inverseSqrt(partial[0] / f32(p.cols) + p.eps);
+    for (var i = lid; i < p.cols; i += WG) {
+        y[base + i] = w[i] * (x[base + i] * scale);
+    }
+}

@@ -1,0 +1,54 @@
+// Rotary position embedding, NeoX style (rotate_half), in place, on the first
+// rot_dim dims of each head; the rest pass through. Frequencies come from the
+// host (inv_freq, already divided by any LongRoPE factor); cos and sin are
+// both multiplied by attn_factor (LongRoPE's attention scaling; 1 otherwise).
+// Works on a fused QKV buffer: heads start at `offset` in rows of `row_stride`.
+
+struct Params {
+    tokens: u32,      // T
+    heads: u32,       // heads to rotate
+    head_dim: u32,
+    rot_dim: u32,     // even, <= head_dim
+    row_stride: u32,  // floats per token in x
+    offset: u32,      // float offset of head 0 within a token's row
+    attn_factor: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;                    // token t sits at position step.pos + t
+@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // [rot_dim / 2]
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;     // [T, row_stride]
+
+override WG: u32 = 64u;
+
+// 2*pi split so that k * TWO_PI_HI is exact for k < 2^16 (Cody-Waite): angles
+// reach ~1e5 rad at long context, far outside where sin/cos are accurate.
+const TWO_PI_HI: f32 = 6.28125;
+const TWO_PI_LO: f32 = 0.0019353071795864769;
+const INV_TWO_PI: f32 = 0.15915494309189535;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let half_rot = p.rot_dim / 2u;
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    if (i >= p.tokens * p.heads * half_rot) {
+        return;
+    }
+    let k = i % half_rot;
+    let h = (i / half_rot) % p.heads;
+    let t = i / (half_rot * p.heads);
+
+    let angle = f32(step.pos + t) * inv_freq[k];  // rounded to f32 as in HF
+    let turns = round(angle * INV_TWO_PI);
+    let r = (angle - turns * TWO_PI_HI) - turns * TWO_PI_LO;
+    let c = cos(r) * p.attn_factor;
+    let s = sin(r) * p.attn_factor;
+
+    let base = t * p.row_stride + p.offset + h * p.head_dim;
+    let x1 = x[base + k];
+    let x2 = x[base + k + half_rot];
+    x[base + k] = x1 * c - x2 * s;
+    x[base + k + half_rot] = x2 * c + x1 * s;
+}

@@ -1,0 +1,19 @@
+// q4_1 weights (GGUF block_q4_1 split in two arrays): W [rows, cols], blocks of
+// 32 columns, value = q * d + m.
+@group(0) @binding(10) var<storage, read> w_nibbles: array<vec4<u32>>;  // [rows * cols / 32] 16 bytes a block: byte j = element j (low nibble) | element j + 16 (high nibble)
+@group(0) @binding(11) var<storage, read> w_scales: array<u32>;         // [rows * cols / 32] pack2x16float(d, m), one u32 a block
+
+// The 32 values of block b; out[i] holds columns 4i .. 4i+3 of the block.
+fn weight_block(b: u32) -> array<vec4<f32>, 8> {
+    let q = w_nibbles[b];
+    let dm = unpack2x16float(w_scales[b]);
+    var out: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 4u; i++) {
+        let word = q[i];
+        let lo = vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(15u);
+        let hi = vec4<u32>(word >> 4u, word >> 12u, word >> 20u, word >> 28u) & vec4<u32>(15u);
+        out[i] = vec4<f32>(lo) * dm.x + dm.y;
+        out[i + 4u] = vec4<f32>(hi) * dm.x + dm.y;
+    }
+    return out;
+}

@@ -1,0 +1,46 @@
+//! The one error type of phi-web. Every variant names what it is about (the
+//! tensor, the limit, the shape) so that a message reaching JavaScript is
+//! something a person can act on.
+
+/// Everything that can go wrong in phi-web.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no GPU adapter found ({backends}); on Debian/Ubuntu install the CPU Vulkan driver: apt-get install mesa-vulkan-drivers libvulkan1; in a browser, WebGPU must be enabled")]
+    NoAdapter { backends: String },
+
+    #[error("the GPU device could not be created on {adapter}: {message}")]
+    DeviceRequest { adapter: String, message: String },
+
+    #[error("the GPU device was lost ({reason}): {message}; create the engine again")]
+    DeviceLost { reason: String, message: String },
+
+    #[error("GPU error in {context}: {message}")]
+    Gpu { context: String, message: String },
+
+    #[error("{what} needs {needed} bytes but this GPU allows at most {limit} ({limit_name})")]
+    GpuLimit { what: String, needed: u64, limit: u64, limit_name: &'static str },
+
+    #[error("shader {shader} failed to compile: {message}")]
+    Shader { shader: String, message: String },
+
+    #[error("reading back {what} from the GPU failed: {message}")]
+    Readback { what: String, message: String },
+
+    #[error("{op}: {message}")]
+    Shape { op: &'static str, message: String },
+
+    #[error("{format} data for {what}: {message}")]
+    Quant { format: &'static str, what: String, message: String },
+}
+
+/// phi-web's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shape check helper: `ensure_shape(cond, "matvec", || format!(...))`.
+pub(crate) fn ensure_shape(ok: bool, op: &'static str, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Shape { op, message: message() })
+    }
+}

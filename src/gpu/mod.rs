@@ -1,0 +1,113 @@
+//! The GPU layer: device negotiation ([`Gpu`]), weight matrices in the kernel
+//! layout ([`Matrix`]), and one typed function per WGSL kernel ([`Kernels`]),
+//! each returning a [`Dispatch`] that can be recorded once and replayed.
+
+mod context;
+mod kernels;
+
+pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions};
+pub use kernels::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, Kernels, RopeShape};
+
+use crate::error::{ensure_shape, Result};
+use crate::quant::{self, GpuLayout, WeightFormat};
+
+/// One kernel launch with its bindings: replayable, because per-step values
+/// (the position) live in a `Step` buffer rather than in the bind group.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pub label: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// The WGSL `Step` struct (common.wgsl): state written once per submit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    /// Position of the first token of the batch.
+    pub pos: u32,
+    pub _pad: [u32; 3],
+}
+
+impl Gpu {
+    /// A `Step` uniform buffer, updated with [`Gpu::set_step`].
+    pub fn step_buffer(&self, pos: u32) -> wgpu::Buffer {
+        self.uniform("step", &Step { pos, _pad: [0; 3] })
+    }
+
+    pub fn set_step(&self, step: &wgpu::Buffer, pos: u32) {
+        self.queue.write_buffer(step, 0, bytemuck::bytes_of(&Step { pos, _pad: [0; 3] }));
+    }
+}
+
+/// A weight matrix W [rows, cols] on the GPU in the kernel layout: one buffer
+/// holding the block payloads at offset 0 and the scales at an aligned offset.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+    buffer: wgpu::Buffer,
+    data_size: u64,
+    scales_offset: u64,
+    scales_size: u64,
+}
+
+impl Matrix {
+    /// Uploads a matrix already in the GPU layout (as stored in a package).
+    pub fn upload(gpu: &Gpu, label: &str, format: WeightFormat, rows: usize, cols: usize, layout: &GpuLayout) -> Result<Matrix> {
+        ensure_shape(cols % quant::BLOCK == 0 && rows > 0, "matrix upload", || format!("{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}", quant::BLOCK))?;
+        let (data_size, scales_size) = quant::gpu_size(format, rows, cols);
+        ensure_shape(layout.data.len() == data_size && layout.scales.len() >= scales_size, "matrix upload", || {
+            format!("{label}: {} [{rows}, {cols}] needs {data_size} + {scales_size} bytes, got {} + {}", format.name(), layout.data.len(), layout.scales.len())
+        })?;
+        gpu.check_buffer_size(label, data_size as u64)?;
+        gpu.check_buffer_size(label, scales_size as u64)?;
+        let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
+        let scales_offset = (data_size as u64).next_multiple_of(align);
+        let total = scales_offset + scales_size as u64;
+        let buffer = gpu.storage(label, total)?;
+        gpu.queue.write_buffer(&buffer, 0, &layout.data);
+        if scales_size > 0 {
+            gpu.queue.write_buffer(&buffer, scales_offset, &layout.scales[..scales_size]);
+        }
+        Ok(Matrix { format, rows, cols, buffer, data_size: data_size as u64, scales_offset, scales_size: scales_size as u64 })
+    }
+
+    /// Quantizes f32 values [rows, cols] to `format` and uploads them.
+    pub fn from_f32(gpu: &Gpu, label: &str, format: WeightFormat, rows: usize, cols: usize, values: &[f32]) -> Result<Matrix> {
+        ensure_shape(values.len() == rows * cols, "matrix upload", || format!("{label}: {} values for [{rows}, {cols}]", values.len()))?;
+        let gguf = quant::quantize(format, values)?;
+        Matrix::upload(gpu, label, format, rows, cols, &quant::to_gpu_layout(format, &gguf)?)
+    }
+
+    /// Bytes this matrix occupies on the GPU.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.buffer.size()
+    }
+
+    /// Bytes a matvec reads from it (payload and scales).
+    pub fn read_bytes(&self) -> u64 {
+        self.data_size + self.scales_size
+    }
+
+    /// Bindings 10 (payload) and 11 (scales) of the weights_{format}.wgsl files.
+    fn bind_entries(&self) -> Vec<wgpu::BindGroupEntry<'_>> {
+        let range = |offset, size| wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.buffer, offset, size: wgpu::BufferSize::new(size) });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 10, resource: range(0, self.data_size) }];
+        if self.scales_size > 0 {
+            entries.push(wgpu::BindGroupEntry { binding: 11, resource: range(self.scales_offset, self.scales_size) });
+        }
+        entries
+    }
+}

@@ -1,0 +1,16 @@
+//! phi-web runs Microsoft's Phi models (Phi-3, Phi-3.5, Phi-4) locally on
+//! WebGPU: WGSL compute kernels driven by a Rust core that compiles to
+//! WebAssembly for the browser and runs natively through wgpu for tests and
+//! benchmarks.
+//!
+//! This crate is being built issue by issue. Present: the GPU context
+//! ([`gpu::Gpu`]), the kernel library ([`gpu::Kernels`], one WGSL file per op
+//! and weight format) and GGUF-compatible quantization ([`quant`]).
+//! Non-goals: training, a general tensor runtime, non-Phi-like architectures
+//! beyond the Llama family used for testing and BERT encoders for retrieval.
+
+pub mod error;
+pub mod gpu;
+pub mod quant;
+
+pub use error::{Error, Result};

@@ -1,0 +1,104 @@
+//! Shared harness of the GPU kernel tests: one device per test binary, a
+//! seeded generator, and a comparison that prints index / got / expected.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::sync::OnceLock;
+
+use phi_web::gpu::{Dispatch, Gpu, GpuOptions, Kernels};
+
+pub struct Env {
+    pub gpu: Gpu,
+    pub kernels: Kernels,
+}
+
+/// The device every test of a binary shares. Fails (never skips) without an
+/// adapter; the error names the package to install.
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let gpu = pollster::block_on(Gpu::new(&GpuOptions::default())).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("GPU tests run on {} with {:?}", gpu.adapter, gpu.features);
+        let kernels = pollster::block_on(Kernels::new(&gpu)).unwrap_or_else(|e| panic!("{e}"));
+        Env { gpu, kernels }
+    })
+}
+
+impl Env {
+    pub fn upload_f32(&self, label: &str, values: &[f32]) -> wgpu::Buffer {
+        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
+    }
+
+    pub fn upload_u32(&self, label: &str, values: &[u32]) -> wgpu::Buffer {
+        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
+    }
+
+    pub fn zeros(&self, label: &str, floats: usize) -> wgpu::Buffer {
+        self.gpu.storage(label, 4 * floats as u64).unwrap()
+    }
+
+    /// Submits the dispatches as one pass and waits.
+    pub fn run(&self, dispatches: &[&Dispatch]) {
+        self.gpu.run(dispatches);
+        self.gpu.wait().unwrap();
+    }
+
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+        pollster::block_on(self.gpu.read_f32("test output", buffer, len)).unwrap()
+    }
+
+    pub fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<u32> {
+        pollster::block_on(self.gpu.read_u32("test output", buffer, len)).unwrap()
+    }
+}
+
+/// xorshift64*: small, seeded, the same on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Checks |got - expected| <= atol + rtol * scale[i] for every i, where
+/// `scale` is the magnitude the error is relative to (e.g. sum |w_k x_k| of
+/// a dot product). Prints and returns the largest absolute error.
+pub fn assert_close(what: &str, got: &[f32], expected: &[f64], scale: &[f64], atol: f64, rtol: f64) -> f64 {
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+    let mut max_err = 0.0f64;
+    for i in 0..got.len() {
+        let err = (got[i] as f64 - expected[i]).abs();
+        let tol = atol + rtol * scale[i];
+        assert!(err <= tol && got[i].is_finite(), "{what}: index {i}: got {}, expected {}, |error| {err:.3e} > tolerance {tol:.3e}", got[i], expected[i]);
+        max_err = max_err.max(err);
+    }
+    eprintln!("max error | {what} | {max_err:.3e}");
+    max_err
+}
+
+/// `assert_close` with the scale being |expected|.
+pub fn assert_close_rel(what: &str, got: &[f32], expected: &[f64], atol: f64, rtol: f64) -> f64 {
+    let scale: Vec<f64> = expected.iter().map(|v| v.abs()).collect();
+    assert_close(what, got, expected, &scale, atol, rtol)
+}
