@@ -27,7 +27,7 @@ struct Params {
 
 override WG: u32 = 64u;      // keys per chunk, threads per workgroup (power of two)
 const MAX_HEAD_DIM: u32 = 256u;
-const PAIRS_PER_THREAD: u32 = 2u;  // each thread accumulates up to 2 dim pairs of V
+// Each thread accumulates V dim pairs lid and lid + WG (acc0, acc1), so head_dim <= 4 * WG.
 
 var<workgroup> q_s: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
@@ -87,12 +87,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     var m = NEG_BIG;
     var l = 0.0;
-    var acc: array<vec2<f32>, PAIRS_PER_THREAD>;
+    var acc0 = vec2<f32>(0.0);
+    var acc1 = vec2<f32>(0.0);
+    let pair0 = lid;
+    let pair1 = lid + WG;
+    let head_base = kvh * half_dim;  // this KV head's words within a cache row
     for (var c = k_begin; c < k_end; c += WG) {
         let j = c + lid;
         var score = NEG_BIG;
         if (j < k_end) {
-            let base = j * row_words + kvh * half_dim;
+            let base = j * row_words + head_base;
             var dot_qk = 0.0;
             for (var i = 0u; i < half_dim; i++) {
                 let kv = unpack2x16float(k_cache[base + i]);
@@ -108,14 +112,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         m = m_new;
 
         let n = min(WG, k_end - c);
-        for (var r = 0u; r < PAIRS_PER_THREAD; r++) {
-            let pair = lid + r * WG;
-            if (pair < half_dim) {
-                var a = acc[r] * correction;
-                for (var jj = 0u; jj < n; jj++) {
-                    a += probs[jj] * unpack2x16float(v_cache[(c + jj) * row_words + kvh * half_dim + pair]);
-                }
-                acc[r] = a;
+        acc0 *= correction;
+        acc1 *= correction;
+        for (var jj = 0u; jj < n; jj++) {
+            let prob_j = probs[jj];
+            let row = (c + jj) * row_words + head_base;
+            if (pair0 < half_dim) {
+                acc0 += prob_j * unpack2x16float(v_cache[row + pair0]);
+            }
+            if (pair1 < half_dim) {
+                acc1 += prob_j * unpack2x16float(v_cache[row + pair1]);
             }
         }
         workgroupBarrier();  // probs is rewritten by the next chunk
@@ -125,10 +131,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (lid == 0u) {
         part_ml[slot] = vec2<f32>(m, l);
     }
-    for (var r = 0u; r < PAIRS_PER_THREAD; r++) {
-        let pair = lid + r * WG;
-        if (pair < half_dim) {
-            part_acc[slot * half_dim + pair] = acc[r];
-        }
+    if (pair0 < half_dim) {
+        part_acc[slot * half_dim + pair0] = acc0;
+    }
+    if (pair1 < half_dim) {
+        part_acc[slot * half_dim + pair1] = acc1;
     }
 }

@@ -17,13 +17,23 @@ struct Params {
 
 override WG_ROWS: u32 = 16u;     // threads along N; each computes ROWS_PER_THREAD features
 override WG_TOKENS: u32 = 16u;   // threads along T; each computes TOKENS_PER_THREAD tokens
-const ROWS_PER_THREAD: u32 = 4u;
-const TOKENS_PER_THREAD: u32 = 2u;
+const ROWS_PER_THREAD: u32 = 4u;    // acc0 .. acc3 below
+const TOKENS_PER_THREAD: u32 = 2u;  // the two lanes of each acc
 override TILE_ROWS: u32 = WG_ROWS * ROWS_PER_THREAD;
 override TILE_TOKENS: u32 = WG_TOKENS * TOKENS_PER_THREAD;
 
 var<workgroup> w_tile: array<array<vec4<f32>, 8>, TILE_ROWS>;    // [TILE_ROWS, 32]
 var<workgroup> x_tile: array<array<vec4<f32>, 8>, TILE_TOKENS>;  // [TILE_TOKENS, 32]
+
+// Writes tokens (token, token + WG_TOKENS) of output feature `row`.
+fn store(row: u32, token: u32, acc: vec2<f32>) {
+    if (row < p.rows && token < p.tokens) {
+        y[token * p.rows + row] = acc.x;
+    }
+    if (row < p.rows && token + WG_TOKENS < p.tokens) {
+        y[(token + WG_TOKENS) * p.rows + row] = acc.y;
+    }
+}
 
 @compute @workgroup_size(WG_ROWS * WG_TOKENS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -34,7 +44,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let blocks = p.cols / 32u;
     let threads = WG_ROWS * WG_TOKENS;
 
-    var acc: array<array<f32, TOKENS_PER_THREAD>, ROWS_PER_THREAD>;
+    // acc[r] holds tokens (ty, ty + WG_TOKENS) of row tx + r * WG_ROWS; named, not
+    // indexed, so that compilers keep them in registers.
+    var acc0 = vec2<f32>(0.0);
+    var acc1 = vec2<f32>(0.0);
+    var acc2 = vec2<f32>(0.0);
+    var acc3 = vec2<f32>(0.0);
     for (var kb = 0u; kb < blocks; kb++) {
         for (var r = lid; r < TILE_ROWS; r += threads) {
             let row = row0 + r;
@@ -53,26 +68,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             x_tile[i / 8u][i % 8u] = v;
         }
         workgroupBarrier();
-        for (var r = 0u; r < ROWS_PER_THREAD; r++) {
-            for (var t = 0u; t < TOKENS_PER_THREAD; t++) {
-                let wr = tx + r * WG_ROWS;
-                let xt = ty + t * WG_TOKENS;
-                var s = 0.0;
-                for (var i = 0u; i < 8u; i++) {
-                    s += dot(w_tile[wr][i], x_tile[xt][i]);
-                }
-                acc[r][t] += s;
-            }
+        let xa = ty;
+        let xb = ty + WG_TOKENS;
+        for (var i = 0u; i < 8u; i++) {
+            let x_a = x_tile[xa][i];
+            let x_b = x_tile[xb][i];
+            let w0 = w_tile[tx][i];
+            let w1 = w_tile[tx + WG_ROWS][i];
+            let w2 = w_tile[tx + 2u * WG_ROWS][i];
+            let w3 = w_tile[tx + 3u * WG_ROWS][i];
+            acc0 += vec2<f32>(dot(w0, x_a), dot(w0, x_b));
+            acc1 += vec2<f32>(dot(w1, x_a), dot(w1, x_b));
+            acc2 += vec2<f32>(dot(w2, x_a), dot(w2, x_b));
+            acc3 += vec2<f32>(dot(w3, x_a), dot(w3, x_b));
         }
         workgroupBarrier();
     }
-    for (var r = 0u; r < ROWS_PER_THREAD; r++) {
-        for (var t = 0u; t < TOKENS_PER_THREAD; t++) {
-            let row = row0 + tx + r * WG_ROWS;
-            let token = token0 + ty + t * WG_TOKENS;
-            if (row < p.rows && token < p.tokens) {
-                y[token * p.rows + row] = acc[r][t];
-            }
-        }
-    }
+    store(row0 + tx, token0 + ty, acc0);
+    store(row0 + tx + WG_ROWS, token0 + ty, acc1);
+    store(row0 + tx + 2u * WG_ROWS, token0 + ty, acc2);
+    store(row0 + tx + 3u * WG_ROWS, token0 + ty, acc3);
 }

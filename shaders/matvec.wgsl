@@ -13,7 +13,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [N]
 
 override WG: u32 = 256;           // threads per workgroup
-override ROWS_PER_WG: u32 = 4u;   // WG / ROWS_PER_WG threads (a power of two) share a row
+override ROWS_PER_WG: u32 = 32u;    // WG / ROWS_PER_WG threads (a power of two) share a row
 
 var<workgroup> partial: array<f32, WG>;
 
@@ -29,9 +29,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (row < p.rows) {
         for (var j = lane; j < blocks; j += lanes) {
             let w = weight_block(row * blocks + j);
-            for (var i = 0u; i < 8u; i++) {
-                acc += dot(w[i], x[j * 8u + i]);
-            }
+            let xj = j * 8u;
+            acc += dot(w[0], x[xj]) + dot(w[1], x[xj + 1u]) + dot(w[2], x[xj + 2u]) + dot(w[3], x[xj + 3u])
+                 + dot(w[4], x[xj + 4u]) + dot(w[5], x[xj + 5u]) + dot(w[6], x[xj + 6u]) + dot(w[7], x[xj + 7u]);
         }
     }
     partial[lid] = acc;

@@ -18,7 +18,12 @@ pub enum Error {
     Gpu { context: String, message: String },
 
     #[error("{what} needs {needed} bytes but this GPU allows at most {limit} ({limit_name})")]
-    GpuLimit { what: String, needed: u64, limit: u64, limit_name: &'static str },
+    GpuLimit {
+        what: String,
+        needed: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
 
     #[error("shader {shader} failed to compile: {message}")]
     Shader { shader: String, message: String },
@@ -30,17 +35,28 @@ pub enum Error {
     Shape { op: &'static str, message: String },
 
     #[error("{format} data for {what}: {message}")]
-    Quant { format: &'static str, what: String, message: String },
+    Quant {
+        format: &'static str,
+        what: String,
+        message: String,
+    },
 }
 
 /// phi-web's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shape check helper: `ensure_shape(cond, "matvec", || format!(...))`.
-pub(crate) fn ensure_shape(ok: bool, op: &'static str, message: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn ensure_shape(
+    ok: bool,
+    op: &'static str,
+    message: impl FnOnce() -> String,
+) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Shape { op, message: message() })
+        Err(Error::Shape {
+            op,
+            message: message(),
+        })
     }
 }

@@ -9,6 +9,8 @@
 //! Non-goals: training, a general tensor runtime, non-Phi-like architectures
 //! beyond the Llama family used for testing and BERT encoders for retrieval.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod quant;

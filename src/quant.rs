@@ -82,7 +82,11 @@ impl WeightFormat {
 
 fn check_blocks(format: WeightFormat, what: &str, n: usize) -> Result<()> {
     if n % BLOCK != 0 {
-        return Err(Error::Quant { format: format.name(), what: what.into(), message: format!("{n} values is not a multiple of the block size {BLOCK}") });
+        return Err(Error::Quant {
+            format: format.name(),
+            what: what.into(),
+            message: format!("{n} values is not a multiple of the block size {BLOCK}"),
+        });
     }
     Ok(())
 }
@@ -90,13 +94,20 @@ fn check_blocks(format: WeightFormat, what: &str, n: usize) -> Result<()> {
 /// Quantizes `x` into GGUF block bytes, bit-identical to ggml's reference
 /// quantizers (`quantize_row_q4_0_ref` and friends).
 pub fn quantize(format: WeightFormat, x: &[f32]) -> Result<Vec<u8>> {
-    if matches!(format, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0) {
+    if matches!(
+        format,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
+    ) {
         check_blocks(format, "quantize", x.len())?;
     }
     let mut out = Vec::with_capacity(format.gguf_size(x.len()));
     match format {
-        WeightFormat::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        WeightFormat::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        WeightFormat::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        WeightFormat::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
         WeightFormat::Q4_0 => {
             for block in x.chunks_exact(BLOCK) {
                 // The value of largest magnitude maps to -8, keeping its sign.
@@ -152,7 +163,14 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 pub fn dequantize(format: WeightFormat, bytes: &[u8]) -> Result<Vec<f32>> {
     let (elems, block_bytes) = format.gguf_block();
     if bytes.len() % block_bytes != 0 {
-        return Err(Error::Quant { format: format.name(), what: "dequantize".into(), message: format!("{} bytes is not a whole number of {block_bytes}-byte blocks", bytes.len()) });
+        return Err(Error::Quant {
+            format: format.name(),
+            what: "dequantize".into(),
+            message: format!(
+                "{} bytes is not a whole number of {block_bytes}-byte blocks",
+                bytes.len()
+            ),
+        });
     }
     let mut out = Vec::with_capacity(bytes.len() / block_bytes * elems);
     for b in bytes.chunks_exact(block_bytes) {
@@ -194,14 +212,29 @@ pub fn to_gpu_layout(format: WeightFormat, gguf: &[u8]) -> Result<GpuLayout> {
     let (elems, block_bytes) = format.gguf_block();
     let n = gguf.len() / block_bytes * elems;
     if gguf.len() % block_bytes != 0 || n % BLOCK != 0 {
-        return Err(Error::Quant { format: format.name(), what: "GPU packing".into(), message: format!("{} bytes is not a whole number of 32-value blocks", gguf.len()) });
+        return Err(Error::Quant {
+            format: format.name(),
+            what: "GPU packing".into(),
+            message: format!(
+                "{} bytes is not a whole number of 32-value blocks",
+                gguf.len()
+            ),
+        });
     }
     let header = match format {
-        WeightFormat::F32 | WeightFormat::F16 => return Ok(GpuLayout { data: gguf.to_vec(), scales: Vec::new() }),
+        WeightFormat::F32 | WeightFormat::F16 => {
+            return Ok(GpuLayout {
+                data: gguf.to_vec(),
+                scales: Vec::new(),
+            })
+        }
         WeightFormat::Q4_0 | WeightFormat::Q8_0 => 2,
         WeightFormat::Q4_1 => 4,
     };
-    let mut out = GpuLayout { data: Vec::with_capacity(gguf.len()), scales: Vec::with_capacity(n / BLOCK * header + 2) };
+    let mut out = GpuLayout {
+        data: Vec::with_capacity(gguf.len()),
+        scales: Vec::with_capacity(n / BLOCK * header + 2),
+    };
     for block in gguf.chunks_exact(block_bytes) {
         out.scales.extend_from_slice(&block[..header]);
         out.data.extend_from_slice(&block[header..]);
@@ -214,8 +247,19 @@ pub fn to_gpu_layout(format: WeightFormat, gguf: &[u8]) -> Result<GpuLayout> {
 pub fn from_gpu_layout(format: WeightFormat, layout: &GpuLayout, n: usize) -> Result<Vec<u8>> {
     let (payload, scale) = format.gpu_block();
     let blocks = n / BLOCK;
-    if n % BLOCK != 0 || layout.data.len() != blocks * payload || layout.scales.len() < blocks * scale {
-        return Err(Error::Quant { format: format.name(), what: "GPU unpacking".into(), message: format!("layout of {} + {} bytes does not hold {n} values", layout.data.len(), layout.scales.len()) });
+    if n % BLOCK != 0
+        || layout.data.len() != blocks * payload
+        || layout.scales.len() < blocks * scale
+    {
+        return Err(Error::Quant {
+            format: format.name(),
+            what: "GPU unpacking".into(),
+            message: format!(
+                "layout of {} + {} bytes does not hold {n} values",
+                layout.data.len(),
+                layout.scales.len()
+            ),
+        });
     }
     if scale == 0 {
         return Ok(layout.data.clone());
@@ -287,7 +331,11 @@ mod tests {
                     WeightFormat::Q8_0 => amax / 254.0 * 1.01 + amax / 1024.0,
                 };
                 for (i, (a, b2)) in xb.iter().zip(yb).enumerate() {
-                    assert!((a - b2).abs() <= bound + 1e-7, "{} block {b} [{i}]: {a} -> {b2}", format.name());
+                    assert!(
+                        (a - b2).abs() <= bound + 1e-7,
+                        "{} block {b} [{i}]: {a} -> {b2}",
+                        format.name()
+                    );
                 }
             }
         }
@@ -299,8 +347,16 @@ mod tests {
         for format in WeightFormat::ALL {
             let gguf = quantize(format, &x).unwrap();
             let layout = to_gpu_layout(format, &gguf).unwrap();
-            assert_eq!((layout.data.len(), layout.scales.len()), gpu_size(format, 33, 32));
-            assert_eq!(from_gpu_layout(format, &layout, x.len()).unwrap(), gguf, "{}", format.name());
+            assert_eq!(
+                (layout.data.len(), layout.scales.len()),
+                gpu_size(format, 33, 32)
+            );
+            assert_eq!(
+                from_gpu_layout(format, &layout, x.len()).unwrap(),
+                gguf,
+                "{}",
+                format.name()
+            );
         }
     }
 

@@ -22,7 +22,11 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { power_preference: wgpu::PowerPreference::HighPerformance, allow_f16: true, allow_subgroups: true }
+        Self {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            allow_f16: true,
+            allow_subgroups: true,
+        }
     }
 }
 
@@ -45,7 +49,11 @@ pub struct AdapterSummary {
 
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}, {}, {})", self.name, self.backend, self.device_type, self.driver)
+        write!(
+            f,
+            "{} ({}, {}, {})",
+            self.name, self.backend, self.device_type, self.driver
+        )
     }
 }
 
@@ -67,7 +75,11 @@ impl Gpu {
     /// Opens the best adapter with its real limits (the WebGPU defaults, e.g. a
     /// 128 MiB storage binding, are far below what a model needs).
     pub async fn new(options: &GpuOptions) -> Result<Gpu> {
-        let backends = if cfg!(target_arch = "wasm32") { wgpu::Backends::BROWSER_WEBGPU } else { wgpu::Backends::PRIMARY };
+        let backends = if cfg!(target_arch = "wasm32") {
+            wgpu::Backends::BROWSER_WEBGPU
+        } else {
+            wgpu::Backends::PRIMARY
+        };
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
         descriptor.backends = backends;
         let instance = wgpu::Instance::new(descriptor);
@@ -77,13 +89,19 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|_| Error::NoAdapter { backends: format!("{backends:?}") })?;
+            .map_err(|_| Error::NoAdapter {
+                backends: format!("{backends:?}"),
+            })?;
 
         let info = adapter.get_info();
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
-            driver: if info.driver_info.is_empty() { info.driver.clone() } else { format!("{} {}", info.driver, info.driver_info) },
+            driver: if info.driver_info.is_empty() {
+                info.driver.clone()
+            } else {
+                format!("{} {}", info.driver, info.driver_info)
+            },
             device_type: format!("{:?}", info.device_type),
         };
 
@@ -107,20 +125,42 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::DeviceRequest { adapter: summary.to_string(), message: e.to_string() })?;
+            .map_err(|e| Error::DeviceRequest {
+                adapter: summary.to_string(),
+                message: e.to_string(),
+            })?;
 
         // wgpu's default for an uncaptured error is to panic; record it instead.
         let fault: Fault = Arc::new(Mutex::new(None));
         let on_lost = fault.clone();
         device.set_device_lost_callback(move |reason, message| {
-            record(&on_lost, Error::DeviceLost { reason: format!("{reason:?}"), message });
+            record(
+                &on_lost,
+                Error::DeviceLost {
+                    reason: format!("{reason:?}"),
+                    message,
+                },
+            );
         });
         let on_error = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            record(&on_error, Error::Gpu { context: "uncaptured".into(), message: e.to_string() });
+            record(
+                &on_error,
+                Error::Gpu {
+                    context: "uncaptured".into(),
+                    message: e.to_string(),
+                },
+            );
         }));
 
-        Ok(Gpu { device, queue, adapter: summary, features, limits, fault })
+        Ok(Gpu {
+            device,
+            queue,
+            adapter: summary,
+            features,
+            limits,
+            fault,
+        })
     }
 
     /// The first device loss or uncaptured GPU error since creation, if any.
@@ -130,7 +170,10 @@ impl Gpu {
                 Some(err) => Err(err),
                 None => Ok(()),
             },
-            Err(_) => Err(Error::Gpu { context: "fault slot".into(), message: "poisoned lock".into() }),
+            Err(_) => Err(Error::Gpu {
+                context: "fault slot".into(),
+                message: "poisoned lock".into(),
+            }),
         }
     }
 
@@ -143,7 +186,10 @@ impl Gpu {
         let invalid = validation.pop().await;
         let out_of_memory = oom.pop().await;
         match invalid.or(out_of_memory) {
-            Some(e) => Err(Error::Gpu { context: context.to_string(), message: e.to_string() }),
+            Some(e) => Err(Error::Gpu {
+                context: context.to_string(),
+                message: e.to_string(),
+            }),
             None => Ok(value),
         }
     }
@@ -152,11 +198,21 @@ impl Gpu {
     /// one storage binding may hold on this device.
     pub fn check_buffer_size(&self, what: &str, size: u64) -> Result<()> {
         if size > self.limits.max_buffer_size {
-            return Err(Error::GpuLimit { what: what.into(), needed: size, limit: self.limits.max_buffer_size, limit_name: "maxBufferSize" });
+            return Err(Error::GpuLimit {
+                what: what.into(),
+                needed: size,
+                limit: self.limits.max_buffer_size,
+                limit_name: "maxBufferSize",
+            });
         }
         let binding = self.limits.max_storage_buffer_binding_size as u64;
         if size > binding {
-            return Err(Error::GpuLimit { what: what.into(), needed: size, limit: binding, limit_name: "maxStorageBufferBindingSize" });
+            return Err(Error::GpuLimit {
+                what: what.into(),
+                needed: size,
+                limit: binding,
+                limit_name: "maxStorageBufferBindingSize",
+            });
         }
         Ok(())
     }
@@ -168,7 +224,9 @@ impl Gpu {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         }))
     }
@@ -184,27 +242,39 @@ impl Gpu {
             padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
             &padded
         };
-        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        }))
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            }))
     }
 
     /// A uniform buffer holding one `Pod` value (kernel parameters).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
     }
 
     /// Records `dispatches` into one compute pass of one encoder and submits it.
     pub fn run(&self, dispatches: &[&super::Dispatch]) -> wgpu::SubmissionIndex {
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("phi-web run") });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("phi-web run"),
+            });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
             for d in dispatches {
                 d.encode(&mut pass);
             }
@@ -218,12 +288,20 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { context: "waiting for the queue".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                context: "waiting for the queue".into(),
+                message: e.to_string(),
+            })?;
         self.check()
     }
 
     /// Copies `size` bytes from the start of `buffer` back to the CPU.
-    pub async fn read_bytes(&self, what: &str, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    pub async fn read_bytes(
+        &self,
+        what: &str,
+        buffer: &wgpu::Buffer,
+        size: u64,
+    ) -> Result<Vec<u8>> {
         let size = size.next_multiple_of(4);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -240,11 +318,20 @@ impl Gpu {
             let _ = sender.send(r);
         });
         self.wait()?;
-        let mapped = receiver.await.map_err(|_| Error::Readback { what: what.into(), message: "the map callback was dropped".into() })?;
-        mapped.map_err(|e| Error::Readback { what: what.into(), message: e.to_string() })?;
+        let mapped = receiver.await.map_err(|_| Error::Readback {
+            what: what.into(),
+            message: "the map callback was dropped".into(),
+        })?;
+        mapped.map_err(|e| Error::Readback {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
         let bytes = staging
             .get_mapped_range(..)
-            .map_err(|e| Error::Readback { what: what.into(), message: e.to_string() })?
+            .map_err(|e| Error::Readback {
+                what: what.into(),
+                message: e.to_string(),
+            })?
             .to_vec();
         staging.unmap();
         self.check()?;
@@ -252,13 +339,23 @@ impl Gpu {
     }
 
     /// Reads `len` f32 values from the start of `buffer`.
-    pub async fn read_f32(&self, what: &str, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    pub async fn read_f32(
+        &self,
+        what: &str,
+        buffer: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(what, buffer, 4 * len as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..4 * len]))
     }
 
     /// Reads `len` u32 values from the start of `buffer`.
-    pub async fn read_u32(&self, what: &str, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
+    pub async fn read_u32(
+        &self,
+        what: &str,
+        buffer: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<u32>> {
         let bytes = self.read_bytes(what, buffer, 4 * len as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..4 * len]))
     }

@@ -14,6 +14,11 @@ use super::{Dispatch, Gpu, Matrix};
 use crate::error::{ensure_shape, Error, Result};
 use crate::quant::WeightFormat;
 
+/// Rows of W per matvec workgroup (WG / ROWS_PER_WG threads share a row):
+/// few threads per row keep the reduction short, and 8 lanes reading
+/// consecutive 16-byte blocks still make 128-byte coalesced loads.
+const MATVEC_ROWS_PER_WG: usize = 32;
+
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 fn weights_source(format: WeightFormat) -> &'static str {
@@ -173,8 +178,9 @@ pub enum GeluKind {
 pub struct Kernels {
     device: wgpu::Device,
     max_groups: u32,
-    matvec: Vec<wgpu::ComputePipeline>,    // indexed like WeightFormat::ALL
-    matmul: Vec<wgpu::ComputePipeline>,    // indexed like WeightFormat::ALL
+    matvec: Vec<wgpu::ComputePipeline>, // indexed like WeightFormat::ALL
+    matvec_subgroup: Option<Vec<wgpu::ComputePipeline>>, // when the device has subgroups
+    matmul: Vec<wgpu::ComputePipeline>, // indexed like WeightFormat::ALL
     embedding: Vec<wgpu::ComputePipeline>, // indexed like WeightFormat::ALL
     rms_norm: wgpu::ComputePipeline,
     layer_norm: wgpu::ComputePipeline,
@@ -191,55 +197,123 @@ pub struct Kernels {
 }
 
 fn format_index(format: WeightFormat) -> usize {
-    WeightFormat::ALL.iter().position(|f| *f == format).unwrap_or(0)
+    WeightFormat::ALL
+        .iter()
+        .position(|f| *f == format)
+        .unwrap_or(0)
 }
 
 /// Rejects a binding smaller than the shape says it must be.
 fn need(op: &'static str, what: &str, buffer: &wgpu::Buffer, bytes: usize) -> Result<()> {
-    ensure_shape(buffer.size() >= bytes as u64, op, || format!("{what} holds {} bytes but the shape needs {bytes}", buffer.size()))
+    ensure_shape(buffer.size() >= bytes as u64, op, || {
+        format!(
+            "{what} holds {} bytes but the shape needs {bytes}",
+            buffer.size()
+        )
+    })
 }
 
 fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Shape { op, message: format!("{what} = {v} does not fit in u32") })
+    u32::try_from(v).map_err(|_| Error::Shape {
+        op,
+        message: format!("{what} = {v} does not fit in u32"),
+    })
 }
 
 impl Kernels {
+    /// Which kernel variants this device runs ("portable" or "subgroups").
+    pub fn variant(&self) -> &'static str {
+        if self.matvec_subgroup.is_some() {
+            "subgroups"
+        } else {
+            "portable"
+        }
+    }
+
     /// Compiles every kernel for `gpu` (shader errors become [`Error::Shader`]).
     pub async fn new(gpu: &Gpu) -> Result<Kernels> {
-        let build = |name: &str, parts: &[&str], entry: &str| -> Result<wgpu::ComputePipeline> {
+        let build_with = |name: &str,
+                          parts: &[&str],
+                          entry: &str,
+                          constants: &[(&str, f64)]|
+         -> Result<wgpu::ComputePipeline> {
             let mut source = String::from(COMMON);
             for part in parts {
                 source.push('\n');
                 source.push_str(part);
             }
-            let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
-            Ok(gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            }))
+            let module = gpu
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+            Ok(gpu
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                }))
         };
+        let build = |name: &str, parts: &[&str], entry: &str| build_with(name, parts, entry, &[]);
         let single = |name: &str, source: &str| build(name, &[source], "main");
         gpu.scoped("compiling the kernels", || -> Result<Kernels> {
-            let per_format = |op: &str, source: &str| -> Result<Vec<wgpu::ComputePipeline>> {
-                WeightFormat::ALL.iter().map(|f| build(&format!("{op}_{}", f.name()), &[weights_source(*f), source], "main")).collect()
+            let per_format = |op: &str,
+                              source: &str,
+                              constants: &[(&str, f64)]|
+             -> Result<Vec<wgpu::ComputePipeline>> {
+                WeightFormat::ALL
+                    .iter()
+                    .map(|f| {
+                        build_with(
+                            &format!("{op}_{}", f.name()),
+                            &[weights_source(*f), source],
+                            "main",
+                            constants,
+                        )
+                    })
+                    .collect()
             };
+            let rows_per_wg = [("ROWS_PER_WG", MATVEC_ROWS_PER_WG as f64)];
             let gelu = include_str!("../../shaders/gelu.wgsl");
             Ok(Kernels {
                 device: gpu.device.clone(),
                 max_groups: gpu.limits.max_compute_workgroups_per_dimension,
-                matvec: per_format("matvec", include_str!("../../shaders/matvec.wgsl"))?,
-                matmul: per_format("matmul", include_str!("../../shaders/matmul.wgsl"))?,
-                embedding: per_format("embedding", include_str!("../../shaders/embedding.wgsl"))?,
+                matvec: per_format(
+                    "matvec",
+                    include_str!("../../shaders/matvec.wgsl"),
+                    &rows_per_wg,
+                )?,
+                matvec_subgroup: match gpu.features.subgroups {
+                    true => Some(per_format(
+                        "matvec_subgroup",
+                        include_str!("../../shaders/matvec_subgroup.wgsl"),
+                        &rows_per_wg,
+                    )?),
+                    false => None,
+                },
+                matmul: per_format("matmul", include_str!("../../shaders/matmul.wgsl"), &[])?,
+                embedding: per_format(
+                    "embedding",
+                    include_str!("../../shaders/embedding.wgsl"),
+                    &[],
+                )?,
                 rms_norm: single("rms_norm", include_str!("../../shaders/rms_norm.wgsl"))?,
                 layer_norm: single("layer_norm", include_str!("../../shaders/layer_norm.wgsl"))?,
                 rope: single("rope", include_str!("../../shaders/rope.wgsl"))?,
                 kv_append: single("kv_append", include_str!("../../shaders/kv_append.wgsl"))?,
                 attention: single("attention", include_str!("../../shaders/attention.wgsl"))?,
-                attention_combine: single("attention_combine", include_str!("../../shaders/attention_combine.wgsl"))?,
+                attention_combine: single(
+                    "attention_combine",
+                    include_str!("../../shaders/attention_combine.wgsl"),
+                )?,
                 silu_mul: single("silu_mul", include_str!("../../shaders/silu_mul.wgsl"))?,
                 gelu_erf: build("gelu_erf", &[gelu], "gelu_erf")?,
                 gelu_tanh: build("gelu_tanh", &[gelu], "gelu_tanh")?,
@@ -250,7 +324,10 @@ impl Kernels {
         })
         .await
         .map_err(|e| match e {
-            Error::Gpu { message, .. } => Error::Shader { shader: "phi-web kernels".into(), message },
+            Error::Gpu { message, .. } => Error::Shader {
+                shader: "phi-web kernels".into(),
+                message,
+            },
             other => other,
         })?
     }
@@ -277,74 +354,212 @@ impl Kernels {
         workgroups: [u32; 3],
     ) -> Dispatch {
         use wgpu::util::DeviceExt;
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-        entries.extend(buffers.iter().map(|(binding, buffer)| wgpu::BindGroupEntry { binding: *binding, resource: buffer.as_entire_binding() }));
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                    binding: *binding,
+                    resource: buffer.as_entire_binding(),
+                }),
+        );
         entries.extend(extra);
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(label), layout: &pipeline.get_bind_group_layout(0), entries: &entries });
-        Dispatch { label, pipeline: pipeline.clone(), bind_group, workgroups }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch {
+            label,
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups,
+        }
     }
 
     /// y [N] = W [N, K] x [K], one token (decode).
     pub fn matvec(&self, w: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Dispatch> {
-        const ROWS_PER_WG: usize = 4; // matches matvec.wgsl's default
         need("matvec", "x", x, w.cols * 4)?;
         need("matvec", "y", y, w.rows * 4)?;
-        let params = params4(u32_of("matvec", "rows", w.rows)?, u32_of("matvec", "cols", w.cols)?, 0, 0);
-        let groups = self.grid(w.rows.div_ceil(ROWS_PER_WG));
-        Ok(self.dispatch("matvec", &self.matvec[format_index(w.format)], &params, &[(1, x), (2, y)], w.bind_entries(), groups))
+        let params = params4(
+            u32_of("matvec", "rows", w.rows)?,
+            u32_of("matvec", "cols", w.cols)?,
+            0,
+            0,
+        );
+        let groups = self.grid(w.rows.div_ceil(MATVEC_ROWS_PER_WG));
+        let pipelines = self.matvec_subgroup.as_ref().unwrap_or(&self.matvec);
+        Ok(self.dispatch(
+            "matvec",
+            &pipelines[format_index(w.format)],
+            &params,
+            &[(1, x), (2, y)],
+            w.bind_entries(),
+            groups,
+        ))
     }
 
     /// Y [T, N] = X [T, K] W [N, K]^T, T tokens (prefill).
-    pub fn matmul(&self, w: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, tokens: usize) -> Result<Dispatch> {
+    pub fn matmul(
+        &self,
+        w: &Matrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        tokens: usize,
+    ) -> Result<Dispatch> {
         const TILE_ROWS: usize = 64; // matches matmul.wgsl: WG_ROWS * ROWS_PER_THREAD
         const TILE_TOKENS: usize = 32; // WG_TOKENS * TOKENS_PER_THREAD
         need("matmul", "x", x, tokens * w.cols * 4)?;
         need("matmul", "y", y, tokens * w.rows * 4)?;
         let rows_tiles = w.rows.div_ceil(TILE_ROWS);
         let token_tiles = tokens.div_ceil(TILE_TOKENS);
-        ensure_shape(rows_tiles <= self.max_groups as usize && token_tiles <= self.max_groups as usize, "matmul", || format!("[{tokens} x {}] is too large for one dispatch", w.rows))?;
-        let params = params4(u32_of("matmul", "rows", w.rows)?, u32_of("matmul", "cols", w.cols)?, u32_of("matmul", "tokens", tokens)?, 0);
-        Ok(self.dispatch("matmul", &self.matmul[format_index(w.format)], &params, &[(1, x), (2, y)], w.bind_entries(), [rows_tiles as u32, token_tiles as u32, 1]))
+        ensure_shape(
+            rows_tiles <= self.max_groups as usize && token_tiles <= self.max_groups as usize,
+            "matmul",
+            || format!("[{tokens} x {}] is too large for one dispatch", w.rows),
+        )?;
+        let params = params4(
+            u32_of("matmul", "rows", w.rows)?,
+            u32_of("matmul", "cols", w.cols)?,
+            u32_of("matmul", "tokens", tokens)?,
+            0,
+        );
+        Ok(self.dispatch(
+            "matmul",
+            &self.matmul[format_index(w.format)],
+            &params,
+            &[(1, x), (2, y)],
+            w.bind_entries(),
+            [rows_tiles as u32, token_tiles as u32, 1],
+        ))
     }
 
     /// out [T, D] = rows ids [T] of the table [vocab, D].
-    pub fn embedding(&self, table: &Matrix, ids: &wgpu::Buffer, out: &wgpu::Buffer, tokens: usize) -> Result<Dispatch> {
+    pub fn embedding(
+        &self,
+        table: &Matrix,
+        ids: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        tokens: usize,
+    ) -> Result<Dispatch> {
         need("embedding", "ids", ids, tokens * 4)?;
         need("embedding", "out", out, tokens * table.cols * 4)?;
-        let params = params4(u32_of("embedding", "rows", table.rows)?, u32_of("embedding", "cols", table.cols)?, u32_of("embedding", "tokens", tokens)?, 0);
+        let params = params4(
+            u32_of("embedding", "rows", table.rows)?,
+            u32_of("embedding", "cols", table.cols)?,
+            u32_of("embedding", "tokens", tokens)?,
+            0,
+        );
         let groups = self.grid((tokens * table.cols / 32).div_ceil(64));
-        Ok(self.dispatch("embedding", &self.embedding[format_index(table.format)], &params, &[(1, ids), (2, out)], table.bind_entries(), groups))
+        Ok(self.dispatch(
+            "embedding",
+            &self.embedding[format_index(table.format)],
+            &params,
+            &[(1, ids), (2, out)],
+            table.bind_entries(),
+            groups,
+        ))
     }
 
     /// y [rows, cols] = RMSNorm(x) * w.
-    pub fn rms_norm(&self, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, rows: usize, cols: usize, eps: f32) -> Result<Dispatch> {
+    pub fn rms_norm(
+        &self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Dispatch> {
         need("rms_norm", "x", x, rows * cols * 4)?;
         need("rms_norm", "w", w, cols * 4)?;
         need("rms_norm", "y", y, rows * cols * 4)?;
-        let params = NormParams { rows: u32_of("rms_norm", "rows", rows)?, cols: u32_of("rms_norm", "cols", cols)?, eps, _pad: 0 };
-        Ok(self.dispatch("rms_norm", &self.rms_norm, &params, &[(1, x), (2, w), (3, y)], vec![], self.grid(rows)))
+        let params = NormParams {
+            rows: u32_of("rms_norm", "rows", rows)?,
+            cols: u32_of("rms_norm", "cols", cols)?,
+            eps,
+            _pad: 0,
+        };
+        Ok(self.dispatch(
+            "rms_norm",
+            &self.rms_norm,
+            &params,
+            &[(1, x), (2, w), (3, y)],
+            vec![],
+            self.grid(rows),
+        ))
     }
 
     /// y [rows, cols] = LayerNorm(x) * w + b.
     #[allow(clippy::too_many_arguments)]
-    pub fn layer_norm(&self, x: &wgpu::Buffer, w: &wgpu::Buffer, b: &wgpu::Buffer, y: &wgpu::Buffer, rows: usize, cols: usize, eps: f32) -> Result<Dispatch> {
+    pub fn layer_norm(
+        &self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Dispatch> {
         need("layer_norm", "x", x, rows * cols * 4)?;
         need("layer_norm", "w", w, cols * 4)?;
         need("layer_norm", "b", b, cols * 4)?;
         need("layer_norm", "y", y, rows * cols * 4)?;
-        let params = NormParams { rows: u32_of("layer_norm", "rows", rows)?, cols: u32_of("layer_norm", "cols", cols)?, eps, _pad: 0 };
-        Ok(self.dispatch("layer_norm", &self.layer_norm, &params, &[(1, x), (2, w), (3, b), (4, y)], vec![], self.grid(rows)))
+        let params = NormParams {
+            rows: u32_of("layer_norm", "rows", rows)?,
+            cols: u32_of("layer_norm", "cols", cols)?,
+            eps,
+            _pad: 0,
+        };
+        Ok(self.dispatch(
+            "layer_norm",
+            &self.layer_norm,
+            &params,
+            &[(1, x), (2, w), (3, b), (4, y)],
+            vec![],
+            self.grid(rows),
+        ))
     }
 
     /// RoPE in place on `x`; token t is at position `step.pos + t`.
-    pub fn rope(&self, step: &wgpu::Buffer, inv_freq: &wgpu::Buffer, x: &wgpu::Buffer, s: &RopeShape) -> Result<Dispatch> {
-        ensure_shape(s.rot_dim % 2 == 0 && s.rot_dim <= s.head_dim && s.rot_dim > 0, "rope", || format!("rotary dim {} must be even, positive and <= head_dim {}", s.rot_dim, s.head_dim))?;
-        ensure_shape(s.offset + s.heads * s.head_dim <= s.row_stride, "rope", || format!("{} heads of {} at offset {} overflow rows of {}", s.heads, s.head_dim, s.offset, s.row_stride))?;
+    pub fn rope(
+        &self,
+        step: &wgpu::Buffer,
+        inv_freq: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        s: &RopeShape,
+    ) -> Result<Dispatch> {
+        ensure_shape(
+            s.rot_dim % 2 == 0 && s.rot_dim <= s.head_dim && s.rot_dim > 0,
+            "rope",
+            || {
+                format!(
+                    "rotary dim {} must be even, positive and <= head_dim {}",
+                    s.rot_dim, s.head_dim
+                )
+            },
+        )?;
+        ensure_shape(
+            s.offset + s.heads * s.head_dim <= s.row_stride,
+            "rope",
+            || {
+                format!(
+                    "{} heads of {} at offset {} overflow rows of {}",
+                    s.heads, s.head_dim, s.offset, s.row_stride
+                )
+            },
+        )?;
         need("rope", "inv_freq", inv_freq, s.rot_dim / 2 * 4)?;
         need("rope", "x", x, s.tokens * s.row_stride * 4)?;
         let params = RopeParams {
@@ -358,12 +573,34 @@ impl Kernels {
             _pad: 0,
         };
         let groups = self.grid((s.tokens * s.heads * s.rot_dim / 2).div_ceil(64));
-        Ok(self.dispatch("rope", &self.rope, &params, &[(1, step), (2, inv_freq), (3, x)], vec![], groups))
+        Ok(self.dispatch(
+            "rope",
+            &self.rope,
+            &params,
+            &[(1, step), (2, inv_freq), (3, x)],
+            vec![],
+            groups,
+        ))
     }
 
     /// Writes T tokens of K or V into `cache` [capacity, kv_dim] (packed f16) at `step.pos`.
-    pub fn kv_append(&self, step: &wgpu::Buffer, src: &wgpu::Buffer, cache: &wgpu::Buffer, s: &KvAppendShape) -> Result<Dispatch> {
-        ensure_shape(s.kv_dim % 2 == 0 && s.src_offset + s.kv_dim <= s.src_stride, "kv_append", || format!("kv_dim {} (even) at offset {} must fit rows of {}", s.kv_dim, s.src_offset, s.src_stride))?;
+    pub fn kv_append(
+        &self,
+        step: &wgpu::Buffer,
+        src: &wgpu::Buffer,
+        cache: &wgpu::Buffer,
+        s: &KvAppendShape,
+    ) -> Result<Dispatch> {
+        ensure_shape(
+            s.kv_dim % 2 == 0 && s.src_offset + s.kv_dim <= s.src_stride,
+            "kv_append",
+            || {
+                format!(
+                    "kv_dim {} (even) at offset {} must fit rows of {}",
+                    s.kv_dim, s.src_offset, s.src_stride
+                )
+            },
+        )?;
         need("kv_append", "src", src, s.tokens * s.src_stride * 4)?;
         need("kv_append", "cache", cache, s.capacity * s.kv_dim * 2)?;
         let params = KvAppendParams {
@@ -375,7 +612,14 @@ impl Kernels {
             _pad: [0; 3],
         };
         let groups = self.grid((s.tokens * s.kv_dim / 2).div_ceil(64));
-        Ok(self.dispatch("kv_append", &self.kv_append, &params, &[(1, step), (2, src), (3, cache)], vec![], groups))
+        Ok(self.dispatch(
+            "kv_append",
+            &self.kv_append,
+            &params,
+            &[(1, step), (2, src), (3, cache)],
+            vec![],
+            groups,
+        ))
     }
 
     /// out [T, heads * head_dim] = causal softmax(q k^T * scale) v over the
@@ -392,16 +636,50 @@ impl Kernels {
         s: &AttentionShape,
     ) -> Result<[Dispatch; 2]> {
         const WG: usize = 64; // attention.wgsl: threads per workgroup, 2 dim pairs each
-        ensure_shape(s.head_dim % 2 == 0 && s.head_dim > 0 && s.head_dim <= 256 && s.head_dim <= 4 * WG, "attention", || format!("head_dim {} must be even and <= 256", s.head_dim))?;
-        ensure_shape(s.kv_heads > 0 && s.heads % s.kv_heads == 0, "attention", || format!("{} query heads cannot share {} KV heads", s.heads, s.kv_heads))?;
-        ensure_shape(s.heads * s.head_dim <= s.q_stride, "attention", || format!("{} heads of {} overflow query rows of {}", s.heads, s.head_dim, s.q_stride))?;
-        ensure_shape(s.splits >= 1 && s.splits as u32 <= self.max_groups && s.tokens as u32 <= self.max_groups, "attention", || format!("{} splits x {} tokens exceed the dispatch limit", s.splits, s.tokens))?;
+        ensure_shape(
+            s.head_dim % 2 == 0 && s.head_dim > 0 && s.head_dim <= 256 && s.head_dim <= 4 * WG,
+            "attention",
+            || format!("head_dim {} must be even and <= 256", s.head_dim),
+        )?;
+        ensure_shape(
+            s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+            "attention",
+            || {
+                format!(
+                    "{} query heads cannot share {} KV heads",
+                    s.heads, s.kv_heads
+                )
+            },
+        )?;
+        ensure_shape(s.heads * s.head_dim <= s.q_stride, "attention", || {
+            format!(
+                "{} heads of {} overflow query rows of {}",
+                s.heads, s.head_dim, s.q_stride
+            )
+        })?;
+        ensure_shape(
+            s.splits >= 1
+                && s.splits as u32 <= self.max_groups
+                && s.tokens as u32 <= self.max_groups,
+            "attention",
+            || {
+                format!(
+                    "{} splits x {} tokens exceed the dispatch limit",
+                    s.splits, s.tokens
+                )
+            },
+        )?;
         need("attention", "q", q, s.tokens * s.q_stride * 4)?;
         let cache_bytes = s.capacity * s.kv_heads * s.head_dim * 2;
         need("attention", "k_cache", k_cache, cache_bytes)?;
         need("attention", "v_cache", v_cache, cache_bytes)?;
         let slots = s.tokens * s.heads * s.splits;
-        need("attention", "scratch partials", &scratch.acc, slots * s.head_dim * 4)?;
+        need(
+            "attention",
+            "scratch partials",
+            &scratch.acc,
+            slots * s.head_dim * 4,
+        )?;
         need("attention", "scratch stats", &scratch.ml, slots * 8)?;
         need("attention", "out", out, s.tokens * s.heads * s.head_dim * 4)?;
         let params = AttentionParams {
@@ -418,7 +696,14 @@ impl Kernels {
             "attention",
             &self.attention,
             &params,
-            &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, &scratch.acc), (6, &scratch.ml)],
+            &[
+                (1, step),
+                (2, q),
+                (3, k_cache),
+                (4, v_cache),
+                (5, &scratch.acc),
+                (6, &scratch.ml),
+            ],
             vec![],
             [s.splits as u32, s.heads as u32, s.tokens as u32],
         );
@@ -435,11 +720,29 @@ impl Kernels {
     }
 
     /// out [T, I] = silu(gate) * up, with gate_up [T, 2I] (gate first).
-    pub fn silu_mul(&self, gate_up: &wgpu::Buffer, out: &wgpu::Buffer, tokens: usize, intermediate: usize) -> Result<Dispatch> {
+    pub fn silu_mul(
+        &self,
+        gate_up: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        tokens: usize,
+        intermediate: usize,
+    ) -> Result<Dispatch> {
         need("silu_mul", "gate_up", gate_up, tokens * intermediate * 8)?;
         need("silu_mul", "out", out, tokens * intermediate * 4)?;
-        let params = params4(u32_of("silu_mul", "tokens", tokens)?, u32_of("silu_mul", "intermediate", intermediate)?, 0, 0);
-        Ok(self.dispatch("silu_mul", &self.silu_mul, &params, &[(1, gate_up), (2, out)], vec![], self.grid((tokens * intermediate).div_ceil(256))))
+        let params = params4(
+            u32_of("silu_mul", "tokens", tokens)?,
+            u32_of("silu_mul", "intermediate", intermediate)?,
+            0,
+            0,
+        );
+        Ok(self.dispatch(
+            "silu_mul",
+            &self.silu_mul,
+            &params,
+            &[(1, gate_up), (2, out)],
+            vec![],
+            self.grid((tokens * intermediate).div_ceil(256)),
+        ))
     }
 
     /// GELU in place on the first `n` values of `x`.
@@ -449,28 +752,72 @@ impl Kernels {
             GeluKind::Erf => &self.gelu_erf,
             GeluKind::Tanh => &self.gelu_tanh,
         };
-        Ok(self.dispatch("gelu", pipeline, &params4(u32_of("gelu", "n", n)?, 0, 0, 0), &[(1, x)], vec![], self.grid(n.div_ceil(256))))
+        Ok(self.dispatch(
+            "gelu",
+            pipeline,
+            &params4(u32_of("gelu", "n", n)?, 0, 0, 0),
+            &[(1, x)],
+            vec![],
+            self.grid(n.div_ceil(256)),
+        ))
     }
 
     /// a += b over `n` values (the residual connection).
     pub fn add(&self, a: &wgpu::Buffer, b: &wgpu::Buffer, n: usize) -> Result<Dispatch> {
         need("add", "a", a, n * 4)?;
         need("add", "b", b, n * 4)?;
-        Ok(self.dispatch("add", &self.add, &params4(u32_of("add", "n", n)?, 0, 0, 0), &[(1, a), (2, b)], vec![], self.grid(n.div_ceil(256))))
+        Ok(self.dispatch(
+            "add",
+            &self.add,
+            &params4(u32_of("add", "n", n)?, 0, 0, 0),
+            &[(1, a), (2, b)],
+            vec![],
+            self.grid(n.div_ceil(256)),
+        ))
     }
 
     /// Softmax in place over each row of x [rows, cols].
     pub fn softmax(&self, x: &wgpu::Buffer, rows: usize, cols: usize) -> Result<Dispatch> {
         need("softmax", "x", x, rows * cols * 4)?;
-        let params = params4(u32_of("softmax", "rows", rows)?, u32_of("softmax", "cols", cols)?, 0, 0);
-        Ok(self.dispatch("softmax", &self.softmax, &params, &[(1, x)], vec![], self.grid(rows)))
+        let params = params4(
+            u32_of("softmax", "rows", rows)?,
+            u32_of("softmax", "cols", cols)?,
+            0,
+            0,
+        );
+        Ok(self.dispatch(
+            "softmax",
+            &self.softmax,
+            &params,
+            &[(1, x)],
+            vec![],
+            self.grid(rows),
+        ))
     }
 
     /// out [rows] (u32) = index of each row's maximum of x [rows, cols].
-    pub fn argmax(&self, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, cols: usize) -> Result<Dispatch> {
+    pub fn argmax(
+        &self,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Dispatch> {
         need("argmax", "x", x, rows * cols * 4)?;
         need("argmax", "out", out, rows * 4)?;
-        let params = params4(u32_of("argmax", "rows", rows)?, u32_of("argmax", "cols", cols)?, 0, 0);
-        Ok(self.dispatch("argmax", &self.argmax, &params, &[(1, x), (2, out)], vec![], self.grid(rows)))
+        let params = params4(
+            u32_of("argmax", "rows", rows)?,
+            u32_of("argmax", "cols", cols)?,
+            0,
+            0,
+        );
+        Ok(self.dispatch(
+            "argmax",
+            &self.argmax,
+            &params,
+            &[(1, x), (2, out)],
+            vec![],
+            self.grid(rows),
+        ))
     }
 }

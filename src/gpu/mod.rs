@@ -6,7 +6,7 @@ mod context;
 mod kernels;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions};
-pub use kernels::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, Kernels, RopeShape};
+pub use kernels::{AttentionScratch, AttentionShape, GeluKind, Kernels, KvAppendShape, RopeShape};
 
 use crate::error::{ensure_shape, Result};
 use crate::quant::{self, GpuLayout, WeightFormat};
@@ -46,7 +46,8 @@ impl Gpu {
     }
 
     pub fn set_step(&self, step: &wgpu::Buffer, pos: u32) {
-        self.queue.write_buffer(step, 0, bytemuck::bytes_of(&Step { pos, _pad: [0; 3] }));
+        self.queue
+            .write_buffer(step, 0, bytemuck::bytes_of(&Step { pos, _pad: [0; 3] }));
     }
 }
 
@@ -65,12 +66,32 @@ pub struct Matrix {
 
 impl Matrix {
     /// Uploads a matrix already in the GPU layout (as stored in a package).
-    pub fn upload(gpu: &Gpu, label: &str, format: WeightFormat, rows: usize, cols: usize, layout: &GpuLayout) -> Result<Matrix> {
-        ensure_shape(cols % quant::BLOCK == 0 && rows > 0, "matrix upload", || format!("{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}", quant::BLOCK))?;
+    pub fn upload(
+        gpu: &Gpu,
+        label: &str,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        layout: &GpuLayout,
+    ) -> Result<Matrix> {
+        ensure_shape(
+            cols % quant::BLOCK == 0 && rows > 0,
+            "matrix upload",
+            || {
+                format!(
+                    "{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}",
+                    quant::BLOCK
+                )
+            },
+        )?;
         let (data_size, scales_size) = quant::gpu_size(format, rows, cols);
-        ensure_shape(layout.data.len() == data_size && layout.scales.len() >= scales_size, "matrix upload", || {
-            format!("{label}: {} [{rows}, {cols}] needs {data_size} + {scales_size} bytes, got {} + {}", format.name(), layout.data.len(), layout.scales.len())
-        })?;
+        ensure_shape(
+            layout.data.len() == data_size && layout.scales.len() >= scales_size,
+            "matrix upload",
+            || {
+                format!("{label}: {} [{rows}, {cols}] needs {data_size} + {scales_size} bytes, got {} + {}", format.name(), layout.data.len(), layout.scales.len())
+            },
+        )?;
         gpu.check_buffer_size(label, data_size as u64)?;
         gpu.check_buffer_size(label, scales_size as u64)?;
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
@@ -79,16 +100,41 @@ impl Matrix {
         let buffer = gpu.storage(label, total)?;
         gpu.queue.write_buffer(&buffer, 0, &layout.data);
         if scales_size > 0 {
-            gpu.queue.write_buffer(&buffer, scales_offset, &layout.scales[..scales_size]);
+            gpu.queue
+                .write_buffer(&buffer, scales_offset, &layout.scales[..scales_size]);
         }
-        Ok(Matrix { format, rows, cols, buffer, data_size: data_size as u64, scales_offset, scales_size: scales_size as u64 })
+        Ok(Matrix {
+            format,
+            rows,
+            cols,
+            buffer,
+            data_size: data_size as u64,
+            scales_offset,
+            scales_size: scales_size as u64,
+        })
     }
 
     /// Quantizes f32 values [rows, cols] to `format` and uploads them.
-    pub fn from_f32(gpu: &Gpu, label: &str, format: WeightFormat, rows: usize, cols: usize, values: &[f32]) -> Result<Matrix> {
-        ensure_shape(values.len() == rows * cols, "matrix upload", || format!("{label}: {} values for [{rows}, {cols}]", values.len()))?;
+    pub fn from_f32(
+        gpu: &Gpu,
+        label: &str,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Result<Matrix> {
+        ensure_shape(values.len() == rows * cols, "matrix upload", || {
+            format!("{label}: {} values for [{rows}, {cols}]", values.len())
+        })?;
         let gguf = quant::quantize(format, values)?;
-        Matrix::upload(gpu, label, format, rows, cols, &quant::to_gpu_layout(format, &gguf)?)
+        Matrix::upload(
+            gpu,
+            label,
+            format,
+            rows,
+            cols,
+            &quant::to_gpu_layout(format, &gguf)?,
+        )
     }
 
     /// Bytes this matrix occupies on the GPU.
@@ -103,10 +149,22 @@ impl Matrix {
 
     /// Bindings 10 (payload) and 11 (scales) of the weights_{format}.wgsl files.
     fn bind_entries(&self) -> Vec<wgpu::BindGroupEntry<'_>> {
-        let range = |offset, size| wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.buffer, offset, size: wgpu::BufferSize::new(size) });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 10, resource: range(0, self.data_size) }];
+        let range = |offset, size| {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.buffer,
+                offset,
+                size: wgpu::BufferSize::new(size),
+            })
+        };
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 10,
+            resource: range(0, self.data_size),
+        }];
         if self.scales_size > 0 {
-            entries.push(wgpu::BindGroupEntry { binding: 11, resource: range(self.scales_offset, self.scales_size) });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 11,
+                resource: range(self.scales_offset, self.scales_size),
+            });
         }
         entries
     }

@@ -11,25 +11,55 @@ pub struct Env {
     pub kernels: Kernels,
 }
 
-/// The device every test of a binary shares. Fails (never skips) without an
-/// adapter; the error names the package to install.
+/// The device every test of a binary shares, with every feature the adapter
+/// has. Fails (never skips) without an adapter; the error names the package
+/// to install.
 pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| open(GpuOptions::default()))
+}
+
+/// A second device restricted to the portable kernels (no shader-f16, no
+/// subgroups): the path SwiftShader and many real devices take.
+pub fn portable_env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let gpu = pollster::block_on(Gpu::new(&GpuOptions::default())).unwrap_or_else(|e| panic!("{e}"));
-        eprintln!("GPU tests run on {} with {:?}", gpu.adapter, gpu.features);
-        let kernels = pollster::block_on(Kernels::new(&gpu)).unwrap_or_else(|e| panic!("{e}"));
-        Env { gpu, kernels }
+        open(GpuOptions {
+            allow_f16: false,
+            allow_subgroups: false,
+            ..Default::default()
+        })
     })
+}
+
+/// Both of the above, for kernels that have variants.
+pub fn every_variant() -> [&'static Env; 2] {
+    [env(), portable_env()]
+}
+
+fn open(options: GpuOptions) -> Env {
+    let gpu = pollster::block_on(Gpu::new(&options)).unwrap_or_else(|e| panic!("{e}"));
+    let kernels = pollster::block_on(Kernels::new(&gpu)).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "GPU tests run on {} with {:?}, {} kernels",
+        gpu.adapter,
+        gpu.features,
+        kernels.variant()
+    );
+    Env { gpu, kernels }
 }
 
 impl Env {
     pub fn upload_f32(&self, label: &str, values: &[f32]) -> wgpu::Buffer {
-        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
+        self.gpu
+            .storage_with(label, bytemuck::cast_slice(values))
+            .unwrap()
     }
 
     pub fn upload_u32(&self, label: &str, values: &[u32]) -> wgpu::Buffer {
-        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
+        self.gpu
+            .storage_with(label, bytemuck::cast_slice(values))
+            .unwrap()
     }
 
     pub fn zeros(&self, label: &str, floats: usize) -> wgpu::Buffer {
@@ -84,13 +114,25 @@ impl Rng {
 /// Checks |got - expected| <= atol + rtol * scale[i] for every i, where
 /// `scale` is the magnitude the error is relative to (e.g. sum |w_k x_k| of
 /// a dot product). Prints and returns the largest absolute error.
-pub fn assert_close(what: &str, got: &[f32], expected: &[f64], scale: &[f64], atol: f64, rtol: f64) -> f64 {
+pub fn assert_close(
+    what: &str,
+    got: &[f32],
+    expected: &[f64],
+    scale: &[f64],
+    atol: f64,
+    rtol: f64,
+) -> f64 {
     assert_eq!(got.len(), expected.len(), "{what}: length");
     let mut max_err = 0.0f64;
     for i in 0..got.len() {
         let err = (got[i] as f64 - expected[i]).abs();
         let tol = atol + rtol * scale[i];
-        assert!(err <= tol && got[i].is_finite(), "{what}: index {i}: got {}, expected {}, |error| {err:.3e} > tolerance {tol:.3e}", got[i], expected[i]);
+        assert!(
+            err <= tol && got[i].is_finite(),
+            "{what}: index {i}: got {}, expected {}, |error| {err:.3e} > tolerance {tol:.3e}",
+            got[i],
+            expected[i]
+        );
         max_err = max_err.max(err);
     }
     eprintln!("max error | {what} | {max_err:.3e}");
