@@ -57,20 +57,12 @@ fn read_bandwidth(buffer: &[u64], threads: usize) -> f64 {
 /// Best of 3 reads of a 512 MiB buffer.
 pub fn cpu_read_bandwidth(threads: usize) -> f64 {
     let buffer: Vec<u64> = (0..64u64 << 20).collect();
-    (0..3)
-        .map(|_| read_bandwidth(&buffer, threads))
-        .fold(0.0, f64::max)
+    (0..3).map(|_| read_bandwidth(&buffer, threads)).fold(0.0, f64::max)
 }
 
 /// Random quantized bytes of the right shape (the values do not matter for
 /// timing; scales are kept small and finite).
-fn random_matrix(
-    gpu: &Gpu,
-    format: WeightFormat,
-    rows: usize,
-    cols: usize,
-    seed: u64,
-) -> Result<Matrix> {
+fn random_matrix(gpu: &Gpu, format: WeightFormat, rows: usize, cols: usize, seed: u64) -> Result<Matrix> {
     let mut state = seed | 1;
     let mut next = move || {
         state ^= state << 13;
@@ -88,10 +80,7 @@ fn random_matrix(
         layout.scales.extend_from_slice(&small);
     }
     if matches!(format, WeightFormat::F16) {
-        layout
-            .data
-            .chunks_exact_mut(2)
-            .for_each(|h| h.copy_from_slice(&small));
+        layout.data.chunks_exact_mut(2).for_each(|h| h.copy_from_slice(&small));
     }
     if matches!(format, WeightFormat::F32) {
         layout
@@ -111,8 +100,7 @@ fn time_dispatches(gpu: &Gpu, dispatches: &[&Dispatch], reps: usize, trials: usi
         .map(|_| {
             let start = Instant::now();
             gpu.run(&list);
-            gpu.wait()
-                .map(|_| start.elapsed().as_secs_f64() / reps as f64)
+            gpu.wait().map(|_| start.elapsed().as_secs_f64() / reps as f64)
         })
         .collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
@@ -120,14 +108,8 @@ fn time_dispatches(gpu: &Gpu, dispatches: &[&Dispatch], reps: usize, trials: usi
 }
 
 /// Runs the kernel benchmark and returns its report.
-pub async fn kernel_report(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    mut progress: impl FnMut(&str),
-) -> Result<KernelReport> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMut(&str)) -> Result<KernelReport> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     progress("CPU memory bandwidth");
     let cpu_1 = cpu_read_bandwidth(1);
     let cpu_all = cpu_read_bandwidth(threads);
@@ -204,10 +186,7 @@ pub async fn kernel_report(
         splits: AttentionShape::default_splits(1, capacity),
     };
     let cache_bytes = (capacity * heads * head_dim * 2) as u64;
-    let (k, v) = (
-        gpu.storage("k", cache_bytes)?,
-        gpu.storage("v", cache_bytes)?,
-    );
+    let (k, v) = (gpu.storage("k", cache_bytes)?, gpu.storage("v", cache_bytes)?);
     let (q, out) = (
         gpu.storage("q", (heads * head_dim * 4) as u64)?,
         gpu.storage("out", (heads * head_dim * 4) as u64)?,
@@ -218,10 +197,7 @@ pub async fn kernel_report(
     let seconds = time_dispatches(gpu, &[&split_pass, &combine], 5, 3)?;
     push(
         "attention_decode".into(),
-        format!(
-            "{heads} heads x {head_dim}, kv {capacity}, {} splits",
-            shape.splits
-        ),
+        format!("{heads} heads x {head_dim}, kv {capacity}, {} splits", shape.splits),
         seconds,
         2 * cache_bytes,
     );

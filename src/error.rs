@@ -46,17 +46,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shape check helper: `ensure_shape(cond, "matvec", || format!(...))`.
-pub(crate) fn ensure_shape(
-    ok: bool,
-    op: &'static str,
-    message: impl FnOnce() -> String,
-) -> Result<()> {
+pub(crate) fn ensure_shape(ok: bool, op: &'static str, message: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Shape {
-            op,
-            message: message(),
-        })
+        Err(Error::Shape { op, message: message() })
     }
 }

@@ -81,7 +81,7 @@ impl WeightFormat {
 }
 
 fn check_blocks(format: WeightFormat, what: &str, n: usize) -> Result<()> {
-    if n % BLOCK != 0 {
+    if !n.is_multiple_of(BLOCK) {
         return Err(Error::Quant {
             format: format.name(),
             what: what.into(),
@@ -94,17 +94,12 @@ fn check_blocks(format: WeightFormat, what: &str, n: usize) -> Result<()> {
 /// Quantizes `x` into GGUF block bytes, bit-identical to ggml's reference
 /// quantizers (`quantize_row_q4_0_ref` and friends).
 pub fn quantize(format: WeightFormat, x: &[f32]) -> Result<Vec<u8>> {
-    if matches!(
-        format,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
-    ) {
+    if matches!(format, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0) {
         check_blocks(format, "quantize", x.len())?;
     }
     let mut out = Vec::with_capacity(format.gguf_size(x.len()));
     match format {
-        WeightFormat::F32 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        WeightFormat::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         WeightFormat::F16 => x
             .iter()
             .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
@@ -162,7 +157,7 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// Dequantizes GGUF block bytes back to f32 (the CPU reference of the kernels).
 pub fn dequantize(format: WeightFormat, bytes: &[u8]) -> Result<Vec<f32>> {
     let (elems, block_bytes) = format.gguf_block();
-    if bytes.len() % block_bytes != 0 {
+    if !bytes.len().is_multiple_of(block_bytes) {
         return Err(Error::Quant {
             format: format.name(),
             what: "dequantize".into(),
@@ -211,14 +206,11 @@ pub struct GpuLayout {
 pub fn to_gpu_layout(format: WeightFormat, gguf: &[u8]) -> Result<GpuLayout> {
     let (elems, block_bytes) = format.gguf_block();
     let n = gguf.len() / block_bytes * elems;
-    if gguf.len() % block_bytes != 0 || n % BLOCK != 0 {
+    if !gguf.len().is_multiple_of(block_bytes) || !n.is_multiple_of(BLOCK) {
         return Err(Error::Quant {
             format: format.name(),
             what: "GPU packing".into(),
-            message: format!(
-                "{} bytes is not a whole number of 32-value blocks",
-                gguf.len()
-            ),
+            message: format!("{} bytes is not a whole number of 32-value blocks", gguf.len()),
         });
     }
     let header = match format {
@@ -247,10 +239,7 @@ pub fn to_gpu_layout(format: WeightFormat, gguf: &[u8]) -> Result<GpuLayout> {
 pub fn from_gpu_layout(format: WeightFormat, layout: &GpuLayout, n: usize) -> Result<Vec<u8>> {
     let (payload, scale) = format.gpu_block();
     let blocks = n / BLOCK;
-    if n % BLOCK != 0
-        || layout.data.len() != blocks * payload
-        || layout.scales.len() < blocks * scale
-    {
+    if !n.is_multiple_of(BLOCK) || layout.data.len() != blocks * payload || layout.scales.len() < blocks * scale {
         return Err(Error::Quant {
             format: format.name(),
             what: "GPU unpacking".into(),
@@ -308,8 +297,8 @@ mod tests {
         assert_eq!(bytes.len(), 18);
         assert_eq!(f16_at(&bytes, 0), 0.5);
         // x0 = -4 / 0.5 = -8 -> 0; x16 = 3.75 / 0.5 = 7.5 -> trunc(16.0) = 16 -> clamped 15.
-        assert_eq!(bytes[2], 0 | (15 << 4));
-        // x1 = 2 -> 10; x17 = -0.52 -> trunc(7.98) = 7.
+        assert_eq!(bytes[2], 15 << 4); // low nibble 0, high nibble 15
+                                       // x1 = 2 -> 10; x17 = -0.52 -> trunc(7.98) = 7.
         assert_eq!(bytes[3], 10 | (7 << 4));
     }
 
@@ -347,10 +336,7 @@ mod tests {
         for format in WeightFormat::ALL {
             let gguf = quantize(format, &x).unwrap();
             let layout = to_gpu_layout(format, &gguf).unwrap();
-            assert_eq!(
-                (layout.data.len(), layout.scales.len()),
-                gpu_size(format, 33, 32)
-            );
+            assert_eq!((layout.data.len(), layout.scales.len()), gpu_size(format, 33, 32));
             assert_eq!(
                 from_gpu_layout(format, &layout, x.len()).unwrap(),
                 gguf,

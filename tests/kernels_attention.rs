@@ -20,17 +20,68 @@ fn inv_freq(theta: f32, rot_dim: usize, factors: Option<&[f32]>) -> Vec<f32> {
 #[test]
 fn rope_neox_partial_longrope_and_large_positions() {
     let env = env();
-    // (head_dim, rot_dim, heads, theta, long factors, attention factor, first position)
+    struct RopeCase<'a> {
+        head_dim: usize,
+        rot_dim: usize,
+        heads: usize,
+        theta: f32,
+        long_factors: Option<&'a [f32]>,
+        attn_factor: f32,
+        pos0: u32,
+    }
     let long: Vec<f32> = (0..48).map(|i| 1.0 + i as f32 * 1.5).collect();
-    let cases: [(usize, usize, usize, f32, Option<&[f32]>, f32, u32); 4] = [
-        (96, 96, 4, 10_000.0, None, 1.0, 0),   // Phi-3-mini
-        (128, 96, 3, 10_000.0, None, 1.0, 17), // Phi-4-mini partial rotary
-        (96, 96, 2, 10_000.0, Some(&long), 1.190_238, 131_000), // LongRoPE near 128k
-        (128, 128, 2, 250_000.0, None, 1.0, 4090), // Phi-4 theta
+    let cases = [
+        // Phi-3-mini
+        RopeCase {
+            head_dim: 96,
+            rot_dim: 96,
+            heads: 4,
+            theta: 10_000.0,
+            long_factors: None,
+            attn_factor: 1.0,
+            pos0: 0,
+        },
+        // Phi-4-mini: partial rotary
+        RopeCase {
+            head_dim: 128,
+            rot_dim: 96,
+            heads: 3,
+            theta: 10_000.0,
+            long_factors: None,
+            attn_factor: 1.0,
+            pos0: 17,
+        },
+        // LongRoPE near 128k positions
+        RopeCase {
+            head_dim: 96,
+            rot_dim: 96,
+            heads: 2,
+            theta: 10_000.0,
+            long_factors: Some(&long),
+            attn_factor: 1.190_238,
+            pos0: 131_000,
+        },
+        // Phi-4's theta
+        RopeCase {
+            head_dim: 128,
+            rot_dim: 128,
+            heads: 2,
+            theta: 250_000.0,
+            long_factors: None,
+            attn_factor: 1.0,
+            pos0: 4090,
+        },
     ];
-    for (case, &(head_dim, rot_dim, heads, theta, factors, attn_factor, pos0)) in
-        cases.iter().enumerate()
-    {
+    for (case, c) in cases.iter().enumerate() {
+        let RopeCase {
+            head_dim,
+            rot_dim,
+            heads,
+            theta,
+            long_factors: factors,
+            attn_factor,
+            pos0,
+        } = *c;
         let tokens = 5;
         // The rotated heads sit after `offset` floats of each row, as Q or K in a fused QKV row.
         let offset = head_dim;
@@ -59,10 +110,7 @@ fn rope_neox_partial_longrope_and_large_positions() {
                 let base = t * row_stride + offset + h * head_dim;
                 for i in 0..rot_dim / 2 {
                     let angle = ((pos0 + t as u32) as f32 * freqs[i]) as f64; // f32 product, as HF
-                    let (c, s) = (
-                        angle.cos() * attn_factor as f64,
-                        angle.sin() * attn_factor as f64,
-                    );
+                    let (c, s) = (angle.cos() * attn_factor as f64, angle.sin() * attn_factor as f64);
                     let (x1, x2) = (xv[base + i] as f64, xv[base + i + rot_dim / 2] as f64);
                     expected[base + i] = x1 * c - x2 * s;
                     expected[base + i + rot_dim / 2] = x2 * c + x1 * s;
@@ -90,9 +138,7 @@ fn kv_append_packs_f16_at_the_step_position() {
     let sv = Rng::new(12).vec(tokens * src_stride, -4.0, 4.0);
     let (src, cache, step) = (
         env.upload_f32("src", &sv),
-        env.gpu
-            .storage("cache", (capacity * kv_dim * 2) as u64)
-            .unwrap(),
+        env.gpu.storage("cache", (capacity * kv_dim * 2) as u64).unwrap(),
         env.gpu.step_buffer(pos0),
     );
     let shape = KvAppendShape {
@@ -167,14 +213,8 @@ fn check_attention(c: &Case, seed: u64) {
     };
 
     let q = env.upload_f32("q", &qv);
-    let k = env
-        .gpu
-        .storage_with("k", bytemuck::cast_slice(&k_half))
-        .unwrap();
-    let v = env
-        .gpu
-        .storage_with("v", bytemuck::cast_slice(&v_half))
-        .unwrap();
+    let k = env.gpu.storage_with("k", bytemuck::cast_slice(&k_half)).unwrap();
+    let v = env.gpu.storage_with("v", bytemuck::cast_slice(&v_half)).unwrap();
     let out = env.zeros("out", c.tokens * c.heads * c.head_dim);
     let scratch = AttentionScratch::new(&env.gpu, &shape).unwrap();
     let step = env.gpu.step_buffer(c.pos0 as u32);
@@ -199,11 +239,7 @@ fn check_attention(c: &Case, seed: u64) {
             let scores: Vec<f64> = (first..=pos)
                 .map(|j| {
                     let kj = &k_half[j * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                    qh.iter()
-                        .zip(kj)
-                        .map(|(a, b)| *a as f64 * b.to_f64())
-                        .sum::<f64>()
-                        * scale as f64
+                    qh.iter().zip(kj).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>() * scale as f64
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::MIN, f64::max);
@@ -220,14 +256,7 @@ fn check_attention(c: &Case, seed: u64) {
     }
     let n = expected.len();
     // Outputs are convex combinations of values in [-1, 1]; f32 softmax and accumulation.
-    assert_close(
-        c.name,
-        &env.read_f32(&out, n),
-        &expected,
-        &vec![1.0; n],
-        2e-5,
-        0.0,
-    );
+    assert_close(c.name, &env.read_f32(&out, n), &expected, &vec![1.0; n], 2e-5, 0.0);
 }
 
 #[test]
@@ -354,8 +383,7 @@ fn attention_rejects_bad_head_grouping() {
         .attention(&step, &buf, &buf, &buf, &scratch, &buf, &shape)
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("5 query heads cannot share 2 KV heads"),
+        err.to_string().contains("5 query heads cannot share 2 KV heads"),
         "{err}"
     );
 }

@@ -47,11 +47,7 @@ fn layer_norm_rows() {
     for &(rows, cols) in &[(1usize, 4096usize), (37, 384), (2, 7)] {
         let mut rng = Rng::new(cols as u64 + 1);
         // An offset mean exercises the two-pass variance.
-        let xv: Vec<f32> = rng
-            .vec(rows * cols, -1.0, 1.0)
-            .iter()
-            .map(|v| v + 20.0)
-            .collect();
+        let xv: Vec<f32> = rng.vec(rows * cols, -1.0, 1.0).iter().map(|v| v + 20.0).collect();
         let (wv, bv) = (rng.vec(cols, 0.5, 1.5), rng.vec(cols, -0.5, 0.5));
         let (x, w, b, y) = (
             env.upload_f32("x", &xv),
@@ -60,18 +56,14 @@ fn layer_norm_rows() {
             env.zeros("y", rows * cols),
         );
         let eps = 1e-5;
-        env.run(&[&env
-            .kernels
-            .layer_norm(&x, &w, &b, &y, rows, cols, eps)
-            .unwrap()]);
+        env.run(&[&env.kernels.layer_norm(&x, &w, &b, &y, rows, cols, eps).unwrap()]);
         let mut expected = vec![0.0; rows * cols];
         for r in 0..rows {
             let row = to_f64(&xv[r * cols..][..cols]);
             let mean = row.iter().sum::<f64>() / cols as f64;
             let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
             for c in 0..cols {
-                expected[r * cols + c] =
-                    (row[c] - mean) / (var + eps as f64).sqrt() * wv[c] as f64 + bv[c] as f64;
+                expected[r * cols + c] = (row[c] - mean) / (var + eps as f64).sqrt() * wv[c] as f64 + bv[c] as f64;
             }
         }
         // f32 input values near 20 carry ~1e-6 absolute rounding, magnified by 1/std ~ 1.7.
@@ -90,10 +82,7 @@ fn silu_mul_over_fused_gate_up() {
     let env = env();
     let (tokens, inter) = (37, 130);
     let gu = Rng::new(3).vec(tokens * 2 * inter, -12.0, 12.0);
-    let (x, out) = (
-        env.upload_f32("gate_up", &gu),
-        env.zeros("out", tokens * inter),
-    );
+    let (x, out) = (env.upload_f32("gate_up", &gu), env.zeros("out", tokens * inter));
     env.run(&[&env.kernels.silu_mul(&x, &out, tokens, inter).unwrap()]);
     let mut expected = vec![0.0; tokens * inter];
     for t in 0..tokens {
@@ -103,13 +92,7 @@ fn silu_mul_over_fused_gate_up() {
             expected[t * inter + i] = g / (1.0 + (-g).exp()) * u;
         }
     }
-    assert_close_rel(
-        "silu_mul",
-        &env.read_f32(&out, tokens * inter),
-        &expected,
-        1e-6,
-        1e-5,
-    );
+    assert_close_rel("silu_mul", &env.read_f32(&out, tokens * inter), &expected, 1e-6, 1e-5);
 }
 
 /// erf in f64: Taylor series near 0, continued fraction for erfc beyond.
@@ -148,11 +131,7 @@ fn gelu_erf_and_tanh() {
                 match kind {
                     GeluKind::Erf => 0.5 * v * (1.0 + erf(v / 2f64.sqrt())),
                     GeluKind::Tanh => {
-                        0.5 * v
-                            * (1.0
-                                + ((2.0 / std::f64::consts::PI).sqrt()
-                                    * (v + 0.044715 * v.powi(3)))
-                                .tanh())
+                        0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
                     }
                 }
             })
@@ -198,13 +177,7 @@ fn softmax_rows() {
             expected[r * cols + c] = (row[c] - m).exp() / sum;
         }
     }
-    assert_close_rel(
-        "softmax",
-        &env.read_f32(&x, rows * cols),
-        &expected,
-        1e-9,
-        2e-5,
-    );
+    assert_close_rel("softmax", &env.read_f32(&x, rows * cols), &expected, 1e-9, 2e-5);
 }
 
 #[test]
@@ -230,10 +203,6 @@ fn argmax_rows_first_maximum_wins() {
                 (0..cols).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as u32
             })
             .collect();
-        assert_eq!(
-            env.read_u32(&out, rows),
-            expected,
-            "argmax over {cols} columns"
-        );
+        assert_eq!(env.read_u32(&out, rows), expected, "argmax over {cols} columns");
     }
 }

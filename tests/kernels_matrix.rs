@@ -9,13 +9,7 @@ use phi_web::quant::{self, WeightFormat};
 
 /// Random weights [rows, cols] quantized to `format`: the GPU matrix and the
 /// dequantized values the reference uses.
-fn weights(
-    env: &Env,
-    format: WeightFormat,
-    rows: usize,
-    cols: usize,
-    seed: u64,
-) -> (Matrix, Vec<f32>) {
+fn weights(env: &Env, format: WeightFormat, rows: usize, cols: usize, seed: u64) -> (Matrix, Vec<f32>) {
     let values = Rng::new(seed).vec(rows * cols, -1.0, 1.0);
     let gguf = quant::quantize(format, &values).unwrap();
     let dequantized = quant::dequantize(format, &gguf).unwrap();
@@ -27,13 +21,7 @@ fn weights(
 }
 
 /// y [T, N] = x [T, K] W^T in f64, plus sum |w x| per output for the tolerance.
-fn reference(
-    w: &[f32],
-    x: &[f32],
-    rows: usize,
-    cols: usize,
-    tokens: usize,
-) -> (Vec<f64>, Vec<f64>) {
+fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, tokens: usize) -> (Vec<f64>, Vec<f64>) {
     let (mut y, mut scale) = (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
     for t in 0..tokens {
         for r in 0..rows {
@@ -61,19 +49,8 @@ fn matvec_every_format_and_variant() {
                 let y = env.zeros("y", rows);
                 env.run(&[&env.kernels.matvec(&w, &x, &y).unwrap()]);
                 let (expected, scale) = reference(&wf, &xv, rows, cols, 1);
-                let what = format!(
-                    "matvec {} {} [{rows}x{cols}]",
-                    env.kernels.variant(),
-                    format.name()
-                );
-                assert_close(
-                    &what,
-                    &env.read_f32(&y, rows),
-                    &expected,
-                    &scale,
-                    1e-6,
-                    2e-6,
-                );
+                let what = format!("matvec {} {} [{rows}x{cols}]", env.kernels.variant(), format.name());
+                assert_close(&what, &env.read_f32(&y, rows), &expected, &scale, 1e-6, 2e-6);
             }
         }
     }
@@ -92,14 +69,7 @@ fn matmul_every_format() {
                 env.run(&[&env.kernels.matmul(&w, &x, &y, tokens).unwrap()]);
                 let (expected, scale) = reference(&wf, &xv, rows, cols, tokens);
                 let what = format!("matmul {} T={tokens} [{rows}x{cols}]", format.name());
-                assert_close(
-                    &what,
-                    &env.read_f32(&y, tokens * rows),
-                    &expected,
-                    &scale,
-                    1e-6,
-                    2e-6,
-                );
+                assert_close(&what, &env.read_f32(&y, tokens * rows), &expected, &scale, 1e-6, 2e-6);
             }
         }
     }
@@ -117,17 +87,10 @@ fn embedding_every_format() {
         ids[1] = vocab as u32 - 1;
         let ids_buffer = env.upload_u32("ids", &ids);
         let out = env.zeros("out", ids.len() * hidden);
-        env.run(&[&env
-            .kernels
-            .embedding(&table, &ids_buffer, &out, ids.len())
-            .unwrap()]);
+        env.run(&[&env.kernels.embedding(&table, &ids_buffer, &out, ids.len()).unwrap()]);
         let expected: Vec<f64> = ids
             .iter()
-            .flat_map(|&id| {
-                tf[id as usize * hidden..][..hidden]
-                    .iter()
-                    .map(|&v| v as f64)
-            })
+            .flat_map(|&id| tf[id as usize * hidden..][..hidden].iter().map(|&v| v as f64))
             .collect();
         let scale: Vec<f64> = expected.iter().map(|v| v.abs()).collect();
         // Dequantization is one multiply (and one add for q4_1): equal up to FMA contraction.
@@ -155,9 +118,6 @@ fn wrong_shapes_are_errors_not_out_of_bounds_reads() {
     );
     let err = Matrix::from_f32(&env.gpu, "odd", WeightFormat::Q4_0, 2, 48, &[0.0; 96]).unwrap_err();
     assert!(err.to_string().contains("multiple of 32"), "{err}");
-    let err = env
-        .gpu
-        .storage("huge", env.gpu.limits.max_buffer_size + 4)
-        .unwrap_err();
+    let err = env.gpu.storage("huge", env.gpu.limits.max_buffer_size + 4).unwrap_err();
     assert!(err.to_string().contains("maxBufferSize"), "{err}");
 }

@@ -53,10 +53,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
                 },
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?
-            );
+            println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
             Ok(())
         }
         Some("bench") => {
@@ -64,11 +61,10 @@ fn run(args: &[String]) -> Result<(), String> {
             let gpu = pollster::block_on(Gpu::new(&options)).map_err(|e| e.to_string())?;
             let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
             eprintln!("benchmarking on {}", gpu.adapter);
-            let report =
-                pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| {
-                    eprintln!("  {stage}")
-                }))
-                .map_err(|e| e.to_string())?;
+            let report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| {
+                eprintln!("  {stage}")
+            }))
+            .map_err(|e| e.to_string())?;
             let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
             println!("{json}");
             if let Some(path) = out {

@@ -205,7 +205,7 @@ impl Gpu {
                 limit_name: "maxBufferSize",
             });
         }
-        let binding = self.limits.max_storage_buffer_binding_size as u64;
+        let binding = self.limits.max_storage_buffer_binding_size;
         if size > binding {
             return Err(Error::GpuLimit {
                 what: what.into(),
@@ -224,9 +224,7 @@ impl Gpu {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         }))
     }
@@ -235,41 +233,34 @@ impl Gpu {
     pub fn storage_with(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         self.check_buffer_size(label, bytes.len() as u64)?;
         let mut padded;
-        let contents = if bytes.len() % 4 == 0 && !bytes.is_empty() {
+        let contents = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
             bytes
         } else {
             padded = bytes.to_vec();
             padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
             &padded
         };
-        Ok(self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            }))
+        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        }))
     }
 
     /// A uniform buffer holding one `Pod` value (kernel parameters).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// Records `dispatches` into one compute pass of one encoder and submits it.
     pub fn run(&self, dispatches: &[&super::Dispatch]) -> wgpu::SubmissionIndex {
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("phi-web run"),
-            });
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("phi-web run"),
+        });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
@@ -296,12 +287,7 @@ impl Gpu {
     }
 
     /// Copies `size` bytes from the start of `buffer` back to the CPU.
-    pub async fn read_bytes(
-        &self,
-        what: &str,
-        buffer: &wgpu::Buffer,
-        size: u64,
-    ) -> Result<Vec<u8>> {
+    pub async fn read_bytes(&self, what: &str, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let size = size.next_multiple_of(4);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -339,23 +325,13 @@ impl Gpu {
     }
 
     /// Reads `len` f32 values from the start of `buffer`.
-    pub async fn read_f32(
-        &self,
-        what: &str,
-        buffer: &wgpu::Buffer,
-        len: usize,
-    ) -> Result<Vec<f32>> {
+    pub async fn read_f32(&self, what: &str, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(what, buffer, 4 * len as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..4 * len]))
     }
 
     /// Reads `len` u32 values from the start of `buffer`.
-    pub async fn read_u32(
-        &self,
-        what: &str,
-        buffer: &wgpu::Buffer,
-        len: usize,
-    ) -> Result<Vec<u32>> {
+    pub async fn read_u32(&self, what: &str, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
         let bytes = self.read_bytes(what, buffer, 4 * len as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..4 * len]))
     }

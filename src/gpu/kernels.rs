@@ -197,19 +197,13 @@ pub struct Kernels {
 }
 
 fn format_index(format: WeightFormat) -> usize {
-    WeightFormat::ALL
-        .iter()
-        .position(|f| *f == format)
-        .unwrap_or(0)
+    WeightFormat::ALL.iter().position(|f| *f == format).unwrap_or(0)
 }
 
 /// Rejects a binding smaller than the shape says it must be.
 fn need(op: &'static str, what: &str, buffer: &wgpu::Buffer, bytes: usize) -> Result<()> {
     ensure_shape(buffer.size() >= bytes as u64, op, || {
-        format!(
-            "{what} holds {} bytes but the shape needs {bytes}",
-            buffer.size()
-        )
+        format!("{what} holds {} bytes but the shape needs {bytes}", buffer.size())
     })
 }
 
@@ -232,25 +226,18 @@ impl Kernels {
 
     /// Compiles every kernel for `gpu` (shader errors become [`Error::Shader`]).
     pub async fn new(gpu: &Gpu) -> Result<Kernels> {
-        let build_with = |name: &str,
-                          parts: &[&str],
-                          entry: &str,
-                          constants: &[(&str, f64)]|
-         -> Result<wgpu::ComputePipeline> {
-            let mut source = String::from(COMMON);
-            for part in parts {
-                source.push('\n');
-                source.push_str(part);
-            }
-            let module = gpu
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
+        let build_with =
+            |name: &str, parts: &[&str], entry: &str, constants: &[(&str, f64)]| -> Result<wgpu::ComputePipeline> {
+                let mut source = String::from(COMMON);
+                for part in parts {
+                    source.push('\n');
+                    source.push_str(part);
+                }
+                let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(name),
                     source: wgpu::ShaderSource::Wgsl(source.into()),
                 });
-            Ok(gpu
-                .device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                Ok(gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(name),
                     layout: None,
                     module: &module,
@@ -261,36 +248,30 @@ impl Kernels {
                     },
                     cache: None,
                 }))
-        };
+            };
         let build = |name: &str, parts: &[&str], entry: &str| build_with(name, parts, entry, &[]);
         let single = |name: &str, source: &str| build(name, &[source], "main");
         gpu.scoped("compiling the kernels", || -> Result<Kernels> {
-            let per_format = |op: &str,
-                              source: &str,
-                              constants: &[(&str, f64)]|
-             -> Result<Vec<wgpu::ComputePipeline>> {
-                WeightFormat::ALL
-                    .iter()
-                    .map(|f| {
-                        build_with(
-                            &format!("{op}_{}", f.name()),
-                            &[weights_source(*f), source],
-                            "main",
-                            constants,
-                        )
-                    })
-                    .collect()
-            };
+            let per_format =
+                |op: &str, source: &str, constants: &[(&str, f64)]| -> Result<Vec<wgpu::ComputePipeline>> {
+                    WeightFormat::ALL
+                        .iter()
+                        .map(|f| {
+                            build_with(
+                                &format!("{op}_{}", f.name()),
+                                &[weights_source(*f), source],
+                                "main",
+                                constants,
+                            )
+                        })
+                        .collect()
+                };
             let rows_per_wg = [("ROWS_PER_WG", MATVEC_ROWS_PER_WG as f64)];
             let gelu = include_str!("../../shaders/gelu.wgsl");
             Ok(Kernels {
                 device: gpu.device.clone(),
                 max_groups: gpu.limits.max_compute_workgroups_per_dimension,
-                matvec: per_format(
-                    "matvec",
-                    include_str!("../../shaders/matvec.wgsl"),
-                    &rows_per_wg,
-                )?,
+                matvec: per_format("matvec", include_str!("../../shaders/matvec.wgsl"), &rows_per_wg)?,
                 matvec_subgroup: match gpu.features.subgroups {
                     true => Some(per_format(
                         "matvec_subgroup",
@@ -300,11 +281,7 @@ impl Kernels {
                     false => None,
                 },
                 matmul: per_format("matmul", include_str!("../../shaders/matmul.wgsl"), &[])?,
-                embedding: per_format(
-                    "embedding",
-                    include_str!("../../shaders/embedding.wgsl"),
-                    &[],
-                )?,
+                embedding: per_format("embedding", include_str!("../../shaders/embedding.wgsl"), &[])?,
                 rms_norm: single("rms_norm", include_str!("../../shaders/rms_norm.wgsl"))?,
                 layer_norm: single("layer_norm", include_str!("../../shaders/layer_norm.wgsl"))?,
                 rope: single("rope", include_str!("../../shaders/rope.wgsl"))?,
@@ -354,25 +331,19 @@ impl Kernels {
         workgroups: [u32; 3],
     ) -> Dispatch {
         use wgpu::util::DeviceExt;
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        entries.extend(
-            buffers
-                .iter()
-                .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                    binding: *binding,
-                    resource: buffer.as_entire_binding(),
-                }),
-        );
+        entries.extend(buffers.iter().map(|(binding, buffer)| wgpu::BindGroupEntry {
+            binding: *binding,
+            resource: buffer.as_entire_binding(),
+        }));
         entries.extend(extra);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
@@ -410,13 +381,7 @@ impl Kernels {
     }
 
     /// Y [T, N] = X [T, K] W [N, K]^T, T tokens (prefill).
-    pub fn matmul(
-        &self,
-        w: &Matrix,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        tokens: usize,
-    ) -> Result<Dispatch> {
+    pub fn matmul(&self, w: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, tokens: usize) -> Result<Dispatch> {
         const TILE_ROWS: usize = 64; // matches matmul.wgsl: WG_ROWS * ROWS_PER_THREAD
         const TILE_TOKENS: usize = 32; // WG_TOKENS * TOKENS_PER_THREAD
         need("matmul", "x", x, tokens * w.cols * 4)?;
@@ -445,13 +410,7 @@ impl Kernels {
     }
 
     /// out [T, D] = rows ids [T] of the table [vocab, D].
-    pub fn embedding(
-        &self,
-        table: &Matrix,
-        ids: &wgpu::Buffer,
-        out: &wgpu::Buffer,
-        tokens: usize,
-    ) -> Result<Dispatch> {
+    pub fn embedding(&self, table: &Matrix, ids: &wgpu::Buffer, out: &wgpu::Buffer, tokens: usize) -> Result<Dispatch> {
         need("embedding", "ids", ids, tokens * 4)?;
         need("embedding", "out", out, tokens * table.cols * 4)?;
         let params = params4(
@@ -541,7 +500,7 @@ impl Kernels {
         s: &RopeShape,
     ) -> Result<Dispatch> {
         ensure_shape(
-            s.rot_dim % 2 == 0 && s.rot_dim <= s.head_dim && s.rot_dim > 0,
+            s.rot_dim.is_multiple_of(2) && s.rot_dim <= s.head_dim && s.rot_dim > 0,
             "rope",
             || {
                 format!(
@@ -550,16 +509,12 @@ impl Kernels {
                 )
             },
         )?;
-        ensure_shape(
-            s.offset + s.heads * s.head_dim <= s.row_stride,
-            "rope",
-            || {
-                format!(
-                    "{} heads of {} at offset {} overflow rows of {}",
-                    s.heads, s.head_dim, s.offset, s.row_stride
-                )
-            },
-        )?;
+        ensure_shape(s.offset + s.heads * s.head_dim <= s.row_stride, "rope", || {
+            format!(
+                "{} heads of {} at offset {} overflow rows of {}",
+                s.heads, s.head_dim, s.offset, s.row_stride
+            )
+        })?;
         need("rope", "inv_freq", inv_freq, s.rot_dim / 2 * 4)?;
         need("rope", "x", x, s.tokens * s.row_stride * 4)?;
         let params = RopeParams {
@@ -592,7 +547,7 @@ impl Kernels {
         s: &KvAppendShape,
     ) -> Result<Dispatch> {
         ensure_shape(
-            s.kv_dim % 2 == 0 && s.src_offset + s.kv_dim <= s.src_stride,
+            s.kv_dim.is_multiple_of(2) && s.src_offset + s.kv_dim <= s.src_stride,
             "kv_append",
             || {
                 format!(
@@ -637,19 +592,14 @@ impl Kernels {
     ) -> Result<[Dispatch; 2]> {
         const WG: usize = 64; // attention.wgsl: threads per workgroup, 2 dim pairs each
         ensure_shape(
-            s.head_dim % 2 == 0 && s.head_dim > 0 && s.head_dim <= 256 && s.head_dim <= 4 * WG,
+            s.head_dim.is_multiple_of(2) && s.head_dim > 0 && s.head_dim <= 256 && s.head_dim <= 4 * WG,
             "attention",
             || format!("head_dim {} must be even and <= 256", s.head_dim),
         )?;
         ensure_shape(
-            s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+            s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads),
             "attention",
-            || {
-                format!(
-                    "{} query heads cannot share {} KV heads",
-                    s.heads, s.kv_heads
-                )
-            },
+            || format!("{} query heads cannot share {} KV heads", s.heads, s.kv_heads),
         )?;
         ensure_shape(s.heads * s.head_dim <= s.q_stride, "attention", || {
             format!(
@@ -658,28 +608,16 @@ impl Kernels {
             )
         })?;
         ensure_shape(
-            s.splits >= 1
-                && s.splits as u32 <= self.max_groups
-                && s.tokens as u32 <= self.max_groups,
+            s.splits >= 1 && s.splits as u32 <= self.max_groups && s.tokens as u32 <= self.max_groups,
             "attention",
-            || {
-                format!(
-                    "{} splits x {} tokens exceed the dispatch limit",
-                    s.splits, s.tokens
-                )
-            },
+            || format!("{} splits x {} tokens exceed the dispatch limit", s.splits, s.tokens),
         )?;
         need("attention", "q", q, s.tokens * s.q_stride * 4)?;
         let cache_bytes = s.capacity * s.kv_heads * s.head_dim * 2;
         need("attention", "k_cache", k_cache, cache_bytes)?;
         need("attention", "v_cache", v_cache, cache_bytes)?;
         let slots = s.tokens * s.heads * s.splits;
-        need(
-            "attention",
-            "scratch partials",
-            &scratch.acc,
-            slots * s.head_dim * 4,
-        )?;
+        need("attention", "scratch partials", &scratch.acc, slots * s.head_dim * 4)?;
         need("attention", "scratch stats", &scratch.ml, slots * 8)?;
         need("attention", "out", out, s.tokens * s.heads * s.head_dim * 4)?;
         let params = AttentionParams {
@@ -779,38 +717,15 @@ impl Kernels {
     /// Softmax in place over each row of x [rows, cols].
     pub fn softmax(&self, x: &wgpu::Buffer, rows: usize, cols: usize) -> Result<Dispatch> {
         need("softmax", "x", x, rows * cols * 4)?;
-        let params = params4(
-            u32_of("softmax", "rows", rows)?,
-            u32_of("softmax", "cols", cols)?,
-            0,
-            0,
-        );
-        Ok(self.dispatch(
-            "softmax",
-            &self.softmax,
-            &params,
-            &[(1, x)],
-            vec![],
-            self.grid(rows),
-        ))
+        let params = params4(u32_of("softmax", "rows", rows)?, u32_of("softmax", "cols", cols)?, 0, 0);
+        Ok(self.dispatch("softmax", &self.softmax, &params, &[(1, x)], vec![], self.grid(rows)))
     }
 
     /// out [rows] (u32) = index of each row's maximum of x [rows, cols].
-    pub fn argmax(
-        &self,
-        x: &wgpu::Buffer,
-        out: &wgpu::Buffer,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Dispatch> {
+    pub fn argmax(&self, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, cols: usize) -> Result<Dispatch> {
         need("argmax", "x", x, rows * cols * 4)?;
         need("argmax", "out", out, rows * 4)?;
-        let params = params4(
-            u32_of("argmax", "rows", rows)?,
-            u32_of("argmax", "cols", cols)?,
-            0,
-            0,
-        );
+        let params = params4(u32_of("argmax", "rows", rows)?, u32_of("argmax", "cols", cols)?, 0, 0);
         Ok(self.dispatch(
             "argmax",
             &self.argmax,

@@ -74,22 +74,23 @@ impl Matrix {
         cols: usize,
         layout: &GpuLayout,
     ) -> Result<Matrix> {
-        ensure_shape(
-            cols % quant::BLOCK == 0 && rows > 0,
-            "matrix upload",
-            || {
-                format!(
-                    "{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}",
-                    quant::BLOCK
-                )
-            },
-        )?;
+        ensure_shape(cols.is_multiple_of(quant::BLOCK) && rows > 0, "matrix upload", || {
+            format!(
+                "{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}",
+                quant::BLOCK
+            )
+        })?;
         let (data_size, scales_size) = quant::gpu_size(format, rows, cols);
         ensure_shape(
             layout.data.len() == data_size && layout.scales.len() >= scales_size,
             "matrix upload",
             || {
-                format!("{label}: {} [{rows}, {cols}] needs {data_size} + {scales_size} bytes, got {} + {}", format.name(), layout.data.len(), layout.scales.len())
+                format!(
+                    "{label}: {} [{rows}, {cols}] needs {data_size} + {scales_size} bytes, got {} + {}",
+                    format.name(),
+                    layout.data.len(),
+                    layout.scales.len()
+                )
             },
         )?;
         gpu.check_buffer_size(label, data_size as u64)?;
@@ -127,14 +128,7 @@ impl Matrix {
             format!("{label}: {} values for [{rows}, {cols}]", values.len())
         })?;
         let gguf = quant::quantize(format, values)?;
-        Matrix::upload(
-            gpu,
-            label,
-            format,
-            rows,
-            cols,
-            &quant::to_gpu_layout(format, &gguf)?,
-        )
+        Matrix::upload(gpu, label, format, rows, cols, &quant::to_gpu_layout(format, &gguf)?)
     }
 
     /// Bytes this matrix occupies on the GPU.

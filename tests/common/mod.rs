@@ -51,15 +51,11 @@ fn open(options: GpuOptions) -> Env {
 
 impl Env {
     pub fn upload_f32(&self, label: &str, values: &[f32]) -> wgpu::Buffer {
-        self.gpu
-            .storage_with(label, bytemuck::cast_slice(values))
-            .unwrap()
+        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
     }
 
     pub fn upload_u32(&self, label: &str, values: &[u32]) -> wgpu::Buffer {
-        self.gpu
-            .storage_with(label, bytemuck::cast_slice(values))
-            .unwrap()
+        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
     }
 
     pub fn zeros(&self, label: &str, floats: usize) -> wgpu::Buffer {
@@ -114,14 +110,7 @@ impl Rng {
 /// Checks |got - expected| <= atol + rtol * scale[i] for every i, where
 /// `scale` is the magnitude the error is relative to (e.g. sum |w_k x_k| of
 /// a dot product). Prints and returns the largest absolute error.
-pub fn assert_close(
-    what: &str,
-    got: &[f32],
-    expected: &[f64],
-    scale: &[f64],
-    atol: f64,
-    rtol: f64,
-) -> f64 {
+pub fn assert_close(what: &str, got: &[f32], expected: &[f64], scale: &[f64], atol: f64, rtol: f64) -> f64 {
     assert_eq!(got.len(), expected.len(), "{what}: length");
     let mut max_err = 0.0f64;
     for i in 0..got.len() {
