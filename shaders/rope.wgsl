@@ -22,11 +22,34 @@ struct Params {
 
 override WG: u32 = 64u;
 
-// 2*pi split so that k * TWO_PI_HI is exact for k < 2^16 (Cody-Waite): angles
-// reach ~1e5 rad at long context, far outside where sin/cos are accurate.
-const TWO_PI_HI: f32 = 6.28125;
+// 2*pi and pi/2 split in a high part with few mantissa bits and a low part
+// (Cody-Waite), so that k * HI is exact: angles reach ~1e5 rad at long
+// context, and reducing them naively loses every digit.
+const TWO_PI_HI: f32 = 6.28125;  // k * TWO_PI_HI exact for |k| < 2^16
 const TWO_PI_LO: f32 = 0.0019353071795864769;
 const INV_TWO_PI: f32 = 0.15915494309189535;
+const HALF_PI_HI: f32 = 1.5703125;
+const HALF_PI_LO: f32 = 4.8382679489661923e-4;
+const INV_HALF_PI: f32 = 0.6366197723675814;
+
+// (sin a, cos a) to ~1e-7: WGSL only promises 2^-11 for its sin and cos
+// (SwiftShader is that coarse), so reduce to [-pi/4, pi/4] and use Taylor
+// polynomials, whose truncation error there is below 2e-9.
+fn sin_cos(a: f32) -> vec2<f32> {
+    let turns = round(a * INV_TWO_PI);
+    let r = (a - turns * TWO_PI_HI) - turns * TWO_PI_LO;  // [-pi, pi]
+    let quadrant = round(r * INV_HALF_PI);                // -2 ..= 2
+    let y = (r - quadrant * HALF_PI_HI) - quadrant * HALF_PI_LO;
+    let y2 = y * y;
+    let s = y * (1.0 + y2 * (-1.0 / 6.0 + y2 * (1.0 / 120.0 + y2 * (-1.0 / 5040.0 + y2 * (1.0 / 362880.0)))));
+    let c = 1.0 + y2 * (-0.5 + y2 * (1.0 / 24.0 + y2 * (-1.0 / 720.0 + y2 * (1.0 / 40320.0 + y2 * (-1.0 / 3628800.0)))));
+    switch (i32(quadrant) & 3) {
+        case 1: { return vec2<f32>(c, -s); }
+        case 2: { return vec2<f32>(-s, -c); }
+        case 3: { return vec2<f32>(-c, s); }
+        default: { return vec2<f32>(s, c); }
+    }
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -41,10 +64,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let t = i / (half_rot * p.heads);
 
     let angle = f32(step.pos + t) * inv_freq[k];  // rounded to f32 as in HF
-    let turns = round(angle * INV_TWO_PI);
-    let r = (angle - turns * TWO_PI_HI) - turns * TWO_PI_LO;
-    let c = cos(r) * p.attn_factor;
-    let s = sin(r) * p.attn_factor;
+    let sc = sin_cos(angle) * p.attn_factor;
+    let s = sc.x;
+    let c = sc.y;
 
     let base = t * p.row_stride + p.offset + h * p.head_dim;
     let x1 = x[base + k];

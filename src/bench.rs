@@ -45,10 +45,7 @@ fn read_bandwidth(buffer: &[u64], threads: usize) -> f64 {
             .chunks(chunk)
             .map(|part| scope.spawn(move || part.iter().fold(0u64, |a, &v| a.wrapping_add(v))))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(0))
-            .fold(0, u64::wrapping_add)
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).fold(0, u64::wrapping_add)
     });
     std::hint::black_box(total);
     (buffer.len() * 8) as f64 / start.elapsed().as_secs_f64() / 1e9
@@ -71,10 +68,7 @@ fn random_matrix(gpu: &Gpu, format: WeightFormat, rows: usize, cols: usize, seed
         state
     };
     let (data, scales) = quant::gpu_size(format, rows, cols);
-    let mut layout = GpuLayout {
-        data: (0..data).map(|_| next() as u8).collect(),
-        scales: Vec::with_capacity(scales),
-    };
+    let mut layout = GpuLayout { data: (0..data).map(|_| next() as u8).collect(), scales: Vec::with_capacity(scales) };
     let small = half::f16::from_f32(0.01).to_le_bytes();
     while layout.scales.len() < scales {
         layout.scales.extend_from_slice(&small);
@@ -83,10 +77,7 @@ fn random_matrix(gpu: &Gpu, format: WeightFormat, rows: usize, cols: usize, seed
         layout.data.chunks_exact_mut(2).for_each(|h| h.copy_from_slice(&small));
     }
     if matches!(format, WeightFormat::F32) {
-        layout
-            .data
-            .chunks_exact_mut(4)
-            .for_each(|w| w.copy_from_slice(&0.01f32.to_le_bytes()));
+        layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&0.01f32.to_le_bytes()));
     }
     Matrix::upload(gpu, "bench weights", format, rows, cols, &layout)
 }
@@ -127,17 +118,8 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
     };
 
     // Phi-3-mini decode shapes: qkv_proj, gate_up_proj, down_proj ([rows, cols] = [out, in]).
-    let shapes = [
-        ("qkv_proj", 9216, 3072),
-        ("gate_up_proj", 16384, 3072),
-        ("down_proj", 3072, 8192),
-    ];
-    for format in [
-        WeightFormat::Q4_0,
-        WeightFormat::Q4_1,
-        WeightFormat::Q8_0,
-        WeightFormat::F16,
-    ] {
+    let shapes = [("qkv_proj", 9216, 3072), ("gate_up_proj", 16384, 3072), ("down_proj", 3072, 8192)];
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::F16] {
         for (i, &(name, rows, cols)) in shapes.iter().enumerate() {
             progress(&format!("matvec {} {name}", format.name()));
             let w = random_matrix(gpu, format, rows, cols, 1 + i as u64)?;
@@ -163,10 +145,7 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
     let seconds = time_dispatches(gpu, &[&d], 2, 3)?;
     push(
         "matmul_q4_0".into(),
-        format!(
-            "{rows}x{cols}, T={tokens} ({:.1} GFLOP/s)",
-            2.0 * (rows * cols * tokens) as f64 / seconds / 1e9
-        ),
+        format!("{rows}x{cols}, T={tokens} ({:.1} GFLOP/s)", 2.0 * (rows * cols * tokens) as f64 / seconds / 1e9),
         seconds,
         w.read_bytes() + (tokens * cols * 4) as u64,
     );
@@ -187,10 +166,8 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
     };
     let cache_bytes = (capacity * heads * head_dim * 2) as u64;
     let (k, v) = (gpu.storage("k", cache_bytes)?, gpu.storage("v", cache_bytes)?);
-    let (q, out) = (
-        gpu.storage("q", (heads * head_dim * 4) as u64)?,
-        gpu.storage("out", (heads * head_dim * 4) as u64)?,
-    );
+    let (q, out) =
+        (gpu.storage("q", (heads * head_dim * 4) as u64)?, gpu.storage("out", (heads * head_dim * 4) as u64)?);
     let scratch = AttentionScratch::new(gpu, &shape)?;
     let step = gpu.step_buffer(capacity as u32 - 1);
     let [split_pass, combine] = kernels.attention(&step, &q, &k, &v, &scratch, &out, &shape)?;

@@ -18,12 +18,7 @@ pub enum Error {
     Gpu { context: String, message: String },
 
     #[error("{what} needs {needed} bytes but this GPU allows at most {limit} ({limit_name})")]
-    GpuLimit {
-        what: String,
-        needed: u64,
-        limit: u64,
-        limit_name: &'static str,
-    },
+    GpuLimit { what: String, needed: u64, limit: u64, limit_name: &'static str },
 
     #[error("shader {shader} failed to compile: {message}")]
     Shader { shader: String, message: String },
@@ -35,11 +30,7 @@ pub enum Error {
     Shape { op: &'static str, message: String },
 
     #[error("{format} data for {what}: {message}")]
-    Quant {
-        format: &'static str,
-        what: String,
-        message: String,
-    },
+    Quant { format: &'static str, what: String, message: String },
 }
 
 /// phi-web's result type.

@@ -100,9 +100,7 @@ pub fn quantize(format: WeightFormat, x: &[f32]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(format.gguf_size(x.len()));
     match format {
         WeightFormat::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        WeightFormat::F16 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        WeightFormat::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
         WeightFormat::Q4_0 => {
             for block in x.chunks_exact(BLOCK) {
                 // The value of largest magnitude maps to -8, keeping its sign.
@@ -161,10 +159,7 @@ pub fn dequantize(format: WeightFormat, bytes: &[u8]) -> Result<Vec<f32>> {
         return Err(Error::Quant {
             format: format.name(),
             what: "dequantize".into(),
-            message: format!(
-                "{} bytes is not a whole number of {block_bytes}-byte blocks",
-                bytes.len()
-            ),
+            message: format!("{} bytes is not a whole number of {block_bytes}-byte blocks", bytes.len()),
         });
     }
     let mut out = Vec::with_capacity(bytes.len() / block_bytes * elems);
@@ -214,19 +209,12 @@ pub fn to_gpu_layout(format: WeightFormat, gguf: &[u8]) -> Result<GpuLayout> {
         });
     }
     let header = match format {
-        WeightFormat::F32 | WeightFormat::F16 => {
-            return Ok(GpuLayout {
-                data: gguf.to_vec(),
-                scales: Vec::new(),
-            })
-        }
+        WeightFormat::F32 | WeightFormat::F16 => return Ok(GpuLayout { data: gguf.to_vec(), scales: Vec::new() }),
         WeightFormat::Q4_0 | WeightFormat::Q8_0 => 2,
         WeightFormat::Q4_1 => 4,
     };
-    let mut out = GpuLayout {
-        data: Vec::with_capacity(gguf.len()),
-        scales: Vec::with_capacity(n / BLOCK * header + 2),
-    };
+    let mut out =
+        GpuLayout { data: Vec::with_capacity(gguf.len()), scales: Vec::with_capacity(n / BLOCK * header + 2) };
     for block in gguf.chunks_exact(block_bytes) {
         out.scales.extend_from_slice(&block[..header]);
         out.data.extend_from_slice(&block[header..]);
@@ -320,11 +308,7 @@ mod tests {
                     WeightFormat::Q8_0 => amax / 254.0 * 1.01 + amax / 1024.0,
                 };
                 for (i, (a, b2)) in xb.iter().zip(yb).enumerate() {
-                    assert!(
-                        (a - b2).abs() <= bound + 1e-7,
-                        "{} block {b} [{i}]: {a} -> {b2}",
-                        format.name()
-                    );
+                    assert!((a - b2).abs() <= bound + 1e-7, "{} block {b} [{i}]: {a} -> {b2}", format.name());
                 }
             }
         }
@@ -337,12 +321,7 @@ mod tests {
             let gguf = quantize(format, &x).unwrap();
             let layout = to_gpu_layout(format, &gguf).unwrap();
             assert_eq!((layout.data.len(), layout.scales.len()), gpu_size(format, 33, 32));
-            assert_eq!(
-                from_gpu_layout(format, &layout, x.len()).unwrap(),
-                gguf,
-                "{}",
-                format.name()
-            );
+            assert_eq!(from_gpu_layout(format, &layout, x.len()).unwrap(), gguf, "{}", format.name());
         }
     }
 

@@ -1,5 +1,6 @@
 //! The device layer: real limits, feature negotiation, and GPU failures
 //! turned into errors instead of panics.
+#![cfg(not(target_arch = "wasm32"))]
 
 use phi_web::gpu::{Gpu, GpuOptions};
 use phi_web::Error;
@@ -15,10 +16,7 @@ fn device_gets_the_adapters_real_limits() {
     let defaults = wgpu::Limits::default();
     let device = gpu.device.limits();
     assert_eq!(device.max_buffer_size, gpu.limits.max_buffer_size);
-    assert_eq!(
-        device.max_storage_buffer_binding_size,
-        gpu.limits.max_storage_buffer_binding_size
-    );
+    assert_eq!(device.max_storage_buffer_binding_size, gpu.limits.max_storage_buffer_binding_size);
     // Any real adapter exceeds WebGPU's default 256 MiB buffer limit.
     assert!(
         device.max_buffer_size > defaults.max_buffer_size,
@@ -30,11 +28,7 @@ fn device_gets_the_adapters_real_limits() {
 
 #[test]
 fn features_can_be_turned_off_for_the_portable_path() {
-    let gpu = open(GpuOptions {
-        allow_f16: false,
-        allow_subgroups: false,
-        ..Default::default()
-    });
+    let gpu = open(GpuOptions { allow_f16: false, allow_subgroups: false, ..Default::default() });
     assert!(!gpu.features.shader_f16 && !gpu.features.subgroups);
     assert!(!gpu.device.features().contains(wgpu::Features::SHADER_F16));
     assert!(!gpu.device.features().contains(wgpu::Features::SUBGROUP));

@@ -22,11 +22,7 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            allow_f16: true,
-            allow_subgroups: true,
-        }
+        Self { power_preference: wgpu::PowerPreference::HighPerformance, allow_f16: true, allow_subgroups: true }
     }
 }
 
@@ -49,11 +45,7 @@ pub struct AdapterSummary {
 
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({}, {}, {})",
-            self.name, self.backend, self.device_type, self.driver
-        )
+        write!(f, "{} ({}, {}, {})", self.name, self.backend, self.device_type, self.driver)
     }
 }
 
@@ -75,11 +67,8 @@ impl Gpu {
     /// Opens the best adapter with its real limits (the WebGPU defaults, e.g. a
     /// 128 MiB storage binding, are far below what a model needs).
     pub async fn new(options: &GpuOptions) -> Result<Gpu> {
-        let backends = if cfg!(target_arch = "wasm32") {
-            wgpu::Backends::BROWSER_WEBGPU
-        } else {
-            wgpu::Backends::PRIMARY
-        };
+        let backends =
+            if cfg!(target_arch = "wasm32") { wgpu::Backends::BROWSER_WEBGPU } else { wgpu::Backends::PRIMARY };
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
         descriptor.backends = backends;
         let instance = wgpu::Instance::new(descriptor);
@@ -89,9 +78,7 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|_| Error::NoAdapter {
-                backends: format!("{backends:?}"),
-            })?;
+            .map_err(|_| Error::NoAdapter { backends: format!("{backends:?}") })?;
 
         let info = adapter.get_info();
         let summary = AdapterSummary {
@@ -125,42 +112,20 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::DeviceRequest {
-                adapter: summary.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::DeviceRequest { adapter: summary.to_string(), message: e.to_string() })?;
 
         // wgpu's default for an uncaptured error is to panic; record it instead.
         let fault: Fault = Arc::new(Mutex::new(None));
         let on_lost = fault.clone();
         device.set_device_lost_callback(move |reason, message| {
-            record(
-                &on_lost,
-                Error::DeviceLost {
-                    reason: format!("{reason:?}"),
-                    message,
-                },
-            );
+            record(&on_lost, Error::DeviceLost { reason: format!("{reason:?}"), message });
         });
         let on_error = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            record(
-                &on_error,
-                Error::Gpu {
-                    context: "uncaptured".into(),
-                    message: e.to_string(),
-                },
-            );
+            record(&on_error, Error::Gpu { context: "uncaptured".into(), message: e.to_string() });
         }));
 
-        Ok(Gpu {
-            device,
-            queue,
-            adapter: summary,
-            features,
-            limits,
-            fault,
-        })
+        Ok(Gpu { device, queue, adapter: summary, features, limits, fault })
     }
 
     /// The first device loss or uncaptured GPU error since creation, if any.
@@ -170,10 +135,7 @@ impl Gpu {
                 Some(err) => Err(err),
                 None => Ok(()),
             },
-            Err(_) => Err(Error::Gpu {
-                context: "fault slot".into(),
-                message: "poisoned lock".into(),
-            }),
+            Err(_) => Err(Error::Gpu { context: "fault slot".into(), message: "poisoned lock".into() }),
         }
     }
 
@@ -186,10 +148,7 @@ impl Gpu {
         let invalid = validation.pop().await;
         let out_of_memory = oom.pop().await;
         match invalid.or(out_of_memory) {
-            Some(e) => Err(Error::Gpu {
-                context: context.to_string(),
-                message: e.to_string(),
-            }),
+            Some(e) => Err(Error::Gpu { context: context.to_string(), message: e.to_string() }),
             None => Ok(value),
         }
     }
@@ -258,14 +217,11 @@ impl Gpu {
 
     /// Records `dispatches` into one compute pass of one encoder and submits it.
     pub fn run(&self, dispatches: &[&super::Dispatch]) -> wgpu::SubmissionIndex {
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("phi-web run"),
-        });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("phi-web run") });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: None,
-            });
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
             for d in dispatches {
                 d.encode(&mut pass);
             }
@@ -279,10 +235,7 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                context: "waiting for the queue".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Gpu { context: "waiting for the queue".into(), message: e.to_string() })?;
         self.check()
     }
 
@@ -304,20 +257,13 @@ impl Gpu {
             let _ = sender.send(r);
         });
         self.wait()?;
-        let mapped = receiver.await.map_err(|_| Error::Readback {
-            what: what.into(),
-            message: "the map callback was dropped".into(),
-        })?;
-        mapped.map_err(|e| Error::Readback {
-            what: what.into(),
-            message: e.to_string(),
-        })?;
+        let mapped = receiver
+            .await
+            .map_err(|_| Error::Readback { what: what.into(), message: "the map callback was dropped".into() })?;
+        mapped.map_err(|e| Error::Readback { what: what.into(), message: e.to_string() })?;
         let bytes = staging
             .get_mapped_range(..)
-            .map_err(|e| Error::Readback {
-                what: what.into(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| Error::Readback { what: what.into(), message: e.to_string() })?
             .to_vec();
         staging.unmap();
         self.check()?;

@@ -208,10 +208,7 @@ fn need(op: &'static str, what: &str, buffer: &wgpu::Buffer, bytes: usize) -> Re
 }
 
 fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Shape {
-        op,
-        message: format!("{what} = {v} does not fit in u32"),
-    })
+    u32::try_from(v).map_err(|_| Error::Shape { op, message: format!("{what} = {v} does not fit in u32") })
 }
 
 impl Kernels {
@@ -242,10 +239,7 @@ impl Kernels {
                     layout: None,
                     module: &module,
                     entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants,
-                        ..Default::default()
-                    },
+                    compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
                     cache: None,
                 }))
             };
@@ -257,12 +251,7 @@ impl Kernels {
                     WeightFormat::ALL
                         .iter()
                         .map(|f| {
-                            build_with(
-                                &format!("{op}_{}", f.name()),
-                                &[weights_source(*f), source],
-                                "main",
-                                constants,
-                            )
+                            build_with(&format!("{op}_{}", f.name()), &[weights_source(*f), source], "main", constants)
                         })
                         .collect()
                 };
@@ -287,10 +276,7 @@ impl Kernels {
                 rope: single("rope", include_str!("../../shaders/rope.wgsl"))?,
                 kv_append: single("kv_append", include_str!("../../shaders/kv_append.wgsl"))?,
                 attention: single("attention", include_str!("../../shaders/attention.wgsl"))?,
-                attention_combine: single(
-                    "attention_combine",
-                    include_str!("../../shaders/attention_combine.wgsl"),
-                )?,
+                attention_combine: single("attention_combine", include_str!("../../shaders/attention_combine.wgsl"))?,
                 silu_mul: single("silu_mul", include_str!("../../shaders/silu_mul.wgsl"))?,
                 gelu_erf: build("gelu_erf", &[gelu], "gelu_erf")?,
                 gelu_tanh: build("gelu_tanh", &[gelu], "gelu_tanh")?,
@@ -301,10 +287,7 @@ impl Kernels {
         })
         .await
         .map_err(|e| match e {
-            Error::Gpu { message, .. } => Error::Shader {
-                shader: "phi-web kernels".into(),
-                message,
-            },
+            Error::Gpu { message, .. } => Error::Shader { shader: "phi-web kernels".into(), message },
             other => other,
         })?
     }
@@ -336,38 +319,27 @@ impl Kernels {
             contents: bytemuck::bytes_of(params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(buffers.iter().map(|(binding, buffer)| wgpu::BindGroupEntry {
-            binding: *binding,
-            resource: buffer.as_entire_binding(),
-        }));
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        entries.extend(
+            buffers.iter().map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: buffer.as_entire_binding(),
+            }),
+        );
         entries.extend(extra);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch {
-            label,
-            pipeline: pipeline.clone(),
-            bind_group,
-            workgroups,
-        }
+        Dispatch { label, pipeline: pipeline.clone(), bind_group, workgroups }
     }
 
     /// y [N] = W [N, K] x [K], one token (decode).
     pub fn matvec(&self, w: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Dispatch> {
         need("matvec", "x", x, w.cols * 4)?;
         need("matvec", "y", y, w.rows * 4)?;
-        let params = params4(
-            u32_of("matvec", "rows", w.rows)?,
-            u32_of("matvec", "cols", w.cols)?,
-            0,
-            0,
-        );
+        let params = params4(u32_of("matvec", "rows", w.rows)?, u32_of("matvec", "cols", w.cols)?, 0, 0);
         let groups = self.grid(w.rows.div_ceil(MATVEC_ROWS_PER_WG));
         let pipelines = self.matvec_subgroup.as_ref().unwrap_or(&self.matvec);
         Ok(self.dispatch(
@@ -449,14 +421,7 @@ impl Kernels {
             eps,
             _pad: 0,
         };
-        Ok(self.dispatch(
-            "rms_norm",
-            &self.rms_norm,
-            &params,
-            &[(1, x), (2, w), (3, y)],
-            vec![],
-            self.grid(rows),
-        ))
+        Ok(self.dispatch("rms_norm", &self.rms_norm, &params, &[(1, x), (2, w), (3, y)], vec![], self.grid(rows)))
     }
 
     /// y [rows, cols] = LayerNorm(x) * w + b.
@@ -499,21 +464,11 @@ impl Kernels {
         x: &wgpu::Buffer,
         s: &RopeShape,
     ) -> Result<Dispatch> {
-        ensure_shape(
-            s.rot_dim.is_multiple_of(2) && s.rot_dim <= s.head_dim && s.rot_dim > 0,
-            "rope",
-            || {
-                format!(
-                    "rotary dim {} must be even, positive and <= head_dim {}",
-                    s.rot_dim, s.head_dim
-                )
-            },
-        )?;
+        ensure_shape(s.rot_dim.is_multiple_of(2) && s.rot_dim <= s.head_dim && s.rot_dim > 0, "rope", || {
+            format!("rotary dim {} must be even, positive and <= head_dim {}", s.rot_dim, s.head_dim)
+        })?;
         ensure_shape(s.offset + s.heads * s.head_dim <= s.row_stride, "rope", || {
-            format!(
-                "{} heads of {} at offset {} overflow rows of {}",
-                s.heads, s.head_dim, s.offset, s.row_stride
-            )
+            format!("{} heads of {} at offset {} overflow rows of {}", s.heads, s.head_dim, s.offset, s.row_stride)
         })?;
         need("rope", "inv_freq", inv_freq, s.rot_dim / 2 * 4)?;
         need("rope", "x", x, s.tokens * s.row_stride * 4)?;
@@ -528,14 +483,7 @@ impl Kernels {
             _pad: 0,
         };
         let groups = self.grid((s.tokens * s.heads * s.rot_dim / 2).div_ceil(64));
-        Ok(self.dispatch(
-            "rope",
-            &self.rope,
-            &params,
-            &[(1, step), (2, inv_freq), (3, x)],
-            vec![],
-            groups,
-        ))
+        Ok(self.dispatch("rope", &self.rope, &params, &[(1, step), (2, inv_freq), (3, x)], vec![], groups))
     }
 
     /// Writes T tokens of K or V into `cache` [capacity, kv_dim] (packed f16) at `step.pos`.
@@ -546,16 +494,9 @@ impl Kernels {
         cache: &wgpu::Buffer,
         s: &KvAppendShape,
     ) -> Result<Dispatch> {
-        ensure_shape(
-            s.kv_dim.is_multiple_of(2) && s.src_offset + s.kv_dim <= s.src_stride,
-            "kv_append",
-            || {
-                format!(
-                    "kv_dim {} (even) at offset {} must fit rows of {}",
-                    s.kv_dim, s.src_offset, s.src_stride
-                )
-            },
-        )?;
+        ensure_shape(s.kv_dim.is_multiple_of(2) && s.src_offset + s.kv_dim <= s.src_stride, "kv_append", || {
+            format!("kv_dim {} (even) at offset {} must fit rows of {}", s.kv_dim, s.src_offset, s.src_stride)
+        })?;
         need("kv_append", "src", src, s.tokens * s.src_stride * 4)?;
         need("kv_append", "cache", cache, s.capacity * s.kv_dim * 2)?;
         let params = KvAppendParams {
@@ -567,14 +508,7 @@ impl Kernels {
             _pad: [0; 3],
         };
         let groups = self.grid((s.tokens * s.kv_dim / 2).div_ceil(64));
-        Ok(self.dispatch(
-            "kv_append",
-            &self.kv_append,
-            &params,
-            &[(1, step), (2, src), (3, cache)],
-            vec![],
-            groups,
-        ))
+        Ok(self.dispatch("kv_append", &self.kv_append, &params, &[(1, step), (2, src), (3, cache)], vec![], groups))
     }
 
     /// out [T, heads * head_dim] = causal softmax(q k^T * scale) v over the
@@ -596,16 +530,11 @@ impl Kernels {
             "attention",
             || format!("head_dim {} must be even and <= 256", s.head_dim),
         )?;
-        ensure_shape(
-            s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads),
-            "attention",
-            || format!("{} query heads cannot share {} KV heads", s.heads, s.kv_heads),
-        )?;
+        ensure_shape(s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads), "attention", || {
+            format!("{} query heads cannot share {} KV heads", s.heads, s.kv_heads)
+        })?;
         ensure_shape(s.heads * s.head_dim <= s.q_stride, "attention", || {
-            format!(
-                "{} heads of {} overflow query rows of {}",
-                s.heads, s.head_dim, s.q_stride
-            )
+            format!("{} heads of {} overflow query rows of {}", s.heads, s.head_dim, s.q_stride)
         })?;
         ensure_shape(
             s.splits >= 1 && s.splits as u32 <= self.max_groups && s.tokens as u32 <= self.max_groups,
@@ -634,14 +563,7 @@ impl Kernels {
             "attention",
             &self.attention,
             &params,
-            &[
-                (1, step),
-                (2, q),
-                (3, k_cache),
-                (4, v_cache),
-                (5, &scratch.acc),
-                (6, &scratch.ml),
-            ],
+            &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, &scratch.acc), (6, &scratch.ml)],
             vec![],
             [s.splits as u32, s.heads as u32, s.tokens as u32],
         );
@@ -667,12 +589,8 @@ impl Kernels {
     ) -> Result<Dispatch> {
         need("silu_mul", "gate_up", gate_up, tokens * intermediate * 8)?;
         need("silu_mul", "out", out, tokens * intermediate * 4)?;
-        let params = params4(
-            u32_of("silu_mul", "tokens", tokens)?,
-            u32_of("silu_mul", "intermediate", intermediate)?,
-            0,
-            0,
-        );
+        let params =
+            params4(u32_of("silu_mul", "tokens", tokens)?, u32_of("silu_mul", "intermediate", intermediate)?, 0, 0);
         Ok(self.dispatch(
             "silu_mul",
             &self.silu_mul,
@@ -726,13 +644,6 @@ impl Kernels {
         need("argmax", "x", x, rows * cols * 4)?;
         need("argmax", "out", out, rows * 4)?;
         let params = params4(u32_of("argmax", "rows", rows)?, u32_of("argmax", "cols", cols)?, 0, 0);
-        Ok(self.dispatch(
-            "argmax",
-            &self.argmax,
-            &params,
-            &[(1, x), (2, out)],
-            vec![],
-            self.grid(rows),
-        ))
+        Ok(self.dispatch("argmax", &self.argmax, &params, &[(1, x), (2, out)], vec![], self.grid(rows)))
     }
 }

@@ -46,8 +46,7 @@ impl Gpu {
     }
 
     pub fn set_step(&self, step: &wgpu::Buffer, pos: u32) {
-        self.queue
-            .write_buffer(step, 0, bytemuck::bytes_of(&Step { pos, _pad: [0; 3] }));
+        self.queue.write_buffer(step, 0, bytemuck::bytes_of(&Step { pos, _pad: [0; 3] }));
     }
 }
 
@@ -75,24 +74,17 @@ impl Matrix {
         layout: &GpuLayout,
     ) -> Result<Matrix> {
         ensure_shape(cols.is_multiple_of(quant::BLOCK) && rows > 0, "matrix upload", || {
-            format!(
-                "{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}",
-                quant::BLOCK
-            )
+            format!("{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}", quant::BLOCK)
         })?;
         let (data_size, scales_size) = quant::gpu_size(format, rows, cols);
-        ensure_shape(
-            layout.data.len() == data_size && layout.scales.len() >= scales_size,
-            "matrix upload",
-            || {
-                format!(
-                    "{label}: {} [{rows}, {cols}] needs {data_size} + {scales_size} bytes, got {} + {}",
-                    format.name(),
-                    layout.data.len(),
-                    layout.scales.len()
-                )
-            },
-        )?;
+        ensure_shape(layout.data.len() == data_size && layout.scales.len() >= scales_size, "matrix upload", || {
+            format!(
+                "{label}: {} [{rows}, {cols}] needs {data_size} + {scales_size} bytes, got {} + {}",
+                format.name(),
+                layout.data.len(),
+                layout.scales.len()
+            )
+        })?;
         gpu.check_buffer_size(label, data_size as u64)?;
         gpu.check_buffer_size(label, scales_size as u64)?;
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
@@ -101,8 +93,7 @@ impl Matrix {
         let buffer = gpu.storage(label, total)?;
         gpu.queue.write_buffer(&buffer, 0, &layout.data);
         if scales_size > 0 {
-            gpu.queue
-                .write_buffer(&buffer, scales_offset, &layout.scales[..scales_size]);
+            gpu.queue.write_buffer(&buffer, scales_offset, &layout.scales[..scales_size]);
         }
         Ok(Matrix {
             format,
@@ -150,15 +141,9 @@ impl Matrix {
                 size: wgpu::BufferSize::new(size),
             })
         };
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 10,
-            resource: range(0, self.data_size),
-        }];
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 10, resource: range(0, self.data_size) }];
         if self.scales_size > 0 {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 11,
-                resource: range(self.scales_offset, self.scales_size),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: 11, resource: range(self.scales_offset, self.scales_size) });
         }
         entries
     }

@@ -1,8 +1,9 @@
-//! Shared harness of the GPU kernel tests: one device per test binary, a
-//! seeded generator, and a comparison that prints index / got / expected.
+//! Shared harness of the GPU kernel tests, native and in the browser: the
+//! device, a seeded generator, and a comparison that prints index / got /
+//! expected.
 #![allow(dead_code)] // each test binary uses part of it
 
-use std::sync::OnceLock;
+pub mod checks;
 
 use phi_web::gpu::{Dispatch, Gpu, GpuOptions, Kernels};
 
@@ -11,45 +12,33 @@ pub struct Env {
     pub kernels: Kernels,
 }
 
-/// The device every test of a binary shares, with every feature the adapter
-/// has. Fails (never skips) without an adapter; the error names the package
-/// to install.
+/// The device every native test of a binary shares, with every feature the
+/// adapter has. Fails (never skips) without an adapter; the error names the
+/// package to install.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| open(GpuOptions::default()))
+    static ENV: std::sync::OnceLock<Env> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| pollster::block_on(Env::open(GpuOptions::default())))
 }
 
-/// A second device restricted to the portable kernels (no shader-f16, no
-/// subgroups): the path SwiftShader and many real devices take.
+/// A second native device restricted to the portable kernels (no
+/// shader-f16, no subgroups): the path SwiftShader and many real devices take.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn portable_env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
+    static ENV: std::sync::OnceLock<Env> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
-        open(GpuOptions {
-            allow_f16: false,
-            allow_subgroups: false,
-            ..Default::default()
-        })
+        pollster::block_on(Env::open(GpuOptions { allow_f16: false, allow_subgroups: false, ..Default::default() }))
     })
 }
 
-/// Both of the above, for kernels that have variants.
-pub fn every_variant() -> [&'static Env; 2] {
-    [env(), portable_env()]
-}
-
-fn open(options: GpuOptions) -> Env {
-    let gpu = pollster::block_on(Gpu::new(&options)).unwrap_or_else(|e| panic!("{e}"));
-    let kernels = pollster::block_on(Kernels::new(&gpu)).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!(
-        "GPU tests run on {} with {:?}, {} kernels",
-        gpu.adapter,
-        gpu.features,
-        kernels.variant()
-    );
-    Env { gpu, kernels }
-}
-
 impl Env {
+    pub async fn open(options: GpuOptions) -> Env {
+        let gpu = Gpu::new(&options).await.unwrap_or_else(|e| panic!("{e}"));
+        let kernels = Kernels::new(&gpu).await.unwrap_or_else(|e| panic!("{e}"));
+        log(&format!("GPU tests run on {} with {:?}, {} kernels", gpu.adapter, gpu.features, kernels.variant()));
+        Env { gpu, kernels }
+    }
+
     pub fn upload_f32(&self, label: &str, values: &[f32]) -> wgpu::Buffer {
         self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
     }
@@ -62,19 +51,27 @@ impl Env {
         self.gpu.storage(label, 4 * floats as u64).unwrap()
     }
 
-    /// Submits the dispatches as one pass and waits.
+    /// Submits the dispatches as one pass (natively, also waits).
     pub fn run(&self, dispatches: &[&Dispatch]) {
         self.gpu.run(dispatches);
         self.gpu.wait().unwrap();
     }
 
-    pub fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
-        pollster::block_on(self.gpu.read_f32("test output", buffer, len)).unwrap()
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+        self.gpu.read_f32("test output", buffer, len).await.unwrap()
     }
 
-    pub fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<u32> {
-        pollster::block_on(self.gpu.read_u32("test output", buffer, len)).unwrap()
+    pub async fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<u32> {
+        self.gpu.read_u32("test output", buffer, len).await.unwrap()
     }
+}
+
+/// A line for the test log: stderr natively, the console in the browser.
+pub fn log(line: &str) {
+    #[cfg(target_arch = "wasm32")]
+    wasm_bindgen_test::console_log!("{line}");
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{line}");
 }
 
 /// xorshift64*: small, seeded, the same on every machine.
@@ -124,7 +121,7 @@ pub fn assert_close(what: &str, got: &[f32], expected: &[f64], scale: &[f64], at
         );
         max_err = max_err.max(err);
     }
-    eprintln!("max error | {what} | {max_err:.3e}");
+    log(&format!("max error | {what} | {max_err:.3e}"));
     max_err
 }
 

@@ -1,0 +1,66 @@
+//! The kernel checks of tests/common/checks.rs in a real browser: Chromium's
+//! WebGPU (SwiftShader in CI: no shader-f16, and wgpu's browser backend
+//! exposes no subgroups, so this is the portable path) through wgpu's webgpu
+//! backend, with every shader compiled by the browser's own WGSL compiler.
+//! Run by `make test-browser` (wasm-bindgen-test-runner + chromedriver).
+#![cfg(target_arch = "wasm32")]
+
+mod common;
+
+use std::cell::OnceCell;
+
+use common::{checks, Env};
+use phi_web::gpu::GpuOptions;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+thread_local! {
+    static ENV: OnceCell<&'static Env> = const { OnceCell::new() };
+}
+
+/// One device for all tests (they run one after another in the page).
+async fn env() -> &'static Env {
+    if let Some(env) = ENV.with(|cell| cell.get().copied()) {
+        return env;
+    }
+    let env: &'static Env = Box::leak(Box::new(Env::open(GpuOptions::default()).await));
+    ENV.with(|cell| {
+        let _ = cell.set(env);
+    });
+    env
+}
+
+macro_rules! browser_tests {
+    ($($check:ident),* $(,)?) => {
+        $(
+            #[wasm_bindgen_test]
+            async fn $check() {
+                checks::$check(env().await).await;
+            }
+        )*
+    };
+}
+
+browser_tests!(
+    matvec_every_format,
+    matmul_every_format,
+    embedding_every_format,
+    wrong_shapes_are_errors_not_out_of_bounds_reads,
+    rms_norm_rows,
+    layer_norm_rows,
+    silu_mul_over_fused_gate_up,
+    gelu_erf_and_tanh,
+    add_in_place,
+    softmax_rows,
+    argmax_rows_first_maximum_wins,
+    rope_neox_partial_longrope_and_large_positions,
+    kv_append_packs_f16_at_the_step_position,
+    attention_decode_single_key,
+    attention_decode_long_context_split,
+    attention_decode_one_split_long_context,
+    attention_decode_sliding_window,
+    attention_prefill_from_empty_cache,
+    attention_prefill_after_a_prefix_with_window,
+    attention_rejects_bad_head_grouping,
+);

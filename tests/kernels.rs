@@ -1,0 +1,54 @@
+//! Every kernel against its scalar reference on the native adapter (lavapipe
+//! in CI). The checks themselves live in tests/common/checks.rs and run in the
+//! browser too (tests/browser.rs).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::{checks, env, portable_env};
+
+macro_rules! native_tests {
+    ($($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                pollster::block_on(checks::$check(env()));
+            }
+        )*
+    };
+}
+
+native_tests!(
+    matvec_every_format,
+    matmul_every_format,
+    embedding_every_format,
+    wrong_shapes_are_errors_not_out_of_bounds_reads,
+    rms_norm_rows,
+    layer_norm_rows,
+    silu_mul_over_fused_gate_up,
+    gelu_erf_and_tanh,
+    add_in_place,
+    softmax_rows,
+    argmax_rows_first_maximum_wins,
+    rope_neox_partial_longrope_and_large_positions,
+    kv_append_packs_f16_at_the_step_position,
+    attention_decode_single_key,
+    attention_decode_long_context_split,
+    attention_decode_one_split_long_context,
+    attention_decode_sliding_window,
+    attention_prefill_from_empty_cache,
+    attention_prefill_after_a_prefix_with_window,
+    attention_rejects_bad_head_grouping,
+);
+
+/// The matrix kernels again on a device without shader-f16 and subgroups,
+/// so both the subgroup variant and the portable path are proven.
+#[test]
+fn matvec_every_format_portable() {
+    pollster::block_on(checks::matvec_every_format(portable_env()));
+}
+
+#[test]
+fn matmul_every_format_portable() {
+    pollster::block_on(checks::matmul_every_format(portable_env()));
+}
