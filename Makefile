@@ -7,13 +7,22 @@ WASM_TARGET := wasm32-unknown-unknown
 # Silences Mesa's harmless device-select layer warnings on headless machines.
 export NODEVICE_SELECT := 1
 
-.PHONY: test bench demo setup-native setup-wasm lint
+.PHONY: test test-native test-browser bench demo setup-native setup-browser lint
 
-test: setup-native setup-wasm lint
+test: lint test-native test-browser
+
+# Every kernel and device test on the native adapter (lavapipe here).
+test-native: setup-native
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web info
 	$(CARGO) test --release
-	$(CARGO) check --release --lib --target $(WASM_TARGET)
+
+# The same kernel checks compiled to wasm and run in headless Chromium on
+# WebGPU (SwiftShader); webdriver.json carries the browser flags.
+test-browser: setup-browser
+	$(CARGO) clippy --release --target $(WASM_TARGET) --lib --test browser -- -D warnings
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
+		$(CARGO) test --release --target $(WASM_TARGET) --test browser
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -30,5 +39,5 @@ demo:
 setup-native:
 	@./scripts/setup-native.sh
 
-setup-wasm:
-	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+setup-browser:
+	@./scripts/setup-browser.sh

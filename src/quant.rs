@@ -291,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn roundtrip_error_is_within_half_a_step() {
+    fn roundtrip_error_is_within_the_quantizer_bound() {
         let x = pseudo_random(32 * 64, 7);
         for format in WeightFormat::ALL {
             let q = quantize(format, &x).unwrap();
