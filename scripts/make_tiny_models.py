@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Tiny random-initialised models built with Hugging Face transformers, and
+the logits they produce: the golden data of phi-web's converter and engine
+tests. Run once by a developer (needs torch and transformers); the outputs
+are committed under tests/data/ and no Python runs at test time.
+
+    python3 -m venv ~/.cache/phi-web/venv
+    ~/.cache/phi-web/venv/bin/pip install torch transformers safetensors
+    ~/.cache/phi-web/venv/bin/python scripts/make_tiny_models.py
+"""
+
+import json
+import pathlib
+
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
+INPUT_IDS = [1, 17, 300, 42, 511, 7, 7, 250, 99, 3, 128, 64, 480, 2, 33, 405]
+
+
+def save(model, name, dtype, note):
+    folder = OUT / name
+    folder.mkdir(parents=True, exist_ok=True)
+    model.to(dtype).save_pretrained(folder, safe_serialization=True)
+    # Golden logits from the saved (possibly bf16-rounded) weights, computed in f32.
+    reference = type(model).from_pretrained(folder, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = reference(torch.tensor([INPUT_IDS])).logits[0].float()
+    (folder / "logits.f32").write_bytes(logits.numpy().astype("<f4").tobytes())
+    golden = {
+        "note": note,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "input_ids": INPUT_IDS,
+        "logits_file": "logits.f32",
+        "logits_shape": list(logits.shape),
+    }
+    (folder / "golden.json").write_text(json.dumps(golden, indent=2) + "\n")
+    return folder
+
+
+def main():
+    torch.manual_seed(0)
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+    # Phi-3-mini shape in miniature: fused qkv and gate_up, GQA, sliding window, bf16 weights.
+    phi3 = Phi3ForCausalLM(Phi3Config(**common, sliding_window=8, tie_word_embeddings=False))
+    save(phi3, "tiny-phi3", torch.bfloat16, "Phi3ForCausalLM, GQA 4/2, sliding window 8, bf16")
+
+    # Phi-3.5 / Phi-4-mini style: LongRoPE with partial rotary 0.75 (head_dim 16, rotary 12).
+    rotary_half = 6
+    longrope = Phi3Config(**{**common, "max_position_embeddings": 256}, original_max_position_embeddings=64,
+                          partial_rotary_factor=0.75, tie_word_embeddings=False,
+                          rope_scaling={"rope_type": "longrope",
+                                        "short_factor": [1.0 + 0.1 * i for i in range(rotary_half)],
+                                        "long_factor": [2.0 + 0.5 * i for i in range(rotary_half)]})
+    folder = save(Phi3ForCausalLM(longrope), "tiny-phi3-longrope", torch.float32,
+                  "Phi3ForCausalLM, LongRoPE, partial rotary 0.75, f32 (config in transformers-5 style)")
+    # The same config written in the published key style (rope_scaling, top-level rope_theta, ...).
+    config = json.loads((folder / "config.json").read_text())
+    published = {k: v for k, v in config.items() if k != "rope_parameters"}
+    params = config.get("rope_parameters", {})
+    published["rope_theta"] = params.get("rope_theta", 10000.0)
+    published["partial_rotary_factor"] = params.get("partial_rotary_factor", 0.75)
+    published["original_max_position_embeddings"] = 64
+    published["rope_scaling"] = {"type": "longrope", "short_factor": params["short_factor"], "long_factor": params["long_factor"]}
+    (folder / "config.published-style.json").write_text(json.dumps(published, indent=2) + "\n")
+
+    # Llama (SmolLM2's architecture) with tied embeddings.
+    llama = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True, rope_theta=100000.0))
+    save(llama, "tiny-llama", torch.float16, "LlamaForCausalLM, GQA 4/2, tied embeddings, f16")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+//! Command dispatch and the commands that need more than a few lines.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use phi_web::convert::{self, ConvertOptions, Eta};
+use phi_web::formats::package::Package;
+use phi_web::gpu::{Gpu, GpuOptions, Kernels};
+use phi_web::quant::WeightFormat;
+
+const USAGE: &str = "\
+usage: phi-web <command> [options]
+
+commands:
+  convert INPUT OUT_DIR [--quant q4_0|q4_1|q8_0|f16|f32] [--shard-mb 64] [--context N]
+                       GGUF file or Hugging Face folder -> phi-web package (model.json + shards)
+  verify DIR           check every shard's size and sha256, and the manifest's tensor table
+  inspect FILE|DIR     metadata and tensors of a GGUF file, a Hugging Face folder or a package
+  info                 the GPU adapter, its features and limits as JSON
+  bench [--out FILE]   benchmark the kernels; JSON on stdout (and in FILE)
+
+options:
+  --portable           (info, bench) use neither shader-f16 nor subgroups
+";
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let portable = args.iter().any(|a| a == "--portable");
+    let gpu_options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
+    let positional: Vec<&String> = positionals(args);
+    match args.first().map(String::as_str) {
+        Some("convert") => match positional.as_slice() {
+            [input, out] => convert(Path::new(input), Path::new(out), args),
+            _ => Err(format!("convert needs INPUT and OUT_DIR\n\n{USAGE}")),
+        },
+        Some("verify") => match positional.as_slice() {
+            [dir] => verify(Path::new(dir)),
+            _ => Err(format!("verify needs a package folder\n\n{USAGE}")),
+        },
+        Some("inspect") => match positional.as_slice() {
+            [path] => {
+                let text = crate::inspect::inspect(Path::new(path)).map_err(|e| e.to_string())?;
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = std::io::stdout().write_all(text.as_bytes());
+                Ok(())
+            }
+            _ => Err(format!("inspect needs a GGUF file, a Hugging Face folder or a package\n\n{USAGE}")),
+        },
+        Some("info") => info(&gpu_options),
+        Some("bench") => bench(&gpu_options, flag_value(args, "--out")?),
+        Some("help") | Some("--help") | Some("-h") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command '{other}'\n\n{USAGE}")),
+        None => Err(USAGE.to_string()),
+    }
+}
+
+/// Arguments after the command that are neither flags nor flag values.
+fn positionals(args: &[String]) -> Vec<&String> {
+    const WITH_VALUE: [&str; 4] = ["--quant", "--shard-mb", "--out", "--context"];
+    let mut out = Vec::new();
+    let mut skip = false;
+    for a in args.iter().skip(1) {
+        if skip {
+            skip = false;
+        } else if WITH_VALUE.contains(&a.as_str()) {
+            skip = true;
+        } else if !a.starts_with("--") {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// The value after `--flag`, if the flag is present.
+fn flag_value(args: &[String], flag: &str) -> Result<Option<String>, String> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(i) => args.get(i + 1).cloned().map(Some).ok_or_else(|| format!("{flag} needs a value")),
+    }
+}
+
+fn convert(input: &Path, out: &Path, args: &[String]) -> Result<(), String> {
+    let quant = match flag_value(args, "--quant")? {
+        None => None,
+        Some(q) => {
+            Some(WeightFormat::parse(&q).ok_or_else(|| format!("--quant {q}: expected q4_0, q4_1, q8_0, f16 or f32"))?)
+        }
+    };
+    let shard_mb: u64 = match flag_value(args, "--shard-mb")? {
+        None => 64,
+        Some(v) => {
+            v.parse().ok().filter(|&v| v > 0).ok_or_else(|| format!("--shard-mb {v}: expected a positive integer"))?
+        }
+    };
+    let context: usize = match flag_value(args, "--context")? {
+        None => 4096,
+        Some(v) => v.parse().map_err(|_| format!("--context {v}: expected an integer"))?,
+    };
+    let options = ConvertOptions { quant, shard_bytes: shard_mb << 20 };
+    let eta = Eta::default();
+    let mut line = ProgressLine::default();
+    let result = convert::convert(input, out, &options, &mut |p| {
+        line.update(&format!("converting {}: {}", p.tensor, eta.line(p.done, p.total)), p.done == p.total);
+    });
+    line.finish();
+    let summary = result.map_err(|e| e.to_string())?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    let c = &summary.config;
+    let kv = c.kv_bytes_per_token() as u64 * context as u64;
+    println!("converted {} -> {}", input.display(), out.display());
+    println!(
+        "  architecture   {:?}, {} layers, hidden {}, vocab {}",
+        c.architecture, c.num_layers, c.hidden_size, c.vocab_size
+    );
+    println!(
+        "  tensors        {} ({})",
+        summary.tensors,
+        summary.formats.iter().map(|(f, n)| format!("{n} {f}")).collect::<Vec<_>>().join(", ")
+    );
+    println!("  bytes          {:.1} MB in {} shards", summary.total_bytes as f64 / 1e6, summary.shards);
+    println!("  max |error|    {:.3e} against the source (0 = bit-exact)", summary.max_abs_error);
+    println!(
+        "  GPU memory     {:.1} MB weights + {:.1} MB f16 KV cache at {context} tokens",
+        summary.total_bytes as f64 / 1e6,
+        kv as f64 / 1e6
+    );
+    println!("  time           {:.1}s", eta.elapsed());
+    Ok(())
+}
+
+fn verify(dir: &Path) -> Result<(), String> {
+    let package = Package::open(dir).map_err(|e| e.to_string())?;
+    let total = package.total_bytes();
+    let eta = Eta::default();
+    let mut line = ProgressLine::default();
+    let result = package.verify(|done| line.update(&format!("verifying: {}", eta.line(done, total)), done == total));
+    line.finish();
+    let checked = result.map_err(|e| e.to_string())?;
+    println!(
+        "ok: {} shards, {checked} bytes, {} tensors match {}",
+        package.manifest.shards.len(),
+        package.manifest.tensors.len(),
+        dir.join("model.json").display()
+    );
+    Ok(())
+}
+
+/// A progress line on stderr: redrawn in place on a terminal, otherwise
+/// printed every few seconds (logs stay readable).
+struct ProgressLine {
+    last: Option<Instant>,
+    terminal: bool,
+    drawn: bool,
+}
+
+impl Default for ProgressLine {
+    fn default() -> Self {
+        ProgressLine { last: None, terminal: std::io::stderr().is_terminal(), drawn: false }
+    }
+}
+
+impl ProgressLine {
+    fn update(&mut self, text: &str, last: bool) {
+        let every = if self.terminal { Duration::from_millis(100) } else { Duration::from_secs(5) };
+        if !last && self.last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let mut stderr = std::io::stderr();
+        let _ = if self.terminal { write!(stderr, "\r\x1b[2K{text}") } else { writeln!(stderr, "{text}") };
+        self.drawn = true;
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.drawn {
+            eprintln!();
+        }
+    }
+}
+
+fn info(options: &GpuOptions) -> Result<(), String> {
+    let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
+    let l = &gpu.limits;
+    let info = serde_json::json!({
+        "adapter": gpu.adapter.name,
+        "backend": gpu.adapter.backend,
+        "device_type": gpu.adapter.device_type,
+        "driver": gpu.adapter.driver,
+        "features": { "shader_f16": gpu.features.shader_f16, "subgroups": gpu.features.subgroups, "timestamps": gpu.features.timestamps },
+        "limits": {
+            "max_buffer_size": l.max_buffer_size,
+            "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+            "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+            "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn bench(options: &GpuOptions, out: Option<String>) -> Result<(), String> {
+    let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
+    let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
+    eprintln!("benchmarking on {}", gpu.adapter);
+    let report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))
+        .map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{json}");
+    if let Some(path) = out {
+        if let Some(dir) = Path::new(&path).parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(&path, json + "\n").map_err(|e| format!("{path}: {e}"))?;
+        eprintln!("wrote {path}");
+    }
+    Ok(())
+}

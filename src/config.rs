@@ -1,0 +1,320 @@
+//! `ModelConfig`: the architecture facts every later stage needs, read from a
+//! Hugging Face config.json (the published key style and the transformers-5
+//! `rope_parameters` style) or from GGUF metadata.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::Gguf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Phi3ForCausalLM: Phi-3, Phi-3.5-mini, Phi-4, Phi-4-mini.
+    Phi3,
+    /// LlamaForCausalLM (SmolLM2, the real model the tests run).
+    Llama,
+    /// BERT-family sentence encoders (retrieval).
+    Bert,
+}
+
+impl Architecture {
+    pub const SUPPORTED: &'static str = "phi3 (Phi3ForCausalLM), llama (LlamaForCausalLM), bert (BertModel)";
+
+    pub fn parse(name: &str) -> Result<Architecture> {
+        match name {
+            "phi3" | "Phi3ForCausalLM" => Ok(Self::Phi3),
+            "llama" | "LlamaForCausalLM" => Ok(Self::Llama),
+            "bert" | "BertModel" | "BertForMaskedLM" => Ok(Self::Bert),
+            other => {
+                Err(Error::Unsupported { what: format!("architecture {other}"), supported: Self::SUPPORTED.into() })
+            }
+        }
+    }
+}
+
+/// LongRoPE (Phi-3-128k, Phi-3.5-mini, Phi-4-mini): per-frequency factors,
+/// switched from short to long past `original_max_position_embeddings`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LongRope {
+    pub short_factor: Vec<f32>,
+    pub long_factor: Vec<f32>,
+    pub original_max_position_embeddings: usize,
+    /// Multiplies cos and sin at every length.
+    pub attention_factor: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Rotated dims per head (head_dim × partial_rotary_factor).
+    pub rotary_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    pub longrope: Option<LongRope>,
+    /// Attend to the last `sliding_window` positions only (Phi-3-mini-4k: 2047).
+    pub sliding_window: Option<usize>,
+    pub tie_word_embeddings: bool,
+    pub hidden_act: String,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn key<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
+    json.get(name).filter(|v| !v.is_null())
+}
+
+fn required_usize(json: &Json, name: &str) -> Result<usize> {
+    key(json, name)
+        .and_then(Json::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::Config { message: format!("config.json has no integer `{name}`") })
+}
+
+fn factors(json: &Json, name: &str) -> Result<Vec<f32>> {
+    let list = key(json, name)
+        .and_then(Json::as_array)
+        .ok_or_else(|| Error::Config { message: format!("longrope needs a `{name}` list") })?;
+    list.iter()
+        .map(|v| v.as_f64().map(|f| f as f32))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::Config { message: format!("`{name}` must hold numbers") })
+}
+
+/// HF's default LongRoPE attention factor: sqrt(1 + ln(s) / ln(original)), s = max / original.
+fn default_attention_factor(max: usize, original: usize) -> f32 {
+    let scale = max as f64 / original as f64;
+    if scale <= 1.0 {
+        1.0
+    } else {
+        (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32
+    }
+}
+
+fn token_ids(json: Option<&Json>) -> Vec<u32> {
+    match json {
+        Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        Some(Json::Array(items)) => items.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ModelConfig {
+    /// From a Hugging Face config.json.
+    pub fn from_hf(json: &Json) -> Result<ModelConfig> {
+        let arch_name = key(json, "model_type")
+            .and_then(Json::as_str)
+            .or_else(|| key(json, "architectures").and_then(|a| a.get(0)).and_then(Json::as_str))
+            .ok_or_else(|| Error::Config {
+                message: "config.json has neither `model_type` nor `architectures`".into(),
+            })?;
+        let architecture = Architecture::parse(arch_name)?;
+        let hidden_size = required_usize(json, "hidden_size")?;
+        let num_heads = required_usize(json, "num_attention_heads")?;
+        if num_heads == 0 || hidden_size == 0 {
+            return Err(Error::Config { message: "hidden_size and num_attention_heads must be positive".into() });
+        }
+        let num_kv_heads = key(json, "num_key_value_heads").and_then(Json::as_u64).map_or(num_heads, |v| v as usize);
+        let head_dim = key(json, "head_dim").and_then(Json::as_u64).map_or(hidden_size / num_heads, |v| v as usize);
+        // transformers 5 moves rope settings into `rope_parameters`; published configs keep them at the top.
+        let rope = key(json, "rope_parameters").or_else(|| key(json, "rope_scaling"));
+        let rope_key = |name: &str| rope.and_then(|r| key(r, name)).or_else(|| key(json, name));
+        let partial = rope_key("partial_rotary_factor").and_then(Json::as_f64).unwrap_or(1.0);
+        let rotary_dim = ((head_dim as f64 * partial) as usize) & !1;
+        let max_position_embeddings =
+            key(json, "max_position_embeddings").and_then(Json::as_u64).unwrap_or(4096) as usize;
+        let rope_type = rope.and_then(|r| key(r, "rope_type").or_else(|| key(r, "type"))).and_then(Json::as_str);
+        let longrope = match rope_type {
+            Some("longrope") | Some("su") => {
+                let r = rope.ok_or_else(|| Error::Config { message: "longrope without parameters".into() })?;
+                let original = rope_key("original_max_position_embeddings").and_then(Json::as_u64).ok_or_else(|| {
+                    Error::Config { message: "longrope needs original_max_position_embeddings".into() }
+                })? as usize;
+                let (short_factor, long_factor) = (factors(r, "short_factor")?, factors(r, "long_factor")?);
+                if short_factor.len() != rotary_dim / 2 || long_factor.len() != rotary_dim / 2 {
+                    return Err(Error::Config {
+                        message: format!(
+                            "longrope factor lists have {} and {} entries; rotary dim {rotary_dim} needs {}",
+                            short_factor.len(),
+                            long_factor.len(),
+                            rotary_dim / 2
+                        ),
+                    });
+                }
+                let attention_factor = key(r, "attention_factor")
+                    .and_then(Json::as_f64)
+                    .map(|f| f as f32)
+                    .unwrap_or_else(|| default_attention_factor(max_position_embeddings, original));
+                Some(LongRope {
+                    short_factor,
+                    long_factor,
+                    original_max_position_embeddings: original,
+                    attention_factor,
+                })
+            }
+            None | Some("default") => None,
+            Some(other) => {
+                return Err(Error::Unsupported {
+                    what: format!("rope scaling `{other}`"),
+                    supported: "none, longrope (su)".into(),
+                })
+            }
+        };
+        let config = ModelConfig {
+            architecture,
+            hidden_size,
+            intermediate_size: required_usize(json, "intermediate_size")?,
+            num_layers: required_usize(json, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rotary_dim,
+            vocab_size: required_usize(json, "vocab_size")?,
+            max_position_embeddings,
+            norm_eps: key(json, "rms_norm_eps")
+                .or_else(|| key(json, "layer_norm_eps"))
+                .and_then(Json::as_f64)
+                .unwrap_or(1e-5) as f32,
+            rope_theta: rope_key("rope_theta").and_then(Json::as_f64).unwrap_or(10_000.0) as f32,
+            longrope,
+            sliding_window: key(json, "sliding_window").and_then(Json::as_u64).map(|v| v as usize),
+            tie_word_embeddings: key(json, "tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+            hidden_act: key(json, "hidden_act").and_then(Json::as_str).unwrap_or("silu").to_string(),
+            bos_token_id: key(json, "bos_token_id").and_then(Json::as_u64).map(|v| v as u32),
+            eos_token_ids: token_ids(key(json, "eos_token_id")),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// From GGUF metadata (`{arch}.*` keys). LongRoPE factors live in GGUF
+    /// tensors; the converter adds them with [`ModelConfig::set_longrope_factors`].
+    pub fn from_gguf(g: &Gguf) -> Result<ModelConfig> {
+        let arch_name = g
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::Config { message: "GGUF has no general.architecture".into() })?;
+        let architecture = match Architecture::parse(arch_name)? {
+            Architecture::Bert => {
+                return Err(Error::Unsupported {
+                    what: "BERT from GGUF".into(),
+                    supported: "phi3 and llama GGUF files".into(),
+                })
+            }
+            a => a,
+        };
+        let get = |name: &str| g.get(&format!("{arch_name}.{name}"));
+        let required = |name: &str| {
+            get(name)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Config { message: format!("GGUF has no integer {arch_name}.{name}") })
+        };
+        let hidden_size = required("embedding_length")?;
+        let num_heads = required("attention.head_count")?;
+        if num_heads == 0 {
+            return Err(Error::Config { message: "attention.head_count is 0".into() });
+        }
+        let head_dim = hidden_size / num_heads;
+        let vocab_size = match get("vocab_size").and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => g.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map_or(0, |t| t.len()),
+        };
+        let max_position_embeddings = required("context_length")?;
+        let mut eos_token_ids: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+            .iter()
+            .filter_map(|k| g.get(k)?.as_u64().map(|v| v as u32))
+            .collect();
+        eos_token_ids.dedup();
+        let config = ModelConfig {
+            architecture,
+            hidden_size,
+            intermediate_size: required("feed_forward_length")?,
+            num_layers: required("block_count")?,
+            num_heads,
+            num_kv_heads: get("attention.head_count_kv").and_then(|v| v.as_u64()).map_or(num_heads, |v| v as usize),
+            head_dim,
+            rotary_dim: get("rope.dimension_count").and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize),
+            vocab_size,
+            max_position_embeddings,
+            norm_eps: get("attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()).unwrap_or(1e-5) as f32,
+            rope_theta: get("rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32,
+            longrope: None,
+            sliding_window: get("attention.sliding_window").and_then(|v| v.as_u64()).map(|v| v as usize),
+            tie_word_embeddings: g.tensor("output.weight").is_none(),
+            hidden_act: "silu".into(),
+            bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+            eos_token_ids,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Adds LongRoPE factors read from GGUF's rope_factors_{short,long} tensors.
+    pub fn set_longrope_factors(&mut self, g: &Gguf, short_factor: Vec<f32>, long_factor: Vec<f32>) -> Result<()> {
+        let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("phi3");
+        let original = g
+            .get(&format!("{arch}.rope.scaling.original_context_length"))
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| Error::Config {
+                message: format!("GGUF rope factors without {arch}.rope.scaling.original_context_length"),
+            })? as usize;
+        let attention_factor = g
+            .get(&format!("{arch}.rope.scaling.attn_factor"))
+            .and_then(|v| v.as_f64())
+            .map(|f| f as f32)
+            .unwrap_or_else(|| default_attention_factor(self.max_position_embeddings, original));
+        if short_factor.len() != self.rotary_dim / 2 || long_factor.len() != self.rotary_dim / 2 {
+            return Err(Error::Config {
+                message: format!(
+                    "rope factor tensors have {} and {} entries, expected {}",
+                    short_factor.len(),
+                    long_factor.len(),
+                    self.rotary_dim / 2
+                ),
+            });
+        }
+        self.longrope =
+            Some(LongRope { short_factor, long_factor, original_max_position_embeddings: original, attention_factor });
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config { message: m });
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return bad(format!("{} attention heads cannot share {} KV heads", self.num_heads, self.num_kv_heads));
+        }
+        if self.rotary_dim > self.head_dim || !self.head_dim.is_multiple_of(2) {
+            return bad(format!("rotary dim {} and head_dim {} are inconsistent", self.rotary_dim, self.head_dim));
+        }
+        // Absurd sizes are a corrupt file, not a model (no multi-GB allocations from a typo).
+        let limits = [
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_layers", self.num_layers, 1024),
+            ("num_heads", self.num_heads, 1024),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+        ];
+        for (name, value, max) in limits {
+            if value == 0 || value > max {
+                return bad(format!("{name} = {value} is outside 1..={max}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of f16 K and V per token of context.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
+    }
+}

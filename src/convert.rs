@@ -1,0 +1,570 @@
+//! `phi-web convert`: a GGUF file or a Hugging Face folder → a phi-web package.
+//!
+//! Streams tensor by tensor (and, for large matrices, slab by slab of rows),
+//! so peak memory stays near twice the largest tensor whatever the model size.
+//! Defaults: GGUF formats the runtime has kernels for are kept bit-exact;
+//! Q4_K becomes q4_1 and Q6_K q8_0 (the error is reported); Hugging Face
+//! matrices become q4_0; vectors (norms, biases) stay f32.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgmlType, Gguf, TensorInfo};
+use crate::formats::kquant;
+use crate::formats::package::{Chunk, Manifest, Shard, ShardWriter, TensorEntry, FORMAT, MANIFEST, MAX_CHUNK_BYTES};
+use crate::formats::safetensors;
+use crate::quant::{self, GpuLayout, WeightFormat, BLOCK};
+
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// Format for every matrix; `None` = the defaults above.
+    pub quant: Option<WeightFormat>,
+    pub shard_bytes: u64,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions { quant: None, shard_bytes: 64 << 20 }
+    }
+}
+
+/// What a conversion produced.
+#[derive(Debug)]
+pub struct ConvertSummary {
+    pub tensors: usize,
+    /// Tensors per stored format.
+    pub formats: BTreeMap<String, usize>,
+    pub total_bytes: u64,
+    pub shards: usize,
+    /// Largest |source − stored| over tensors that were not copied bit-exact.
+    pub max_abs_error: f32,
+    pub warnings: Vec<String>,
+    pub config: ModelConfig,
+}
+
+/// Progress of a conversion: source bytes done of total, and the current tensor.
+pub struct Progress<'a> {
+    pub done: u64,
+    pub total: u64,
+    pub tensor: &'a str,
+}
+
+/// Elements per slab when converting a large matrix (bounds peak memory).
+const SLAB_ELEMENTS: usize = 1 << 24;
+
+/// How one source tensor becomes stored rows.
+enum Source<'a> {
+    /// GGUF blocks, already row-permuted as needed: (type, bytes).
+    Gguf(GgmlType, Vec<u8>),
+    /// A safetensors tensor read slab by slab.
+    Safetensors(&'a safetensors::Tensor, File),
+}
+
+/// Converts `input` (GGUF file or HF folder) into a package in `out_dir`.
+pub fn convert(
+    input: &Path,
+    out_dir: &Path,
+    options: &ConvertOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ConvertSummary> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    if input.is_dir() {
+        convert_hf(input, out_dir, options, progress)
+    } else {
+        let mut magic = [0u8; 4];
+        let mut file = File::open(input).map_err(|e| Error::io(input, e))?;
+        std::io::Read::read_exact(&mut file, &mut magic)
+            .map_err(|_| Error::format(input.display(), "too short to be a model file"))?;
+        if &magic == b"GGUF" {
+            convert_gguf(input, out_dir, options, progress)
+        } else {
+            Err(Error::format(
+                input.display(),
+                "neither a GGUF file nor a Hugging Face folder (config.json + *.safetensors)",
+            ))
+        }
+    }
+}
+
+/// Writes tensors and collects their manifest entries.
+struct Writer {
+    shards: ShardWriter,
+    entries: Vec<TensorEntry>,
+    max_abs_error: f32,
+}
+
+impl Writer {
+    /// Stores `source` as `format` under `name` with PyTorch shape `shape`.
+    fn tensor(&mut self, name: &str, shape: &[usize], format: WeightFormat, source: Source) -> Result<()> {
+        let (rows, cols) = match shape {
+            [n] => (1, *n),
+            [rows, cols] => (*rows, *cols),
+            _ => {
+                return Err(Error::Config {
+                    message: format!("tensor {name}: shape {shape:?} is not a vector or a matrix"),
+                })
+            }
+        };
+        let row_payload = quant::gpu_size(format, 1, cols).0.max(1) as u64;
+        // Even slab sizes keep 2-byte scales aligned when slabs are concatenated.
+        let chunk_rows = ((MAX_CHUNK_BYTES / row_payload) as usize).max(2) & !1;
+        let slab_rows = (SLAB_ELEMENTS / cols).max(2) & !1;
+        let mut source = source;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = chunk_rows.min(rows - start);
+            let (shard, offset) = self.shards.position();
+            let (mut payload_bytes, mut scales) = (0u64, Vec::new());
+            let mut slab_start = start;
+            while slab_start < start + n {
+                let m = slab_rows.min(start + n - slab_start);
+                let (layout, error) = slab(&mut source, name, format, cols, slab_start, m)?;
+                self.max_abs_error = self.max_abs_error.max(error);
+                self.shards.write(&layout.data)?;
+                payload_bytes += layout.data.len() as u64;
+                scales.extend_from_slice(&layout.scales);
+                slab_start += m;
+            }
+            scales.resize(scales.len().next_multiple_of(4), 0);
+            self.shards.write(&scales)?;
+            chunks.push(Chunk { rows: n, shard, offset, payload_bytes, scales_bytes: scales.len() as u64 });
+            start += n;
+        }
+        self.entries.push(TensorEntry {
+            name: name.to_string(),
+            format: format.name().into(),
+            shape: shape.to_vec(),
+            chunks,
+        });
+        Ok(())
+    }
+}
+
+/// Rows [start, start + count) of `source` in `format`'s GPU layout, and the
+/// largest absolute change the conversion made (0 for bit-exact copies).
+fn slab(
+    source: &mut Source,
+    name: &str,
+    format: WeightFormat,
+    cols: usize,
+    start: usize,
+    count: usize,
+) -> Result<(GpuLayout, f32)> {
+    match source {
+        Source::Gguf(ggml, bytes) => {
+            let (block_elems, block_bytes) = ggml.block();
+            let row_bytes = cols / block_elems as usize * block_bytes as usize;
+            let rows = &bytes[start * row_bytes..(start + count) * row_bytes];
+            let same = matches!(
+                (*ggml, format),
+                (GgmlType::F32, WeightFormat::F32)
+                    | (GgmlType::F16, WeightFormat::F16)
+                    | (GgmlType::Q4_0, WeightFormat::Q4_0)
+                    | (GgmlType::Q4_1, WeightFormat::Q4_1)
+                    | (GgmlType::Q8_0, WeightFormat::Q8_0)
+            );
+            if same {
+                return Ok((quant::to_gpu_layout(format, rows)?, 0.0));
+            }
+            if (*ggml, format) == (GgmlType::Q4K, WeightFormat::Q4_1) {
+                let converted = kquant::q4_k_to_q4_1(rows)?;
+                let error =
+                    max_diff(&kquant::dequantize_q4_k(rows)?, &quant::dequantize(WeightFormat::Q4_1, &converted)?);
+                return Ok((quant::to_gpu_layout(format, &converted)?, error));
+            }
+            let values = dequantize_gguf(*ggml, rows, name)?;
+            requantize(format, &values)
+        }
+        Source::Safetensors(tensor, file) => {
+            let values = tensor.read_f32_range(file, start * cols, count * cols)?;
+            requantize(format, &values)
+        }
+    }
+}
+
+fn requantize(format: WeightFormat, values: &[f32]) -> Result<(GpuLayout, f32)> {
+    let gguf = quant::quantize(format, values)?;
+    let error = if format == WeightFormat::F32 { 0.0 } else { max_diff(values, &quant::dequantize(format, &gguf)?) };
+    Ok((quant::to_gpu_layout(format, &gguf)?, error))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Any supported GGUF tensor type to f32.
+pub fn dequantize_gguf(ggml: GgmlType, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+    Ok(match ggml {
+        GgmlType::F32 => quant::dequantize(WeightFormat::F32, bytes)?,
+        GgmlType::F16 => quant::dequantize(WeightFormat::F16, bytes)?,
+        GgmlType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        GgmlType::Q4_0 => quant::dequantize(WeightFormat::Q4_0, bytes)?,
+        GgmlType::Q4_1 => quant::dequantize(WeightFormat::Q4_1, bytes)?,
+        GgmlType::Q8_0 => quant::dequantize(WeightFormat::Q8_0, bytes)?,
+        GgmlType::Q4K => kquant::dequantize_q4_k(bytes)?,
+        GgmlType::Q6K => {
+            kquant::dequantize_q6_k(bytes).map_err(|e| Error::Config { message: format!("tensor {name}: {e}") })?
+        }
+    })
+}
+
+/// The stored format of a matrix: the user's choice, else the default for its source.
+fn matrix_format(
+    options: &ConvertOptions,
+    default: WeightFormat,
+    cols: usize,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> WeightFormat {
+    let format = options.quant.unwrap_or(default);
+    if format != WeightFormat::F32 && format != WeightFormat::F16 && !cols.is_multiple_of(BLOCK) {
+        warnings.push(format!("{name}: {cols} columns is not a multiple of {BLOCK}; stored as f32"));
+        return WeightFormat::F32;
+    }
+    format
+}
+
+/// GGUF tensor names → Hugging Face names; `None` for tensors that are not weights.
+pub fn hf_name(arch: Architecture, gguf_name: &str) -> Option<String> {
+    let fixed = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.into());
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_qkv.weight" => "self_attn.qkv_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        // Phi-3's ffn_up is the fused gate_up_proj (no separate ffn_gate).
+        "ffn_up.weight" if arch == Architecture::Phi3 => "mlp.gate_up_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Undoes llama.cpp's Q/K row permutation (convert_hf_to_gguf.py `permute`):
+/// within each head, GGUF row 2i + h holds HF row h·d/2 + i.
+fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) || !bytes.len().is_multiple_of(rows) {
+        return Err(Error::Config {
+            message: format!("cannot undo the Q/K permutation of {rows} rows over {heads} heads"),
+        });
+    }
+    let row_bytes = bytes.len() / rows;
+    let half = rows / heads / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for head in 0..heads {
+        for h in 0..2 {
+            for i in 0..half {
+                let hf_row = head * 2 * half + h * half + i;
+                let gguf_row = head * 2 * half + 2 * i + h;
+                out[hf_row * row_bytes..][..row_bytes].copy_from_slice(&bytes[gguf_row * row_bytes..][..row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn convert_gguf(
+    input: &Path,
+    out_dir: &Path,
+    options: &ConvertOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ConvertSummary> {
+    let gguf = Gguf::open(input)?;
+    let mut config = ModelConfig::from_gguf(&gguf)?;
+    let mut file = File::open(input).map_err(|e| Error::io(input, e))?;
+    let mut warnings = Vec::new();
+    if let (Some(short), Some(long)) =
+        (gguf.tensor("rope_factors_short.weight"), gguf.tensor("rope_factors_long.weight"))
+    {
+        let (s, l) = (gguf.read(&mut file, short)?, gguf.read(&mut file, long)?);
+        let (s, l) =
+            (dequantize_gguf(short.ggml_type, &s, &short.name)?, dequantize_gguf(long.ggml_type, &l, &long.name)?);
+        config.set_longrope_factors(&gguf, s, l)?;
+    }
+    let total: u64 = gguf.tensors.iter().map(|t| t.size).sum();
+    let mut writer =
+        Writer { shards: ShardWriter::new(out_dir, options.shard_bytes), entries: Vec::new(), max_abs_error: 0.0 };
+    let mut done = 0;
+    for info in &gguf.tensors {
+        progress(Progress { done, total, tensor: &info.name });
+        done += info.size;
+        let Some(name) = hf_name(config.architecture, &info.name) else {
+            if !info.name.starts_with("rope_factors_") {
+                warnings.push(format!("skipped tensor {} (not a weight phi-web uses)", info.name));
+            }
+            continue;
+        };
+        let shape = info.shape();
+        check_shape(&config, &name, &shape)?;
+        let mut bytes = gguf.read(&mut file, info)?;
+        if config.architecture == Architecture::Llama {
+            if name.ends_with("q_proj.weight") {
+                bytes = unpermute_rows(&bytes, shape[0], config.num_heads)?;
+            } else if name.ends_with("k_proj.weight") {
+                bytes = unpermute_rows(&bytes, shape[0], config.num_kv_heads)?;
+            }
+        }
+        let format = if shape.len() == 1 {
+            WeightFormat::F32
+        } else {
+            matrix_format(options, default_for(info), shape[1], &name, &mut warnings)
+        };
+        writer.tensor(&name, &shape, format, Source::Gguf(info.ggml_type, bytes))?;
+    }
+    progress(Progress { done: total, total, tensor: "" });
+
+    let tokens: Vec<&str> = gguf
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+        .unwrap_or_default();
+    let token = |key: &str| {
+        gguf.get(key).and_then(|v| v.as_u64()).and_then(|id| tokens.get(id as usize)).map(|s| s.to_string())
+    };
+    let tokenizer = match crate::formats::gguf_tokenizer::tokenizer_json(&gguf) {
+        Ok(json) => {
+            let path = out_dir.join("tokenizer.json");
+            std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+            Some("tokenizer.json".to_string())
+        }
+        Err(e) => {
+            warnings.push(format!("tokenizer not converted: {e}"));
+            None
+        }
+    };
+    let name = gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or("model").to_string();
+    let quantization = describe_quantization(options, "kept from GGUF; Q4_K → q4_1, Q6_K → q8_0");
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        name,
+        tokenizer,
+        chat_template: gguf.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
+        bos_token: token("tokenizer.ggml.bos_token_id"),
+        eos_token: token("tokenizer.ggml.eos_token_id"),
+        stop_token_ids: config.eos_token_ids.clone(),
+        quantization,
+        source: input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        config,
+        tensors: Vec::new(),
+        shards: Vec::new(),
+    };
+    finish(writer, manifest, out_dir, warnings)
+}
+
+/// GGUF's own format where the runtime has a kernel; the nearest one otherwise.
+fn default_for(info: &TensorInfo) -> WeightFormat {
+    match info.ggml_type {
+        GgmlType::F32 | GgmlType::BF16 => WeightFormat::F32,
+        GgmlType::F16 => WeightFormat::F16,
+        GgmlType::Q4_0 => WeightFormat::Q4_0,
+        GgmlType::Q4_1 | GgmlType::Q4K => WeightFormat::Q4_1,
+        GgmlType::Q8_0 | GgmlType::Q6K => WeightFormat::Q8_0,
+    }
+}
+
+fn describe_quantization(options: &ConvertOptions, default: &str) -> String {
+    match options.quant {
+        Some(f) => format!("{} for matrices, f32 for vectors", f.name()),
+        None => default.to_string(),
+    }
+}
+
+/// Checks a tensor's shape against the config, for the names the engine reads.
+fn check_shape(config: &ModelConfig, name: &str, shape: &[usize]) -> Result<()> {
+    if config.architecture == Architecture::Bert {
+        return Ok(());
+    }
+    let (h, d, i) = (config.hidden_size, config.head_dim, config.intermediate_size);
+    let (q, kv) = (config.num_heads * d, config.num_kv_heads * d);
+    let part = name.rsplit_once("layers.").and_then(|(_, rest)| rest.split_once('.')).map_or(name, |(_, p)| p);
+    let expected: Option<Vec<usize>> = match part {
+        "model.embed_tokens.weight" | "lm_head.weight" => Some(vec![config.vocab_size, h]),
+        "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => Some(vec![h]),
+        "self_attn.qkv_proj.weight" => Some(vec![q + 2 * kv, h]),
+        "self_attn.q_proj.weight" => Some(vec![q, h]),
+        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => Some(vec![kv, h]),
+        "self_attn.o_proj.weight" => Some(vec![h, q]),
+        "mlp.gate_up_proj.weight" => Some(vec![2 * i, h]),
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => Some(vec![i, h]),
+        "mlp.down_proj.weight" => Some(vec![h, i]),
+        _ => None,
+    };
+    match expected {
+        Some(e) if e != shape => {
+            Err(Error::Config { message: format!("tensor {name} has shape {shape:?}; the config implies {e:?}") })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn convert_hf(
+    input: &Path,
+    out_dir: &Path,
+    options: &ConvertOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ConvertSummary> {
+    let read_json = |name: &str| -> Result<Option<serde_json::Value>> {
+        let path = input.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map(Some).map_err(|e| Error::format(path.display(), format!("malformed JSON: {e}")))
+    };
+    let config_json = read_json("config.json")?.ok_or_else(|| Error::format(input.display(), "no config.json"))?;
+    let mut config = ModelConfig::from_hf(&config_json)?;
+    let tensors = safetensors::read_headers(input)?;
+    let mut warnings = Vec::new();
+    config.tie_word_embeddings = config.architecture != Architecture::Bert && !tensors.contains_key("lm_head.weight");
+    if let Some(embed) = tensors.get("model.embed_tokens.weight") {
+        check_shape(&config, &embed.name, &embed.shape)?;
+    }
+
+    let total: u64 = tensors.values().map(|t| t.len).sum();
+    let mut writer =
+        Writer { shards: ShardWriter::new(out_dir, options.shard_bytes), entries: Vec::new(), max_abs_error: 0.0 };
+    let mut done = 0;
+    for tensor in tensors.values() {
+        progress(Progress { done, total, tensor: &tensor.name });
+        done += tensor.len;
+        if tensor.name.ends_with("rotary_emb.inv_freq") {
+            continue;
+        }
+        check_shape(&config, &tensor.name, &tensor.shape)?;
+        let format = match tensor.shape.len() {
+            1 => WeightFormat::F32,
+            2 => matrix_format(options, WeightFormat::Q4_0, tensor.shape[1], &tensor.name, &mut warnings),
+            _ => {
+                return Err(Error::Unsupported {
+                    what: format!("tensor {} with shape {:?}", tensor.name, tensor.shape),
+                    supported: "vectors and matrices".into(),
+                })
+            }
+        };
+        let file = File::open(&tensor.file).map_err(|e| Error::io(&tensor.file, e))?;
+        writer.tensor(&tensor.name, &tensor.shape, format, Source::Safetensors(tensor, file))?;
+    }
+    progress(Progress { done: total, total, tensor: "" });
+
+    let tokenizer = if input.join("tokenizer.json").exists() {
+        std::fs::copy(input.join("tokenizer.json"), out_dir.join("tokenizer.json"))
+            .map_err(|e| Error::io(&out_dir.join("tokenizer.json"), e))?;
+        Some("tokenizer.json".to_string())
+    } else {
+        warnings.push("no tokenizer.json: the package can compute logits but not chat".into());
+        None
+    };
+    let tokenizer_config = read_json("tokenizer_config.json")?;
+    let token_text = |key: &str| -> Option<String> {
+        let v = tokenizer_config.as_ref()?.get(key)?;
+        v.as_str().map(String::from).or_else(|| v.get("content")?.as_str().map(String::from))
+    };
+    let chat_template = tokenizer_config.as_ref().and_then(|t| t.get("chat_template")).and_then(|t| match t {
+        serde_json::Value::String(s) => Some(s.clone()),
+        // A list of named templates: take "default".
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|e| e.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|e| e.get("template")?.as_str().map(String::from)),
+        _ => None,
+    });
+    let mut stop_token_ids = config.eos_token_ids.clone();
+    if let Some(generation) = read_json("generation_config.json")? {
+        for id in generation
+            .get("eos_token_id")
+            .map(|v| match v {
+                serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).collect(),
+                other => other.as_u64().into_iter().collect::<Vec<_>>(),
+            })
+            .unwrap_or_default()
+        {
+            if !stop_token_ids.contains(&(id as u32)) {
+                stop_token_ids.push(id as u32);
+            }
+        }
+    }
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        name: input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+        tokenizer,
+        chat_template,
+        bos_token: token_text("bos_token"),
+        eos_token: token_text("eos_token"),
+        stop_token_ids,
+        quantization: describe_quantization(options, "q4_0 for matrices, f32 for vectors"),
+        source: input.display().to_string(),
+        config,
+        tensors: Vec::new(),
+        shards: Vec::new(),
+    };
+    finish(writer, manifest, out_dir, warnings)
+}
+
+fn finish(writer: Writer, mut manifest: Manifest, out_dir: &Path, warnings: Vec<String>) -> Result<ConvertSummary> {
+    let Writer { shards, entries, max_abs_error } = writer;
+    let shards: Vec<Shard> = shards.finish()?;
+    let mut formats = BTreeMap::new();
+    for e in &entries {
+        *formats.entry(e.format.clone()).or_insert(0) += 1;
+    }
+    manifest.tensors = entries;
+    manifest.shards = shards;
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::format(MANIFEST, e.to_string()))?;
+    let path = out_dir.join(MANIFEST);
+    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    Ok(ConvertSummary {
+        tensors: manifest.tensors.len(),
+        formats,
+        total_bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
+        shards: manifest.shards.len(),
+        max_abs_error,
+        warnings,
+        config: manifest.config,
+    })
+}
+
+/// Wall-clock helper for the CLI's progress line.
+pub struct Eta {
+    start: Instant,
+}
+
+impl Default for Eta {
+    fn default() -> Self {
+        Eta { start: Instant::now() }
+    }
+}
+
+impl Eta {
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// "37.5 / 98.4 MB, 45.1 MB/s, ETA 1s".
+    pub fn line(&self, done: u64, total: u64) -> String {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+        format!("{:.1} / {:.1} MB, {:.1} MB/s, ETA {:.0}s", done as f64 / 1e6, total as f64 / 1e6, rate / 1e6, eta)
+    }
+}

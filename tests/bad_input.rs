@@ -1,0 +1,334 @@
+//! Bad input gets an error that names the problem and never a panic:
+//! truncated, mistyped and hostile GGUF files, wrong architectures, shapes
+//! that disagree with the config, malformed manifests — plus seeded mutation
+//! fuzzing of both parsers and a regression corpus (tests/data/fuzz).
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+
+use phi_web::convert::{convert, ConvertOptions};
+use phi_web::formats::gguf::Gguf;
+use phi_web::formats::package::parse_manifest;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("test-scratch").join("bad-input");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A minimal GGUF writer for synthetic files.
+#[derive(Default)]
+struct GgufBuilder {
+    kv: Vec<(String, u32, Vec<u8>)>,
+    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+}
+
+fn gguf_string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+impl GgufBuilder {
+    fn string(mut self, key: &str, value: &str) -> Self {
+        self.kv.push((key.into(), 8, gguf_string(value)));
+        self
+    }
+
+    fn u32(mut self, key: &str, value: u32) -> Self {
+        self.kv.push((key.into(), 4, value.to_le_bytes().to_vec()));
+        self
+    }
+
+    fn f32(mut self, key: &str, value: f32) -> Self {
+        self.kv.push((key.into(), 6, value.to_le_bytes().to_vec()));
+        self
+    }
+
+    fn tensor(mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> Self {
+        self.tensors.push((name.into(), dims.to_vec(), type_id, data));
+        self
+    }
+
+    /// A tiny but complete llama model: 1 layer, hidden 32, vocab 8, all F32.
+    fn tiny_llama(arch: &str) -> Self {
+        let f32s = |n: usize| vec![0u8; n * 4];
+        let mut b = GgufBuilder::default()
+            .string("general.architecture", arch)
+            .u32(&format!("{arch}.embedding_length"), 32)
+            .u32(&format!("{arch}.feed_forward_length"), 64)
+            .u32(&format!("{arch}.block_count"), 1)
+            .u32(&format!("{arch}.attention.head_count"), 2)
+            .u32(&format!("{arch}.attention.head_count_kv"), 1)
+            .u32(&format!("{arch}.context_length"), 128)
+            .u32(&format!("{arch}.vocab_size"), 8)
+            .f32(&format!("{arch}.rope.freq_base"), 10000.0);
+        b = b
+            .tensor("token_embd.weight", &[32, 8], 0, f32s(256))
+            .tensor("output_norm.weight", &[32], 0, f32s(32))
+            .tensor("blk.0.attn_norm.weight", &[32], 0, f32s(32))
+            .tensor("blk.0.attn_q.weight", &[32, 32], 0, f32s(1024))
+            .tensor("blk.0.attn_k.weight", &[32, 16], 0, f32s(512))
+            .tensor("blk.0.attn_v.weight", &[32, 16], 0, f32s(512))
+            .tensor("blk.0.attn_output.weight", &[32, 32], 0, f32s(1024))
+            .tensor("blk.0.ffn_norm.weight", &[32], 0, f32s(32))
+            .tensor("blk.0.ffn_gate.weight", &[32, 64], 0, f32s(2048))
+            .tensor("blk.0.ffn_up.weight", &[32, 64], 0, f32s(2048))
+            .tensor("blk.0.ffn_down.weight", &[64, 32], 0, f32s(2048));
+        b
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.kv.len() as u64).to_le_bytes());
+        for (key, type_id, payload) in &self.kv {
+            out.extend(gguf_string(key));
+            out.extend_from_slice(&type_id.to_le_bytes());
+            out.extend_from_slice(payload);
+        }
+        let mut offset = 0u64;
+        for (name, dims, type_id, data) in &self.tensors {
+            out.extend(gguf_string(name));
+            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+            out.extend_from_slice(&type_id.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            offset += (data.len() as u64).next_multiple_of(32);
+        }
+        out.resize(out.len().next_multiple_of(32), 0);
+        for (_, _, _, data) in &self.tensors {
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(32), 0);
+        }
+        out
+    }
+
+    fn write(&self, name: &str) -> PathBuf {
+        let path = scratch(name);
+        std::fs::write(&path, self.build()).unwrap();
+        path
+    }
+}
+
+fn open_err(bytes: &[u8], name: &str) -> String {
+    let path = scratch(name);
+    std::fs::write(&path, bytes).unwrap();
+    match Gguf::open(&path) {
+        Ok(_) => panic!("{name}: expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn convert_err(path: &Path) -> String {
+    let out = scratch(&format!("{}-out", path.file_name().unwrap().to_string_lossy()));
+    convert(path, &out, &ConvertOptions::default(), &mut |_| {}).unwrap_err().to_string()
+}
+
+#[test]
+fn the_synthetic_model_itself_converts() {
+    let path = GgufBuilder::tiny_llama("llama").write("good.gguf");
+    let out = scratch("good-out");
+    let summary = convert(&path, &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(summary.tensors, 11);
+    assert!(summary.warnings.iter().any(|w| w.contains("tokenizer not converted")), "{:?}", summary.warnings);
+}
+
+#[test]
+fn wrong_magic_and_html_pages() {
+    let err = open_err(b"GGML\x03\0\0\0 and more bytes", "magic.gguf");
+    assert!(err.contains("not a GGUF file"), "{err}");
+    let err = open_err(b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "page.gguf");
+    assert!(err.contains("looks like HTML"), "{err}");
+    let err = open_err(b"GG", "tiny.gguf");
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn truncated_files_name_the_tensor() {
+    let bytes = GgufBuilder::tiny_llama("llama").build();
+    let err = open_err(&bytes[..bytes.len() - 100], "cut-data.gguf");
+    assert!(err.contains("truncated") && err.contains("blk.0.ffn_down.weight"), "{err}");
+    let err = open_err(&bytes[..200], "cut-header.gguf");
+    assert!(err.contains("truncated") || err.contains("cannot fit"), "{err}");
+}
+
+#[test]
+fn unknown_types_and_architectures_are_named() {
+    let path = GgufBuilder::tiny_llama("llama").tensor("blk.0.extra.weight", &[32, 2], 6, vec![0; 44]).write("q5.gguf");
+    let err = convert_err(&path);
+    assert!(err.contains("Q5_0") && err.contains("blk.0.extra.weight") && err.contains("supported: F32"), "{err}");
+
+    let path = GgufBuilder::tiny_llama("gpt2").write("gpt2.gguf");
+    let err = convert_err(&path);
+    assert!(err.contains("architecture gpt2") && err.contains("phi3") && err.contains("llama"), "{err}");
+}
+
+#[test]
+fn shape_disagreeing_with_config_is_named() {
+    let mut b = GgufBuilder::tiny_llama("llama");
+    b.tensors[0] = ("token_embd.weight".into(), vec![32, 9], 0, vec![0; 32 * 9 * 4]);
+    let err = convert_err(&b.write("shape.gguf"));
+    assert!(err.contains("model.embed_tokens.weight") && err.contains("[9, 32]") && err.contains("[8, 32]"), "{err}");
+}
+
+#[test]
+fn missing_config_keys_are_named() {
+    let mut b = GgufBuilder::tiny_llama("llama");
+    b.kv.retain(|(k, _, _)| k != "llama.block_count");
+    let err = convert_err(&b.write("no-blocks.gguf"));
+    assert!(err.contains("llama.block_count"), "{err}");
+}
+
+#[test]
+fn absurd_counts_do_not_allocate() {
+    // Claims 2^60 tensors and 2^60 metadata entries in a 24-byte file.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    let err = open_err(&bytes, "counts.gguf");
+    assert!(err.contains("cannot fit"), "{err}");
+    // A string claiming 2^62 bytes.
+    let mut b = GgufBuilder::default();
+    b.kv.push(("general.name".into(), 8, (1u64 << 62).to_le_bytes().to_vec()));
+    let err = open_err(&b.build(), "string.gguf");
+    assert!(err.contains("cannot fit"), "{err}");
+    // A tensor with 2^40 x 2^40 elements.
+    let b = GgufBuilder::default().tensor("huge", &[1 << 40, 1 << 40], 0, vec![]);
+    let err = open_err(&b.build(), "dims.gguf");
+    assert!(err.contains("huge") && (err.contains("impossible shape") || err.contains("truncated")), "{err}");
+}
+
+#[test]
+fn malformed_manifests_are_errors() {
+    let cases: [(&str, &str); 4] = [
+        ("{ not json", "malformed"),
+        (r#"{"format": "phi-web/0"}"#, "malformed"),
+        ("<html>404</html>", "malformed"),
+        ("[]", "malformed"),
+    ];
+    for (text, expected) in cases {
+        let err = parse_manifest(text).unwrap_err().to_string();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}
+
+/// A valid manifest to mutate, from the synthetic model.
+fn good_manifest(tag: &str) -> String {
+    let path = GgufBuilder::tiny_llama("llama").write(&format!("manifest-{tag}.gguf"));
+    let out = scratch(&format!("manifest-{tag}-out"));
+    convert(&path, &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
+    std::fs::read_to_string(out.join("model.json")).unwrap()
+}
+
+#[test]
+fn inconsistent_manifests_are_errors() {
+    let good = good_manifest("inconsistent");
+    parse_manifest(&good).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["format"] = "phi-web/9".into();
+    let err = parse_manifest(&json.to_string()).unwrap_err().to_string();
+    assert!(err.contains("phi-web/9"), "{err}");
+
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["tensors"][3]["chunks"][0]["offset"] = 1_000_000_000u64.into();
+    let err = parse_manifest(&json.to_string()).unwrap_err().to_string();
+    assert!(err.contains("outside"), "{err}");
+
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["tensors"][3]["chunks"][0]["payload_bytes"] = 12u64.into();
+    let err = parse_manifest(&json.to_string()).unwrap_err().to_string();
+    assert!(err.contains(json["tensors"][3]["name"].as_str().unwrap()), "{err}");
+
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["shards"][0]["file"] = "../../etc/passwd".into();
+    let err = parse_manifest(&json.to_string()).unwrap_err().to_string();
+    assert!(err.contains("plain name"), "{err}");
+
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["tensors"][2]["format"] = "q3_k".into();
+    let err = parse_manifest(&json.to_string()).unwrap_err().to_string();
+    assert!(err.contains("q3_k"), "{err}");
+}
+
+/// xorshift64: seeded, the same everywhere.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Flips, overwrites, inserts, deletes or truncates bytes.
+fn mutate(input: &[u8], state: &mut u64) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..1 + next(state) % 4 {
+        if out.is_empty() {
+            break;
+        }
+        let at = (next(state) % out.len() as u64) as usize;
+        match next(state) % 5 {
+            0 => out[at] ^= 1 << (next(state) % 8),
+            1 => out[at] = [0, 0xff, 0x7f, 0x80][(next(state) % 4) as usize],
+            2 => out.insert(at, next(state) as u8),
+            3 => {
+                out.remove(at);
+            }
+            _ => out.truncate(at),
+        }
+    }
+    out
+}
+
+#[test]
+fn fuzz_gguf_reader() {
+    let seed_file = GgufBuilder::tiny_llama("llama").build();
+    let path = scratch("fuzz.gguf");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..3000 {
+        // Mutations concentrate on the header, where the parsing happens.
+        let head = 1 + (next(&mut state) % 900) as usize;
+        let mut bytes = mutate(&seed_file[..head.min(seed_file.len())], &mut state);
+        bytes.extend_from_slice(&seed_file[head.min(seed_file.len())..]);
+        std::fs::write(&path, &bytes).unwrap();
+        match std::panic::catch_unwind(|| Gguf::open(&path).map(|_| ())) {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(_)) => err += 1,
+            Err(_) => panic!("Gguf::open panicked on input {bytes:?}"),
+        }
+    }
+    assert!(err > 1000 && ok > 10, "mutations should hit both outcomes: {ok} ok, {err} errors");
+}
+
+#[test]
+fn fuzz_manifest_parser() {
+    let good = good_manifest("fuzz").into_bytes();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..3000 {
+        let bytes = mutate(&good, &mut state);
+        let text = String::from_utf8_lossy(&bytes);
+        if std::panic::catch_unwind(|| parse_manifest(&text).map(|_| ())).is_err() {
+            panic!("parse_manifest panicked on {text}");
+        }
+    }
+}
+
+#[test]
+fn regression_corpus_never_panics() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join("fuzz");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        files += 1;
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(parse_manifest(&text).is_err(), "{} should be rejected", path.display());
+        } else {
+            assert!(Gguf::open(&path).is_err(), "{} should be rejected", path.display());
+        }
+    }
+    assert!(files >= 5, "corpus has {files} files");
+}
