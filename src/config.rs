@@ -225,9 +225,12 @@ impl ModelConfig {
             return Err(Error::Config { message: "attention.head_count is 0".into() });
         }
         let head_dim = hidden_size / num_heads;
-        let vocab_size = match get("vocab_size").and_then(|v| v.as_u64()) {
-            Some(v) => v as usize,
-            None => g.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map_or(0, |t| t.len()),
+        // Metadata may omit the vocabulary size: then the embedding's rows say it
+        // (when both exist and disagree, the converter's shape check reports it).
+        let vocab_size = match (get("vocab_size").and_then(|v| v.as_u64()), g.tensor("token_embd.weight")) {
+            (Some(v), _) => v as usize,
+            (None, Some(embed)) if embed.dims.len() == 2 => embed.dims[1] as usize,
+            _ => g.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map_or(0, |t| t.len()),
         };
         let max_position_embeddings = required("context_length")?;
         let mut eos_token_ids: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]

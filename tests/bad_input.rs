@@ -317,6 +317,68 @@ fn fuzz_manifest_parser() {
 }
 
 #[test]
+fn fuzz_real_gguf_header() {
+    // SmolLM2's header (metadata, a 49k-token vocabulary, 272 tensor infos).
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(&path).unwrap_or_else(|_| panic!("{} is missing: run `make models`", path.display()));
+    let header = &bytes[..1_800_000];
+    let out = scratch("fuzz-real.gguf");
+    let mut state = 0x51_7CC1_B727_220Au64;
+    for _ in 0..300 {
+        let mutated = mutate(header, &mut state);
+        std::fs::write(&out, &mutated).unwrap();
+        if std::panic::catch_unwind(|| Gguf::open(&out).map(|_| ())).is_err() {
+            panic!("Gguf::open panicked on a mutated SmolLM2 header");
+        }
+    }
+}
+
+#[test]
+fn phi3_gguf_maps_fused_tensors_and_longrope() {
+    let f32s = |n: usize| (0..n).flat_map(|i| (1.0 + i as f32).to_le_bytes()).collect::<Vec<u8>>();
+    let b = GgufBuilder::default()
+        .string("general.architecture", "phi3")
+        .u32("phi3.embedding_length", 32)
+        .u32("phi3.feed_forward_length", 64)
+        .u32("phi3.block_count", 1)
+        .u32("phi3.attention.head_count", 2)
+        .u32("phi3.attention.head_count_kv", 2)
+        .u32("phi3.context_length", 1024)
+        .u32("phi3.rope.dimension_count", 16)
+        .u32("phi3.rope.scaling.original_context_length", 256)
+        .u32("phi3.attention.sliding_window", 255)
+        .tensor("token_embd.weight", &[32, 8], 0, f32s(256))
+        .tensor("output.weight", &[32, 8], 0, f32s(256))
+        .tensor("output_norm.weight", &[32], 0, f32s(32))
+        .tensor("rope_factors_long.weight", &[8], 0, f32s(8))
+        .tensor("rope_factors_short.weight", &[8], 0, f32s(8))
+        .tensor("blk.0.attn_norm.weight", &[32], 0, f32s(32))
+        .tensor("blk.0.attn_qkv.weight", &[32, 96], 0, f32s(3072))
+        .tensor("blk.0.attn_output.weight", &[32, 32], 0, f32s(1024))
+        .tensor("blk.0.ffn_norm.weight", &[32], 0, f32s(32))
+        .tensor("blk.0.ffn_up.weight", &[32, 128], 0, f32s(4096))
+        .tensor("blk.0.ffn_down.weight", &[64, 32], 0, f32s(2048));
+    let path = b.write("phi3.gguf");
+    let out = scratch("phi3-out");
+    let summary = convert(&path, &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
+    let c = &summary.config;
+    assert_eq!((c.sliding_window, c.tie_word_embeddings, c.rotary_dim), (Some(255), false, 16));
+    let longrope = c.longrope.as_ref().unwrap();
+    assert_eq!((longrope.original_max_position_embeddings, longrope.long_factor.len()), (256, 8));
+    // sqrt(1 + ln(1024 / 256) / ln(256))
+    assert!((longrope.attention_factor - 1.118_034).abs() < 1e-5, "{}", longrope.attention_factor);
+    let package = phi_web::formats::package::Package::open(&out).unwrap();
+    for name in ["model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.mlp.gate_up_proj.weight", "lm_head.weight"]
+    {
+        assert!(package.tensor(name).is_some(), "{name}");
+    }
+    // Phi-3 GGUFs are not Q/K-permuted: the fused QKV rows come through unchanged.
+    let qkv = package.read_f32(package.tensor("model.layers.0.self_attn.qkv_proj.weight").unwrap()).unwrap();
+    assert_eq!(&qkv[..3], &[1.0, 2.0, 3.0]);
+    assert!(package.tensor("rope_factors_long.weight").is_none());
+}
+
+#[test]
 fn regression_corpus_never_panics() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join("fuzz");
     let mut files = 0;
