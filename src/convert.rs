@@ -4,7 +4,8 @@
 //! so peak memory stays near twice the largest tensor whatever the model size.
 //! Defaults: GGUF formats the runtime has kernels for are kept bit-exact;
 //! Q4_K becomes q4_1 and Q6_K q8_0 (the error is reported); Hugging Face
-//! matrices become q4_0; vectors (norms, biases) stay f32.
+//! matrices become q4_0 (f16 for BERT embedding models); vectors (norms,
+//! biases) stay f32.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -24,11 +25,13 @@ pub struct ConvertOptions {
     /// Format for every matrix; `None` = the defaults above.
     pub quant: Option<WeightFormat>,
     pub shard_bytes: u64,
+    /// Largest payload of one row chunk (a GPU binding); see [`MAX_CHUNK_BYTES`].
+    pub chunk_bytes: u64,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { quant: None, shard_bytes: 64 << 20 }
+        ConvertOptions { quant: None, shard_bytes: 64 << 20, chunk_bytes: MAX_CHUNK_BYTES }
     }
 }
 
@@ -93,11 +96,21 @@ pub fn convert(
 /// Writes tensors and collects their manifest entries.
 struct Writer {
     shards: ShardWriter,
+    chunk_bytes: u64,
     entries: Vec<TensorEntry>,
     max_abs_error: f32,
 }
 
 impl Writer {
+    fn new(out_dir: &Path, options: &ConvertOptions) -> Writer {
+        Writer {
+            shards: ShardWriter::new(out_dir, options.shard_bytes),
+            chunk_bytes: options.chunk_bytes,
+            entries: Vec::new(),
+            max_abs_error: 0.0,
+        }
+    }
+
     /// Stores `source` as `format` under `name` with PyTorch shape `shape`.
     fn tensor(&mut self, name: &str, shape: &[usize], format: WeightFormat, source: Source) -> Result<()> {
         let (rows, cols) = match shape {
@@ -111,7 +124,7 @@ impl Writer {
         };
         let row_payload = quant::gpu_size(format, 1, cols).0.max(1) as u64;
         // Even slab sizes keep 2-byte scales aligned when slabs are concatenated.
-        let chunk_rows = ((MAX_CHUNK_BYTES / row_payload) as usize).max(2) & !1;
+        let chunk_rows = ((self.chunk_bytes / row_payload) as usize).max(2) & !1;
         let slab_rows = (SLAB_ELEMENTS / cols).max(2) & !1;
         let mut source = source;
         let mut chunks = Vec::new();
@@ -187,9 +200,38 @@ fn slab(
     }
 }
 
+/// Quantizes `values` on every core (in whole blocks) and packs them for the GPU.
 fn requantize(format: WeightFormat, values: &[f32]) -> Result<(GpuLayout, f32)> {
-    let gguf = quant::quantize(format, values)?;
-    let error = if format == WeightFormat::F32 { 0.0 } else { max_diff(values, &quant::dequantize(format, &gguf)?) };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let part = values.len().div_ceil(threads).next_multiple_of(BLOCK).max(BLOCK);
+    let parts: Vec<Result<(Vec<u8>, f32)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = values
+            .chunks(part)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let gguf = quant::quantize(format, chunk)?;
+                    let error = if format == WeightFormat::F32 {
+                        0.0
+                    } else {
+                        max_diff(chunk, &quant::dequantize(format, &gguf)?)
+                    };
+                    Ok((gguf, error))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| Err(Error::Config { message: "a quantization thread panicked".into() }))
+            })
+            .collect()
+    });
+    let (mut gguf, mut error) = (Vec::new(), 0.0f32);
+    for part in parts {
+        let (bytes, e) = part?;
+        gguf.extend_from_slice(&bytes);
+        error = error.max(e);
+    }
     Ok((quant::to_gpu_layout(format, &gguf)?, error))
 }
 
@@ -303,8 +345,7 @@ fn convert_gguf(
         config.set_longrope_factors(&gguf, s, l)?;
     }
     let total: u64 = gguf.tensors.iter().map(|t| t.size).sum();
-    let mut writer =
-        Writer { shards: ShardWriter::new(out_dir, options.shard_bytes), entries: Vec::new(), max_abs_error: 0.0 };
+    let mut writer = Writer::new(out_dir, options);
     let mut done = 0;
     for info in &gguf.tensors {
         progress(Progress { done, total, tensor: &info.name });
@@ -441,9 +482,10 @@ fn convert_hf(
         check_shape(&config, &embed.name, &embed.shape)?;
     }
 
+    // Embedding models keep f16: retrieval quality suffers visibly at 4 bits.
+    let hf_default = if config.architecture == Architecture::Bert { WeightFormat::F16 } else { WeightFormat::Q4_0 };
     let total: u64 = tensors.values().map(|t| t.len).sum();
-    let mut writer =
-        Writer { shards: ShardWriter::new(out_dir, options.shard_bytes), entries: Vec::new(), max_abs_error: 0.0 };
+    let mut writer = Writer::new(out_dir, options);
     let mut done = 0;
     for tensor in tensors.values() {
         progress(Progress { done, total, tensor: &tensor.name });
@@ -451,10 +493,14 @@ fn convert_hf(
         if tensor.name.ends_with("rotary_emb.inv_freq") {
             continue;
         }
+        if let safetensors::Dtype::Integer(dtype) = tensor.dtype {
+            warnings.push(format!("skipped {dtype} buffer {} (not a weight)", tensor.name));
+            continue;
+        }
         check_shape(&config, &tensor.name, &tensor.shape)?;
         let format = match tensor.shape.len() {
             1 => WeightFormat::F32,
-            2 => matrix_format(options, WeightFormat::Q4_0, tensor.shape[1], &tensor.name, &mut warnings),
+            2 => matrix_format(options, hf_default, tensor.shape[1], &tensor.name, &mut warnings),
             _ => {
                 return Err(Error::Unsupported {
                     what: format!("tensor {} with shape {:?}", tensor.name, tensor.shape),
@@ -512,7 +558,7 @@ fn convert_hf(
         bos_token: token_text("bos_token"),
         eos_token: token_text("eos_token"),
         stop_token_ids,
-        quantization: describe_quantization(options, "q4_0 for matrices, f32 for vectors"),
+        quantization: describe_quantization(options, &format!("{} for matrices, f32 for vectors", hf_default.name())),
         source: input.display().to_string(),
         config,
         tensors: Vec::new(),
@@ -522,7 +568,7 @@ fn convert_hf(
 }
 
 fn finish(writer: Writer, mut manifest: Manifest, out_dir: &Path, warnings: Vec<String>) -> Result<ConvertSummary> {
-    let Writer { shards, entries, max_abs_error } = writer;
+    let Writer { shards, entries, max_abs_error, .. } = writer;
     let shards: Vec<Shard> = shards.finish()?;
     let mut formats = BTreeMap::new();
     for e in &entries {

@@ -192,7 +192,7 @@ fn config_key_styles_agree() {
 #[test]
 fn small_shards_split_tensors_across_files() {
     let dir = scratch("tiny-phi3-small-shards");
-    let options = ConvertOptions { quant: Some(WeightFormat::Q8_0), shard_bytes: 10_000 };
+    let options = ConvertOptions { quant: Some(WeightFormat::Q8_0), shard_bytes: 10_000, ..Default::default() };
     let summary = convert(&tiny("tiny-phi3"), &dir, &options, &mut |_| {}).unwrap();
     assert!(summary.shards > 10, "{} shards", summary.shards);
     let package = Package::open(&dir).unwrap();
@@ -208,6 +208,24 @@ fn small_shards_split_tensors_across_files() {
             entry.name
         );
     }
+}
+
+#[test]
+fn large_matrices_are_split_into_row_chunks() {
+    let dir = scratch("tiny-phi3-chunked");
+    let options = ConvertOptions { quant: Some(WeightFormat::Q4_0), chunk_bytes: 2_000, ..Default::default() };
+    convert(&tiny("tiny-phi3"), &dir, &options, &mut |_| {}).unwrap();
+    let package = Package::open(&dir).unwrap();
+    package.verify(|_| {}).unwrap();
+    let embed = package.tensor("model.embed_tokens.weight").unwrap();
+    // 512 rows of 64 q4_0 values = 32 payload bytes a row: 62 rows (even) per 2000-byte chunk.
+    assert_eq!(embed.chunks.len(), 512usize.div_ceil(62));
+    assert!(embed.chunks.iter().all(|c| c.payload_bytes <= 2_000));
+    let values =
+        safetensors::read_headers(&tiny("tiny-phi3")).unwrap()["model.embed_tokens.weight"].read_f32().unwrap();
+    let expected =
+        quant::dequantize(WeightFormat::Q4_0, &quant::quantize(WeightFormat::Q4_0, &values).unwrap()).unwrap();
+    assert_eq!(package.read_f32(embed).unwrap(), expected);
 }
 
 #[test]

@@ -18,6 +18,8 @@ pub enum Dtype {
     F32,
     F16,
     BF16,
+    /// Integer buffers (e.g. BERT's `position_ids`): listed, never weights.
+    Integer(&'static str),
 }
 
 impl Dtype {
@@ -26,6 +28,12 @@ impl Dtype {
             "F32" => Dtype::F32,
             "F16" => Dtype::F16,
             "BF16" => Dtype::BF16,
+            "I64" => Dtype::Integer("I64"),
+            "I32" => Dtype::Integer("I32"),
+            "I16" => Dtype::Integer("I16"),
+            "I8" => Dtype::Integer("I8"),
+            "U8" => Dtype::Integer("U8"),
+            "BOOL" => Dtype::Integer("BOOL"),
             _ => return None,
         })
     }
@@ -34,6 +42,10 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::Integer("I64") => 8,
+            Dtype::Integer("I32") => 4,
+            Dtype::Integer("I16") => 2,
+            Dtype::Integer(_) => 1,
         }
     }
 
@@ -42,6 +54,7 @@ impl Dtype {
             Dtype::F32 => "F32",
             Dtype::F16 => "F16",
             Dtype::BF16 => "BF16",
+            Dtype::Integer(name) => name,
         }
     }
 }
@@ -79,6 +92,12 @@ impl Tensor {
             Dtype::F32 => bytemuck::pod_collect_to_vec(&bytes),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::Integer(name) => {
+                return Err(Error::Unsupported {
+                    what: format!("{name} tensor {} as weights", self.name),
+                    supported: "F32, F16, BF16".into(),
+                })
+            }
         })
     }
 }
@@ -151,7 +170,7 @@ fn read_file_header(path: &Path) -> Result<Vec<Tensor>> {
         let dtype_name = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype"))?;
         let dtype = Dtype::parse(dtype_name).ok_or_else(|| Error::Unsupported {
             what: format!("dtype {dtype_name} of tensor {name} in {}", path.display()),
-            supported: "F32, F16, BF16".into(),
+            supported: "F32, F16, BF16 (integer buffers are skipped)".into(),
         })?;
         let shape: Vec<usize> = entry
             .get("shape")

@@ -99,7 +99,7 @@ fn convert(input: &Path, out: &Path, args: &[String]) -> Result<(), String> {
         None => 4096,
         Some(v) => v.parse().map_err(|_| format!("--context {v}: expected an integer"))?,
     };
-    let options = ConvertOptions { quant, shard_bytes: shard_mb << 20 };
+    let options = ConvertOptions { quant, shard_bytes: shard_mb << 20, ..Default::default() };
     let eta = Eta::default();
     let mut line = ProgressLine::default();
     let result = convert::convert(input, out, &options, &mut |p| {
