@@ -5,15 +5,19 @@
 // once per tile and reused for every token of the tile.
 
 struct Params {
-    rows: u32,    // N, output features
-    cols: u32,    // K, input features (multiple of 32)
-    tokens: u32,  // T
-    _pad: u32,
+    rows: u32,      // N, output features
+    cols: u32,      // K, input features (multiple of 32)
+    tokens: u32,    // T
+    y_stride: u32,  // floats per token in y (N, or more for a slice of a fused buffer)
+    y_offset: u32,  // where output feature 0 goes within a token's row
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [T, K / 4]
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [T, N]
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [T, y_stride]
 
 override WG_ROWS: u32 = 16u;     // threads along N; each computes ROWS_PER_THREAD features
 override WG_TOKENS: u32 = 16u;   // threads along T; each computes TOKENS_PER_THREAD tokens
@@ -28,10 +32,10 @@ var<workgroup> x_tile: array<array<vec4<f32>, 8>, TILE_TOKENS>;  // [TILE_TOKENS
 // Writes tokens (token, token + WG_TOKENS) of output feature `row`.
 fn store(row: u32, token: u32, acc: vec2<f32>) {
     if (row < p.rows && token < p.tokens) {
-        y[token * p.rows + row] = acc.x;
+        y[token * p.y_stride + p.y_offset + row] = acc.x;
     }
     if (row < p.rows && token + WG_TOKENS < p.tokens) {
-        y[(token + WG_TOKENS) * p.rows + row] = acc.y;
+        y[(token + WG_TOKENS) * p.y_stride + p.y_offset + row] = acc.y;
     }
 }
 

@@ -2,15 +2,15 @@
 // file that provides weight_block(). Accumulates in f32.
 
 struct Params {
-    rows: u32,  // N, output features
-    cols: u32,  // K, input features (multiple of 32)
-    _pad0: u32,
-    _pad1: u32,
+    rows: u32,      // N, output features
+    cols: u32,      // K, input features (multiple of 32)
+    y_offset: u32,  // where output feature 0 goes in y (a slice of a fused buffer)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [N]
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
 override WG: u32 = 256;           // threads per workgroup
 override ROWS_PER_WG: u32 = 32u;    // WG / ROWS_PER_WG threads (a power of two) share a row
@@ -43,6 +43,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
     if (lane == 0u && row < p.rows) {
-        y[row] = partial[lid];
+        y[p.y_offset + row] = partial[lid];
     }
 }

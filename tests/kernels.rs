@@ -21,6 +21,7 @@ macro_rules! native_tests {
 native_tests!(
     matvec_every_format,
     matmul_every_format,
+    linear_into_slices_of_a_fused_buffer,
     embedding_every_format,
     wrong_shapes_are_errors_not_out_of_bounds_reads,
     rms_norm_rows,

@@ -47,6 +47,34 @@ fn params4(a: u32, b: u32, c: u32, d: u32) -> Params4 {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    rows: u32,
+    cols: u32,
+    tokens: u32,
+    y_stride: u32,
+    y_offset: u32,
+    _pad: [u32; 3],
+}
+
+/// Where a linear layer's outputs go in each token's row of y: features
+/// [offset, offset + N) of rows of `stride` floats (Q, K and V of separate
+/// projections written side by side into one fused buffer, or the row chunks
+/// of a large matrix).
+#[derive(Clone, Copy, Debug)]
+pub struct OutputSlice {
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl OutputSlice {
+    /// Rows of exactly `n` outputs.
+    pub fn whole(n: usize) -> OutputSlice {
+        OutputSlice { stride: n, offset: 0 }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 struct NormParams {
     rows: u32,
     cols: u32,
@@ -337,9 +365,36 @@ impl Kernels {
 
     /// y [N] = W [N, K] x [K], one token (decode).
     pub fn matvec(&self, w: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Dispatch> {
+        self.linear(w, x, y, 1, OutputSlice::whole(w.rows))
+    }
+
+    /// Y [T, N] = X [T, K] W [N, K]^T with the tiled matrix kernel.
+    pub fn matmul(&self, w: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, tokens: usize) -> Result<Dispatch> {
+        self.matmul_into(w, x, y, tokens, OutputSlice::whole(w.rows))
+    }
+
+    /// Y = X W^T for `tokens` rows of X [T, K], written into the slice `out`
+    /// of each row of y: the matrix×vector kernel for one token (decode),
+    /// the tiled matrix×matrix kernel for more (prefill).
+    pub fn linear(
+        &self,
+        w: &Matrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        tokens: usize,
+        out: OutputSlice,
+    ) -> Result<Dispatch> {
+        if tokens != 1 {
+            return self.matmul_into(w, x, y, tokens, out);
+        }
         need("matvec", "x", x, w.cols * 4)?;
-        need("matvec", "y", y, w.rows * 4)?;
-        let params = params4(u32_of("matvec", "rows", w.rows)?, u32_of("matvec", "cols", w.cols)?, 0, 0);
+        need("matvec", "y", y, (out.offset + w.rows) * 4)?;
+        let params = params4(
+            u32_of("matvec", "rows", w.rows)?,
+            u32_of("matvec", "cols", w.cols)?,
+            u32_of("matvec", "offset", out.offset)?,
+            0,
+        );
         let groups = self.grid(w.rows.div_ceil(MATVEC_ROWS_PER_WG));
         let pipelines = self.matvec_subgroup.as_ref().unwrap_or(&self.matvec);
         Ok(self.dispatch(
@@ -352,12 +407,21 @@ impl Kernels {
         ))
     }
 
-    /// Y [T, N] = X [T, K] W [N, K]^T, T tokens (prefill).
-    pub fn matmul(&self, w: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, tokens: usize) -> Result<Dispatch> {
+    fn matmul_into(
+        &self,
+        w: &Matrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        tokens: usize,
+        out: OutputSlice,
+    ) -> Result<Dispatch> {
         const TILE_ROWS: usize = 64; // matches matmul.wgsl: WG_ROWS * ROWS_PER_THREAD
         const TILE_TOKENS: usize = 32; // WG_TOKENS * TOKENS_PER_THREAD
+        ensure_shape(out.offset + w.rows <= out.stride, "matmul", || {
+            format!("{} outputs at offset {} overflow rows of {}", w.rows, out.offset, out.stride)
+        })?;
         need("matmul", "x", x, tokens * w.cols * 4)?;
-        need("matmul", "y", y, tokens * w.rows * 4)?;
+        need("matmul", "y", y, tokens * out.stride * 4)?;
         let rows_tiles = w.rows.div_ceil(TILE_ROWS);
         let token_tiles = tokens.div_ceil(TILE_TOKENS);
         ensure_shape(
@@ -365,19 +429,22 @@ impl Kernels {
             "matmul",
             || format!("[{tokens} x {}] is too large for one dispatch", w.rows),
         )?;
-        let params = params4(
-            u32_of("matmul", "rows", w.rows)?,
-            u32_of("matmul", "cols", w.cols)?,
-            u32_of("matmul", "tokens", tokens)?,
-            0,
-        );
+        let params = MatmulParams {
+            rows: u32_of("matmul", "rows", w.rows)?,
+            cols: u32_of("matmul", "cols", w.cols)?,
+            tokens: u32_of("matmul", "tokens", tokens)?,
+            y_stride: u32_of("matmul", "stride", out.stride)?,
+            y_offset: u32_of("matmul", "offset", out.offset)?,
+            _pad: [0; 3],
+        };
+        let groups = [rows_tiles as u32, token_tiles as u32, 1];
         Ok(self.dispatch(
             "matmul",
             &self.matmul[format_index(w.format)],
             &params,
             &[(1, x), (2, y)],
             w.bind_entries(),
-            [rows_tiles as u32, token_tiles as u32, 1],
+            groups,
         ))
     }
 

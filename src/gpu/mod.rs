@@ -6,7 +6,7 @@ mod context;
 mod kernels;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions};
-pub use kernels::{AttentionScratch, AttentionShape, GeluKind, Kernels, KvAppendShape, RopeShape};
+pub use kernels::{AttentionScratch, AttentionShape, GeluKind, Kernels, KvAppendShape, OutputSlice, RopeShape};
 
 use crate::error::{ensure_shape, Result};
 use crate::quant::{self, GpuLayout, WeightFormat};

@@ -4,7 +4,7 @@
 //! f64 reference, with an explicit tolerance.
 
 use half::f16;
-use phi_web::gpu::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, Matrix, RopeShape};
+use phi_web::gpu::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, Matrix, OutputSlice, RopeShape};
 use phi_web::quant::{self, WeightFormat};
 
 use super::{assert_close, assert_close_rel, Env, Rng};
@@ -68,6 +68,34 @@ pub async fn matmul_every_format(env: &Env) {
                 assert_close(&what, &env.read_f32(&y, tokens * rows).await, &expected, &scale, 1e-6, 2e-6);
             }
         }
+    }
+}
+
+/// Two projections written side by side into one fused buffer (Llama's
+/// separate q/k/v into a QKV row), by matvec (T = 1) and matmul (T = 5).
+pub async fn linear_into_slices_of_a_fused_buffer(env: &Env) {
+    let cols = 96;
+    let (a, af) = weights(env, WeightFormat::Q8_0, 70, cols, 41);
+    let (b, bf) = weights(env, WeightFormat::Q4_0, 33, cols, 42);
+    let stride = 70 + 33 + 5; // 5 floats of padding that must stay untouched
+    for tokens in [1usize, 5] {
+        let xv = Rng::new(43).vec(tokens * cols, -1.0, 1.0);
+        let x = env.upload_f32("x", &xv);
+        let y = env.upload_f32("y", &vec![7.0; tokens * stride]);
+        let first = env.kernels.linear(&a, &x, &y, tokens, OutputSlice { stride, offset: 0 }).unwrap();
+        let second = env.kernels.linear(&b, &x, &y, tokens, OutputSlice { stride, offset: 70 }).unwrap();
+        env.run(&[&first, &second]);
+        let (ya, sa) = reference(&af, &xv, 70, cols, tokens);
+        let (yb, sb) = reference(&bf, &xv, 33, cols, tokens);
+        let (mut expected, mut scale) = (vec![7.0; tokens * stride], vec![0.0; tokens * stride]);
+        for t in 0..tokens {
+            expected[t * stride..][..70].copy_from_slice(&ya[t * 70..][..70]);
+            scale[t * stride..][..70].copy_from_slice(&sa[t * 70..][..70]);
+            expected[t * stride + 70..][..33].copy_from_slice(&yb[t * 33..][..33]);
+            scale[t * stride + 70..][..33].copy_from_slice(&sb[t * 33..][..33]);
+        }
+        let got = env.read_f32(&y, tokens * stride).await;
+        assert_close(&format!("linear into slices T={tokens}"), &got, &expected, &scale, 1e-6, 2e-6);
     }
 }
 
