@@ -17,6 +17,10 @@ pub mod convert;
 pub mod error;
 pub mod formats;
 pub mod gpu;
+pub mod model;
 pub mod quant;
+pub mod sampler;
+pub mod session;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

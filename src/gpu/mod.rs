@@ -30,6 +30,46 @@ impl Dispatch {
     }
 }
 
+/// One step of a command list: a kernel launch or a buffer copy.
+#[derive(Clone, Debug)]
+pub enum Command {
+    Dispatch(Dispatch),
+    Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+}
+
+impl From<Dispatch> for Command {
+    fn from(d: Dispatch) -> Command {
+        Command::Dispatch(d)
+    }
+}
+
+impl Gpu {
+    /// Records `commands` into ONE command encoder (compute passes between
+    /// copies) and submits it.
+    pub fn submit(&self, commands: &[Command]) -> wgpu::SubmissionIndex {
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("phi-web step") });
+        let mut i = 0;
+        while i < commands.len() {
+            match &commands[i] {
+                Command::Copy { src, src_offset, dst, dst_offset, size } => {
+                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                    i += 1;
+                }
+                Command::Dispatch(_) => {
+                    let mut pass = encoder
+                        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                    while let Some(Command::Dispatch(d)) = commands.get(i) {
+                        d.encode(&mut pass);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        self.queue.submit([encoder.finish()])
+    }
+}
+
 /// The WGSL `Step` struct (common.wgsl): state written once per submit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]

@@ -15,6 +15,11 @@ usage: phi-web <command> [options]
 commands:
   convert INPUT OUT_DIR [--quant q4_0|q4_1|q8_0|f16|f32] [--shard-mb 64] [--context N]
                        GGUF file or Hugging Face folder -> phi-web package (model.json + shards)
+  generate MODEL_DIR --prompt TEXT [--chat] [--system TEXT] [--max-tokens N] [--temperature T]
+           [--top-p P] [--top-k K] [--seed S] [--context N] [--json]
+                       generate text (raw prompt, or one user message through the chat template)
+  logits MODEL_DIR --tokens 1,2,3 [--top K]
+                       logits of one sequence as JSON, one row per position
   verify DIR           check every shard's size and sha256, and the manifest's tensor table
   inspect FILE|DIR     metadata and tensors of a GGUF file, a Hugging Face folder or a package
   info                 the GPU adapter, its features and limits as JSON
@@ -32,6 +37,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("convert") => match positional.as_slice() {
             [input, out] => convert(Path::new(input), Path::new(out), args),
             _ => Err(format!("convert needs INPUT and OUT_DIR\n\n{USAGE}")),
+        },
+        Some("generate") => match positional.as_slice() {
+            [dir] => crate::run::generate(Path::new(dir), args, &gpu_options),
+            _ => Err(format!("generate needs a package folder\n\n{USAGE}")),
+        },
+        Some("logits") => match positional.as_slice() {
+            [dir] => crate::run::logits(Path::new(dir), args, &gpu_options),
+            _ => Err(format!("logits needs a package folder\n\n{USAGE}")),
         },
         Some("verify") => match positional.as_slice() {
             [dir] => verify(Path::new(dir)),
@@ -59,7 +72,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// Arguments after the command that are neither flags nor flag values.
 fn positionals(args: &[String]) -> Vec<&String> {
-    const WITH_VALUE: [&str; 4] = ["--quant", "--shard-mb", "--out", "--context"];
+    const WITH_VALUE: [&str; 13] = [
+        "--quant",
+        "--shard-mb",
+        "--out",
+        "--context",
+        "--prompt",
+        "--system",
+        "--max-tokens",
+        "--temperature",
+        "--top-p",
+        "--top-k",
+        "--seed",
+        "--tokens",
+        "--top",
+    ];
     let mut out = Vec::new();
     let mut skip = false;
     for a in args.iter().skip(1) {
@@ -75,7 +102,7 @@ fn positionals(args: &[String]) -> Vec<&String> {
 }
 
 /// The value after `--flag`, if the flag is present.
-fn flag_value(args: &[String], flag: &str) -> Result<Option<String>, String> {
+pub fn flag_value(args: &[String], flag: &str) -> Result<Option<String>, String> {
     match args.iter().position(|a| a == flag) {
         None => Ok(None),
         Some(i) => args.get(i + 1).cloned().map(Some).ok_or_else(|| format!("{flag} needs a value")),

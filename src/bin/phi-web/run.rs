@@ -1,0 +1,129 @@
+//! `phi-web generate` and `phi-web logits`: the engine from the command line.
+
+use std::io::Write;
+use std::path::Path;
+
+use phi_web::formats::package::Package;
+use phi_web::gpu::{Gpu, GpuOptions, Kernels};
+use phi_web::model::{Decoder, Logits};
+use phi_web::sampler::SamplingOptions;
+use phi_web::session::{self, GenerateOptions};
+use phi_web::tokenizer::{Message, Tokenizer};
+
+use crate::cli::flag_value;
+
+/// Tokens per prefill call.
+const PREFILL_CHUNK: usize = 64;
+
+fn parse<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
+    match flag_value(args, flag)? {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| format!("{flag} {v}: not a valid value")),
+    }
+}
+
+struct Loaded {
+    gpu: Gpu,
+    kernels: Kernels,
+    package: Package,
+    decoder: Decoder,
+}
+
+fn load(dir: &Path, context: usize, options: &GpuOptions) -> Result<Loaded, String> {
+    let package = Package::open(dir).map_err(|e| e.to_string())?;
+    let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
+    let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
+    let context = context.min(package.manifest.config.max_position_embeddings);
+    let decoder = Decoder::load(&gpu, &package, context, PREFILL_CHUNK).map_err(|e| e.to_string())?;
+    Ok(Loaded { gpu, kernels, package, decoder })
+}
+
+pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
+    let prompt = flag_value(args, "--prompt")?.ok_or("generate needs --prompt TEXT")?;
+    let chat = args.iter().any(|a| a == "--chat");
+    let json = args.iter().any(|a| a == "--json");
+    let m = load(dir, parse(args, "--context", 4096)?, options)?;
+    let manifest = &m.package.manifest;
+    let file =
+        manifest.tokenizer.as_ref().ok_or("this package has no tokenizer: it can compute logits but not generate")?;
+    let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+    let tokenizer = Tokenizer::from_bytes(&bytes, manifest).map_err(|e| e.to_string())?;
+    let text = if chat {
+        let mut messages = Vec::new();
+        if let Some(system) = flag_value(args, "--system")? {
+            messages.push(Message::new("system", &system));
+        }
+        messages.push(Message::new("user", &prompt));
+        tokenizer.apply_chat_template(&messages).map_err(|e| e.to_string())?
+    } else {
+        prompt
+    };
+    let ids = tokenizer.encode(&text).map_err(|e| e.to_string())?;
+    let sampling = SamplingOptions {
+        temperature: parse(args, "--temperature", 0.0)?,
+        top_k: parse(args, "--top-k", 0)?,
+        top_p: parse(args, "--top-p", 1.0)?,
+        repetition_penalty: 1.0,
+        seed: parse(args, "--seed", 0)?,
+    };
+    let options = GenerateOptions {
+        max_tokens: parse(args, "--max-tokens", 256)?,
+        sampling,
+        stop_token_ids: manifest.stop_token_ids.clone(),
+        stop_strings: Vec::new(),
+    };
+    let mut stdout = std::io::stdout();
+    let result =
+        pollster::block_on(session::generate(&m.gpu, &m.kernels, &m.decoder, &tokenizer, &ids, &options, |delta| {
+            if !json {
+                let _ = stdout.write_all(delta.as_bytes());
+                let _ = stdout.flush();
+            }
+        }))
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+pub fn logits(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
+    let tokens = flag_value(args, "--tokens")?.ok_or("logits needs --tokens 1,2,3")?;
+    let ids: Vec<u32> = tokens
+        .split(',')
+        .map(|t| t.trim().parse().map_err(|_| format!("--tokens: `{t}` is not a token id")))
+        .collect::<Result<_, _>>()?;
+    let top: Option<usize> = match flag_value(args, "--top")? {
+        None => None,
+        Some(v) => Some(v.parse().map_err(|_| format!("--top {v}: expected an integer"))?),
+    };
+    let m = load(dir, parse(args, "--context", 4096)?.max(ids.len()), options)?;
+    let vocab = m.decoder.config.vocab_size;
+    let mut rows: Vec<f32> = Vec::with_capacity(ids.len() * vocab);
+    for (i, chunk) in ids.chunks(m.decoder.max_tokens).enumerate() {
+        let pos = i * m.decoder.max_tokens;
+        rows.extend(
+            pollster::block_on(m.decoder.forward(&m.gpu, &m.kernels, chunk, pos, Logits::All))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let out = match top {
+        None => serde_json::json!({ "logits": rows.chunks(vocab).collect::<Vec<_>>() }),
+        Some(k) => {
+            let top: Vec<Vec<(usize, f32)>> = rows
+                .chunks(vocab)
+                .map(|row| {
+                    let mut indexed: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+                    indexed.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    indexed.truncate(k);
+                    indexed
+                })
+                .collect();
+            serde_json::json!({ "top": top })
+        }
+    };
+    let _ = std::io::stdout().write_all(format!("{out}\n").as_bytes());
+    Ok(())
+}

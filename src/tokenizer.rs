@@ -1,0 +1,105 @@
+//! The HF `tokenizers` wrapper, chat templates rendered from the model's own
+//! Jinja template (minijinja), and an incremental detokenizer that never
+//! splits UTF-8 or drops SentencePiece spaces.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::formats::package::Manifest;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+}
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn tokenizer_error(e: impl std::fmt::Display) -> Error {
+    Error::Format { file: "tokenizer.json".into(), message: e.to_string() }
+}
+
+impl Tokenizer {
+    /// From tokenizer.json bytes and the package manifest (template, special tokens).
+    pub fn from_bytes(json: &[u8], manifest: &Manifest) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(tokenizer_error)?;
+        Ok(Tokenizer {
+            inner,
+            chat_template: manifest.chat_template.clone(),
+            bos_token: manifest.bos_token.clone().unwrap_or_default(),
+            eos_token: manifest.eos_token.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Token ids of `text`; special tokens written in the text are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, false).map_err(tokenizer_error)?.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tokenizer_error)
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The prompt text for `messages` from the model's chat template.
+    pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::Config { message: "this model has no chat template; use a raw prompt".into() })?;
+        let mut env = minijinja::Environment::new();
+        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        });
+        let render_error = |e: minijinja::Error| Error::Config { message: format!("chat template: {e}") };
+        env.add_template("chat", template).map_err(render_error)?;
+        let context = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        env.get_template("chat").and_then(|t| t.render(context)).map_err(render_error)
+    }
+}
+
+/// Turns a stream of token ids into text deltas. Decodes a short window of
+/// ids so that context-dependent decoders (SentencePiece's leading spaces,
+/// byte fallback) see their neighbours, and holds text back while it ends in
+/// an incomplete UTF-8 sequence.
+#[derive(Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let after = tokenizer.decode(&self.ids[self.prefix..])?;
+        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
+            let delta = after.get(before.len()..).unwrap_or_default().to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(delta)
+        } else {
+            Ok(String::new())
+        }
+    }
+}

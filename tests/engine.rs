@@ -1,0 +1,126 @@
+//! The engine against Hugging Face transformers: logits of the tiny models in
+//! tests/data (f32 packages within 1e-3; quantized packages by top-1 agreement
+//! and KL divergence), and SmolLM2 answering a real question.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::env;
+use phi_web::convert::{convert, ConvertOptions};
+use phi_web::formats::package::Package;
+use phi_web::model::{Decoder, Logits};
+use phi_web::quant::WeightFormat;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Golden {
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+    vocab: usize,
+}
+
+fn golden(model: &str) -> Golden {
+    let dir = root().join("tests").join("data").join(model);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let ids = json["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let logits = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("logits.f32")).unwrap());
+    let vocab = json["logits_shape"][1].as_u64().unwrap() as usize;
+    Golden { ids, logits, vocab }
+}
+
+fn package(model: &str, format: WeightFormat) -> Package {
+    let out = root().join("target").join("test-scratch").join(format!("engine-{model}-{}", format.name()));
+    let _ = std::fs::remove_dir_all(&out);
+    let options = ConvertOptions { quant: Some(format), ..Default::default() };
+    convert(&root().join("tests").join("data").join(model), &out, &options, &mut |_| {}).unwrap();
+    Package::open(&out).unwrap()
+}
+
+/// Logits of the golden ids: all at once, or `chunk` tokens per call then one by one.
+fn run(package: &Package, ids: &[u32], chunk: usize) -> Vec<f32> {
+    let env = env();
+    let decoder = Decoder::load(&env.gpu, package, 64, 32).unwrap();
+    let mut logits = Vec::new();
+    let mut pos = 0;
+    while pos < ids.len() {
+        let n = if pos == 0 { chunk.min(ids.len()) } else { 1 };
+        logits.extend(
+            pollster::block_on(decoder.forward(&env.gpu, &env.kernels, &ids[pos..pos + n], pos, Logits::All)).unwrap(),
+        );
+        pos += n;
+    }
+    logits
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn check_f32_parity(model: &str) {
+    let g = golden(model);
+    let package = package(model, WeightFormat::F32);
+    for chunk in [g.ids.len(), 5] {
+        let logits = run(&package, &g.ids, chunk);
+        let err = max_abs_diff(&logits, &g.logits);
+        eprintln!("parity | {model} f32, prefill {chunk} then decode | max |logit error| {err:.3e}");
+        assert!(err <= 1e-3, "{model}: max |logit error| {err} > 1e-3 (prefill {chunk})");
+    }
+}
+
+#[test]
+fn tiny_phi3_matches_transformers() {
+    check_f32_parity("tiny-phi3");
+}
+
+#[test]
+fn tiny_phi3_longrope_matches_transformers() {
+    check_f32_parity("tiny-phi3-longrope");
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_f32_parity("tiny-llama");
+}
+
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
+}
+
+#[test]
+fn quantized_packages_agree_with_the_reference() {
+    for model in ["tiny-phi3", "tiny-llama"] {
+        let g = golden(model);
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            let logits = run(&package(model, format), &g.ids, g.ids.len());
+            let rows = g.ids.len();
+            let (mut agree, mut kl) = (0, 0.0);
+            for r in 0..rows {
+                let (ours, theirs) = (&logits[r * g.vocab..][..g.vocab], &g.logits[r * g.vocab..][..g.vocab]);
+                agree += (argmax(ours) == argmax(theirs)) as usize;
+                let (p, q) = (softmax(theirs), softmax(ours));
+                kl += p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>();
+            }
+            let (agreement, kl) = (agree as f64 / rows as f64, kl / rows as f64);
+            eprintln!(
+                "parity | {model} {} | top-1 agreement {:.1} % | mean KL {kl:.2e}",
+                format.name(),
+                agreement * 100.0
+            );
+            // Random tiny models have near-flat logits, so 4-bit noise flips some top-1s.
+            assert!(agreement >= 0.5 && kl < 0.05, "{model} {}: agreement {agreement}, KL {kl}", format.name());
+        }
+    }
+}
