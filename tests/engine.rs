@@ -124,3 +124,65 @@ fn quantized_packages_agree_with_the_reference() {
         }
     }
 }
+
+/// SmolLM2-135M-Instruct (the real model): llama.cpp's greedy answer token for
+/// token, the chat template, and reproducible seeded sampling.
+#[test]
+fn smollm2_answers_and_samples_reproducibly() {
+    use phi_web::sampler::SamplingOptions;
+    use phi_web::session::{generate, GenerateOptions};
+    use phi_web::tokenizer::{Message, Tokenizer};
+
+    let gguf = root().join(".models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.exists(), "{} is missing: run `make models` (make test does)", gguf.display());
+    let dir = root().join("target").join("test-scratch").join("engine-smollm2");
+    let _ = std::fs::remove_dir_all(&dir);
+    convert(&gguf, &dir, &ConvertOptions::default(), &mut |_| {}).unwrap();
+    let package = Package::open(&dir).unwrap();
+    let tokenizer =
+        Tokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), &package.manifest).unwrap();
+    let env = env();
+    let decoder = Decoder::load(&env.gpu, &package, 256, 64).unwrap();
+    let run = |prompt: &str, sampling: SamplingOptions, max_tokens: usize| {
+        let ids = tokenizer.encode(prompt).unwrap();
+        let options = GenerateOptions {
+            max_tokens,
+            sampling,
+            stop_token_ids: package.manifest.stop_token_ids.clone(),
+            stop_strings: vec![],
+        };
+        let mut streamed = String::new();
+        let g = pollster::block_on(generate(&env.gpu, &env.kernels, &decoder, &tokenizer, &ids, &options, |d| {
+            streamed.push_str(d)
+        }))
+        .unwrap();
+        assert_eq!(streamed, g.text, "the streamed deltas add up to the text");
+        g
+    };
+
+    // The raw ChatML prompt of shared/peers.md: llama.cpp answers with exactly these ids.
+    let raw = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let g = run(raw, SamplingOptions::default(), 20);
+    assert_eq!(g.tokens, [504, 3575, 282, 4649, 314, 7042, 30, 2], "{:?}", g.text);
+    assert_eq!((g.text.as_str(), g.finish_reason), ("The capital of France is Paris.", "stop"));
+    eprintln!(
+        "smollm2 | greedy | {:?} | {:.1} prefill tok/s, {:.1} decode tok/s",
+        g.text, g.stats.prefill_tokens_per_s, g.stats.decode_tokens_per_s
+    );
+
+    // Through the model's own chat template (which adds SmolLM's system prompt).
+    let prompt = tokenizer.apply_chat_template(&[Message::new("user", "What is the capital of France?")]).unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\n") && prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
+    let g = run(&prompt, SamplingOptions::default(), 30);
+    assert!(g.text.contains("Paris"), "{:?}", g.text);
+
+    // Sampling with a seed is reproducible.
+    let sampling = SamplingOptions { temperature: 0.9, top_p: 0.95, top_k: 40, seed: 42, ..Default::default() };
+    let first = run(&prompt, sampling.clone(), 10);
+    let second = run(&prompt, sampling, 10);
+    assert_eq!(first.tokens, second.tokens);
+    assert_eq!(
+        first.finish_reason,
+        if first.tokens.len() == 10 && !first.tokens.contains(&2) { "length" } else { "stop" }
+    );
+}
