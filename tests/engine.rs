@@ -125,6 +125,52 @@ fn quantized_packages_agree_with_the_reference() {
     }
 }
 
+/// SmolLM2's GGUF converted once per test binary.
+fn smollm2_package() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let gguf = root().join(".models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(gguf.exists(), "{} is missing: run `make models` (make test does)", gguf.display());
+        let dir = root().join("target").join("test-scratch").join("engine-smollm2");
+        let _ = std::fs::remove_dir_all(&dir);
+        convert(&gguf, &dir, &ConvertOptions::default(), &mut |_| {}).unwrap();
+        dir
+    })
+}
+
+/// Teacher-forced top-1 agreement with transformers' f32 dequantization of the
+/// same GGUF (tests/data/smollm2-reference.json, scripts/make_smollm2_reference.py).
+#[test]
+fn smollm2_top1_agrees_with_transformers() {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/data/smollm2-reference.json")).unwrap())
+            .unwrap();
+    let numbers =
+        |key: &str| -> Vec<f64> { reference[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    let ids: Vec<u32> = numbers("input_ids").iter().map(|&v| v as u32).collect();
+    let (argmax_ref, margin) = (numbers("argmax"), numbers("margin"));
+    let env = env();
+    let package = Package::open(smollm2_package()).unwrap();
+    let decoder = Decoder::load(&env.gpu, &package, 128, 64).unwrap();
+    let vocab = decoder.config.vocab_size;
+    let mut ours = Vec::new();
+    for (i, chunk) in ids.chunks(64).enumerate() {
+        let logits = pollster::block_on(decoder.forward(&env.gpu, &env.kernels, chunk, i * 64, Logits::All)).unwrap();
+        ours.extend(logits.chunks(vocab).map(argmax));
+    }
+    let mut agree = 0;
+    for (p, (&a, &b)) in ours.iter().zip(&argmax_ref).enumerate() {
+        if a as f64 == b {
+            agree += 1;
+        } else {
+            eprintln!("smollm2 | position {p}: ours {a}, transformers {b} (its top-2 margin {:.3})", margin[p]);
+        }
+    }
+    let agreement = agree as f64 / ids.len() as f64;
+    eprintln!("smollm2 | teacher-forced top-1 agreement {:.1} % over {} tokens", agreement * 100.0, ids.len());
+    assert!(agreement >= 0.98, "top-1 agreement {agreement}");
+}
+
 /// SmolLM2-135M-Instruct (the real model): llama.cpp's greedy answer token for
 /// token, the chat template, and reproducible seeded sampling.
 #[test]
@@ -133,12 +179,8 @@ fn smollm2_answers_and_samples_reproducibly() {
     use phi_web::session::{generate, GenerateOptions};
     use phi_web::tokenizer::{Message, Tokenizer};
 
-    let gguf = root().join(".models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(gguf.exists(), "{} is missing: run `make models` (make test does)", gguf.display());
-    let dir = root().join("target").join("test-scratch").join("engine-smollm2");
-    let _ = std::fs::remove_dir_all(&dir);
-    convert(&gguf, &dir, &ConvertOptions::default(), &mut |_| {}).unwrap();
-    let package = Package::open(&dir).unwrap();
+    let dir = smollm2_package();
+    let package = Package::open(dir).unwrap();
     let tokenizer =
         Tokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), &package.manifest).unwrap();
     let env = env();
