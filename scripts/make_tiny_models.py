@@ -18,26 +18,32 @@ from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausa
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
 INPUT_IDS = [1, 17, 300, 42, 511, 7, 7, 250, 99, 3, 128, 64, 480, 2, 33, 405]
+# Longer than tiny-phi3-longrope's original context (64): transformers uses the long factors.
+LONG_INPUT_IDS = [(i * 37 + 11) % 512 for i in range(80)]
 
 
-def save(model, name, dtype, note):
+def save(model, name, dtype, note, long_input=False):
     folder = OUT / name
     folder.mkdir(parents=True, exist_ok=True)
     model.to(dtype).save_pretrained(folder, safe_serialization=True)
     # Golden logits from the saved (possibly bf16-rounded) weights, computed in f32.
-    reference = type(model).from_pretrained(folder, torch_dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = reference(torch.tensor([INPUT_IDS])).logits[0].float()
-    (folder / "logits.f32").write_bytes(logits.numpy().astype("<f4").tobytes())
-    golden = {
-        "note": note,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "input_ids": INPUT_IDS,
-        "logits_file": "logits.f32",
-        "logits_shape": list(logits.shape),
-    }
-    (folder / "golden.json").write_text(json.dumps(golden, indent=2) + "\n")
+    reference = type(model).from_pretrained(folder, dtype=torch.float32).eval()
+    cases = [("golden.json", "logits.f32", INPUT_IDS)]
+    if long_input:
+        cases.append(("golden-long.json", "logits-long.f32", LONG_INPUT_IDS))
+    for golden_file, logits_file, ids in cases:
+        with torch.no_grad():
+            logits = reference(torch.tensor([ids])).logits[0].float()
+        (folder / logits_file).write_bytes(logits.numpy().astype("<f4").tobytes())
+        golden = {
+            "note": note,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "input_ids": ids,
+            "logits_file": logits_file,
+            "logits_shape": list(logits.shape),
+        }
+        (folder / golden_file).write_text(json.dumps(golden, indent=2) + "\n")
     return folder
 
 
@@ -59,7 +65,8 @@ def main():
                                         "short_factor": [1.0 + 0.1 * i for i in range(rotary_half)],
                                         "long_factor": [2.0 + 0.5 * i for i in range(rotary_half)]})
     folder = save(Phi3ForCausalLM(longrope), "tiny-phi3-longrope", torch.float32,
-                  "Phi3ForCausalLM, LongRoPE, partial rotary 0.75, f32 (config in transformers-5 style)")
+                  "Phi3ForCausalLM, LongRoPE, partial rotary 0.75, f32 (config in transformers-5 style)",
+                  long_input=True)
     # The same config written in the published key style (rope_scaling, top-level rope_theta, ...).
     config = json.loads((folder / "config.json").read_text())
     published = {k: v for k, v in config.items() if k != "rope_parameters"}
@@ -69,6 +76,11 @@ def main():
     published["original_max_position_embeddings"] = 64
     published["rope_scaling"] = {"type": "longrope", "short_factor": params["short_factor"], "long_factor": params["long_factor"]}
     (folder / "config.published-style.json").write_text(json.dumps(published, indent=2) + "\n")
+
+    # Phi-4-mini style: partial rotary 0.75 with tied embeddings (no lm_head.weight).
+    partial = Phi3Config(**common, partial_rotary_factor=0.75, tie_word_embeddings=True)
+    save(Phi3ForCausalLM(partial), "tiny-phi3-partial-tied", torch.float32,
+         "Phi3ForCausalLM, partial rotary 0.75, tied embeddings, f32")
 
     # Llama (SmolLM2's architecture) with tied embeddings.
     llama = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True, rope_theta=100000.0))

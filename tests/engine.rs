@@ -24,11 +24,14 @@ struct Golden {
 }
 
 fn golden(model: &str) -> Golden {
+    golden_file(model, "golden.json")
+}
+
+fn golden_file(model: &str, file: &str) -> Golden {
     let dir = root().join("tests").join("data").join(model);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
     let ids = json["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let logits = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("logits.f32")).unwrap());
+    let logits = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join(json["logits_file"].as_str().unwrap())).unwrap());
     let vocab = json["logits_shape"][1].as_u64().unwrap() as usize;
     Golden { ids, logits, vocab }
 }
@@ -44,7 +47,7 @@ fn package(model: &str, format: WeightFormat) -> Package {
 /// Logits of the golden ids: all at once, or `chunk` tokens per call then one by one.
 fn run(package: &Package, ids: &[u32], chunk: usize) -> Vec<f32> {
     let env = env();
-    let decoder = Decoder::load(&env.gpu, package, 64, 32).unwrap();
+    let decoder = Decoder::load(&env.gpu, package, 128, chunk.max(32)).unwrap();
     let mut logits = Vec::new();
     let mut pos = 0;
     while pos < ids.len() {
@@ -83,6 +86,22 @@ fn tiny_phi3_longrope_matches_transformers() {
     check_f32_parity("tiny-phi3-longrope");
 }
 
+/// A sequence longer than the original context: transformers switches to the
+/// long factors for every position, as a single prefill here does.
+#[test]
+fn tiny_phi3_longrope_long_sequence_matches_transformers() {
+    let g = golden_file("tiny-phi3-longrope", "golden-long.json");
+    let logits = run(&package("tiny-phi3-longrope", WeightFormat::F32), &g.ids, g.ids.len());
+    let err = max_abs_diff(&logits, &g.logits);
+    eprintln!("parity | tiny-phi3-longrope f32, 80 tokens (> original 64), one prefill | max |logit error| {err:.3e}");
+    assert!(err <= 1e-3, "max |logit error| {err}");
+}
+
+#[test]
+fn tiny_phi3_partial_rotary_tied_matches_transformers() {
+    check_f32_parity("tiny-phi3-partial-tied");
+}
+
 #[test]
 fn tiny_llama_matches_transformers() {
     check_f32_parity("tiny-llama");
@@ -101,7 +120,7 @@ fn argmax(row: &[f32]) -> usize {
 
 #[test]
 fn quantized_packages_agree_with_the_reference() {
-    for model in ["tiny-phi3", "tiny-llama"] {
+    for model in ["tiny-phi3", "tiny-phi3-partial-tied", "tiny-llama"] {
         let g = golden(model);
         for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
             let logits = run(&package(model, format), &g.ids, g.ids.len());
