@@ -26,7 +26,8 @@ commands:
   bench [--out FILE]   benchmark the kernels; JSON on stdout (and in FILE)
 
 options:
-  --portable           (info, bench) use neither shader-f16 nor subgroups
+  --portable           use neither shader-f16 nor subgroups (the path every device has)
+  --no-verify          (generate, logits) skip the sha256 check of the shards when loading
 ";
 
 pub fn run(args: &[String]) -> Result<(), String> {

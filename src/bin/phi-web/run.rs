@@ -29,8 +29,13 @@ struct Loaded {
     decoder: Decoder,
 }
 
-fn load(dir: &Path, context: usize, options: &GpuOptions) -> Result<Loaded, String> {
+/// Opens and (unless `--no-verify`) hash-checks the package, then loads it.
+fn load(dir: &Path, args: &[String], options: &GpuOptions) -> Result<Loaded, String> {
+    let context: usize = parse(args, "--context", 4096)?;
     let package = Package::open(dir).map_err(|e| e.to_string())?;
+    if !args.iter().any(|a| a == "--no-verify") {
+        package.verify(|_| {}).map_err(|e| format!("{e}\n(convert the model again, or pass --no-verify to skip this check)"))?;
+    }
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
     let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
     let context = context.min(package.manifest.config.max_position_embeddings);
@@ -42,7 +47,7 @@ pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(),
     let prompt = flag_value(args, "--prompt")?.ok_or("generate needs --prompt TEXT")?;
     let chat = args.iter().any(|a| a == "--chat");
     let json = args.iter().any(|a| a == "--json");
-    let m = load(dir, parse(args, "--context", 4096)?, options)?;
+    let m = load(dir, args, options)?;
     let manifest = &m.package.manifest;
     let file =
         manifest.tokenizer.as_ref().ok_or("this package has no tokenizer: it can compute logits but not generate")?;
@@ -99,7 +104,10 @@ pub fn logits(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), S
         None => None,
         Some(v) => Some(v.parse().map_err(|_| format!("--top {v}: expected an integer"))?),
     };
-    let m = load(dir, parse(args, "--context", 4096)?.max(ids.len()), options)?;
+    let m = load(dir, args, options)?;
+    if ids.len() > m.decoder.capacity {
+        return Err(format!("{} tokens exceed the context of {}; pass --context {}", ids.len(), m.decoder.capacity, ids.len()));
+    }
     let vocab = m.decoder.config.vocab_size;
     let mut rows: Vec<f32> = Vec::with_capacity(ids.len() * vocab);
     for (i, chunk) in ids.chunks(m.decoder.max_tokens).enumerate() {

@@ -1,0 +1,68 @@
+//! The `phi-web` command as other tools use it: convert, verify, logits,
+//! generate, and their errors (exit status 1 and a message, never a panic).
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn phi_web(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phi-web")).args(args).env("NODEVICE_SELECT", "1").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn converted(name: &str, quant: &str) -> PathBuf {
+    let out = root().join("target").join("test-scratch").join(format!("cli-{name}"));
+    let _ = std::fs::remove_dir_all(&out);
+    let input = root().join("tests").join("data").join("tiny-phi3");
+    let o = phi_web(&["convert", input.to_str().unwrap(), out.to_str().unwrap(), "--quant", quant, "--shard-mb", "1"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("tensors"), "{}", text(&o.stdout));
+    out
+}
+
+#[test]
+fn logits_prints_one_row_per_token() {
+    let dir = converted("logits", "f32");
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,17,300"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = json["logits"].as_array().unwrap();
+    assert_eq!((rows.len(), rows[0].as_array().unwrap().len()), (3, 512));
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,17,300", "--top", "2"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["top"][2].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn damaged_packages_and_bad_arguments_are_errors() {
+    let dir = converted("damaged", "q8_0");
+    let o = phi_web(&["verify", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let shard = dir.join("shard-00000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    for args in [vec!["verify"], vec!["logits", "--tokens", "1"]] {
+        let mut full = args.clone();
+        full.insert(1, dir.to_str().unwrap());
+        let o = phi_web(&full);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(text(&o.stderr).contains("shard-00000.bin") && text(&o.stderr).contains("corrupted"), "{}", text(&o.stderr));
+    }
+    let o = phi_web(&["generate", dir.to_str().unwrap(), "--prompt", "hi", "--no-verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no tokenizer"), "{}", text(&o.stderr));
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,x", "--no-verify"]);
+    assert!(text(&o.stderr).contains("`x` is not a token id"), "{}", text(&o.stderr));
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,99999", "--no-verify"]);
+    assert!(text(&o.stderr).contains("outside the vocabulary"), "{}", text(&o.stderr));
+    let o = phi_web(&["frobnicate"]);
+    assert!(o.status.code() == Some(1) && text(&o.stderr).contains("unknown command"));
+}
