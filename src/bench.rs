@@ -14,6 +14,8 @@ use crate::quant::{self, GpuLayout, WeightFormat};
 #[derive(Serialize)]
 pub struct KernelReport {
     pub adapter: String,
+    /// End-to-end figures (filled by `phi-web bench` when the models are at hand).
+    pub models: Vec<ModelFigure>,
     pub features: String,
     /// CPU memory-read bandwidth, GB/s (sum over a 512 MiB buffer, best of 3).
     pub cpu_read_gbps_1_thread: f64,
@@ -181,10 +183,167 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
 
     Ok(KernelReport {
         adapter: gpu.adapter.to_string(),
+        models: Vec::new(),
         features: format!("{:?}", gpu.features),
         cpu_read_gbps_1_thread: cpu_1,
         cpu_read_gbps_all_threads: cpu_all,
         threads,
         kernels: figures,
     })
+}
+
+/// End-to-end figures of one model package.
+#[derive(Serialize)]
+pub struct ModelFigure {
+    pub model: String,
+    pub weights_mb: f64,
+    pub prompt_tokens: usize,
+    /// None when the prompt was not timed (one token only).
+    pub prefill_tokens_per_s: Option<f64>,
+    pub ttft_ms: f64,
+    pub decode_tokens: usize,
+    pub decode_tokens_per_s: f64,
+    /// Weight bytes read per decoded token ÷ seconds per token.
+    pub decode_effective_gbps: f64,
+    /// decode_effective_gbps ÷ the CPU memory-read bandwidth of the same run.
+    pub fraction_of_cpu_bandwidth: f64,
+}
+
+/// Times a prefill of `prompt_tokens` random ids and `decode_tokens` greedy steps.
+pub async fn model_figure(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    dir: &std::path::Path,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    cpu_gbps: f64,
+) -> Result<ModelFigure> {
+    use crate::formats::package::Package;
+    use crate::model::{Decoder, Logits};
+    let package = Package::open(dir)?;
+    let capacity = (prompt_tokens + decode_tokens + 8).next_multiple_of(64);
+    let decoder = Decoder::load(gpu, &package, capacity, 64)?;
+    let vocab = decoder.config.vocab_size as u64;
+    let mut state = 12345u64;
+    let ids: Vec<u32> = (0..prompt_tokens)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % vocab) as u32
+        })
+        .collect();
+    // Warm-up: the first submit pays for pipeline compilation in the driver.
+    decoder.forward(gpu, kernels, &ids[..1], 0, Logits::Last).await?;
+    let start = Instant::now();
+    let mut logits = Vec::new();
+    for (i, chunk) in ids.chunks(decoder.max_tokens).enumerate() {
+        logits = decoder.forward(gpu, kernels, chunk, i * decoder.max_tokens, Logits::Last).await?;
+    }
+    let ttft = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for step in 0..decode_tokens {
+        let next = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
+        logits = decoder.forward(gpu, kernels, &[next], prompt_tokens + step, Logits::Last).await?;
+    }
+    let per_token = start.elapsed().as_secs_f64() / decode_tokens.max(1) as f64;
+    let gbps = decoder.weight_bytes() as f64 / per_token / 1e9;
+    Ok(ModelFigure {
+        model: package.manifest.name.clone(),
+        weights_mb: package.total_bytes() as f64 / 1e6,
+        prompt_tokens,
+        prefill_tokens_per_s: (prompt_tokens > 1).then(|| prompt_tokens as f64 / ttft),
+        ttft_ms: ttft * 1e3,
+        decode_tokens,
+        decode_tokens_per_s: 1.0 / per_token,
+        decode_effective_gbps: gbps,
+        fraction_of_cpu_bandwidth: gbps / cpu_gbps,
+    })
+}
+
+/// Writes a Phi-3-mini-shaped package with random q4_0 weights into `dir`
+/// (skipped when a complete one is already there).
+pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
+    use crate::config::{Architecture, ModelConfig};
+    use crate::formats::package::{Chunk, Manifest, ShardWriter, TensorEntry, FORMAT, MANIFEST};
+    if crate::formats::package::Package::open(dir).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let (h, inter, layers, vocab) = (3072, 8192, 32, 32064);
+    let config = ModelConfig {
+        architecture: Architecture::Phi3,
+        hidden_size: h,
+        intermediate_size: inter,
+        num_layers: layers,
+        num_heads: 32,
+        num_kv_heads: 32,
+        head_dim: 96,
+        rotary_dim: 96,
+        vocab_size: vocab,
+        max_position_embeddings: 4096,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        longrope: None,
+        sliding_window: Some(2047),
+        tie_word_embeddings: false,
+        hidden_act: "silu".into(),
+        bos_token_id: Some(1),
+        eos_token_ids: vec![32000],
+    };
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
+    for i in 0..layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        shapes.push((p("input_layernorm.weight"), vec![h]));
+        shapes.push((p("self_attn.qkv_proj.weight"), vec![3 * h, h]));
+        shapes.push((p("self_attn.o_proj.weight"), vec![h, h]));
+        shapes.push((p("post_attention_layernorm.weight"), vec![h]));
+        shapes.push((p("mlp.gate_up_proj.weight"), vec![2 * inter, h]));
+        shapes.push((p("mlp.down_proj.weight"), vec![h, inter]));
+    }
+    shapes.push(("model.norm.weight".into(), vec![h]));
+    shapes.push(("lm_head.weight".into(), vec![vocab, h]));
+
+    let mut writer = ShardWriter::new(dir, 64 << 20);
+    let mut tensors = Vec::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for (name, shape) in shapes {
+        let (shard, offset) = writer.position();
+        let (format, rows, cols) =
+            if shape.len() == 1 { (WeightFormat::F32, 1, shape[0]) } else { (WeightFormat::Q4_0, shape[0], shape[1]) };
+        let (payload, scales) = quant::gpu_size(format, rows, cols);
+        let mut layout = GpuLayout { data: vec![0u8; payload], scales: Vec::with_capacity(scales) };
+        if format == WeightFormat::F32 {
+            layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&1.0f32.to_le_bytes()));
+        } else {
+            for word in layout.data.chunks_exact_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
+            let scale = half::f16::from_f32(0.02).to_le_bytes();
+            while layout.scales.len() < scales {
+                layout.scales.extend_from_slice(&scale);
+            }
+        }
+        writer.write(&layout.data)?;
+        writer.write(&layout.scales)?;
+        let chunk = Chunk { rows, shard, offset, payload_bytes: payload as u64, scales_bytes: scales as u64 };
+        tensors.push(TensorEntry { name, format: format.name().into(), shape, chunks: vec![chunk] });
+    }
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        name: "synthetic Phi-3-mini (random q4_0)".into(),
+        config,
+        tokenizer: None,
+        chat_template: None,
+        bos_token: None,
+        eos_token: None,
+        stop_token_ids: vec![32000],
+        quantization: "q4_0 for matrices, f32 for vectors".into(),
+        source: "phi-web bench".into(),
+        tensors,
+        shards: writer.finish()?,
+    };
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| crate::Error::format(MANIFEST, e.to_string()))?;
+    std::fs::write(dir.join(MANIFEST), json).map_err(|e| crate::Error::io(&dir.join(MANIFEST), e))
 }

@@ -54,7 +54,11 @@ fn damaged_packages_and_bad_arguments_are_errors() {
         full.insert(1, dir.to_str().unwrap());
         let o = phi_web(&full);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
-        assert!(text(&o.stderr).contains("shard-00000.bin") && text(&o.stderr).contains("corrupted"), "{}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("shard-00000.bin") && text(&o.stderr).contains("corrupted"),
+            "{}",
+            text(&o.stderr)
+        );
     }
     let o = phi_web(&["generate", dir.to_str().unwrap(), "--prompt", "hi", "--no-verify"]);
     assert_eq!(o.status.code(), Some(1));

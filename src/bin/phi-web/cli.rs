@@ -237,8 +237,27 @@ fn bench(options: &GpuOptions, out: Option<String>) -> Result<(), String> {
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
     let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
     eprintln!("benchmarking on {}", gpu.adapter);
-    let report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))
+    let mut report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))
         .map_err(|e| e.to_string())?;
+    // End to end: SmolLM2 (converted from .models when present) and a synthetic Phi-3-mini.
+    let cpu = report.cpu_read_gbps_all_threads;
+    let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.exists() {
+        eprintln!("  SmolLM2 end to end");
+        let dir = Path::new("target/bench/smollm2");
+        convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {}).map_err(|e| e.to_string())?;
+        let figure = pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, 128, 32, cpu))
+            .map_err(|e| e.to_string())?;
+        report.models.push(figure);
+    } else {
+        eprintln!("  SmolLM2 skipped: run `make models`");
+    }
+    eprintln!("  synthetic Phi-3-mini q4_0 decode");
+    let dir = Path::new("target/bench/synthetic-phi3-mini");
+    phi_web::bench::synthetic_phi3_mini(dir).map_err(|e| e.to_string())?;
+    let figure =
+        pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, 1, 3, cpu)).map_err(|e| e.to_string())?;
+    report.models.push(figure);
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     println!("{json}");
     if let Some(path) = out {

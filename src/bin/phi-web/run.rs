@@ -34,7 +34,9 @@ fn load(dir: &Path, args: &[String], options: &GpuOptions) -> Result<Loaded, Str
     let context: usize = parse(args, "--context", 4096)?;
     let package = Package::open(dir).map_err(|e| e.to_string())?;
     if !args.iter().any(|a| a == "--no-verify") {
-        package.verify(|_| {}).map_err(|e| format!("{e}\n(convert the model again, or pass --no-verify to skip this check)"))?;
+        package
+            .verify(|_| {})
+            .map_err(|e| format!("{e}\n(convert the model again, or pass --no-verify to skip this check)"))?;
     }
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
     let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
@@ -106,7 +108,12 @@ pub fn logits(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), S
     };
     let m = load(dir, args, options)?;
     if ids.len() > m.decoder.capacity {
-        return Err(format!("{} tokens exceed the context of {}; pass --context {}", ids.len(), m.decoder.capacity, ids.len()));
+        return Err(format!(
+            "{} tokens exceed the context of {}; pass --context {}",
+            ids.len(),
+            m.decoder.capacity,
+            ids.len()
+        ));
     }
     let vocab = m.decoder.config.vocab_size;
     let mut rows: Vec<f32> = Vec::with_capacity(ids.len() * vocab);
