@@ -1,13 +1,14 @@
 // out[t] = row ids[t] of the embedding table, dequantized. Concatenated after
 // a weights_{format}.wgsl file that provides weight_block(). One invocation
-// per (token, 32-column block). Ids past the table give a zero row (the host
-// validates ids; this only keeps the read in bounds).
+// per (token, 32-column block). A table stored as row chunks (a 200k-row
+// vocabulary exceeds one storage binding) runs once per chunk: each run
+// writes only the tokens whose ids fall in its rows.
 
 struct Params {
-    rows: u32,    // vocabulary size
-    cols: u32,    // hidden size (multiple of 32)
-    tokens: u32,  // T
-    _pad: u32,
+    rows: u32,       // rows in this table (chunk)
+    cols: u32,       // hidden size (multiple of 32)
+    tokens: u32,     // T
+    first_row: u32,  // vocabulary id of the chunk's row 0
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,10 +28,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let id = ids[t];
-    var w: array<vec4<f32>, 8>;
-    if (id < p.rows) {
-        w = weight_block(id * blocks + j);
+    if (id < p.first_row || id - p.first_row >= p.rows) {
+        return;  // another chunk's row (the host validated the ids)
     }
+    let w = weight_block((id - p.first_row) * blocks + j);
     for (var k = 0u; k < 8u; k++) {
         out[t * blocks * 8u + j * 8u + k] = w[k];
     }

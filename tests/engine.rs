@@ -97,6 +97,22 @@ fn tiny_phi3_longrope_long_sequence_matches_transformers() {
     assert!(err <= 1e-3, "max |logit error| {err}");
 }
 
+/// Embedding and lm_head stored as row chunks (as Phi-4-mini's 200k-row
+/// vocabulary must be) give the same logits.
+#[test]
+fn row_chunked_tables_match_transformers() {
+    let g = golden("tiny-phi3-partial-tied");
+    let out = root().join("target").join("test-scratch").join("engine-chunked");
+    let _ = std::fs::remove_dir_all(&out);
+    let options = ConvertOptions { quant: Some(WeightFormat::F32), chunk_bytes: 40_000, ..Default::default() };
+    convert(&root().join("tests/data/tiny-phi3-partial-tied"), &out, &options, &mut |_| {}).unwrap();
+    let package = Package::open(&out).unwrap();
+    assert!(package.tensor("model.embed_tokens.weight").unwrap().chunks.len() > 1);
+    let err = max_abs_diff(&run(&package, &g.ids, 5), &g.logits);
+    eprintln!("parity | tiny-phi3-partial-tied f32, embedding in row chunks | max |logit error| {err:.3e}");
+    assert!(err <= 1e-3, "max |logit error| {err}");
+}
+
 #[test]
 fn tiny_phi3_partial_rotary_tied_matches_transformers() {
     check_f32_parity("tiny-phi3-partial-tied");

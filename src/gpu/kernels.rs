@@ -450,13 +450,26 @@ impl Kernels {
 
     /// out [T, D] = rows ids [T] of the table [vocab, D].
     pub fn embedding(&self, table: &Matrix, ids: &wgpu::Buffer, out: &wgpu::Buffer, tokens: usize) -> Result<Dispatch> {
+        self.embedding_chunk(table, 0, ids, out, tokens)
+    }
+
+    /// The tokens of `ids` whose ids fall in rows [first_row, first_row +
+    /// table.rows) of a chunked table; other tokens' rows are left as they are.
+    pub fn embedding_chunk(
+        &self,
+        table: &Matrix,
+        first_row: usize,
+        ids: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        tokens: usize,
+    ) -> Result<Dispatch> {
         need("embedding", "ids", ids, tokens * 4)?;
         need("embedding", "out", out, tokens * table.cols * 4)?;
         let params = params4(
             u32_of("embedding", "rows", table.rows)?,
             u32_of("embedding", "cols", table.cols)?,
             u32_of("embedding", "tokens", tokens)?,
-            0,
+            u32_of("embedding", "first_row", first_row)?,
         );
         let groups = self.grid((tokens * table.cols / 32).div_ceil(64));
         Ok(self.dispatch(

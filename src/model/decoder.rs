@@ -159,12 +159,6 @@ impl Decoder {
             });
         }
         let embed = linear("model.embed_tokens.weight")?;
-        if embed.chunks.len() != 1 {
-            return Err(Error::Unsupported {
-                what: "an embedding stored in row chunks".into(),
-                supported: "embeddings within one storage binding".into(),
-            });
-        }
         let weights = Weights {
             embed,
             norm: vector("model.norm.weight")?,
@@ -312,8 +306,9 @@ impl Decoder {
             splits: if t == 1 { self.decode_splits } else { 1 },
         };
 
-        let (embed, _) = &w.embed.chunks[0];
-        out.push(k.embedding(embed, &s.ids, &s.x, t)?.into());
+        for (table, first) in &w.embed.chunks {
+            out.push(k.embedding_chunk(table, *first, &s.ids, &s.x, t)?.into());
+        }
         for (i, layer) in w.layers.iter().enumerate() {
             // x = x + o_proj(attention(rope(qkv_proj(norm(x)))))
             out.push(k.rms_norm(&s.x, &layer.input_norm, &s.h, t, h, c.norm_eps)?.into());
