@@ -1,6 +1,12 @@
-//! The generate loop: prefill the prompt in chunks, then decode one token per
-//! submit, sample, detokenize incrementally, stop on stop tokens, stop
-//! strings or the token limit.
+//! The generate loop: reuse the KV cache for the prompt's common prefix with
+//! what the cache already holds, prefill the rest in chunks, then decode one
+//! token per submit, sample, detokenize incrementally, stop on stop tokens,
+//! stop strings or the token limit.
+//!
+//! LongRoPE: positions past `original_max_position_embeddings` use the long
+//! factors for the whole sequence. Like transformers' Phi-3
+//! `prepare_inputs_for_generation`, the first time a sequence crosses that
+//! point the whole cache is recomputed with the long factors.
 
 use std::time::Instant;
 
@@ -20,9 +26,33 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
 }
 
+/// What the decoder's KV cache holds, so a conversation's next turn only
+/// prefills what is new. One session per decoder.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Token ids whose keys and values are in the cache, from position 0.
+    cached: Vec<u32>,
+    /// Whether the cache was computed with LongRoPE's long factors.
+    long: bool,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// Forgets the cache (e.g. after an error mid-step).
+    pub fn reset(&mut self) {
+        self.cached.clear();
+        self.long = false;
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Stats {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV cache was reused from the previous turn.
+    pub cached_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub ttft_ms: f64,
@@ -37,12 +67,14 @@ pub struct Generation {
     pub stats: Stats,
 }
 
-/// Generates from `prompt` (token ids) with an empty KV cache; `on_text`
-/// receives each text delta as it is decoded.
+/// Generates from `prompt` (token ids); `on_text` receives each text delta
+/// as it is decoded.
+#[allow(clippy::too_many_arguments)]
 pub async fn generate(
     gpu: &Gpu,
     kernels: &Kernels,
     decoder: &Decoder,
+    session: &mut Session,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
@@ -61,18 +93,22 @@ pub async fn generate(
             ),
         });
     }
-    let start = Instant::now();
-    let mut logits = Vec::new();
-    let mut pos = 0;
-    for chunk in prompt.chunks(decoder.max_tokens) {
-        logits = decoder.forward(gpu, kernels, chunk, pos, Logits::Last).await?;
-        pos += chunk.len();
+    let original = decoder.config.longrope.as_ref().map(|l| l.original_max_position_embeddings);
+    let needs_long = |len: usize| original.is_some_and(|o| len > o);
+    // Reuse the common prefix, but always run at least the last prompt token.
+    let mut reuse = session.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+    if needs_long(prompt.len()) != session.long {
+        reuse = 0; // the cache was rotated with the other LongRoPE factors
     }
+    session.cached.truncate(reuse);
+
+    let start = Instant::now();
+    let mut context: Vec<u32> = prompt.to_vec();
+    let mut logits = prefill(gpu, kernels, decoder, session, &context, reuse).await?;
     let ttft = start.elapsed().as_secs_f64();
 
     let mut sampler = Sampler::new(options.sampling.clone());
     let mut detokenizer = Detokenizer::default();
-    let mut context: Vec<u32> = prompt.to_vec();
     let (mut tokens, mut text) = (Vec::new(), String::new());
     let mut finish_reason = "length";
     let decode_start = Instant::now();
@@ -92,11 +128,19 @@ pub async fn generate(
             break;
         }
         on_text(&delta);
+        let pos = context.len() - 1;
         if tokens.len() == options.max_tokens || pos >= decoder.capacity {
             break; // finish_reason stays "length"
         }
-        logits = decoder.forward(gpu, kernels, &[id], pos, Logits::Last).await?;
-        pos += 1;
+        logits = if needs_long(context.len()) && !session.long {
+            // Crossing into LongRoPE's long factors: recompute the whole cache.
+            session.cached.clear();
+            prefill(gpu, kernels, decoder, session, &context, 0).await?
+        } else {
+            let step = decoder.forward(gpu, kernels, &[id], pos, Logits::Last).await;
+            session.cached.push(id);
+            step.inspect_err(|_| session.reset())?
+        };
     }
     let decode_secs = decode_start.elapsed().as_secs_f64();
     let decoded = tokens.len().saturating_sub(1).max(1);
@@ -106,9 +150,36 @@ pub async fn generate(
         finish_reason,
         stats: Stats {
             prompt_tokens: prompt.len(),
-            prefill_tokens_per_s: prompt.len() as f64 / ttft.max(1e-9),
+            cached_tokens: reuse,
+            prefill_tokens_per_s: (prompt.len() - reuse) as f64 / ttft.max(1e-9),
             decode_tokens_per_s: decoded as f64 / decode_secs.max(1e-9),
             ttft_ms: ttft * 1e3,
         },
     })
+}
+
+/// Runs `tokens[from..]` at positions from.. in chunks; returns the last logits.
+async fn prefill(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    decoder: &Decoder,
+    session: &mut Session,
+    tokens: &[u32],
+    from: usize,
+) -> Result<Vec<f32>> {
+    let mut logits = Vec::new();
+    let mut pos = from;
+    for chunk in tokens[from..].chunks(decoder.max_tokens) {
+        logits = match decoder.forward(gpu, kernels, chunk, pos, Logits::Last).await {
+            Ok(l) => l,
+            Err(e) => {
+                session.reset();
+                return Err(e);
+            }
+        };
+        pos += chunk.len();
+        session.cached.extend_from_slice(chunk);
+    }
+    session.long = decoder.config.longrope.as_ref().is_some_and(|l| tokens.len() > l.original_max_position_embeddings);
+    Ok(logits)
 }

@@ -211,7 +211,7 @@ fn smollm2_top1_agrees_with_transformers() {
 #[test]
 fn smollm2_answers_and_samples_reproducibly() {
     use phi_web::sampler::SamplingOptions;
-    use phi_web::session::{generate, GenerateOptions};
+    use phi_web::session::{generate, GenerateOptions, Session};
     use phi_web::tokenizer::{Message, Tokenizer};
 
     let dir = smollm2_package();
@@ -229,9 +229,16 @@ fn smollm2_answers_and_samples_reproducibly() {
             stop_strings: vec![],
         };
         let mut streamed = String::new();
-        let g = pollster::block_on(generate(&env.gpu, &env.kernels, &decoder, &tokenizer, &ids, &options, |d| {
-            streamed.push_str(d)
-        }))
+        let g = pollster::block_on(generate(
+            &env.gpu,
+            &env.kernels,
+            &decoder,
+            &mut Session::new(),
+            &tokenizer,
+            &ids,
+            &options,
+            |d| streamed.push_str(d),
+        ))
         .unwrap();
         assert_eq!(streamed, g.text, "the streamed deltas add up to the text");
         g

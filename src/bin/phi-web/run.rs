@@ -7,7 +7,7 @@ use phi_web::formats::package::Package;
 use phi_web::gpu::{Gpu, GpuOptions, Kernels};
 use phi_web::model::{Decoder, Logits};
 use phi_web::sampler::SamplingOptions;
-use phi_web::session::{self, GenerateOptions};
+use phi_web::session::{self, GenerateOptions, Session};
 use phi_web::tokenizer::{Message, Tokenizer};
 
 use crate::cli::flag_value;
@@ -80,14 +80,22 @@ pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(),
         stop_strings: Vec::new(),
     };
     let mut stdout = std::io::stdout();
-    let result =
-        pollster::block_on(session::generate(&m.gpu, &m.kernels, &m.decoder, &tokenizer, &ids, &options, |delta| {
+    let result = pollster::block_on(session::generate(
+        &m.gpu,
+        &m.kernels,
+        &m.decoder,
+        &mut Session::new(),
+        &tokenizer,
+        &ids,
+        &options,
+        |delta| {
             if !json {
                 let _ = stdout.write_all(delta.as_bytes());
                 let _ = stdout.flush();
             }
-        }))
-        .map_err(|e| e.to_string())?;
+        },
+    ))
+    .map_err(|e| e.to_string())?;
     if json {
         println!("{}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
     } else {
