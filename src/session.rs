@@ -41,6 +41,11 @@ impl Session {
         Session::default()
     }
 
+    /// The token ids whose keys and values the cache holds, from position 0.
+    pub fn cached(&self) -> &[u32] {
+        &self.cached
+    }
+
     /// Forgets the cache (e.g. after an error mid-step).
     pub fn reset(&mut self) {
         self.cached.clear();
@@ -170,7 +175,7 @@ async fn prefill(
     let mut logits = Vec::new();
     let mut pos = from;
     for chunk in tokens[from..].chunks(decoder.max_tokens) {
-        logits = match decoder.forward(gpu, kernels, chunk, pos, Logits::Last).await {
+        logits = match decoder.forward_in_sequence(gpu, kernels, chunk, pos, tokens.len(), Logits::Last).await {
             Ok(l) => l,
             Err(e) => {
                 session.reset();

@@ -270,3 +270,84 @@ fn smollm2_answers_and_samples_reproducibly() {
         if first.tokens.len() == 10 && !first.tokens.contains(&2) { "length" } else { "stop" }
     );
 }
+
+/// Generates greedily with `session`, then checks against fresh full prefills
+/// on a second decoder: every generated token is the argmax of the fresh
+/// logits, and the session's cache gives the fresh logits for one more step.
+fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usize) -> Vec<phi_web::session::Stats> {
+    use phi_web::session::{generate, GenerateOptions, Session};
+    use phi_web::tokenizer::Tokenizer;
+
+    let env = env();
+    let package = package(model, WeightFormat::F32);
+    // The tiny models have no tokenizer; SmolLM2's decodes their ids (< 512) to text.
+    let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
+    let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
+    let (decoder, fresh) =
+        (Decoder::load(&env.gpu, &package, 128, 16).unwrap(), Decoder::load(&env.gpu, &package, 128, 128).unwrap());
+    let fresh_logits =
+        |ids: &[u32]| pollster::block_on(fresh.forward(&env.gpu, &env.kernels, ids, 0, Logits::Last)).unwrap();
+    let options =
+        GenerateOptions { max_tokens, sampling: Default::default(), stop_token_ids: vec![], stop_strings: vec![] };
+    let mut session = Session::new();
+    let mut context = Vec::new();
+    let mut stats = Vec::new();
+    for turn in turns {
+        context.extend_from_slice(turn);
+        let g = pollster::block_on(generate(
+            &env.gpu,
+            &env.kernels,
+            &decoder,
+            &mut session,
+            &tokenizer,
+            &context,
+            &options,
+            |_| {},
+        ))
+        .unwrap();
+        assert_eq!(g.tokens.len(), max_tokens);
+        for &id in &g.tokens {
+            let logits = fresh_logits(&context);
+            let best = logits.iter().cloned().fold(f32::MIN, f32::max);
+            assert!(logits[id as usize] >= best - 1e-3, "{model}: token {id} at {} is not the argmax", context.len());
+            context.push(id);
+        }
+        stats.push(g.stats);
+    }
+    // The cache holds everything but the last generated token: run it.
+    assert_eq!(session.cached(), &context[..context.len() - 1]);
+    let ours = pollster::block_on(decoder.forward(
+        &env.gpu,
+        &env.kernels,
+        &context[context.len() - 1..],
+        context.len() - 1,
+        Logits::Last,
+    ))
+    .unwrap();
+    let err = max_abs_diff(&ours, &fresh_logits(&context));
+    eprintln!(
+        "session | {model}, {} tokens over {} turns | max |logit error| against a fresh prefill {err:.3e}",
+        context.len(),
+        turns.len()
+    );
+    assert!(err <= 1e-3, "{model}: the session's cache differs from a fresh prefill by {err}");
+    stats
+}
+
+/// A second turn prefills only what is new; the result equals a fresh prefill.
+#[test]
+fn session_reuses_the_common_prefix() {
+    let ids = golden("tiny-phi3").ids;
+    let stats = check_session_against_fresh("tiny-phi3", &[ids[..10].to_vec(), ids[10..].to_vec()], 6);
+    assert_eq!(stats[0].cached_tokens, 0);
+    assert_eq!(stats[1].cached_tokens, 10 + 5, "the first prompt and all but the last generated token are reused");
+}
+
+/// Generating across LongRoPE's original context recomputes the cache with the
+/// long factors, as transformers does.
+#[test]
+fn session_recomputes_the_cache_when_longrope_switches() {
+    let ids = golden_file("tiny-phi3-longrope", "golden-long.json").ids;
+    let stats = check_session_against_fresh("tiny-phi3-longrope", &[ids[..58].to_vec()], 12);
+    assert_eq!(stats[0].prompt_tokens, 58);
+}

@@ -217,6 +217,22 @@ impl Decoder {
     /// Runs `ids` at positions pos.. (the cache must hold 0..pos) and returns
     /// logits: [vocab] for `Logits::Last`, [T, vocab] for `Logits::All`.
     pub async fn forward(&self, gpu: &Gpu, k: &Kernels, ids: &[u32], pos: usize, which: Logits) -> Result<Vec<f32>> {
+        self.forward_in_sequence(gpu, k, ids, pos, pos + ids.len(), which).await
+    }
+
+    /// `forward` for one chunk of a sequence of `sequence_len` tokens: like
+    /// transformers, LongRoPE uses the long factors at every position once the
+    /// whole sequence exceeds the original context, so a chunked prefill must
+    /// know the total.
+    pub async fn forward_in_sequence(
+        &self,
+        gpu: &Gpu,
+        k: &Kernels,
+        ids: &[u32],
+        pos: usize,
+        sequence_len: usize,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let t = ids.len();
         if t == 0 || t > self.max_tokens {
@@ -239,7 +255,8 @@ impl Decoder {
         }
         gpu.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
         gpu.set_step(&self.scratch.step, pos as u32);
-        let commands = self.record(k, t, pos, which)?;
+        let long = c.longrope.as_ref().is_some_and(|l| sequence_len.max(pos + t) > l.original_max_position_embeddings);
+        let commands = self.record(k, t, pos, long, which)?;
         gpu.submit(&commands);
         let (buffer, n) = match which {
             Logits::Last => (&self.scratch.logits, c.vocab_size),
@@ -249,7 +266,7 @@ impl Decoder {
     }
 
     /// The command list of one forward call: embed → N × block → norm → lm_head.
-    fn record(&self, k: &Kernels, t: usize, pos: usize, which: Logits) -> Result<Vec<Command>> {
+    fn record(&self, k: &Kernels, t: usize, pos: usize, long: bool, which: Logits) -> Result<Vec<Command>> {
         let (c, w, s) = (&self.config, &self.weights, &self.scratch);
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q_width, kv_width) = (c.num_heads * d, c.num_kv_heads * d);
@@ -275,7 +292,6 @@ impl Decoder {
             }
             Ok(())
         };
-        let long = c.longrope.as_ref().is_some_and(|l| pos + t > l.original_max_position_embeddings);
         let inv_freq = if long { &s.inv_freq_long } else { &s.inv_freq_short };
         let attn_factor = c.longrope.as_ref().map_or(1.0, |l| l.attention_factor);
         let rope = |heads: usize, offset: usize| RopeShape {

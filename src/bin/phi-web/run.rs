@@ -128,7 +128,7 @@ pub fn logits(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), S
     for (i, chunk) in ids.chunks(m.decoder.max_tokens).enumerate() {
         let pos = i * m.decoder.max_tokens;
         rows.extend(
-            pollster::block_on(m.decoder.forward(&m.gpu, &m.kernels, chunk, pos, Logits::All))
+            pollster::block_on(m.decoder.forward_in_sequence(&m.gpu, &m.kernels, chunk, pos, ids.len(), Logits::All))
                 .map_err(|e| e.to_string())?,
         );
     }
