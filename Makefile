@@ -28,7 +28,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
-bench: setup-native
+bench: setup-native models
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web bench --out target/bench/kernels.json
 

@@ -70,3 +70,35 @@ fn damaged_packages_and_bad_arguments_are_errors() {
     let o = phi_web(&["frobnicate"]);
     assert!(o.status.code() == Some(1) && text(&o.stderr).contains("unknown command"));
 }
+
+/// `phi-web chat` on SmolLM2: two turns streamed, the second reusing the first's
+/// KV cache; a turn that outgrows the context is an error the chat survives.
+#[test]
+fn chat_keeps_the_conversation_and_survives_an_overlong_turn() {
+    use std::io::Write;
+    let gguf = root().join(".models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.exists(), "{} is missing: run `make models` (make test does)", gguf.display());
+    let dir = root().join("target").join("test-scratch").join("cli-chat");
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = phi_web(&["convert", gguf.to_str().unwrap(), dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phi-web"))
+        .args(["chat", dir.to_str().unwrap(), "--context", "128", "--max-tokens", "12"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let long_turn = "Please summarise this. ".repeat(40);
+    let input = format!("What is the capital of France?\nAnd of Germany?\n{long_turn}\n/exit\n");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("Paris") && stdout.contains("Berlin"), "{stdout}");
+    let reused: Vec<usize> =
+        stderr.lines().filter_map(|l| l.split(" reused").next()?.rsplit(' ').next()?.parse().ok()).collect();
+    assert!(reused.len() == 2 && reused[0] == 0 && reused[1] > 30, "{stderr}");
+    assert!(stderr.contains("error: ") && stderr.contains("context holds 128"), "{stderr}");
+}

@@ -256,7 +256,7 @@ impl Decoder {
         gpu.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
         gpu.set_step(&self.scratch.step, pos as u32);
         let long = c.longrope.as_ref().is_some_and(|l| sequence_len.max(pos + t) > l.original_max_position_embeddings);
-        let commands = self.record(k, t, pos, long, which)?;
+        let commands = self.record(k, t, long, which)?;
         gpu.submit(&commands);
         let (buffer, n) = match which {
             Logits::Last => (&self.scratch.logits, c.vocab_size),
@@ -266,7 +266,7 @@ impl Decoder {
     }
 
     /// The command list of one forward call: embed → N × block → norm → lm_head.
-    fn record(&self, k: &Kernels, t: usize, pos: usize, long: bool, which: Logits) -> Result<Vec<Command>> {
+    fn record(&self, k: &Kernels, t: usize, long: bool, which: Logits) -> Result<Vec<Command>> {
         let (c, w, s) = (&self.config, &self.weights, &self.scratch);
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q_width, kv_width) = (c.num_heads * d, c.num_kv_heads * d);

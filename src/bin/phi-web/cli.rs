@@ -16,8 +16,10 @@ commands:
   convert INPUT OUT_DIR [--quant q4_0|q4_1|q8_0|f16|f32] [--shard-mb 64] [--context N]
                        GGUF file or Hugging Face folder -> phi-web package (model.json + shards)
   generate MODEL_DIR --prompt TEXT [--chat] [--system TEXT] [--max-tokens N] [--temperature T]
-           [--top-p P] [--top-k K] [--seed S] [--context N] [--json]
+           [--top-p P] [--top-k K] [--repetition-penalty R] [--seed S] [--stop TEXT]... [--context N] [--json]
                        generate text (raw prompt, or one user message through the chat template)
+  chat MODEL_DIR [--system TEXT] [sampling options as for generate]
+                       interactive chat with streaming output; each turn reuses the KV cache
   logits MODEL_DIR --tokens 1,2,3 [--top K]
                        logits of one sequence as JSON, one row per position
   verify DIR           check every shard's size and sha256, and the manifest's tensor table
@@ -27,7 +29,7 @@ commands:
 
 options:
   --portable           use neither shader-f16 nor subgroups (the path every device has)
-  --no-verify          (generate, logits) skip the sha256 check of the shards when loading
+  --no-verify          (generate, chat, logits) skip the sha256 check of the shards when loading
 ";
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -42,6 +44,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("generate") => match positional.as_slice() {
             [dir] => crate::run::generate(Path::new(dir), args, &gpu_options),
             _ => Err(format!("generate needs a package folder\n\n{USAGE}")),
+        },
+        Some("chat") => match positional.as_slice() {
+            [dir] => crate::run::chat(Path::new(dir), args, &gpu_options),
+            _ => Err(format!("chat needs a package folder\n\n{USAGE}")),
         },
         Some("logits") => match positional.as_slice() {
             [dir] => crate::run::logits(Path::new(dir), args, &gpu_options),
@@ -73,7 +79,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// Arguments after the command that are neither flags nor flag values.
 fn positionals(args: &[String]) -> Vec<&String> {
-    const WITH_VALUE: [&str; 13] = [
+    const WITH_VALUE: [&str; 15] = [
         "--quant",
         "--shard-mb",
         "--out",
@@ -85,6 +91,8 @@ fn positionals(args: &[String]) -> Vec<&String> {
         "--top-p",
         "--top-k",
         "--seed",
+        "--repetition-penalty",
+        "--stop",
         "--tokens",
         "--top",
     ];

@@ -1,6 +1,6 @@
 //! `phi-web generate` and `phi-web logits`: the engine from the command line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use phi_web::formats::package::Package;
@@ -45,16 +45,38 @@ fn load(dir: &Path, args: &[String], options: &GpuOptions) -> Result<Loaded, Str
     Ok(Loaded { gpu, kernels, package, decoder })
 }
 
+fn load_tokenizer(dir: &Path, package: &Package) -> Result<Tokenizer, String> {
+    let manifest = &package.manifest;
+    let file =
+        manifest.tokenizer.as_ref().ok_or("this package has no tokenizer: it can compute logits but not generate")?;
+    let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+    Tokenizer::from_bytes(&bytes, manifest).map_err(|e| e.to_string())
+}
+
+/// Sampling and stopping from the flags shared by `generate` and `chat`.
+fn generate_options(args: &[String], package: &Package) -> Result<GenerateOptions, String> {
+    let sampling = SamplingOptions {
+        temperature: parse(args, "--temperature", 0.0)?,
+        top_k: parse(args, "--top-k", 0)?,
+        top_p: parse(args, "--top-p", 1.0)?,
+        repetition_penalty: parse(args, "--repetition-penalty", 1.0)?,
+        seed: parse(args, "--seed", 0)?,
+    };
+    let stop_strings = args.windows(2).filter(|w| w[0] == "--stop").map(|w| w[1].clone()).collect();
+    Ok(GenerateOptions {
+        max_tokens: parse(args, "--max-tokens", 256)?,
+        sampling,
+        stop_token_ids: package.manifest.stop_token_ids.clone(),
+        stop_strings,
+    })
+}
+
 pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
     let prompt = flag_value(args, "--prompt")?.ok_or("generate needs --prompt TEXT")?;
     let chat = args.iter().any(|a| a == "--chat");
     let json = args.iter().any(|a| a == "--json");
     let m = load(dir, args, options)?;
-    let manifest = &m.package.manifest;
-    let file =
-        manifest.tokenizer.as_ref().ok_or("this package has no tokenizer: it can compute logits but not generate")?;
-    let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
-    let tokenizer = Tokenizer::from_bytes(&bytes, manifest).map_err(|e| e.to_string())?;
+    let tokenizer = load_tokenizer(dir, &m.package)?;
     let text = if chat {
         let mut messages = Vec::new();
         if let Some(system) = flag_value(args, "--system")? {
@@ -66,19 +88,7 @@ pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(),
         prompt
     };
     let ids = tokenizer.encode(&text).map_err(|e| e.to_string())?;
-    let sampling = SamplingOptions {
-        temperature: parse(args, "--temperature", 0.0)?,
-        top_k: parse(args, "--top-k", 0)?,
-        top_p: parse(args, "--top-p", 1.0)?,
-        repetition_penalty: 1.0,
-        seed: parse(args, "--seed", 0)?,
-    };
-    let options = GenerateOptions {
-        max_tokens: parse(args, "--max-tokens", 256)?,
-        sampling,
-        stop_token_ids: manifest.stop_token_ids.clone(),
-        stop_strings: Vec::new(),
-    };
+    let options = generate_options(args, &m.package)?;
     let mut stdout = std::io::stdout();
     let result = pollster::block_on(session::generate(
         &m.gpu,
@@ -102,6 +112,77 @@ pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(),
         println!();
     }
     Ok(())
+}
+
+/// `phi-web chat`: one line per user turn, the reply streamed; the session
+/// keeps the conversation's KV cache so each turn prefills only what is new.
+pub fn chat(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
+    let m = load(dir, args, options)?;
+    let tokenizer = load_tokenizer(dir, &m.package)?;
+    let options = generate_options(args, &m.package)?;
+    let system = flag_value(args, "--system")?;
+    let fresh = || system.iter().map(|s| Message::new("system", s)).collect::<Vec<_>>();
+    let mut messages = fresh();
+    let mut session = Session::new();
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "phi-web chat: {} ({} tokens of context). /reset starts over, /exit or Ctrl-D quits.",
+            dir.display(),
+            m.decoder.capacity
+        );
+    }
+    let mut stdout = std::io::stdout();
+    let mut line = String::new();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        line.clear();
+        if std::io::stdin().read_line(&mut line).map_err(|e| format!("reading stdin: {e}"))? == 0 {
+            return Ok(());
+        }
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                messages = fresh();
+                continue;
+            }
+            text => messages.push(Message::new("user", text)),
+        }
+        let prompt = tokenizer.apply_chat_template(&messages).map_err(|e| e.to_string())?;
+        let ids = tokenizer.encode(&prompt).map_err(|e| e.to_string())?;
+        let result = pollster::block_on(session::generate(
+            &m.gpu,
+            &m.kernels,
+            &m.decoder,
+            &mut session,
+            &tokenizer,
+            &ids,
+            &options,
+            |delta| {
+                let _ = stdout.write_all(delta.as_bytes());
+                let _ = stdout.flush();
+            },
+        ));
+        println!();
+        match result {
+            Ok(g) => {
+                let s = &g.stats;
+                eprintln!(
+                    "[{} prompt tokens, {} reused from the cache; {:.0} ms to first token; {:.1} tokens/s; {}]",
+                    s.prompt_tokens, s.cached_tokens, s.ttft_ms, s.decode_tokens_per_s, g.finish_reason
+                );
+                messages.push(Message::new("assistant", &g.text));
+            }
+            Err(e) => {
+                // e.g. the conversation outgrew the context: say so and let the user go on.
+                eprintln!("error: {e}");
+                messages.pop();
+            }
+        }
+    }
 }
 
 pub fn logits(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
