@@ -53,6 +53,19 @@ impl Error {
         Error::Io { path: path.display().to_string(), message: e.to_string() }
     }
 
+    /// The `name` a JavaScript `Error` carries for this error.
+    pub fn js_name(&self) -> &'static str {
+        match self {
+            Error::NoAdapter { .. } => "NoWebGPUError",
+            Error::DeviceRequest { .. } | Error::DeviceLost { .. } => "DeviceLostError",
+            Error::Gpu { .. } | Error::GpuLimit { .. } | Error::Shader { .. } | Error::Readback { .. } => "GPUError",
+            Error::Shape { .. } => "InputError",
+            Error::Quant { .. } | Error::Io { .. } | Error::Format { .. } => "ModelFormatError",
+            Error::Unsupported { .. } => "UnsupportedError",
+            Error::Config { .. } => "ModelConfigError",
+        }
+    }
+
     pub(crate) fn format(file: impl std::fmt::Display, message: impl Into<String>) -> Error {
         Error::Format { file: file.to_string(), message: message.into() }
     }

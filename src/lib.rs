@@ -3,9 +3,11 @@
 //! WebAssembly for the browser and runs natively through wgpu for tests and
 //! benchmarks.
 //!
-//! This crate is being built issue by issue. Present: the GPU context
-//! ([`gpu::Gpu`]), the kernel library ([`gpu::Kernels`], one WGSL file per op
-//! and weight format) and GGUF-compatible quantization ([`quant`]).
+//! Layers, bottom up: the GPU context ([`gpu::Gpu`]) and kernel library
+//! ([`gpu::Kernels`], one WGSL file per op and weight format), quantization
+//! ([`quant`]), model packages ([`formats`], [`convert`]), the decoder
+//! ([`model::Decoder`]), tokenizer, sampler and the generate loop
+//! ([`session`]), and in wasm the JavaScript bindings (`web`).
 //! Non-goals: training, a general tensor runtime, non-Phi-like architectures
 //! beyond the Llama family used for testing and BERT encoders for retrieval.
 
@@ -22,5 +24,7 @@ pub mod quant;
 pub mod sampler;
 pub mod session;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

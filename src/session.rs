@@ -8,7 +8,8 @@
 //! `prepare_inputs_for_generation`, the first time a sequence crosses that
 //! point the whole cache is recomputed with the long factors.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -24,6 +25,53 @@ pub struct GenerateOptions {
     pub sampling: SamplingOptions,
     pub stop_token_ids: Vec<u32>,
     pub stop_strings: Vec<String>,
+    /// Checked before every token; set from elsewhere to stop early.
+    pub interrupt: Interrupt,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 256,
+            sampling: SamplingOptions::default(),
+            stop_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            interrupt: Interrupt::default(),
+        }
+    }
+}
+
+/// A flag another task (a UI's Stop button, an AbortSignal) sets to end a
+/// generation at the next token; finish_reason is then "abort".
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Seconds since an arbitrary start (`std::time::Instant` panics in
+/// wasm32-unknown-unknown, so the browser uses `Date.now()`).
+fn now_secs() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now() / 1e3
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+    }
 }
 
 /// What the decoder's KV cache holds, so a conversation's next turn only
@@ -67,7 +115,8 @@ pub struct Stats {
 pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,
-    /// "stop" (a stop token or string) or "length" (max tokens or context).
+    /// "stop" (a stop token or string), "length" (max tokens or context) or
+    /// "abort" (interrupted).
     pub finish_reason: &'static str,
     pub stats: Stats,
 }
@@ -107,17 +156,21 @@ pub async fn generate(
     }
     session.cached.truncate(reuse);
 
-    let start = Instant::now();
+    let start = now_secs();
     let mut context: Vec<u32> = prompt.to_vec();
     let mut logits = prefill(gpu, kernels, decoder, session, &context, reuse).await?;
-    let ttft = start.elapsed().as_secs_f64();
+    let ttft = now_secs() - start;
 
     let mut sampler = Sampler::new(options.sampling.clone());
     let mut detokenizer = Detokenizer::default();
     let (mut tokens, mut text) = (Vec::new(), String::new());
     let mut finish_reason = "length";
-    let decode_start = Instant::now();
+    let decode_start = now_secs();
     while tokens.len() < options.max_tokens {
+        if options.interrupt.is_set() {
+            finish_reason = "abort";
+            break;
+        }
         let id = sampler.sample(&mut logits, &context);
         tokens.push(id);
         context.push(id);
@@ -147,7 +200,7 @@ pub async fn generate(
             step.inspect_err(|_| session.reset())?
         };
     }
-    let decode_secs = decode_start.elapsed().as_secs_f64();
+    let decode_secs = now_secs() - decode_start;
     let decoded = tokens.len().saturating_sub(1).max(1);
     Ok(Generation {
         text,

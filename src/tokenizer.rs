@@ -2,12 +2,12 @@
 //! Jinja template (minijinja), and an incremental detokenizer that never
 //! splits UTF-8 or drops SentencePiece spaces.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::formats::package::Manifest;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,

@@ -227,6 +227,7 @@ fn smollm2_answers_and_samples_reproducibly() {
             sampling,
             stop_token_ids: package.manifest.stop_token_ids.clone(),
             stop_strings: vec![],
+            interrupt: Default::default(),
         };
         let mut streamed = String::new();
         let g = pollster::block_on(generate(
@@ -288,7 +289,7 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     let fresh_logits =
         |ids: &[u32]| pollster::block_on(fresh.forward(&env.gpu, &env.kernels, ids, 0, Logits::Last)).unwrap();
     let options =
-        GenerateOptions { max_tokens, sampling: Default::default(), stop_token_ids: vec![], stop_strings: vec![] };
+        GenerateOptions { max_tokens, sampling: Default::default(), stop_token_ids: vec![], ..Default::default() };
     let mut session = Session::new();
     let mut context = Vec::new();
     let mut stats = Vec::new();

@@ -168,6 +168,51 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where a package's shard bytes come from: files natively ([`Package`]), the
+/// browser's Cache Storage through JavaScript in wasm (`web.rs`). Loading
+/// reads tensor by tensor, so the whole model is never in memory at once.
+#[allow(async_fn_in_trait)] // concrete types only; wasm futures are not Send
+pub trait ShardSource {
+    fn manifest(&self) -> &Manifest;
+
+    /// `len` bytes starting at (shard, offset), continuing into later shards.
+    async fn read_bytes(&self, shard: usize, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// One chunk of a tensor in GPU layout.
+    async fn chunk_layout(&self, chunk: &Chunk) -> Result<GpuLayout> {
+        let mut bytes = self.read_bytes(chunk.shard, chunk.offset, chunk.payload_bytes + chunk.scales_bytes).await?;
+        let scales = bytes.split_off(chunk.payload_bytes as usize);
+        Ok(GpuLayout { data: bytes, scales })
+    }
+
+    /// A whole tensor dequantized to f32 (all chunks, in row order).
+    async fn tensor_f32(&self, entry: &TensorEntry) -> Result<Vec<f32>> {
+        let format = entry.weight_format()?;
+        let (_, cols) = entry.rows_cols();
+        let mut out = Vec::new();
+        for chunk in &entry.chunks {
+            let layout = self.chunk_layout(chunk).await?;
+            let gguf = quant::from_gpu_layout(format, &layout, chunk.rows * cols)?;
+            out.extend(quant::dequantize(format, &gguf)?);
+        }
+        Ok(out)
+    }
+
+    fn tensor(&self, name: &str) -> Option<&TensorEntry> {
+        self.manifest().tensors.iter().find(|t| t.name == name)
+    }
+}
+
+impl ShardSource for Package {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    async fn read_bytes(&self, shard: usize, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read(shard, offset, len)
+    }
+}
+
 /// A package on disk.
 pub struct Package {
     pub dir: PathBuf,
@@ -219,28 +264,18 @@ impl Package {
         Ok(out)
     }
 
-    /// One chunk of a tensor in GPU layout.
+    /// One chunk of a tensor in GPU layout (synchronous: files are local).
     pub fn read_chunk(&self, chunk: &Chunk) -> Result<GpuLayout> {
-        let mut bytes = self.read(chunk.shard, chunk.offset, chunk.payload_bytes + chunk.scales_bytes)?;
-        let scales = bytes.split_off(chunk.payload_bytes as usize);
-        Ok(GpuLayout { data: bytes, scales })
+        block_on_ready(self.chunk_layout(chunk))
     }
 
-    /// A whole tensor dequantized to f32 (all chunks, in row order).
+    /// A whole tensor dequantized to f32.
     pub fn read_f32(&self, entry: &TensorEntry) -> Result<Vec<f32>> {
-        let format = entry.weight_format()?;
-        let (_, cols) = entry.rows_cols();
-        let mut out = Vec::new();
-        for chunk in &entry.chunks {
-            let layout = self.read_chunk(chunk)?;
-            let gguf = quant::from_gpu_layout(format, &layout, chunk.rows * cols)?;
-            out.extend(quant::dequantize(format, &gguf)?);
-        }
-        Ok(out)
+        block_on_ready(self.tensor_f32(entry))
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {
-        self.manifest.tensors.iter().find(|t| t.name == name)
+        ShardSource::tensor(self, name)
     }
 
     /// Checks every shard's size and sha256 against the manifest. Returns the
@@ -286,6 +321,16 @@ impl Package {
     /// Offset of (shard, offset) in the concatenated stream.
     pub fn global_offset(&self, shard: usize, offset: u64) -> Option<u64> {
         self.starts.get(shard).map(|s| s + offset)
+    }
+}
+
+/// Polls a future that never waits (Package's reads are synchronous).
+fn block_on_ready<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => Err(Error::Config { message: "a package file read did not complete".into() }),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Gpu {
     pub features: GpuFeatures,
     pub limits: wgpu::Limits,
     fault: Fault,
+    /// Bytes of storage buffers created so far (weights, scratch, KV cache).
+    storage_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Gpu {
@@ -125,7 +127,7 @@ impl Gpu {
             record(&on_error, Error::Gpu { context: "uncaptured".into(), message: e.to_string() });
         }));
 
-        Ok(Gpu { device, queue, adapter: summary, features, limits, fault })
+        Ok(Gpu { device, queue, adapter: summary, features, limits, fault, storage_bytes: Default::default() })
     }
 
     /// The first device loss or uncaptured GPU error since creation, if any.
@@ -180,6 +182,7 @@ impl Gpu {
     pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         let size = size.max(4).next_multiple_of(4);
         self.check_buffer_size(label, size)?;
+        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
@@ -199,11 +202,17 @@ impl Gpu {
             padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
             &padded
         };
+        self.storage_bytes.fetch_add(contents.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         }))
+    }
+
+    /// GPU memory in storage buffers created through this context so far.
+    pub fn storage_bytes(&self) -> u64 {
+        self.storage_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A uniform buffer holding one `Pod` value (kernel parameters).

@@ -5,7 +5,7 @@
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
-use crate::formats::package::{Package, TensorEntry};
+use crate::formats::package::{ShardSource, TensorEntry};
 use crate::gpu::{
     AttentionScratch, AttentionShape, Command, Gpu, Kernels, KvAppendShape, Matrix, OutputSlice, RopeShape,
 };
@@ -84,18 +84,23 @@ pub struct Decoder {
     decode_splits: usize,
 }
 
-fn upload_vector(gpu: &Gpu, package: &Package, entry: &TensorEntry) -> Result<wgpu::Buffer> {
-    let values = package.read_f32(entry)?;
-    gpu.storage_with(&entry.name, bytemuck::cast_slice(&values))
+fn entry<'a>(source: &'a impl ShardSource, name: &str) -> Result<&'a TensorEntry> {
+    source.tensor(name).ok_or_else(|| Error::Config { message: format!("the package has no tensor {name}") })
 }
 
-fn upload_linear(gpu: &Gpu, package: &Package, entry: &TensorEntry) -> Result<Linear> {
+async fn upload_vector(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<wgpu::Buffer> {
+    let values = source.tensor_f32(entry(source, name)?).await?;
+    gpu.storage_with(name, bytemuck::cast_slice(&values))
+}
+
+async fn upload_linear(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<Linear> {
+    let entry = entry(source, name)?;
     let format = entry.weight_format()?;
     let (rows, cols) = entry.rows_cols();
     let mut chunks = Vec::with_capacity(entry.chunks.len());
     let mut first = 0;
     for chunk in &entry.chunks {
-        let layout = package.read_chunk(chunk)?;
+        let layout = source.chunk_layout(chunk).await?;
         chunks.push((Matrix::upload(gpu, &entry.name, format, chunk.rows, cols, &layout)?, first));
         first += chunk.rows;
     }
@@ -116,54 +121,70 @@ fn inv_freq(config: &ModelConfig, factors: Option<&[f32]>) -> Vec<f32> {
 impl Decoder {
     /// Uploads the package's weights and allocates scratch and a KV cache
     /// for `capacity` positions.
-    pub fn load(gpu: &Gpu, package: &Package, capacity: usize, max_tokens: usize) -> Result<Decoder> {
-        let config = package.manifest.config.clone();
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(
+        gpu: &Gpu,
+        package: &crate::formats::package::Package,
+        capacity: usize,
+        max_tokens: usize,
+    ) -> Result<Decoder> {
+        pollster::block_on(Decoder::load_from(gpu, package, capacity, max_tokens))
+    }
+
+    /// `load` from any shard source (the browser's cache in wasm), tensor by
+    /// tensor in the order of the shards.
+    pub async fn load_from(
+        gpu: &Gpu,
+        source: &impl ShardSource,
+        capacity: usize,
+        max_tokens: usize,
+    ) -> Result<Decoder> {
+        let config = source.manifest().config.clone();
         if !matches!(config.architecture, Architecture::Phi3 | Architecture::Llama) {
             return Err(Error::Unsupported {
                 what: format!("{:?} as a generating model", config.architecture),
                 supported: "phi3, llama".into(),
             });
         }
-        let tensor = |name: &str| {
-            package.tensor(name).ok_or_else(|| Error::Config { message: format!("the package has no tensor {name}") })
-        };
-        let linear = |name: &str| upload_linear(gpu, package, tensor(name)?);
-        let vector = |name: &str| upload_vector(gpu, package, tensor(name)?);
-        let fused = |names: &[&str]| -> Result<Fused> {
-            let parts = names.iter().map(|n| linear(n)).collect::<Result<Vec<_>>>()?;
+        let fused = async |names: &[&str]| -> Result<Fused> {
+            let mut parts = Vec::with_capacity(names.len());
+            for name in names {
+                parts.push(upload_linear(gpu, source, name).await?);
+            }
             let width = parts.iter().map(|p| p.rows).sum();
             Ok(Fused { parts, width })
         };
 
+        let embed = upload_linear(gpu, source, "model.embed_tokens.weight").await?;
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
-            let has = |s: &str| package.tensor(&p(s)).is_some();
+            let has = |s: &str| source.tensor(&p(s)).is_some();
             let qkv = if has("self_attn.qkv_proj.weight") {
-                fused(&[&p("self_attn.qkv_proj.weight")])?
+                fused(&[&p("self_attn.qkv_proj.weight")]).await?
             } else {
-                fused(&[&p("self_attn.q_proj.weight"), &p("self_attn.k_proj.weight"), &p("self_attn.v_proj.weight")])?
+                fused(&[&p("self_attn.q_proj.weight"), &p("self_attn.k_proj.weight"), &p("self_attn.v_proj.weight")])
+                    .await?
             };
             let gate_up = if has("mlp.gate_up_proj.weight") {
-                fused(&[&p("mlp.gate_up_proj.weight")])?
+                fused(&[&p("mlp.gate_up_proj.weight")]).await?
             } else {
-                fused(&[&p("mlp.gate_proj.weight"), &p("mlp.up_proj.weight")])?
+                fused(&[&p("mlp.gate_proj.weight"), &p("mlp.up_proj.weight")]).await?
             };
             layers.push(Layer {
-                input_norm: vector(&p("input_layernorm.weight"))?,
-                post_attn_norm: vector(&p("post_attention_layernorm.weight"))?,
+                input_norm: upload_vector(gpu, source, &p("input_layernorm.weight")).await?,
+                post_attn_norm: upload_vector(gpu, source, &p("post_attention_layernorm.weight")).await?,
                 qkv,
-                o_proj: linear(&p("self_attn.o_proj.weight"))?,
+                o_proj: upload_linear(gpu, source, &p("self_attn.o_proj.weight")).await?,
                 gate_up,
-                down: linear(&p("mlp.down_proj.weight"))?,
+                down: upload_linear(gpu, source, &p("mlp.down_proj.weight")).await?,
             });
         }
-        let embed = linear("model.embed_tokens.weight")?;
         let weights = Weights {
             embed,
-            norm: vector("model.norm.weight")?,
-            lm_head: match package.tensor("lm_head.weight") {
-                Some(entry) => Some(upload_linear(gpu, package, entry)?),
+            norm: upload_vector(gpu, source, "model.norm.weight").await?,
+            lm_head: match source.tensor("lm_head.weight") {
+                Some(_) => Some(upload_linear(gpu, source, "lm_head.weight").await?),
                 None => None,
             },
             layers,

@@ -68,6 +68,7 @@ fn generate_options(args: &[String], package: &Package) -> Result<GenerateOption
         sampling,
         stop_token_ids: package.manifest.stop_token_ids.clone(),
         stop_strings,
+        interrupt: Default::default(),
     })
 }
 

@@ -1,0 +1,240 @@
+//! The only wasm-bindgen file: the engine as JavaScript sees it. The npm
+//! package's worker (pkg/worker.js) fetches and caches shards and hands this
+//! module a reader for them; everything else is the native engine unchanged.
+//! Every error reaches JavaScript as an `Error` with a `name` and a message;
+//! nothing here unwraps.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Function, Promise, Uint8Array};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+use crate::error::Error;
+use crate::formats::package::{parse_manifest, Manifest, ShardSource};
+use crate::gpu::{Gpu, GpuOptions, Kernels};
+use crate::model::Decoder;
+use crate::sampler::SamplingOptions;
+use crate::session::{self, GenerateOptions, Interrupt, Session};
+use crate::tokenizer::{Message, Tokenizer};
+
+#[wasm_bindgen(start)]
+fn start() {
+    // A bug that still panics shows its message and location, not `unreachable`.
+    console_error_panic_hook::set_once();
+}
+
+fn js_error(e: Error) -> JsValue {
+    let error = js_sys::Error::new(&e.to_string());
+    error.set_name(e.js_name());
+    error.into()
+}
+
+fn input_error(message: String) -> JsValue {
+    js_error(Error::Shape { op: "request", message })
+}
+
+/// Shard bytes from JavaScript: `read(shard, offset, length)` returns a
+/// `Promise<Uint8Array>` (the worker serves it from Cache Storage).
+struct JsShards {
+    manifest: Manifest,
+    read: Function,
+}
+
+impl ShardSource for JsShards {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    async fn read_bytes(&self, shard: usize, offset: u64, len: u64) -> crate::Result<Vec<u8>> {
+        let failed = |message: String| Error::Io { path: format!("shard {shard}"), message };
+        let args = (JsValue::from(shard as u32), JsValue::from(offset as f64), JsValue::from(len as f64));
+        let promise = self.read.call3(&JsValue::NULL, &args.0, &args.1, &args.2).map_err(|e| failed(describe(&e)))?;
+        let value = JsFuture::from(Promise::from(promise)).await.map_err(|e| failed(describe(&e)))?;
+        let bytes =
+            value.dyn_into::<Uint8Array>().map_err(|_| failed("the reader did not return a Uint8Array".into()))?;
+        if bytes.length() as u64 != len {
+            return Err(failed(format!("the reader returned {} bytes, {len} were asked for", bytes.length())));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+fn describe(value: &JsValue) -> String {
+    value
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| value.as_string())
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
+struct Inner {
+    gpu: Gpu,
+    kernels: Kernels,
+    decoder: Decoder,
+    tokenizer: Tokenizer,
+    stop_token_ids: Vec<u32>,
+    session: RefCell<Session>,
+    interrupt: Interrupt,
+}
+
+/// A loaded model: `Engine.create(...)`, then `generate(...)` per request.
+#[wasm_bindgen]
+pub struct Engine {
+    inner: Rc<Inner>,
+    info: String,
+}
+
+/// One chat request (the OpenAI fields the engine itself needs).
+#[derive(Deserialize)]
+struct Request {
+    messages: Vec<Message>,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: usize,
+    #[serde(default)]
+    temperature: f32,
+    #[serde(default = "one")]
+    top_p: f32,
+    #[serde(default)]
+    top_k: usize,
+    #[serde(default = "one")]
+    repetition_penalty: f32,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    stop: Vec<String>,
+}
+
+fn default_max_tokens() -> usize {
+    256
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Loads a model. `manifest`: model.json's text; `tokenizer`: tokenizer.json's
+    /// bytes; `read(shard, offset, length) → Promise<Uint8Array>`; `context_length`
+    /// 0 means the model's maximum capped at 4096; `portable` avoids shader-f16
+    /// and subgroups.
+    pub fn create(
+        manifest: String,
+        tokenizer: Vec<u8>,
+        read: Function,
+        context_length: u32,
+        portable: bool,
+    ) -> Promise {
+        future_to_promise(async move {
+            let manifest = parse_manifest(&manifest).map_err(js_error)?;
+            let tokenizer = Tokenizer::from_bytes(&tokenizer, &manifest).map_err(js_error)?;
+            let options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
+            let gpu = Gpu::new(&options).await.map_err(js_error)?;
+            let kernels = Kernels::new(&gpu).await.map_err(js_error)?;
+            let max = manifest.config.max_position_embeddings;
+            let context = if context_length == 0 { max.min(4096) } else { (context_length as usize).min(max) };
+            let stop_token_ids = manifest.stop_token_ids.clone();
+            let shards = JsShards { manifest, read };
+            let decoder = Decoder::load_from(&gpu, &shards, context, 64).await.map_err(js_error)?;
+            let info = serde_json::json!({
+                "adapter": gpu.adapter.name,
+                "backend": gpu.adapter.backend,
+                "shaderF16": gpu.features.shader_f16,
+                "subgroups": gpu.features.subgroups,
+                "contextLength": decoder.capacity,
+                "architecture": format!("{:?}", shards.manifest.config.architecture),
+                "weightBytes": decoder.weight_bytes(),
+                "gpuBytes": gpu.storage_bytes(),
+            })
+            .to_string();
+            let inner = Inner {
+                gpu,
+                kernels,
+                decoder,
+                tokenizer,
+                stop_token_ids,
+                session: RefCell::new(Session::new()),
+                interrupt: Interrupt::default(),
+            };
+            Ok(Engine { inner: Rc::new(inner), info }.into())
+        })
+    }
+
+    /// JSON: adapter, features, context length, weight and GPU bytes.
+    pub fn info(&self) -> String {
+        self.info.clone()
+    }
+
+    /// Runs one chat request (JSON, OpenAI-shaped: messages, max_tokens,
+    /// temperature, top_p, top_k, repetition_penalty, seed, stop). `on_text`
+    /// receives each text delta. Resolves to JSON {text, tokens,
+    /// finish_reason, stats}. The KV cache of the previous request's shared
+    /// prefix is reused.
+    // The session's RefMut is held across awaits on purpose: it is the "one
+    // generation at a time" lock, and a second call gets an error from
+    // try_borrow_mut, never a panic.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn generate(&self, request: String, on_text: Function) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let request: Request =
+                serde_json::from_str(&request).map_err(|e| input_error(format!("malformed request: {e}")))?;
+            if request.messages.is_empty() {
+                return Err(input_error("messages is empty".into()));
+            }
+            let prompt = inner.tokenizer.apply_chat_template(&request.messages).map_err(js_error)?;
+            let ids = inner.tokenizer.encode(&prompt).map_err(js_error)?;
+            let mut session = inner.session.try_borrow_mut().map_err(|_| {
+                input_error("a generation is already running on this engine; await it or interrupt() it".into())
+            })?;
+            inner.interrupt.clear();
+            let options = GenerateOptions {
+                max_tokens: request.max_tokens,
+                sampling: SamplingOptions {
+                    temperature: request.temperature,
+                    top_k: request.top_k,
+                    top_p: request.top_p,
+                    repetition_penalty: request.repetition_penalty,
+                    seed: request.seed,
+                },
+                stop_token_ids: inner.stop_token_ids.clone(),
+                stop_strings: request.stop,
+                interrupt: inner.interrupt.clone(),
+            };
+            let on_text = |delta: &str| {
+                // A throwing callback must not break the generation.
+                let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(delta));
+            };
+            let result = session::generate(
+                &inner.gpu,
+                &inner.kernels,
+                &inner.decoder,
+                &mut session,
+                &inner.tokenizer,
+                &ids,
+                &options,
+                on_text,
+            )
+            .await
+            .map_err(js_error)?;
+            serde_json::to_string(&result).map(JsValue::from).map_err(|e| input_error(e.to_string()))
+        })
+    }
+
+    /// Ends the running generation at its next token (finish_reason "abort").
+    pub fn interrupt(&self) {
+        self.inner.interrupt.set();
+    }
+
+    /// Forgets the conversation's KV cache.
+    #[wasm_bindgen(js_name = resetChat)]
+    pub fn reset_chat(&self) -> Result<(), JsValue> {
+        let mut session =
+            self.inner.session.try_borrow_mut().map_err(|_| input_error("a generation is running".into()))?;
+        session.reset();
+        Ok(())
+    }
+}
