@@ -7,9 +7,9 @@ WASM_TARGET := wasm32-unknown-unknown
 # Silences Mesa's harmless device-select layer warnings on headless machines.
 export NODEVICE_SELECT := 1
 
-.PHONY: test test-native test-browser bench demo models setup-native setup-browser lint
+.PHONY: test test-native test-browser test-web pkg bench demo models setup-native setup-browser lint
 
-test: lint test-native test-browser
+test: lint test-native test-browser test-web
 
 # Every kernel and device test on the native adapter (lavapipe here).
 test-native: setup-native models
@@ -24,6 +24,14 @@ test-browser: setup-browser
 	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
 		$(CARGO) test --release --target $(WASM_TARGET) --test browser
 
+# The npm package in Chromium (WebGPU on SwiftShader) through playwright-core:
+# SmolLM2 served locally, loaded, cached, chatted with (tests/web/e2e.mjs).
+test-web: pkg models
+	@[ -d tests/web/node_modules/playwright-core ] || npm ci --prefix tests/web --no-audit --no-fund
+	$(CARGO) build --release --bin phi-web
+	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 >/dev/null
+	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
@@ -32,8 +40,22 @@ bench: setup-native models
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web bench --out target/bench/kernels.json
 
+# The npm package: the wasm engine (wasm-bindgen, ES module target) next to
+# the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
+pkg: setup-browser
+	$(CARGO) build --release --target $(WASM_TARGET) --lib
+	wasm-bindgen --target web --no-typescript --out-dir pkg/wasm --out-name phi_web \
+		target/$(WASM_TARGET)/release/phi_web.wasm
+
 demo:
-	@echo "make demo: the browser demo is not built yet (see the browser runtime and demo issues)."
+	@echo "make # The npm package: the wasm engine (wasm-bindgen, ES module target) next to
+# the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
+pkg: setup-browser
+	$(CARGO) build --release --target $(WASM_TARGET) --lib
+	wasm-bindgen --target web --no-typescript --out-dir pkg/wasm --out-name phi_web \
+		target/$(WASM_TARGET)/release/phi_web.wasm
+
+demo: the browser demo is not built yet (see the browser runtime and demo issues)."
 	@echo "Today: 'make test' runs the kernel tests, 'make bench' the kernel benchmark."
 
 setup-native:

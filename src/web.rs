@@ -41,6 +41,9 @@ fn input_error(message: String) -> JsValue {
 struct JsShards {
     manifest: Manifest,
     read: Function,
+    /// The reader's own error (a named JS Error such as ShardError), passed
+    /// on to the caller unchanged.
+    failure: RefCell<Option<JsValue>>,
 }
 
 impl ShardSource for JsShards {
@@ -51,8 +54,13 @@ impl ShardSource for JsShards {
     async fn read_bytes(&self, shard: usize, offset: u64, len: u64) -> crate::Result<Vec<u8>> {
         let failed = |message: String| Error::Io { path: format!("shard {shard}"), message };
         let args = (JsValue::from(shard as u32), JsValue::from(offset as f64), JsValue::from(len as f64));
-        let promise = self.read.call3(&JsValue::NULL, &args.0, &args.1, &args.2).map_err(|e| failed(describe(&e)))?;
-        let value = JsFuture::from(Promise::from(promise)).await.map_err(|e| failed(describe(&e)))?;
+        let keep = |e: JsValue| {
+            let error = failed(describe(&e));
+            self.failure.borrow_mut().get_or_insert(e);
+            error
+        };
+        let promise = self.read.call3(&JsValue::NULL, &args.0, &args.1, &args.2).map_err(keep)?;
+        let value = JsFuture::from(Promise::from(promise)).await.map_err(keep)?;
         let bytes =
             value.dyn_into::<Uint8Array>().map_err(|_| failed("the reader did not return a Uint8Array".into()))?;
         if bytes.length() as u64 != len {
@@ -137,8 +145,11 @@ impl Engine {
             let max = manifest.config.max_position_embeddings;
             let context = if context_length == 0 { max.min(4096) } else { (context_length as usize).min(max) };
             let stop_token_ids = manifest.stop_token_ids.clone();
-            let shards = JsShards { manifest, read };
-            let decoder = Decoder::load_from(&gpu, &shards, context, 64).await.map_err(js_error)?;
+            let shards = JsShards { manifest, read, failure: RefCell::new(None) };
+            let decoder = match Decoder::load_from(&gpu, &shards, context, 64).await {
+                Ok(decoder) => decoder,
+                Err(e) => return Err(shards.failure.take().unwrap_or_else(|| js_error(e))),
+            };
             let info = serde_json::json!({
                 "adapter": gpu.adapter.name,
                 "backend": gpu.adapter.backend,

@@ -1,0 +1,109 @@
+// The engine in whatever context runs it (the worker, or the page with
+// `worker: false`): fetch the manifest and tokenizer, stream the shards into
+// the wasm engine, run requests. index.js talks to this through worker.js.
+
+import init, { Engine } from "./wasm/phi_web.js";
+import { fetchFile, fetchManifest, namedError, ShardStore } from "./loader.js";
+
+let wasmReady;
+let wasmExports;
+
+/** Rebuilds a JS Error from anything the wasm side threw. */
+function asError(e) {
+  if (e instanceof Error) return e;
+  return namedError("PhiWebError", String(e));
+}
+
+export async function loadEngine(modelUrl, { cache = "cache-api", contextLength = 0, portable = false, onProgress = () => {} } = {}) {
+  if (typeof navigator === "undefined" || !navigator.gpu) {
+    throw namedError("NoWebGPUError", "this browser has no WebGPU (navigator.gpu is missing); use a recent Chrome or Edge, or enable WebGPU");
+  }
+  wasmReady ??= init();
+  wasmExports = await wasmReady;
+  const started = performance.now();
+  const { manifest, baseUrl } = await fetchManifest(modelUrl, { cache });
+  if (!manifest.tokenizer) throw namedError("ModelFormatError", `${baseUrl}: the package has no tokenizer, so it cannot chat`);
+  const tokenizer = await fetchFile(baseUrl, manifest.tokenizer, { cache });
+  const store = new ShardStore(manifest, baseUrl, { cache, onProgress });
+  await store.checkQuota();
+  store.report();
+  let engine;
+  try {
+    engine = await Engine.create(JSON.stringify(manifest), tokenizer, (shard, offset, length) => store.read(shard, offset, length), contextLength, portable);
+  } catch (e) {
+    throw asError(e);
+  }
+  store.progress.phase = "ready";
+  store.progress.loadedBytes = store.progress.totalBytes;
+  store.report();
+  return new LocalEngine(engine, manifest, {
+    loadMs: performance.now() - started,
+    networkBytes: store.progress.networkBytes,
+    shardsFromCache: store.progress.fromCache,
+  });
+}
+
+/** The wasm engine plus the bookkeeping the JS API reports. */
+class LocalEngine {
+  constructor(engine, manifest, load) {
+    this.engine = engine;
+    this.model = manifest.name || "phi-web";
+    this.info = JSON.parse(engine.info());
+    this.load = load;
+    this.last = undefined;
+  }
+
+  /** request: OpenAI fields; onDelta(text) per piece; resolves {text, tokens, finish_reason, stats}. */
+  async generate(request, onDelta) {
+    const body = {
+      messages: request.messages,
+      max_tokens: request.max_tokens ?? 256,
+      temperature: request.temperature ?? 0,
+      top_p: request.top_p ?? 1,
+      top_k: request.top_k ?? 0,
+      repetition_penalty: request.repetition_penalty ?? 1,
+      seed: request.seed ?? 0,
+      stop: request.stop == null ? [] : [].concat(request.stop),
+    };
+    let result;
+    try {
+      result = JSON.parse(await this.engine.generate(JSON.stringify(body), onDelta));
+    } catch (e) {
+      throw asError(e);
+    }
+    this.last = result.stats;
+    return result;
+  }
+
+  interrupt() {
+    this.engine.interrupt();
+  }
+
+  resetChat() {
+    this.engine.resetChat();
+  }
+
+  stats() {
+    return {
+      ...(this.last ?? {}),
+      gpuBytes: this.info.gpuBytes,
+      weightBytes: this.info.weightBytes,
+      adapter: this.info.adapter,
+      shaderF16: this.info.shaderF16,
+      contextLength: this.info.contextLength,
+      loadMs: this.load.loadMs,
+      networkBytes: this.load.networkBytes,
+      shardsFromCache: this.load.shardsFromCache,
+      wasmMemoryBytes: wasmMemoryBytes(),
+    };
+  }
+
+  unload() {
+    this.engine.free();
+  }
+}
+
+/** The wasm module's linear memory (it only grows, so this is its peak). */
+function wasmMemoryBytes() {
+  return wasmExports?.memory?.buffer.byteLength ?? 0;
+}

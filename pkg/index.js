@@ -1,0 +1,221 @@
+// phi-web: Phi models in the browser on WebGPU, with an OpenAI-shaped API.
+//
+//   const engine = await createEngine(modelUrl, { onProgress });
+//   const reply = await engine.chat.completions.create({ messages });
+//   for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) …
+
+import { namedError } from "./loader.js";
+
+export { listCachedModels, checkCachedModel, deleteCachedModel } from "./loader.js";
+
+/** The engine in a Web Worker: the same calls as the in-page engine, as messages. */
+class WorkerBackend {
+  constructor() {
+    this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    this.calls = new Map();
+    this.nextId = 1;
+    this.worker.onmessage = ({ data }) => {
+      const call = this.calls.get(data.id);
+      if (!call) return;
+      if (data.type === "progress") call.onProgress?.(data.progress);
+      else if (data.type === "delta") call.onDelta?.(data.delta);
+      else {
+        this.calls.delete(data.id);
+        if (data.type === "error") call.reject(namedError(data.name, data.message));
+        else call.resolve(data.value);
+      }
+    };
+    this.worker.onerror = (event) => {
+      const error = namedError("WorkerError", `the phi-web worker failed: ${event.message ?? "unknown error"}`);
+      for (const call of this.calls.values()) call.reject(error);
+      this.calls.clear();
+    };
+  }
+
+  call(message, handlers = {}) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.calls.set(id, { resolve, reject, ...handlers });
+      this.worker.postMessage({ id, ...message });
+    });
+  }
+
+  load(modelUrl, options, onProgress) {
+    return this.call({ type: "load", modelUrl, options }, { onProgress });
+  }
+  generate(request, onDelta) {
+    return this.call({ type: "generate", request }, { onDelta });
+  }
+  interrupt() {
+    return this.call({ type: "interrupt" });
+  }
+  resetChat() {
+    return this.call({ type: "resetChat" });
+  }
+  stats() {
+    return this.call({ type: "stats" });
+  }
+  async unload() {
+    await this.call({ type: "unload" });
+    this.worker.terminate();
+  }
+}
+
+/** The engine on the page's own thread (`worker: false`). */
+class PageBackend {
+  async load(modelUrl, options, onProgress) {
+    const { loadEngine } = await import("./core.js");
+    this.engine = await loadEngine(modelUrl, { ...options, onProgress });
+    return this.engine.stats();
+  }
+  generate(request, onDelta) {
+    return this.engine.generate(request, onDelta);
+  }
+  async interrupt() {
+    this.engine.interrupt();
+  }
+  async resetChat() {
+    this.engine.resetChat();
+  }
+  async stats() {
+    return this.engine.stats();
+  }
+  async unload() {
+    this.engine?.unload();
+    this.engine = undefined;
+  }
+}
+
+function abortError() {
+  return namedError("AbortError", "the request was aborted");
+}
+
+let completionCounter = 0;
+
+/**
+ * Loads a model package (its model.json URL) and returns an engine.
+ * options: { onProgress, worker = true, cache = "cache-api" | "none", contextLength, portable }
+ */
+export async function createEngine(modelUrl, options = {}) {
+  const { onProgress, worker = true, cache = "cache-api", contextLength = 0, portable = false } = options;
+  if (!["cache-api", "none"].includes(cache)) {
+    throw namedError("TypeError", `cache: "${cache}" is not supported; use "cache-api" or "none"`);
+  }
+  const backend = worker ? new WorkerBackend() : new PageBackend();
+  try {
+    await backend.load(modelUrl, { cache, contextLength, portable }, onProgress);
+  } catch (e) {
+    if (worker) backend.worker.terminate();
+    throw e;
+  }
+  return new PhiEngine(backend, modelUrl);
+}
+
+class PhiEngine {
+  constructor(backend, modelUrl) {
+    this.backend = backend;
+    this.model = modelUrl;
+    this.chat = { completions: { create: (request) => this.create(request) } };
+  }
+
+  /** OpenAI-shaped chat completion; `stream: true` returns an async iterable of chunks. */
+  async create(request) {
+    if (!request || !Array.isArray(request.messages) || request.messages.length === 0) {
+      throw namedError("TypeError", "chat.completions.create needs { messages: [{ role, content }, …] }");
+    }
+    const { signal } = request;
+    if (signal?.aborted) throw abortError();
+    const id = `chatcmpl-${Date.now().toString(36)}-${completionCounter++}`;
+    const created = Math.floor(Date.now() / 1000);
+    const { signal: _, stream, ...body } = request;
+    const onAbort = () => this.interrupt();
+    signal?.addEventListener("abort", onAbort);
+
+    if (!stream) {
+      let result;
+      try {
+        result = await this.backend.generate(body);
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+      if (signal?.aborted) throw abortError();
+      return {
+        id,
+        object: "chat.completion",
+        created,
+        model: this.model,
+        choices: [{ index: 0, message: { role: "assistant", content: result.text }, finish_reason: result.finish_reason }],
+        usage: usage(result),
+      };
+    }
+
+    // Streaming: deltas queue up until the consumer pulls them.
+    const queue = [];
+    let wake;
+    let ended = false;
+    let failure;
+    let result;
+    const push = (item) => {
+      queue.push(item);
+      wake?.();
+    };
+    this.backend
+      .generate(body, (delta) => push(delta))
+      .then((r) => (result = r))
+      .catch((e) => (failure = e))
+      .finally(() => {
+        ended = true;
+        wake?.();
+      });
+    const chunk = (delta, finish_reason) => ({
+      id,
+      object: "chat.completion.chunk",
+      created,
+      model: this.model,
+      choices: [{ index: 0, delta, finish_reason }],
+    });
+    return {
+      [Symbol.asyncIterator]: async function* () {
+        yield chunk({ role: "assistant", content: "" }, null);
+        for (;;) {
+          if (queue.length) {
+            yield chunk({ content: queue.shift() }, null);
+            continue;
+          }
+          if (ended) break;
+          await new Promise((resolve) => (wake = resolve));
+          wake = undefined;
+        }
+        signal?.removeEventListener("abort", onAbort);
+        if (signal?.aborted) throw abortError();
+        if (failure) throw failure;
+        yield { ...chunk({}, result.finish_reason), usage: usage(result) };
+      },
+    };
+  }
+
+  /** Stops the running generation at its next token (finish_reason "abort"). */
+  interrupt() {
+    return this.backend.interrupt();
+  }
+
+  /** Forgets the conversation's KV cache. */
+  resetChat() {
+    return this.backend.resetChat();
+  }
+
+  /** {prefill_tokens_per_s, decode_tokens_per_s, ttft_ms, gpuBytes, wasmMemoryBytes, …} */
+  stats() {
+    return this.backend.stats();
+  }
+
+  /** Frees the GPU memory (and ends the worker). */
+  unload() {
+    return this.backend.unload();
+  }
+}
+
+function usage(result) {
+  const prompt = result.stats.prompt_tokens;
+  return { prompt_tokens: prompt, completion_tokens: result.tokens.length, total_tokens: prompt + result.tokens.length };
+}

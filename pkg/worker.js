@@ -1,0 +1,54 @@
+// The engine's Web Worker: messages from index.js in, progress / deltas /
+// results / errors out. One engine per worker.
+
+import { loadEngine } from "./core.js";
+
+let engine;
+
+function post(message) {
+  self.postMessage(message);
+}
+
+function errorMessage(id, e) {
+  post({ id, type: "error", name: e?.name ?? "Error", message: e?.message ?? String(e) });
+}
+
+self.onmessage = async ({ data }) => {
+  const { id, type } = data;
+  try {
+    switch (type) {
+      case "load":
+        engine = await loadEngine(data.modelUrl, {
+          ...data.options,
+          onProgress: (progress) => post({ id, type: "progress", progress }),
+        });
+        post({ id, type: "result", value: engine.stats() });
+        break;
+      case "generate": {
+        const value = await engine.generate(data.request, (delta) => post({ id, type: "delta", delta }));
+        post({ id, type: "result", value });
+        break;
+      }
+      case "interrupt":
+        engine?.interrupt();
+        post({ id, type: "result" });
+        break;
+      case "resetChat":
+        engine?.resetChat();
+        post({ id, type: "result" });
+        break;
+      case "stats":
+        post({ id, type: "result", value: engine?.stats() });
+        break;
+      case "unload":
+        engine?.unload();
+        engine = undefined;
+        post({ id, type: "result" });
+        break;
+      default:
+        throw new Error(`unknown message ${type}`);
+    }
+  } catch (e) {
+    errorMessage(id, e);
+  }
+};

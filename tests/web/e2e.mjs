@@ -1,0 +1,201 @@
+// The npm package in a real browser: Debian's Chromium, WebGPU on SwiftShader,
+// SmolLM2 served from a local server. Run by `make test-web` (part of `make
+// test`): node tests/web/e2e.mjs MODEL_DIR PHI_WEB_BINARY
+//
+// Checks: a greedy completion equals the native CLI's; streamed content equals
+// the non-streamed; interrupt() and an AbortSignal stop a generation; a second
+// load fetches no shard bytes; a corrupted cached shard is refetched; a
+// corrupted shard or an HTML page on the server is an error naming the shard
+// that leaves nothing in the cache. Prints figures as JSON at the end.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { chromium } from "playwright-core";
+import { startServer } from "./server.mjs";
+
+const [modelDir, phiWeb] = process.argv.slice(2);
+const root = new URL("../..", import.meta.url).pathname;
+const QUESTION = "What is the capital of France?";
+const figures = {};
+
+function step(name) {
+  console.log(`web e2e | ${name}`);
+}
+
+// The native engine's greedy answer, for comparison.
+const native = JSON.parse(
+  execFileSync(phiWeb, ["generate", modelDir, "--chat", "--prompt", QUESTION, "--max-tokens", "12", "--context", "512", "--json"], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "ignore"],
+  }),
+);
+
+const server = await startServer({ root, models: { smollm2: modelDir } });
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--enable-unsafe-webgpu",
+    "--enable-features=Vulkan",
+    "--use-webgpu-adapter=swiftshader",
+  ],
+});
+const page = await browser.newPage();
+page.on("pageerror", (e) => console.log("page error:", e.message));
+await page.goto(`${server.url}/`);
+await page.waitForFunction(() => window.ready === true);
+const shardRequests = () => [...server.requests].filter(([p]) => p.endsWith(".bin")).reduce((n, [, c]) => n + c, 0);
+
+try {
+  step("cold load in a worker");
+  const cold = await page.evaluate(async () => {
+    const progress = [];
+    window.engine = await phiWeb.createEngine("/models/smollm2/model.json", {
+      contextLength: 512,
+      onProgress: (p) => progress.push(p),
+    });
+    return { stats: await engine.stats(), progress };
+  });
+  const last = cold.progress.at(-1);
+  assert.equal(last.phase, "ready");
+  assert.equal(last.shardsDone, last.shardsTotal);
+  assert.equal(cold.stats.networkBytes, last.totalBytes, "a cold load downloads every shard");
+  assert.ok(cold.progress.some((p) => p.phase === "download" && p.loadedBytes > 0 && p.loadedBytes < p.totalBytes));
+  figures.cold_load_ms = cold.stats.loadMs;
+  figures.wasm_memory_bytes_after_load = cold.stats.wasmMemoryBytes;
+  figures.gpu_bytes = cold.stats.gpuBytes;
+  figures.model_bytes = last.totalBytes;
+
+  step("greedy completion equals the native CLI");
+  const reply = await page.evaluate(async (q) => {
+    return engine.chat.completions.create({ messages: [{ role: "user", content: q }], max_tokens: 12, temperature: 0 });
+  }, QUESTION);
+  assert.equal(reply.object, "chat.completion");
+  assert.equal(reply.choices[0].message.role, "assistant");
+  assert.equal(reply.choices[0].message.content, native.text);
+  assert.equal(reply.choices[0].finish_reason, native.finish_reason);
+  assert.equal(reply.usage.completion_tokens, native.tokens.length);
+  assert.equal(reply.usage.prompt_tokens, native.stats.prompt_tokens);
+  const greedyStats = await page.evaluate(() => engine.stats());
+  figures.prefill_tokens_per_s = greedyStats.prefill_tokens_per_s;
+  figures.decode_tokens_per_s = greedyStats.decode_tokens_per_s;
+  figures.ttft_ms = greedyStats.ttft_ms;
+
+  step("streamed content equals the non-streamed, and the prompt's cache is reused");
+  const streamed = await page.evaluate(async (q) => {
+    const chunks = [];
+    const stream = await engine.chat.completions.create({ messages: [{ role: "user", content: q }], max_tokens: 12, stream: true });
+    for await (const chunk of stream) chunks.push(chunk);
+    return { chunks, stats: await engine.stats() };
+  }, QUESTION);
+  const text = streamed.chunks.map((c) => c.choices[0].delta.content ?? "").join("");
+  assert.equal(text, native.text);
+  assert.equal(streamed.chunks.at(-1).choices[0].finish_reason, native.finish_reason);
+  assert.equal(streamed.chunks[0].object, "chat.completion.chunk");
+  assert.ok(streamed.stats.cached_tokens > 30, `cached_tokens ${streamed.stats.cached_tokens}`);
+
+  step("interrupt() stops a generation mid-stream");
+  const interrupted = await page.evaluate(async () => {
+    const messages = [{ role: "user", content: "Write a long story about a dragon." }];
+    let deltas = 0;
+    let finish;
+    for await (const chunk of await engine.chat.completions.create({ messages, max_tokens: 40, stream: true })) {
+      if (chunk.choices[0].delta.content) deltas += 1;
+      if (deltas === 2) engine.interrupt();
+      finish = chunk.choices[0].finish_reason ?? finish;
+    }
+    return { deltas, finish };
+  });
+  assert.equal(interrupted.finish, "abort");
+  assert.ok(interrupted.deltas < 10, `${interrupted.deltas} deltas after interrupt`);
+
+  step("an AbortSignal rejects the request with an AbortError");
+  const aborted = await page.evaluate(async () => {
+    const controller = new AbortController();
+    const messages = [{ role: "user", content: "Write a long story about a dragon." }];
+    try {
+      for await (const chunk of await engine.chat.completions.create({ messages, max_tokens: 40, stream: true, signal: controller.signal })) {
+        if (chunk.choices[0].delta.content) controller.abort();
+      }
+      return "no error";
+    } catch (e) {
+      return e.name;
+    }
+  });
+  assert.equal(aborted, "AbortError");
+
+  step("a second load fetches no shard bytes");
+  const before = shardRequests();
+  const warm = await page.evaluate(async () => {
+    await engine.unload();
+    window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+    return engine.stats();
+  });
+  assert.equal(shardRequests(), before);
+  assert.equal(warm.networkBytes, 0);
+  assert.equal(warm.shardsFromCache, 2);
+  figures.warm_load_ms = warm.loadMs;
+
+  step("a corrupted cached shard is detected and fetched again");
+  const repaired = await page.evaluate(async () => {
+    await engine.unload();
+    const cache = await caches.open("phi-web-shards-v1");
+    const url = new URL("/models/smollm2/shard-00001.bin", location.href).href;
+    const bytes = new Uint8Array(await (await cache.match(url)).arrayBuffer());
+    bytes[12345] ^= 1;
+    await cache.put(url, new Response(bytes));
+    window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+    const stats = await engine.stats();
+    const listed = await phiWeb.checkCachedModel("/models/smollm2/model.json");
+    await engine.unload();
+    return { stats, listed };
+  });
+  assert.equal(shardRequests(), before + 1, "only the corrupted shard is fetched again");
+  assert.equal(repaired.stats.shardsFromCache, 1);
+  assert.equal(repaired.listed.complete, true);
+
+  step("a corrupted shard on the server is an error naming it, and is not cached");
+  const corrupt = await page.evaluate(async () => {
+    try {
+      await phiWeb.createEngine("/models/corrupt/model.json", { contextLength: 512 });
+      return { name: "no error" };
+    } catch (e) {
+      const cache = await caches.open("phi-web-shards-v1");
+      const cached = await cache.match(new URL("/models/corrupt/shard-00001.bin", location.href).href);
+      return { name: e.name, message: e.message, cached: Boolean(cached) };
+    }
+  });
+  assert.equal(corrupt.name, "ShardError", corrupt.message);
+  assert.match(corrupt.message, /shard-00001\.bin.*sha256.*corrupted/);
+  assert.equal(corrupt.cached, false);
+
+  step("an HTML page instead of a shard is an error naming it");
+  const html = await page.evaluate(async () => {
+    try {
+      await phiWeb.createEngine("/models/html/model.json", { contextLength: 512, cache: "none" });
+      return { name: "no error" };
+    } catch (e) {
+      return { name: e.name, message: e.message };
+    }
+  });
+  assert.equal(html.name, "ShardError", html.message);
+  assert.match(html.message, /shard-00000\.bin: the server sent an HTML page/);
+
+  step("deleting a cached model");
+  const deleted = await page.evaluate(async () => {
+    await phiWeb.deleteCachedModel("/models/smollm2/model.json");
+    return phiWeb.checkCachedModel("/models/smollm2/model.json");
+  });
+  assert.equal(deleted.shardsCached, 0);
+
+  console.log(`web e2e | all checks passed | ${JSON.stringify(figures)}`);
+} finally {
+  await browser.close();
+  server.close();
+}
