@@ -30,6 +30,7 @@ test-web: pkg models
 	@[ -d tests/web/node_modules/playwright-core ] || npm ci --prefix tests/web --no-audit --no-fund
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 >/dev/null
+	./tests/web/vite-build.sh
 	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web
 
 lint:

@@ -6,7 +6,8 @@
 // the non-streamed; interrupt() and an AbortSignal stop a generation; a second
 // load fetches no shard bytes; a corrupted cached shard is refetched; a
 // corrupted shard or an HTML page on the server is an error naming the shard
-// that leaves nothing in the cache. Prints figures as JSON at the end.
+// that leaves nothing in the cache; the package bundled by Vite from its npm
+// tarball (tests/web/vite-build.sh) loads too. Prints figures as JSON at the end.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -46,7 +47,8 @@ const browser = await chromium.launch({
     "--use-webgpu-adapter=swiftshader",
   ],
 });
-const page = await browser.newPage();
+const context = await browser.newContext();
+const page = await context.newPage();
 page.on("pageerror", (e) => console.log("page error:", e.message));
 await page.goto(`${server.url}/`);
 await page.waitForFunction(() => window.ready === true);
@@ -186,6 +188,20 @@ try {
   });
   assert.equal(html.name, "ShardError", html.message);
   assert.match(html.message, /shard-00000\.bin: the server sent an HTML page/);
+
+  step("the package bundled by Vite from its npm tarball loads the model in its worker");
+  const app = await context.newPage(); // shares the origin's storage
+  app.on("pageerror", (e) => console.log("vite app error:", e.message));
+  await app.goto(`${server.url}/vite/index.html`);
+  await app.waitForFunction(() => window.ready === true);
+  const bundled = await app.evaluate(async () => {
+    const engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+    const stats = await engine.stats();
+    await engine.unload();
+    return stats;
+  });
+  assert.equal(bundled.shardsFromCache, 2, JSON.stringify(bundled));
+  await app.close();
 
   step("deleting a cached model");
   const deleted = await page.evaluate(async () => {

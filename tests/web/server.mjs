@@ -1,5 +1,6 @@
-// A static server for the browser tests: the npm package under /pkg/, model
-// packages under /models/NAME/, the test page at /. Counts every request, and
+// A static server for the browser tests: the npm package under /pkg/, the
+// Vite app built from its tarball under /vite/, model packages under
+// /models/NAME/, the test page at /. Counts every request, and
 // serves two broken copies of a model: /models/corrupt/ (one shard with a
 // flipped byte) and /models/html/ (shards answered with an HTML error page).
 
@@ -30,6 +31,7 @@ export function startServer({ root, models }) {
     let file;
     if (path === "/") file = join(root, "tests/web/page.html");
     else if (path.startsWith("/pkg/")) file = join(root, "pkg", normalize(path.slice(5)));
+    else if (path.startsWith("/vite/")) file = join(root, "target/web/vite-app/dist", normalize(path.slice(6)) || "index.html");
     else {
       const m = path.match(/^\/models\/([a-z0-9-]+)\/([\w.-]+)$/);
       if (!m) return send(404, "text/plain", "not found");

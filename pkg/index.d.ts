@@ -1,0 +1,127 @@
+// Types of the phi-web npm package.
+
+export interface LoadProgress {
+  /** "download" while shards arrive (from the network or the cache), then "ready". */
+  phase: "download" | "ready";
+  loadedBytes: number;
+  totalBytes: number;
+  shardsDone: number;
+  shardsTotal: number;
+  /** Shards that came from the browser cache rather than the network. */
+  fromCache: number;
+  networkBytes: number;
+}
+
+export interface EngineOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  /** Run the engine in a Web Worker (default) so the page never freezes. */
+  worker?: boolean;
+  /** Where shards are kept between visits (default "cache-api"). */
+  cache?: "cache-api" | "none";
+  /** Tokens of context to allocate (0: the model's maximum, capped at 4096). */
+  contextLength?: number;
+  /** Use neither shader-f16 nor subgroups. */
+  portable?: boolean;
+}
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+export interface ChatCompletionRequest {
+  messages: ChatMessage[];
+  max_tokens?: number;
+  /** 0 (default) is greedy. */
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  repetition_penalty?: number;
+  seed?: number;
+  stop?: string | string[];
+  stream?: boolean;
+  signal?: AbortSignal;
+}
+
+/** "stop": a stop token or string; "length": max_tokens or the context; "abort": interrupt(). */
+export type FinishReason = "stop" | "length" | "abort";
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: "chat.completion";
+  created: number;
+  model: string;
+  choices: { index: number; message: { role: "assistant"; content: string }; finish_reason: FinishReason }[];
+  usage: Usage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  model: string;
+  choices: { index: number; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null }[];
+  /** On the last chunk. */
+  usage?: Usage;
+}
+
+export interface EngineStats {
+  prompt_tokens?: number;
+  /** Prompt tokens whose KV cache was reused from the previous request. */
+  cached_tokens?: number;
+  prefill_tokens_per_s?: number;
+  decode_tokens_per_s?: number;
+  ttft_ms?: number;
+  /** GPU memory in storage buffers: weights, scratch, KV cache. */
+  gpuBytes: number;
+  /** Weight bytes read per generated token. */
+  weightBytes: number;
+  adapter: string;
+  shaderF16: boolean;
+  contextLength: number;
+  loadMs: number;
+  networkBytes: number;
+  shardsFromCache: number;
+  wasmMemoryBytes: number;
+}
+
+export interface Engine {
+  chat: {
+    completions: {
+      create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+      create(request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+    };
+  };
+  /** Ends the running generation at its next token (finish_reason "abort"). */
+  interrupt(): Promise<void>;
+  /** Forgets the conversation's KV cache. */
+  resetChat(): Promise<void>;
+  stats(): Promise<EngineStats>;
+  /** Frees GPU memory and ends the worker. */
+  unload(): Promise<void>;
+}
+
+/**
+ * Loads a phi-web model package (the URL of its model.json). Errors are
+ * `Error`s with a `name`: NoWebGPUError, NetworkError, ShardError,
+ * QuotaExceededError, ModelFormatError, DeviceLostError, GPUError, InputError.
+ */
+export function createEngine(modelUrl: string, options?: EngineOptions): Promise<Engine>;
+
+export interface CachedModel {
+  url: string;
+  bytes: number;
+  shardsCached: number;
+  shardsTotal: number;
+  complete: boolean;
+}
+
+export function listCachedModels(): Promise<CachedModel[]>;
+export function checkCachedModel(modelUrl: string): Promise<CachedModel>;
+export function deleteCachedModel(modelUrl: string): Promise<boolean>;
