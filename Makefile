@@ -26,8 +26,9 @@ test-browser: setup-browser
 
 # The npm package in Chromium (WebGPU on SwiftShader) through playwright-core:
 # SmolLM2 served locally, loaded, cached, chatted with (tests/web/e2e.mjs).
-test-web: pkg models
-	@[ -d tests/web/node_modules/playwright-core ] || npm ci --prefix tests/web --no-audit --no-fund
+test-web: setup-browser models
+	@[ -d tests/web/node_modules/vite ] || npm ci --prefix tests/web --no-audit --no-fund
+	./scripts/build-pkg.sh
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 >/dev/null
 	./tests/web/vite-build.sh
@@ -41,20 +42,16 @@ bench: setup-native models
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web bench --out target/bench/kernels.json
 
-# The npm package: the wasm engine (wasm-bindgen, ES module target) next to
-# the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
+# The npm package: the wasm engine (wasm-bindgen ES-module glue, wasm-opt)
+# next to the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
 pkg: setup-browser
-	$(CARGO) build --release --target $(WASM_TARGET) --lib
-	wasm-bindgen --target web --no-typescript --out-dir pkg/wasm --out-name phi_web \
-		target/$(WASM_TARGET)/release/phi_web.wasm
+	./scripts/build-pkg.sh
 
 demo:
-	@echo "make # The npm package: the wasm engine (wasm-bindgen, ES module target) next to
-# the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
+	@echo "make # The npm package: the wasm engine (wasm-bindgen ES-module glue, wasm-opt)
+# next to the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
 pkg: setup-browser
-	$(CARGO) build --release --target $(WASM_TARGET) --lib
-	wasm-bindgen --target web --no-typescript --out-dir pkg/wasm --out-name phi_web \
-		target/$(WASM_TARGET)/release/phi_web.wasm
+	./scripts/build-pkg.sh
 
 demo: the browser demo is not built yet (see the browser runtime and demo issues)."
 	@echo "Today: 'make test' runs the kernel tests, 'make bench' the kernel benchmark."
