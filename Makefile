@@ -48,13 +48,8 @@ pkg: setup-browser
 	./scripts/build-pkg.sh
 
 demo:
-	@echo "make # The npm package: the wasm engine (wasm-bindgen ES-module glue, wasm-opt)
-# next to the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
-pkg: setup-browser
-	./scripts/build-pkg.sh
-
-demo: the browser demo is not built yet (see the browser runtime and demo issues)."
-	@echo "Today: 'make test' runs the kernel tests, 'make bench' the kernel benchmark."
+	@echo "make demo: the browser demo is not built yet (see the demo issue); 'make pkg' builds the npm package."
+	@echo "Today: 'make test' runs every test, 'make bench' the benchmarks."
 
 setup-native:
 	@./scripts/setup-native.sh
