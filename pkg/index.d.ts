@@ -16,8 +16,8 @@ export interface EngineOptions {
   onProgress?: (progress: LoadProgress) => void;
   /** Run the engine in a Web Worker (default) so the page never freezes. */
   worker?: boolean;
-  /** Where shards are kept between visits (default "cache-api"). */
-  cache?: "cache-api" | "none";
+  /** Where shards are kept between visits: Cache Storage (default), the origin private file system, or nowhere. */
+  cache?: "cache-api" | "opfs" | "none";
   /** Tokens of context to allocate (0: the model's maximum, capped at 4096). */
   contextLength?: number;
   /** Use neither shader-f16 nor subgroups. */
@@ -122,6 +122,10 @@ export interface CachedModel {
   complete: boolean;
 }
 
-export function listCachedModels(): Promise<CachedModel[]>;
-export function checkCachedModel(modelUrl: string): Promise<CachedModel>;
-export function deleteCachedModel(modelUrl: string): Promise<boolean>;
+export interface CacheOption {
+  cache?: "cache-api" | "opfs";
+}
+
+export function listCachedModels(options?: CacheOption): Promise<CachedModel[]>;
+export function checkCachedModel(modelUrl: string, options?: CacheOption): Promise<CachedModel>;
+export function deleteCachedModel(modelUrl: string, options?: CacheOption): Promise<boolean>;

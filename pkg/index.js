@@ -94,12 +94,12 @@ let completionCounter = 0;
 
 /**
  * Loads a model package (its model.json URL) and returns an engine.
- * options: { onProgress, worker = true, cache = "cache-api" | "none", contextLength, portable }
+ * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, portable }
  */
 export async function createEngine(modelUrl, options = {}) {
   const { onProgress, worker = true, cache = "cache-api", contextLength = 0, portable = false } = options;
-  if (!["cache-api", "none"].includes(cache)) {
-    throw namedError("TypeError", `cache: "${cache}" is not supported; use "cache-api" or "none"`);
+  if (!["cache-api", "opfs", "none"].includes(cache)) {
+    throw namedError("TypeError", `cache: "${cache}" is not supported; use "cache-api", "opfs" or "none"`);
   }
   const backend = worker ? new WorkerBackend() : new PageBackend();
   try {

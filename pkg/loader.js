@@ -17,8 +17,83 @@ async function sha256Hex(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function cachesAvailable() {
-  return typeof caches !== "undefined";
+/** Cache Storage: one entry per URL. */
+class CacheApiStore {
+  constructor() {
+    this.open = caches.open(CACHE_NAME);
+  }
+  async get(url) {
+    const response = await (await this.open).match(url);
+    return response ? new Uint8Array(await response.arrayBuffer()) : undefined;
+  }
+  async has(url) {
+    return Boolean(await (await this.open).match(url));
+  }
+  async put(url, bytes) {
+    await (await this.open).put(url, new Response(bytes, { headers: { "content-type": "application/octet-stream" } }));
+  }
+  async delete(url) {
+    return (await this.open).delete(url);
+  }
+  async keys() {
+    return (await (await this.open).keys()).map((request) => request.url);
+  }
+}
+
+/** The origin private file system: one file per URL in a `phi-web` folder. */
+class OpfsStore {
+  constructor() {
+    this.dir = navigator.storage.getDirectory().then((root) => root.getDirectoryHandle("phi-web", { create: true }));
+  }
+  async file(url, create = false) {
+    try {
+      return await (await this.dir).getFileHandle(encodeURIComponent(url), { create });
+    } catch (e) {
+      if (e.name === "NotFoundError") return undefined;
+      throw e;
+    }
+  }
+  async get(url) {
+    const handle = await this.file(url);
+    return handle ? new Uint8Array(await (await handle.getFile()).arrayBuffer()) : undefined;
+  }
+  async has(url) {
+    return Boolean(await this.file(url));
+  }
+  async put(url, bytes) {
+    // Written under a temporary name and renamed, so a half-written file is never found.
+    const dir = await this.dir;
+    const temp = await dir.getFileHandle(`${encodeURIComponent(url)}.partial`, { create: true });
+    const writable = await temp.createWritable();
+    await writable.write(bytes);
+    await writable.close();
+    await temp.move(encodeURIComponent(url));
+  }
+  async delete(url) {
+    try {
+      await (await this.dir).removeEntry(encodeURIComponent(url));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  async keys() {
+    const out = [];
+    for await (const name of (await this.dir).keys()) if (!name.endsWith(".partial")) out.push(decodeURIComponent(name));
+    return out;
+  }
+}
+
+const stores = {};
+
+/** The store for a `cache` option, or undefined for "none" or when the browser lacks it. */
+export function openStore(cache = "cache-api") {
+  if (cache === "cache-api" && typeof caches !== "undefined") return (stores[cache] ??= new CacheApiStore());
+  if (cache === "opfs" && typeof navigator !== "undefined" && navigator.storage?.getDirectory) {
+    return (stores[cache] ??= new OpfsStore());
+  }
+  if (cache === "none") return undefined;
+  throw namedError("NotSupportedError", `cache: "${cache}" is not available in this browser; use "cache-api", "opfs" or "none"`);
 }
 
 /** Fetches and checks model.json; returns {manifest, baseUrl}. */
@@ -29,9 +104,9 @@ export async function fetchManifest(modelUrl, { cache = "cache-api" } = {}) {
     response = await fetch(url, { cache: "no-cache" });
   } catch (e) {
     // Offline: the cached copy of the manifest, if any.
-    const cached = cache === "cache-api" && cachesAvailable() ? await (await caches.open(CACHE_NAME)).match(url) : undefined;
+    const cached = await openStore(cache)?.get(url);
     if (!cached) throw namedError("NetworkError", `${url}: ${e.message}`);
-    response = cached;
+    response = new Response(cached);
   }
   if (!response.ok) throw namedError("NetworkError", `${url}: HTTP ${response.status} ${response.statusText}`);
   const text = await response.text();
@@ -45,24 +120,22 @@ export async function fetchManifest(modelUrl, { cache = "cache-api" } = {}) {
   if (!Array.isArray(manifest.shards) || !manifest.config) {
     throw namedError("ModelFormatError", `${url}: not a phi-web model.json (no shards or config)`);
   }
-  if (cache === "cache-api" && cachesAvailable()) {
-    await (await caches.open(CACHE_NAME)).put(url, new Response(text, { headers: { "content-type": "application/json" } }));
-  }
+  await openStore(cache)?.put(url, new TextEncoder().encode(text));
   return { manifest, baseUrl: url };
 }
 
 /** Fetches a file next to model.json (the tokenizer), through the cache. */
 export async function fetchFile(baseUrl, file, { cache = "cache-api" } = {}) {
   const url = new URL(file, baseUrl).href;
-  const store = cache === "cache-api" && cachesAvailable() ? await caches.open(CACHE_NAME) : undefined;
-  const cached = store && (await store.match(url));
-  if (cached) return new Uint8Array(await cached.arrayBuffer());
+  const store = openStore(cache);
+  const cached = await store?.get(url);
+  if (cached) return cached;
   const response = await fetch(url).catch((e) => {
     throw namedError("NetworkError", `${url}: ${e.message}`);
   });
   if (!response.ok) throw namedError("NetworkError", `${url}: HTTP ${response.status}`);
   const bytes = new Uint8Array(await response.arrayBuffer());
-  if (store) await store.put(url, new Response(bytes));
+  await store?.put(url, bytes);
   return bytes;
 }
 
@@ -70,12 +143,12 @@ export class ShardStore {
   /**
    * @param manifest model.json, parsed
    * @param baseUrl model.json's absolute URL (shards are relative to it)
-   * @param options {cache: "cache-api" | "none", parallel, onProgress}
+   * @param options {cache: "cache-api" | "opfs" | "none", parallel, onProgress}
    */
   constructor(manifest, baseUrl, { cache = "cache-api", parallel = 3, onProgress = () => {} } = {}) {
     this.shards = manifest.shards;
     this.baseUrl = baseUrl;
-    this.useCache = cache === "cache-api" && cachesAvailable();
+    this.store = openStore(cache);
     this.parallel = Math.max(1, parallel);
     this.onProgress = onProgress;
     this.pending = new Map(); // shard index → Promise<Uint8Array>, at most `parallel + 1`
@@ -97,18 +170,17 @@ export class ShardStore {
 
   /** Bytes of shards not in the cache yet (what a load will download). */
   async missingBytes() {
-    if (!this.useCache) return this.progress.totalBytes;
-    const store = await caches.open(CACHE_NAME);
+    if (!this.store) return this.progress.totalBytes;
     let missing = 0;
     for (let i = 0; i < this.shards.length; i++) {
-      if (!(await store.match(this.url(i)))) missing += this.shards[i].bytes;
+      if (!(await this.store.has(this.url(i)))) missing += this.shards[i].bytes;
     }
     return missing;
   }
 
   /** Fails with both numbers when the origin's storage cannot hold the download. */
   async checkQuota() {
-    if (!this.useCache || !navigator.storage?.estimate) return;
+    if (!this.store || !navigator.storage?.estimate) return;
     const needed = await this.missingBytes();
     const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
     if (needed > quota - usage) {
@@ -162,12 +234,10 @@ export class ShardStore {
   async load(i) {
     const info = this.shards[i];
     const url = this.url(i);
-    const store = this.useCache ? await caches.open(CACHE_NAME) : undefined;
-    let bytes;
+    const store = this.store;
+    let bytes = await store?.get(url);
     let fromCache = false;
-    const cached = store && (await store.match(url));
-    if (cached) {
-      bytes = new Uint8Array(await cached.arrayBuffer());
+    if (bytes) {
       if (bytes.length === info.bytes && (await sha256Hex(bytes)) === info.sha256) {
         fromCache = true;
       } else {
@@ -177,7 +247,7 @@ export class ShardStore {
     }
     if (!bytes) {
       bytes = await this.download(i, url, info);
-      if (store) await store.put(url, new Response(bytes, { headers: { "content-type": "application/octet-stream" } }));
+      await store?.put(url, bytes);
     }
     if (!this.done.has(i)) {
       this.done.add(i);
@@ -234,29 +304,28 @@ export class ShardStore {
   }
 }
 
-/** Models with a cached model.json: [{url, bytes, shardsCached, shardsTotal}]. */
-export async function listCachedModels() {
-  if (!cachesAvailable()) return [];
-  const store = await caches.open(CACHE_NAME);
+/** Models with a cached model.json: [{url, bytes, shardsCached, shardsTotal, complete}]. */
+export async function listCachedModels({ cache = "cache-api" } = {}) {
+  const store = openStore(cache);
+  if (!store) return [];
   const out = [];
-  for (const request of await store.keys()) {
-    if (!request.url.endsWith("model.json")) continue;
-    out.push(await checkCachedModel(request.url));
+  for (const url of await store.keys()) {
+    if (url.endsWith("model.json")) out.push(await checkCachedModel(url, { cache }));
   }
   return out;
 }
 
 /** How much of a model is cached: {url, bytes, shardsCached, shardsTotal, complete}. */
-export async function checkCachedModel(modelUrl) {
+export async function checkCachedModel(modelUrl, { cache = "cache-api" } = {}) {
   const url = new URL(modelUrl, globalThis.location?.href).href;
-  const store = await caches.open(CACHE_NAME);
-  const response = await store.match(url);
-  if (!response) return { url, bytes: 0, shardsCached: 0, shardsTotal: 0, complete: false };
-  const manifest = await response.json();
+  const store = openStore(cache);
+  const text = await store?.get(url);
+  if (!text) return { url, bytes: 0, shardsCached: 0, shardsTotal: 0, complete: false };
+  const manifest = JSON.parse(new TextDecoder().decode(text));
   let bytes = 0;
   let shardsCached = 0;
   for (const shard of manifest.shards) {
-    if (await store.match(new URL(shard.file, url).href)) {
+    if (await store.has(new URL(shard.file, url).href)) {
       shardsCached += 1;
       bytes += shard.bytes;
     }
@@ -266,14 +335,13 @@ export async function checkCachedModel(modelUrl) {
 }
 
 /** Deletes a model's manifest, tokenizer and shards from the cache. */
-export async function deleteCachedModel(modelUrl) {
+export async function deleteCachedModel(modelUrl, { cache = "cache-api" } = {}) {
   const url = new URL(modelUrl, globalThis.location?.href).href;
-  const store = await caches.open(CACHE_NAME);
-  const response = await store.match(url);
-  if (response) {
-    const manifest = await response.json();
-    for (const shard of manifest.shards) await store.delete(new URL(shard.file, url).href);
-    if (manifest.tokenizer) await store.delete(new URL(manifest.tokenizer, url).href);
-  }
+  const store = openStore(cache);
+  const text = await store?.get(url);
+  if (!text) return false;
+  const manifest = JSON.parse(new TextDecoder().decode(text));
+  for (const shard of manifest.shards) await store.delete(new URL(shard.file, url).href);
+  if (manifest.tokenizer) await store.delete(new URL(manifest.tokenizer, url).href);
   return store.delete(url);
 }

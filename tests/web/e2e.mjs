@@ -6,7 +6,7 @@
 // the non-streamed; interrupt() and an AbortSignal stop a generation; a second
 // load fetches no shard bytes; a corrupted cached shard is refetched; a
 // corrupted shard or an HTML page on the server is an error naming the shard
-// that leaves nothing in the cache; the package bundled by Vite from its npm
+// that leaves nothing in the cache; OPFS works as the cache too; the package bundled by Vite from its npm
 // tarball (tests/web/vite-build.sh) loads too. Prints figures as JSON at the end.
 
 import assert from "node:assert/strict";
@@ -202,6 +202,26 @@ try {
   });
   assert.equal(bundled.shardsFromCache, 2, JSON.stringify(bundled));
   await app.close();
+
+  step("the origin private file system as the cache");
+  const opfs = await page.evaluate(async () => {
+    const options = { contextLength: 512, cache: "opfs" };
+    let engine = await phiWeb.createEngine("/models/smollm2/model.json", options);
+    const cold = await engine.stats();
+    await engine.unload();
+    engine = await phiWeb.createEngine("/models/smollm2/model.json", options);
+    const warm = await engine.stats();
+    await engine.unload();
+    const listed = await phiWeb.checkCachedModel("/models/smollm2/model.json", { cache: "opfs" });
+    await phiWeb.deleteCachedModel("/models/smollm2/model.json", { cache: "opfs" });
+    const deleted = await phiWeb.checkCachedModel("/models/smollm2/model.json", { cache: "opfs" });
+    return { cold, warm, listed, deleted };
+  });
+  assert.equal(opfs.cold.shardsFromCache, 0);
+  assert.equal(opfs.warm.networkBytes, 0);
+  assert.equal(opfs.warm.shardsFromCache, 2);
+  assert.equal(opfs.listed.complete, true);
+  assert.equal(opfs.deleted.shardsCached, 0);
 
   step("deleting a cached model");
   const deleted = await page.evaluate(async () => {
