@@ -247,7 +247,7 @@ export class ShardStore {
     }
     if (!bytes) {
       bytes = await this.download(i, url, info);
-      await store?.put(url, bytes);
+      await store?.put(url, bytes).catch((e) => this.storeFailed(info, e));
     }
     if (!this.done.has(i)) {
       this.done.add(i);
@@ -297,6 +297,18 @@ export class ShardStore {
       throw namedError("ShardError", `shard ${name}: sha256 ${hash} does not match the manifest's ${info.sha256} (corrupted)`);
     }
     return bytes;
+  }
+
+  /** The browser refused to store a shard: say which, how big, and what to do. */
+  async storeFailed(info, e) {
+    if (e?.name !== "QuotaExceededError") throw e;
+    const { quota, usage } = (await navigator.storage?.estimate?.().catch(() => undefined)) ?? {};
+    const free = quota === undefined ? "" : ` (the browser estimates ${((quota - usage) / 1e6).toFixed(0)} MB free)`;
+    throw namedError(
+      "QuotaExceededError",
+      `storing shard ${info.file} (${(info.bytes / 1e6).toFixed(0)} MB) exceeded the browser's storage quota${free}; ` +
+        `this model needs ${(this.progress.totalBytes / 1e6).toFixed(0)} MB. Free some space, delete cached models, or pass cache: "none"`,
+    );
   }
 
   report() {

@@ -230,6 +230,22 @@ try {
   });
   assert.equal(deleted.shardsCached, 0);
 
+  // Chromium's quota override is enforced but not reflected in storage.estimate(),
+  // so this exercises the refused write, not the up-front estimate check.
+  step("too little storage is a QuotaExceededError naming the shard and the model's size");
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: 20e6 });
+  const quota = await page.evaluate(async () => {
+    try {
+      await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+      return { name: "no error" };
+    } catch (e) {
+      return { name: e.name, message: e.message };
+    }
+  });
+  assert.equal(quota.name, "QuotaExceededError", quota.message);
+  assert.match(quota.message, /storing shard shard-0000\d\.bin \(\d+ MB\) exceeded .* needs 97 MB.*cache: "none"/);
+
   console.log(`web e2e | all checks passed | ${JSON.stringify(figures)}`);
 } finally {
   await browser.close();
