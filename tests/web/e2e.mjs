@@ -45,6 +45,7 @@ const browser = await chromium.launch({
     "--enable-unsafe-webgpu",
     "--enable-features=Vulkan",
     "--use-webgpu-adapter=swiftshader",
+    "--enable-precise-memory-info",
   ],
 });
 const context = await browser.newContext();
@@ -202,6 +203,20 @@ try {
   });
   assert.equal(bundled.shardsFromCache, 2, JSON.stringify(bundled));
   await app.close();
+
+  step("the engine on the page's own thread (worker: false), with its JS heap sampled while loading");
+  const inPage = await page.evaluate(async () => {
+    let peakHeap = 0;
+    const sample = () => (peakHeap = Math.max(peakHeap, performance.memory.usedJSHeapSize));
+    const engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, worker: false, onProgress: sample });
+    sample();
+    const stats = await engine.stats();
+    await engine.unload();
+    return { stats, peakHeap };
+  });
+  assert.equal(inPage.stats.shardsFromCache, 2);
+  figures.in_page_peak_js_heap_bytes = inPage.peakHeap;
+  figures.in_page_wasm_memory_bytes = inPage.stats.wasmMemoryBytes;
 
   step("the origin private file system as the cache");
   const opfs = await page.evaluate(async () => {
