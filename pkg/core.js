@@ -23,7 +23,7 @@ export async function loadEngine(modelUrl, { cache = "cache-api", contextLength 
   const started = performance.now();
   const { manifest, baseUrl } = await fetchManifest(modelUrl, { cache });
   if (!manifest.tokenizer) throw namedError("ModelFormatError", `${baseUrl}: the package has no tokenizer, so it cannot chat`);
-  const tokenizer = await fetchFile(baseUrl, manifest.tokenizer, { cache });
+  const tokenizer = await fetchFile(baseUrl, manifest.tokenizer, manifest, { cache });
   const store = new ShardStore(manifest, baseUrl, { cache, onProgress });
   await store.checkQuota();
   store.report();

@@ -12,6 +12,30 @@ export function namedError(name, message) {
   return error;
 }
 
+/** A refused cache write, explained: what, how big, how much is free, what to do. */
+async function quotaError(what, bytes, modelBytes) {
+  const { quota, usage } = (await navigator.storage?.estimate?.().catch(() => undefined)) ?? {};
+  const free = quota === undefined ? "" : ` (the browser estimates ${((quota - usage) / 1e6).toFixed(0)} MB free)`;
+  return namedError(
+    "QuotaExceededError",
+    `storing ${what} (${(bytes / 1e6).toFixed(0)} MB) exceeded the browser's storage quota${free}; ` +
+      `this model needs ${(modelBytes / 1e6).toFixed(0)} MB. Free some space, delete cached models, or pass cache: "none"`,
+  );
+}
+
+/** store.put, with a QuotaExceededError turned into one a person can act on. */
+async function put(store, url, bytes, what, totalBytes) {
+  try {
+    await store?.put(url, bytes);
+  } catch (e) {
+    throw e?.name === "QuotaExceededError" ? await quotaError(what, bytes.length, totalBytes) : e;
+  }
+}
+
+function modelBytes(manifest) {
+  return manifest.shards.reduce((sum, s) => sum + (s.bytes || 0), 0);
+}
+
 async function sha256Hex(bytes) {
   const digest = await crypto.subtle.digest("SHA-256", bytes);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -120,12 +144,12 @@ export async function fetchManifest(modelUrl, { cache = "cache-api" } = {}) {
   if (!Array.isArray(manifest.shards) || !manifest.config) {
     throw namedError("ModelFormatError", `${url}: not a phi-web model.json (no shards or config)`);
   }
-  await openStore(cache)?.put(url, new TextEncoder().encode(text));
+  await put(openStore(cache), url, new TextEncoder().encode(text), "model.json", modelBytes(manifest));
   return { manifest, baseUrl: url };
 }
 
 /** Fetches a file next to model.json (the tokenizer), through the cache. */
-export async function fetchFile(baseUrl, file, { cache = "cache-api" } = {}) {
+export async function fetchFile(baseUrl, file, manifest, { cache = "cache-api" } = {}) {
   const url = new URL(file, baseUrl).href;
   const store = openStore(cache);
   const cached = await store?.get(url);
@@ -135,7 +159,7 @@ export async function fetchFile(baseUrl, file, { cache = "cache-api" } = {}) {
   });
   if (!response.ok) throw namedError("NetworkError", `${url}: HTTP ${response.status}`);
   const bytes = new Uint8Array(await response.arrayBuffer());
-  await store?.put(url, bytes);
+  await put(store, url, bytes, file, modelBytes(manifest));
   return bytes;
 }
 
@@ -155,7 +179,7 @@ export class ShardStore {
     this.progress = {
       phase: "download",
       loadedBytes: 0,
-      totalBytes: manifest.shards.reduce((sum, s) => sum + s.bytes, 0),
+      totalBytes: modelBytes(manifest),
       shardsDone: 0,
       shardsTotal: manifest.shards.length,
       fromCache: 0,
@@ -247,7 +271,7 @@ export class ShardStore {
     }
     if (!bytes) {
       bytes = await this.download(i, url, info);
-      await store?.put(url, bytes).catch((e) => this.storeFailed(info, e));
+      await put(store, url, bytes, `shard ${info.file}`, this.progress.totalBytes);
     }
     if (!this.done.has(i)) {
       this.done.add(i);
@@ -297,18 +321,6 @@ export class ShardStore {
       throw namedError("ShardError", `shard ${name}: sha256 ${hash} does not match the manifest's ${info.sha256} (corrupted)`);
     }
     return bytes;
-  }
-
-  /** The browser refused to store a shard: say which, how big, and what to do. */
-  async storeFailed(info, e) {
-    if (e?.name !== "QuotaExceededError") throw e;
-    const { quota, usage } = (await navigator.storage?.estimate?.().catch(() => undefined)) ?? {};
-    const free = quota === undefined ? "" : ` (the browser estimates ${((quota - usage) / 1e6).toFixed(0)} MB free)`;
-    throw namedError(
-      "QuotaExceededError",
-      `storing shard ${info.file} (${(info.bytes / 1e6).toFixed(0)} MB) exceeded the browser's storage quota${free}; ` +
-        `this model needs ${(this.progress.totalBytes / 1e6).toFixed(0)} MB. Free some space, delete cached models, or pass cache: "none"`,
-    );
   }
 
   report() {
