@@ -36,7 +36,9 @@ export async function loadEngine(modelUrl, { cache = "cache-api", contextLength 
   store.progress.phase = "ready";
   store.progress.loadedBytes = store.progress.totalBytes;
   store.report();
-  return new LocalEngine(engine, manifest, {
+  // wgpu's WebGPU backend reports no adapter info; ask the browser directly.
+  const adapterInfo = await navigator.gpu.requestAdapter().then((a) => a?.info).catch(() => undefined);
+  return new LocalEngine(engine, manifest, adapterInfo, {
     loadMs: performance.now() - started,
     networkBytes: store.progress.networkBytes,
     shardsFromCache: store.progress.fromCache,
@@ -45,10 +47,14 @@ export async function loadEngine(modelUrl, { cache = "cache-api", contextLength 
 
 /** The wasm engine plus the bookkeeping the JS API reports. */
 class LocalEngine {
-  constructor(engine, manifest, load) {
+  constructor(engine, manifest, adapterInfo, load) {
     this.engine = engine;
     this.model = manifest.name || "phi-web";
     this.info = JSON.parse(engine.info());
+    if (!this.info.adapter && adapterInfo) {
+      const { vendor, architecture, description } = adapterInfo;
+      this.info.adapter = [vendor, architecture, description].filter(Boolean).join(" ");
+    }
     this.load = load;
     this.last = undefined;
   }

@@ -70,6 +70,8 @@ try {
   assert.equal(last.shardsDone, last.shardsTotal);
   assert.equal(cold.stats.networkBytes, last.totalBytes, "a cold load downloads every shard");
   assert.ok(cold.progress.some((p) => p.phase === "download" && p.loadedBytes > 0 && p.loadedBytes < p.totalBytes));
+  assert.match(cold.stats.adapter, /swiftshader/i, "stats() names the adapter");
+  figures.adapter = cold.stats.adapter;
   figures.cold_load_ms = cold.stats.loadMs;
   figures.wasm_memory_bytes_after_load = cold.stats.wasmMemoryBytes;
   figures.gpu_bytes = cold.stats.gpuBytes;
