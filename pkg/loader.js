@@ -270,7 +270,7 @@ export class ShardStore {
       }
     }
     if (!bytes) {
-      bytes = await this.download(i, url, info);
+      bytes = await this.download(url, info);
       await put(store, url, bytes, `shard ${info.file}`, this.progress.totalBytes);
     }
     if (!this.done.has(i)) {
@@ -283,7 +283,7 @@ export class ShardStore {
     return bytes;
   }
 
-  async download(i, url, info) {
+  async download(url, info) {
     const name = info.file;
     let response;
     try {

@@ -109,6 +109,12 @@ fn token_ids(json: Option<&Json>) -> Vec<u32> {
 }
 
 impl ModelConfig {
+    /// Whether a sequence of `len` tokens uses LongRoPE's long factors (at
+    /// every position, as transformers does once it exceeds the original context).
+    pub fn uses_long_rope(&self, len: usize) -> bool {
+        self.longrope.as_ref().is_some_and(|l| len > l.original_max_position_embeddings)
+    }
+
     /// From a Hugging Face config.json.
     pub fn from_hf(json: &Json) -> Result<ModelConfig> {
         let arch_name = key(json, "model_type")

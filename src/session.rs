@@ -147,8 +147,7 @@ pub async fn generate(
             ),
         });
     }
-    let original = decoder.config.longrope.as_ref().map(|l| l.original_max_position_embeddings);
-    let needs_long = |len: usize| original.is_some_and(|o| len > o);
+    let needs_long = |len: usize| decoder.config.uses_long_rope(len);
     // Reuse the common prefix, but always run at least the last prompt token.
     let mut reuse = session.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
     if needs_long(prompt.len()) != session.long {
@@ -228,16 +227,13 @@ async fn prefill(
     let mut logits = Vec::new();
     let mut pos = from;
     for chunk in tokens[from..].chunks(decoder.max_tokens) {
-        logits = match decoder.forward_in_sequence(gpu, kernels, chunk, pos, tokens.len(), Logits::Last).await {
-            Ok(l) => l,
-            Err(e) => {
-                session.reset();
-                return Err(e);
-            }
-        };
+        logits = decoder
+            .forward_in_sequence(gpu, kernels, chunk, pos, tokens.len(), Logits::Last)
+            .await
+            .inspect_err(|_| session.reset())?;
         pos += chunk.len();
         session.cached.extend_from_slice(chunk);
     }
-    session.long = decoder.config.longrope.as_ref().is_some_and(|l| tokens.len() > l.original_max_position_embeddings);
+    session.long = decoder.config.uses_long_rope(tokens.len());
     Ok(logits)
 }

@@ -71,18 +71,44 @@ fn damaged_packages_and_bad_arguments_are_errors() {
     assert!(o.status.code() == Some(1) && text(&o.stderr).contains("unknown command"));
 }
 
+/// SmolLM2's GGUF converted once per test binary.
+fn smollm2() -> &'static PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let gguf = root().join(".models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(gguf.exists(), "{} is missing: run `make models` (make test does)", gguf.display());
+        let dir = root().join("target").join("test-scratch").join("cli-smollm2");
+        let _ = std::fs::remove_dir_all(&dir);
+        let o = phi_web(&["convert", gguf.to_str().unwrap(), dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        dir
+    })
+}
+
+/// `generate --stop TEXT --repetition-penalty R`: the text ends before the stop
+/// string, with finish_reason "stop" (greedy SmolLM2 says "…is Paris.").
+#[test]
+fn generate_ends_at_a_stop_string() {
+    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let args = ["--prompt", prompt, "--max-tokens", "12", "--context", "64", "--json"];
+    let dir = smollm2().to_str().unwrap();
+    let o = phi_web(&[&["generate", dir][..], &args, &["--stop", " Paris", "--repetition-penalty", "1.0"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (json["text"].as_str(), json["finish_reason"].as_str()),
+        (Some("The capital of France is"), Some("stop"))
+    );
+    let o = phi_web(&[&["generate", dir][..], &args, &["--repetition-penalty", "x"]].concat());
+    assert!(text(&o.stderr).contains("--repetition-penalty x: not a valid value"), "{}", text(&o.stderr));
+}
+
 /// `phi-web chat` on SmolLM2: two turns streamed, the second reusing the first's
 /// KV cache; a turn that outgrows the context is an error the chat survives.
 #[test]
 fn chat_keeps_the_conversation_and_survives_an_overlong_turn() {
     use std::io::Write;
-    let gguf = root().join(".models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(gguf.exists(), "{} is missing: run `make models` (make test does)", gguf.display());
-    let dir = root().join("target").join("test-scratch").join("cli-chat");
-    let _ = std::fs::remove_dir_all(&dir);
-    let o = phi_web(&["convert", gguf.to_str().unwrap(), dir.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-
+    let dir = smollm2();
     let mut child = Command::new(env!("CARGO_BIN_EXE_phi-web"))
         .args(["chat", dir.to_str().unwrap(), "--context", "128", "--max-tokens", "12"])
         .stdin(std::process::Stdio::piped())

@@ -276,8 +276,7 @@ impl Decoder {
         }
         gpu.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
         gpu.set_step(&self.scratch.step, pos as u32);
-        let long = c.longrope.as_ref().is_some_and(|l| sequence_len.max(pos + t) > l.original_max_position_embeddings);
-        let commands = self.record(k, t, long, which)?;
+        let commands = self.record(k, t, c.uses_long_rope(sequence_len.max(pos + t)), which)?;
         gpu.submit(&commands);
         let (buffer, n) = match which {
             Logits::Last => (&self.scratch.logits, c.vocab_size),
