@@ -89,6 +89,10 @@ class LocalEngine {
     this.engine.resetChat();
   }
 
+  loseDevice() {
+    this.engine.loseDevice();
+  }
+
   stats() {
     return {
       ...(this.last ?? {}),

@@ -105,6 +105,13 @@ export interface Engine {
   stats(): Promise<EngineStats>;
   /** Frees GPU memory and ends the worker. */
   unload(): Promise<void>;
+  /**
+   * Creates the engine again with the same options (e.g. after a
+   * DeviceLostError); shards come from the cache.
+   */
+  reload(): Promise<void>;
+  /** Destroys the GPU device as a driver reset would, to test recovery. */
+  loseDevice(): Promise<void>;
 }
 
 /**

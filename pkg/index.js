@@ -52,11 +52,16 @@ class WorkerBackend {
   resetChat() {
     return this.call({ type: "resetChat" });
   }
+  loseDevice() {
+    return this.call({ type: "loseDevice" });
+  }
   stats() {
     return this.call({ type: "stats" });
   }
   async unload() {
-    await this.call({ type: "unload" });
+    // A crashed worker never answers; terminating it frees its GPU memory anyway.
+    const grace = new Promise((resolve) => setTimeout(resolve, 2000));
+    await Promise.race([this.call({ type: "unload" }), grace]);
     this.worker.terminate();
   }
 }
@@ -76,6 +81,9 @@ class PageBackend {
   }
   async resetChat() {
     this.engine.resetChat();
+  }
+  async loseDevice() {
+    this.engine.loseDevice();
   }
   async stats() {
     return this.engine.stats();
@@ -101,21 +109,45 @@ export async function createEngine(modelUrl, options = {}) {
   if (!["cache-api", "opfs", "none"].includes(cache)) {
     throw namedError("TypeError", `cache: "${cache}" is not supported; use "cache-api", "opfs" or "none"`);
   }
+  const load = () => startBackend(modelUrl, { worker, cache, contextLength, portable }, onProgress);
+  return new PhiEngine(await load(), modelUrl, load);
+}
+
+async function startBackend(modelUrl, { worker, ...options }, onProgress) {
   const backend = worker ? new WorkerBackend() : new PageBackend();
   try {
-    await backend.load(modelUrl, { cache, contextLength, portable }, onProgress);
+    await backend.load(modelUrl, options, onProgress);
   } catch (e) {
     if (worker) backend.worker.terminate();
     throw e;
   }
-  return new PhiEngine(backend, modelUrl);
+  return backend;
 }
 
 class PhiEngine {
-  constructor(backend, modelUrl) {
+  constructor(backend, modelUrl, load) {
     this.backend = backend;
     this.model = modelUrl;
+    this.load = load;
     this.chat = { completions: { create: (request) => this.create(request) } };
+  }
+
+  /**
+   * Creates the engine again with the same options, e.g. after a
+   * DeviceLostError. Shards come from the cache, so nothing is downloaded
+   * again. The conversation's KV cache starts empty.
+   */
+  async reload() {
+    await this.backend.unload().catch(() => {});
+    this.backend = await this.load();
+  }
+
+  /**
+   * Destroys the GPU device as a driver reset would, so an app can test its
+   * recovery: later calls fail with DeviceLostError until reload().
+   */
+  loseDevice() {
+    return this.backend.loseDevice();
   }
 
   /** OpenAI-shaped chat completion; `stream: true` returns an async iterable of chunks. */

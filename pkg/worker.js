@@ -37,6 +37,10 @@ self.onmessage = async ({ data }) => {
         engine?.resetChat();
         post({ id, type: "result" });
         break;
+      case "loseDevice":
+        engine?.loseDevice();
+        post({ id, type: "result" });
+        break;
       case "stats":
         post({ id, type: "result", value: engine?.stats() });
         break;

@@ -11,7 +11,7 @@ pub enum Error {
     #[error("the GPU device could not be created on {adapter}: {message}")]
     DeviceRequest { adapter: String, message: String },
 
-    #[error("the GPU device was lost ({reason}): {message}; create the engine again")]
+    #[error("the GPU device was lost ({reason}): {message}; create the engine again (in JavaScript: engine.reload())")]
     DeviceLost { reason: String, message: String },
 
     #[error("GPU error in {context}: {message}")]

@@ -196,6 +196,7 @@ impl Engine {
             if request.messages.is_empty() {
                 return Err(input_error("messages is empty".into()));
             }
+            inner.gpu.check().map_err(js_error)?;
             let prompt = inner.tokenizer.apply_chat_template(&request.messages).map_err(js_error)?;
             let ids = inner.tokenizer.encode(&prompt).map_err(js_error)?;
             let mut session = inner.session.try_borrow_mut().map_err(|_| {
@@ -238,6 +239,14 @@ impl Engine {
     /// Ends the running generation at its next token (finish_reason "abort").
     pub fn interrupt(&self) {
         self.inner.interrupt.set();
+    }
+
+    /// Destroys the GPU device, as a driver reset would: every later call fails
+    /// with a DeviceLostError. For testing an app's recovery path (like WebGL's
+    /// WEBGL_lose_context).
+    #[wasm_bindgen(js_name = loseDevice)]
+    pub fn lose_device(&self) {
+        self.inner.gpu.device.destroy();
     }
 
     /// Forgets the conversation's KV cache.

@@ -64,4 +64,9 @@ fn device_loss_is_reported() {
     let err = gpu.wait().unwrap_err();
     assert!(matches!(err, Error::DeviceLost { .. }), "{err}");
     assert!(err.to_string().contains("create the engine again"), "{err}");
+    // A lost device stays lost, and a readback says so rather than "map failed".
+    assert!(matches!(gpu.check(), Err(Error::DeviceLost { .. })));
+    let buffer = gpu.storage("after loss", 16).unwrap();
+    let err = pollster::block_on(gpu.read_f32("after loss", &buffer, 4)).unwrap_err();
+    assert!(matches!(err, Error::DeviceLost { .. }), "{err}");
 }

@@ -130,10 +130,15 @@ impl Gpu {
         Ok(Gpu { device, queue, adapter: summary, features, limits, fault, storage_bytes: Default::default() })
     }
 
-    /// The first device loss or uncaptured GPU error since creation, if any.
+    /// The first device loss or uncaptured GPU error since the last check, if
+    /// any. A lost device stays lost: every later check reports it again.
     pub fn check(&self) -> Result<()> {
         match self.fault.lock() {
             Ok(mut slot) => match slot.take() {
+                Some(Error::DeviceLost { reason, message }) => {
+                    *slot = Some(Error::DeviceLost { reason: reason.clone(), message: message.clone() });
+                    Err(Error::DeviceLost { reason, message })
+                }
                 Some(err) => Err(err),
                 None => Ok(()),
             },
@@ -269,7 +274,11 @@ impl Gpu {
         let mapped = receiver
             .await
             .map_err(|_| Error::Readback { what: what.into(), message: "the map callback was dropped".into() })?;
-        mapped.map_err(|e| Error::Readback { what: what.into(), message: e.to_string() })?;
+        if let Err(e) = mapped {
+            // A lost device fails every mapping; say so rather than "map failed".
+            self.check()?;
+            return Err(Error::Readback { what: what.into(), message: e.to_string() });
+        }
         let bytes = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback { what: what.into(), message: e.to_string() })?

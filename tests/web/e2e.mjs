@@ -206,6 +206,28 @@ try {
   assert.equal(bundled.shardsFromCache, 2, JSON.stringify(bundled));
   await app.close();
 
+  step("a lost GPU device is a DeviceLostError, and reload() recreates the engine from the cache");
+  const lost = await page.evaluate(async () => {
+    const engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+    const messages = [{ role: "system", content: "Be brief." }, { role: "user", content: "Hi" }];
+    await engine.loseDevice();
+    let error;
+    try {
+      await engine.chat.completions.create({ messages, max_tokens: 1 });
+    } catch (e) {
+      error = { name: e.name, message: e.message };
+    }
+    await engine.reload();
+    const after = await engine.chat.completions.create({ messages, max_tokens: 1 });
+    const stats = await engine.stats();
+    await engine.unload();
+    return { error, after: after.usage, stats };
+  });
+  assert.equal(lost.error?.name, "DeviceLostError", JSON.stringify(lost.error));
+  assert.match(lost.error.message, /device was lost.*create the engine again/);
+  assert.equal(lost.after.completion_tokens, 1);
+  assert.equal(lost.stats.networkBytes, 0, "the reload reads the cache");
+
   step("the engine on the page's own thread (worker: false), with its JS heap sampled while loading");
   const inPage = await page.evaluate(async () => {
     let peakHeap = 0;
