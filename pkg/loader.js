@@ -220,6 +220,9 @@ export class ShardStore {
 
   /** `length` bytes from (shard, offset), continuing into later shards. */
   async read(shard, offset, length) {
+    if (shard < this.shards.length && offset + length <= this.shards[shard].bytes) {
+      return (await this.shard(shard)).subarray(offset, offset + length); // no copy: wasm copies it once
+    }
     const out = new Uint8Array(length);
     let filled = 0;
     while (filled < length) {
