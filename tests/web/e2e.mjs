@@ -269,6 +269,26 @@ try {
   });
   assert.equal(deleted.shardsCached, 0);
 
+  // Chromium's quota override (below) is not reflected in storage.estimate(), so
+  // the page's estimate() is replaced to check what the loader does with it.
+  step("an estimate() too small for the model fails before downloading, giving both numbers");
+  const requestsBefore = shardRequests();
+  const estimate = await page.evaluate(async () => {
+    const real = StorageManager.prototype.estimate;
+    StorageManager.prototype.estimate = async () => ({ quota: 60e6, usage: 10e6 });
+    try {
+      await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, worker: false });
+      return { name: "no error" };
+    } catch (e) {
+      return { name: e.name, message: e.message };
+    } finally {
+      StorageManager.prototype.estimate = real;
+    }
+  });
+  assert.equal(estimate.name, "QuotaExceededError", estimate.message);
+  assert.match(estimate.message, /needs 97 MB of browser storage but only 50 MB are free/);
+  assert.equal(shardRequests(), requestsBefore, "nothing was downloaded");
+
   // Chromium's quota override is enforced but not reflected in storage.estimate(),
   // so this exercises the refused write, not the up-front estimate check.
   step("too little storage is a QuotaExceededError naming the file and the model's size");

@@ -26,6 +26,9 @@ commands:
   inspect FILE|DIR     metadata and tensors of a GGUF file, a Hugging Face folder or a package
   info                 the GPU adapter, its features and limits as JSON
   bench [--out FILE]   benchmark the kernels; JSON on stdout (and in FILE)
+  serve ROOT [--mount /PREFIX=DIR]... [--port N] [--host ADDR]
+                       static server for a page using phi-web: application/wasm, COOP/COEP,
+                       range requests, no listings; port from --port, $PORT or 8080
 
 options:
   --portable           use neither shader-f16 nor subgroups (the path every device has)
@@ -68,6 +71,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
         },
         Some("info") => info(&gpu_options),
         Some("bench") => bench(&gpu_options, flag_value(args, "--out")?),
+        Some("serve") => match positional.as_slice() {
+            [root] => {
+                let port = match flag_value(args, "--port")?.or_else(|| std::env::var("PORT").ok()) {
+                    None => 8080,
+                    Some(p) => p.parse().map_err(|_| format!("port {p}: expected a number from 0 to 65535"))?,
+                };
+                let host = flag_value(args, "--host")?.unwrap_or_else(|| "127.0.0.1".into());
+                let mounts = flag_values(args, "--mount");
+                crate::serve::serve(Path::new(root), &mounts, &host, port)
+            }
+            _ => Err(format!("serve needs the folder to serve at /\n\n{USAGE}")),
+        },
         Some("help") | Some("--help") | Some("-h") => {
             print!("{USAGE}");
             Ok(())
@@ -79,7 +94,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// Arguments after the command that are neither flags nor flag values.
 fn positionals(args: &[String]) -> Vec<&String> {
-    const WITH_VALUE: [&str; 15] = [
+    const WITH_VALUE: [&str; 18] = [
         "--quant",
         "--shard-mb",
         "--out",
@@ -95,6 +110,9 @@ fn positionals(args: &[String]) -> Vec<&String> {
         "--stop",
         "--tokens",
         "--top",
+        "--mount",
+        "--port",
+        "--host",
     ];
     let mut out = Vec::new();
     let mut skip = false;
@@ -108,6 +126,11 @@ fn positionals(args: &[String]) -> Vec<&String> {
         }
     }
     out
+}
+
+/// The values after every `--flag` (a repeatable flag).
+pub fn flag_values(args: &[String], flag: &str) -> Vec<String> {
+    args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].clone()).collect()
 }
 
 /// The value after `--flag`, if the flag is present.

@@ -7,6 +7,8 @@ mod cli;
 mod inspect;
 #[cfg(not(target_arch = "wasm32"))]
 mod run;
+#[cfg(not(target_arch = "wasm32"))]
+mod serve;
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}

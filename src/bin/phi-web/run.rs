@@ -62,7 +62,7 @@ fn generate_options(args: &[String], package: &Package) -> Result<GenerateOption
         repetition_penalty: parse(args, "--repetition-penalty", 1.0)?,
         seed: parse(args, "--seed", 0)?,
     };
-    let stop_strings = args.windows(2).filter(|w| w[0] == "--stop").map(|w| w[1].clone()).collect();
+    let stop_strings = crate::cli::flag_values(args, "--stop");
     Ok(GenerateOptions {
         max_tokens: parse(args, "--max-tokens", 256)?,
         sampling,
