@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-unknown-unknown
 # Silences Mesa's harmless device-select layer warnings on headless machines.
 export NODEVICE_SELECT := 1
 
-.PHONY: test test-native test-browser test-web pkg bench demo models setup-native setup-browser lint
+.PHONY: test test-native test-browser test-web pkg bench demo demo-models models setup-native setup-browser lint
 
 test: lint test-native test-browser test-web
 
@@ -25,14 +25,15 @@ test-browser: setup-browser
 		$(CARGO) test --release --target $(WASM_TARGET) --test browser
 
 # The npm package in Chromium (WebGPU on SwiftShader) through playwright-core:
-# SmolLM2 served locally, loaded, cached, chatted with (tests/web/e2e.mjs).
-test-web: setup-browser models
+# SmolLM2 served locally, loaded, cached, chatted with (tests/web/e2e.mjs);
+# then the demo page served by `phi-web serve`, used as a person would
+# (tests/web/demo.mjs; screenshots in target/test-artifacts/).
+test-web: setup-browser models demo-models
 	@[ -d tests/web/node_modules/vite ] || npm ci --prefix tests/web --no-audit --no-fund
-	./scripts/build-pkg.sh
-	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 >/dev/null
 	./tests/web/vite-build.sh
 	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web
+	node tests/web/demo.mjs target/release/phi-web
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -44,12 +45,21 @@ bench: setup-native models
 
 # The npm package: the wasm engine (wasm-bindgen ES-module glue, wasm-opt)
 # next to the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.
-pkg: setup-browser
+pkg:
+	@./scripts/setup-browser.sh --wasm-only
 	./scripts/build-pkg.sh
 
-demo:
-	@echo "make demo: the browser demo is not built yet (see the demo issue); 'make pkg' builds the npm package."
-	@echo "Today: 'make test' runs every test, 'make bench' the benchmarks."
+# The chat demo (web/) on http://127.0.0.1:8080/ (PORT= overrides), with the
+# npm package under /pkg/ and converted models under /models/.
+demo: models demo-models
+	./target/release/phi-web serve web --mount /pkg=pkg --mount /models=target/demo/models
+
+# What the demo serves, built: the wasm package and the default model.
+demo-models:
+	@./scripts/setup-browser.sh --wasm-only
+	./scripts/build-pkg.sh
+	$(CARGO) build --release --bin phi-web
+	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/demo/models/smollm2-135m-instruct >/dev/null
 
 setup-native:
 	@./scripts/setup-native.sh

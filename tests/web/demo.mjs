@@ -1,0 +1,148 @@
+// The demo page (web/) served by `phi-web serve` exactly as `make demo` does,
+// used like a person would in headless Chromium (WebGPU on SwiftShader): load
+// the default model, ask a question, watch the streamed answer, stop a long
+// one, reload and load from the cache. Run by `make test-web`:
+//
+//   node tests/web/demo.mjs PHI_WEB_BINARY
+//
+// Saves screenshots to target/test-artifacts/ (not committed).
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+import { renderMarkdown } from "../../web/markdown.js";
+
+const [phiWeb] = process.argv.slice(2);
+const root = new URL("../..", import.meta.url).pathname;
+const artifacts = `${root}target/test-artifacts`;
+mkdirSync(artifacts, { recursive: true });
+
+function step(name) {
+  console.log(`demo | ${name}`);
+}
+
+step("model output is rendered as Markdown with every bit of HTML escaped");
+const hostile = renderMarkdown(
+  '<script>alert(1)</script> **bold** <img src=x onerror="alert(2)">\n\n```html\n<b>"code"</b>\n```\n- a `<i>`\n- *b*',
+);
+assert.ok(!/<(script|img|b|i)[\s>]/.test(hostile), hostile);
+assert.match(hostile, /&lt;script&gt;alert\(1\)&lt;\/script&gt; <strong>bold<\/strong> &lt;img src=x onerror=&quot;alert\(2\)&quot;&gt;/);
+assert.match(hostile, /<pre><code data-language="html">&lt;b&gt;&quot;code&quot;&lt;\/b&gt;<\/code><\/pre>/);
+assert.match(hostile, /<ul><li>a <code>&lt;i&gt;<\/code><\/li><li><em>b<\/em><\/li><\/ul>/);
+assert.equal(renderMarkdown("```js\nunfinished"), '<pre><code data-language="js">unfinished</code></pre>');
+
+const server = spawn(phiWeb, ["serve", "web", "--mount", "/pkg=pkg", "--mount", "/models=target/demo/models", "--port", "0"], {
+  cwd: root,
+  stdio: ["ignore", "pipe", "inherit"],
+});
+const url = await new Promise((resolve, reject) => {
+  server.on("exit", (code) => reject(new Error(`phi-web serve exited with ${code}`)));
+  createInterface({ input: server.stdout }).once("line", (line) => resolve(line.match(/http:\/\/\S+/)[0]));
+});
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"],
+});
+const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
+const page = await context.newPage();
+page.on("pageerror", (e) => console.log("page error:", e.message));
+const figures = {};
+
+async function openPage() {
+  await page.goto(url);
+  await page.waitForSelector("body[data-ready=true]");
+}
+
+async function loadModel() {
+  await page.click("#load");
+  await page.waitForSelector("#prompt:not([disabled])", { timeout: 180_000 });
+  const text = await page.textContent("#progress-text");
+  assert.match(text, /^Loaded SmolLM2 135M Instruct in [\d.]+ s/, text);
+  return text;
+}
+
+/** Types a message, sends it with Enter, returns the answer element's handle once streaming shows text. */
+async function ask(question) {
+  await page.fill("#prompt", question);
+  await page.press("#prompt", "Enter");
+  await page.waitForFunction(() => document.querySelector(".message.assistant.streaming")?.textContent.trim().length > 0, null, {
+    timeout: 300_000,
+  });
+  return page.locator(".message.assistant").last();
+}
+
+async function finished(answer) {
+  await page.waitForFunction(() => [...document.querySelectorAll(".message.assistant")].at(-1)?.dataset.finish, null, {
+    timeout: 600_000,
+  });
+  return { finish: await answer.getAttribute("data-finish"), text: await answer.textContent() };
+}
+
+try {
+  step("the page is cross-origin isolated and lists the default model first");
+  await openPage();
+  assert.equal(await page.evaluate(() => crossOriginIsolated), true, "COOP/COEP from phi-web serve");
+  const options = await page.$$eval("#model-picker option", (os) => os.map((o) => ({ label: o.textContent, disabled: o.disabled })));
+  assert.match(options[0].label, /^SmolLM2 135M Instruct · 97 MB · ~\d+ MB GPU$/, options[0].label);
+  assert.equal(options[0].disabled, false);
+  assert.ok(options.slice(1).every((o) => o.disabled && /not available/.test(o.label)), JSON.stringify(options));
+
+  step("Load shows progress and ends ready, naming the adapter");
+  const cold = await loadModel();
+  assert.match(cold, /0 of 2 shards from cache · 97 MB downloaded/, cold);
+  figures.cold_load = cold;
+  figures.adapter = await page.textContent("#adapter");
+  assert.match(figures.adapter, /swiftshader · no f16/i);
+
+  step("Shift+Enter is a new line, not a send");
+  await page.fill("#prompt", "a");
+  await page.press("#prompt", "Shift+Enter");
+  await page.type("#prompt", "b");
+  assert.equal(await page.inputValue("#prompt"), "a\nb");
+  assert.equal(await page.locator(".message").count(), 0);
+
+  step("a question gets a streamed answer mentioning Paris, with its speed");
+  await page.click("#settings summary");
+  await page.$eval("#temperature", (input) => {
+    input.value = "0";
+    input.dispatchEvent(new Event("input"));
+  });
+  const paris = await finished(await ask("What is the capital of France?"));
+  assert.equal(paris.finish, "stop", paris.text);
+  assert.match(paris.text, /Paris/);
+  const stats = await page.locator(".message.assistant .stats").last().textContent();
+  assert.match(stats, /^\d+ tokens? · [\d.]+ tok\/s · first token after [\d.]+ s · prefill [\d.]+ tok\/s$/, stats);
+  figures.answer = paris.text;
+  assert.equal(await page.evaluate(() => document.activeElement.id), "prompt", "focus returns to the message box");
+
+  step("Stop ends a long answer mid-stream");
+  await page.fill("#max-tokens", "200");
+  const story = await ask("Write a long story about a dragon who learns to bake bread.");
+  await page.click("#stop");
+  const stopped = await finished(story);
+  assert.equal(stopped.finish, "abort", stopped.text);
+  assert.match(stopped.text, /stopped$/);
+  await page.screenshot({ path: `${artifacts}/demo-chat.png`, fullPage: true });
+
+  step("on a phone-sized screen nothing scrolls sideways");
+  await page.setViewportSize({ width: 390, height: 844 });
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), "no horizontal overflow");
+  await page.screenshot({ path: `${artifacts}/demo-phone.png` });
+  await page.setViewportSize({ width: 1000, height: 900 });
+
+  step("after a reload the model is marked cached and loads from the cache");
+  await openPage();
+  const label = await page.textContent("#model-picker option");
+  assert.match(label, /· cached$/, label);
+  const warm = await loadModel();
+  assert.match(warm, /2 of 2 shards from cache · 0\.0 MB downloaded/, warm);
+  figures.warm_load = warm;
+
+  console.log(`demo | all checks passed | ${JSON.stringify(figures)}`);
+} finally {
+  await browser.close();
+  server.kill();
+}
