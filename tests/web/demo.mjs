@@ -82,6 +82,15 @@ async function finished(answer) {
 }
 
 try {
+  step("without WebGPU the page says so and offers no Load");
+  const noGpu = await context.newPage();
+  await noGpu.addInitScript(() => delete Navigator.prototype.gpu);
+  await noGpu.goto(url);
+  await noGpu.waitForSelector("body[data-ready=true]");
+  assert.match(await noGpu.textContent("#error"), /This browser has no WebGPU/);
+  assert.equal(await noGpu.isDisabled("#load"), true);
+  await noGpu.close();
+
   step("the page is cross-origin isolated and lists the default model first");
   await openPage();
   assert.equal(await page.evaluate(() => crossOriginIsolated), true, "COOP/COEP from phi-web serve");

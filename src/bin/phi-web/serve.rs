@@ -20,8 +20,7 @@ struct Site {
 pub fn serve(root: &Path, mounts: &[String], host: &str, port: u16) -> Result<(), String> {
     let mut site = vec![("/".to_string(), root.to_path_buf())];
     for mount in mounts {
-        let (prefix, dir) =
-            mount.split_once('=').ok_or_else(|| format!("--mount {mount}: expected /PREFIX=DIR"))?;
+        let (prefix, dir) = mount.split_once('=').ok_or_else(|| format!("--mount {mount}: expected /PREFIX=DIR"))?;
         let prefix = format!("/{}/", prefix.trim_matches('/'));
         site.push((prefix, PathBuf::from(dir)));
     }
@@ -110,7 +109,13 @@ fn read_request(reader: &mut impl BufRead) -> std::io::Result<Option<Request>> {
 fn respond(site: &Site, request: &Request, out: &mut impl Write) -> std::io::Result<bool> {
     let head = request.method == "HEAD";
     if request.method != "GET" && !head {
-        status_only(out, "405 Method Not Allowed", "only GET and HEAD\n", &[("allow", "GET, HEAD".into())], request.close)?;
+        status_only(
+            out,
+            "405 Method Not Allowed",
+            "only GET and HEAD\n",
+            &[("allow", "GET, HEAD".into())],
+            request.close,
+        )?;
         return Ok(!request.close);
     }
     let Some(file) = site.resolve(&request.path) else {
