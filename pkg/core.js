@@ -2,7 +2,7 @@
 // `worker: false`): fetch the manifest and tokenizer, stream the shards into
 // the wasm engine, run requests. index.js talks to this through worker.js.
 
-import init, { Engine } from "./wasm/phi_web.js";
+import init, { Embedder, Engine } from "./wasm/phi_web.js";
 import { fetchFile, fetchManifest, namedError, ShardStore } from "./loader.js";
 
 let wasmReady;
@@ -27,9 +27,14 @@ export async function loadEngine(modelUrl, { cache = "cache-api", contextLength 
   const store = new ShardStore(manifest, baseUrl, { cache, onProgress });
   await store.checkQuota();
   store.report();
+  const read = (shard, offset, length) => store.read(shard, offset, length);
+  // An encoder package (BERT) makes an embedding engine; anything else a chat engine.
+  const embedding = manifest.config.architecture === "bert";
   let engine;
   try {
-    engine = await Engine.create(JSON.stringify(manifest), tokenizer, (shard, offset, length) => store.read(shard, offset, length), contextLength, portable);
+    engine = embedding
+      ? await Embedder.create(JSON.stringify(manifest), tokenizer, read, portable)
+      : await Engine.create(JSON.stringify(manifest), tokenizer, read, contextLength, portable);
   } catch (e) {
     throw asError(e);
   }
@@ -38,7 +43,7 @@ export async function loadEngine(modelUrl, { cache = "cache-api", contextLength 
   store.report();
   // wgpu's WebGPU backend reports no adapter info; ask the browser directly.
   const adapterInfo = await navigator.gpu.requestAdapter().then((a) => a?.info).catch(() => undefined);
-  return new LocalEngine(engine, manifest, adapterInfo, {
+  return new LocalEngine(engine, embedding, manifest, adapterInfo, {
     loadMs: performance.now() - started,
     networkBytes: store.progress.networkBytes,
     shardsFromCache: store.progress.fromCache,
@@ -47,8 +52,9 @@ export async function loadEngine(modelUrl, { cache = "cache-api", contextLength 
 
 /** The wasm engine plus the bookkeeping the JS API reports. */
 class LocalEngine {
-  constructor(engine, manifest, adapterInfo, load) {
+  constructor(engine, embedding, manifest, adapterInfo, load) {
     this.engine = engine;
+    this.embedding = embedding;
     this.model = manifest.name || "phi-web";
     this.info = JSON.parse(engine.info());
     if (!this.info.adapter && adapterInfo) {
@@ -61,6 +67,9 @@ class LocalEngine {
 
   /** request: OpenAI fields; onDelta(text) per piece; resolves {text, tokens, finish_reason, stats}. */
   async generate(request, onDelta) {
+    if (this.embedding) {
+      throw namedError("InputError", `${this.model} is an embedding model: use engine.embeddings.create({ input })`);
+    }
     const body = {
       messages: request.messages,
       max_tokens: request.max_tokens ?? 256,
@@ -81,12 +90,29 @@ class LocalEngine {
     return result;
   }
 
+  /** texts: string[]; resolves {embeddings: number[][], tokens: number[]}. */
+  async embed(texts) {
+    if (!this.embedding) {
+      throw namedError("InputError", `${this.model} generates text; load an embedding model (e.g. all-MiniLM-L6-v2) for embeddings`);
+    }
+    const started = performance.now();
+    let result;
+    try {
+      result = JSON.parse(await this.engine.embed(JSON.stringify(texts)));
+    } catch (e) {
+      throw asError(e);
+    }
+    const ms = performance.now() - started;
+    this.last = { embedded_texts: texts.length, embed_ms: ms, texts_per_s: (1000 * texts.length) / ms };
+    return result;
+  }
+
   interrupt() {
-    this.engine.interrupt();
+    if (!this.embedding) this.engine.interrupt();
   }
 
   resetChat() {
-    this.engine.resetChat();
+    if (!this.embedding) this.engine.resetChat();
   }
 
   loseDevice() {
@@ -101,6 +127,8 @@ class LocalEngine {
       adapter: this.info.adapter,
       shaderF16: this.info.shaderF16,
       contextLength: this.info.contextLength,
+      kind: this.embedding ? "embedding" : "chat",
+      dimensions: this.info.dimensions,
       loadMs: this.load.loadMs,
       networkBytes: this.load.networkBytes,
       shardsFromCache: this.load.shardsFromCache,

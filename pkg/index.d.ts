@@ -91,7 +91,22 @@ export interface EngineStats {
   wasmMemoryBytes: number;
 }
 
+export interface EmbeddingRequest {
+  input: string | string[];
+}
+
+export interface EmbeddingResponse {
+  object: "list";
+  model: string;
+  data: { object: "embedding"; index: number; embedding: number[] }[];
+  usage: { prompt_tokens: number; total_tokens: number };
+}
+
 export interface Engine {
+  /** For an embedding model's package (BERT family, e.g. all-MiniLM-L6-v2). */
+  embeddings: {
+    create(request: EmbeddingRequest): Promise<EmbeddingResponse>;
+  };
   chat: {
     completions: {
       create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;

@@ -46,6 +46,9 @@ class WorkerBackend {
   generate(request, onDelta) {
     return this.call({ type: "generate", request }, { onDelta });
   }
+  embed(input) {
+    return this.call({ type: "embed", input });
+  }
   interrupt() {
     return this.call({ type: "interrupt" });
   }
@@ -75,6 +78,9 @@ class PageBackend {
   }
   generate(request, onDelta) {
     return this.engine.generate(request, onDelta);
+  }
+  embed(input) {
+    return this.engine.embed(input);
   }
   async interrupt() {
     this.engine.interrupt();
@@ -130,6 +136,29 @@ class PhiEngine {
     this.model = modelUrl;
     this.load = load;
     this.chat = { completions: { create: (request) => this.create(request) } };
+    this.embeddings = { create: (request) => this.embed(request) };
+  }
+
+  /**
+   * OpenAI-shaped embeddings (an embedding model's engine): `input` is a
+   * string or an array of strings; each vector is L2-normalised when the
+   * model says so (MiniLM does). Long inputs are truncated to the model's
+   * maximum sequence length.
+   */
+  async embed(request) {
+    const input = request?.input;
+    const texts = typeof input === "string" ? [input] : input;
+    if (!Array.isArray(texts) || texts.length === 0 || !texts.every((t) => typeof t === "string")) {
+      throw namedError("TypeError", "embeddings.create needs { input: string | string[] } with at least one string");
+    }
+    const result = await this.backend.embed(texts);
+    const tokens = result.tokens.reduce((a, b) => a + b, 0);
+    return {
+      object: "list",
+      model: this.model,
+      data: result.embeddings.map((embedding, index) => ({ object: "embedding", index, embedding })),
+      usage: { prompt_tokens: tokens, total_tokens: tokens },
+    };
   }
 
   /**

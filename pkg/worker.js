@@ -29,6 +29,9 @@ self.onmessage = async ({ data }) => {
         post({ id, type: "result", value });
         break;
       }
+      case "embed":
+        post({ id, type: "result", value: await engine.embed(data.input) });
+        break;
       case "interrupt":
         engine?.interrupt();
         post({ id, type: "result" });

@@ -67,6 +67,20 @@ pub struct ModelConfig {
     pub hidden_act: String,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// How an encoder's token states become one sentence vector (encoders only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+}
+
+/// Sentence-transformers' pooling recipe for an embedding model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pooling {
+    /// "mean" (over the sequence's tokens) or "cls" (the first token).
+    pub mode: String,
+    /// L2-normalise the pooled vector.
+    pub normalize: bool,
+    /// Longer inputs are truncated to this many tokens ([CLS] and [SEP] included).
+    pub max_seq_length: usize,
 }
 
 fn key<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
@@ -197,6 +211,7 @@ impl ModelConfig {
             hidden_act: key(json, "hidden_act").and_then(Json::as_str).unwrap_or("silu").to_string(),
             bos_token_id: key(json, "bos_token_id").and_then(Json::as_u64).map(|v| v as u32),
             eos_token_ids: token_ids(key(json, "eos_token_id")),
+            pooling: None,
         };
         config.validate()?;
         Ok(config)
@@ -263,6 +278,7 @@ impl ModelConfig {
             hidden_act: "silu".into(),
             bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
             eos_token_ids,
+            pooling: None,
         };
         config.validate()?;
         Ok(config)

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, Pooling};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgmlType, Gguf, TensorInfo};
 use crate::formats::kquant;
@@ -459,6 +459,44 @@ fn check_shape(config: &ModelConfig, name: &str, shape: &[usize]) -> Result<()> 
     }
 }
 
+/// An embedding model's pooling from its sentence-transformers files
+/// (modules.json, the Pooling module's config.json, sentence_bert_config.json);
+/// mean pooling with L2 normalisation when they are missing.
+fn sentence_pooling(
+    config: &ModelConfig,
+    read_json: &dyn Fn(&str) -> Result<Option<serde_json::Value>>,
+    warnings: &mut Vec<String>,
+) -> Result<Pooling> {
+    let modules = read_json("modules.json")?;
+    let module = |kind: &str| -> Option<String> {
+        modules.as_ref()?.as_array()?.iter().find_map(|m| {
+            let t = m.get("type")?.as_str()?;
+            t.ends_with(kind).then(|| m.get("path").and_then(|p| p.as_str()).unwrap_or("").to_string())
+        })
+    };
+    let max_position = config.max_position_embeddings.min(crate::gpu::ENCODER_MAX_KEYS);
+    let max_seq_length = read_json("sentence_bert_config.json")?
+        .and_then(|c| c.get("max_seq_length")?.as_u64())
+        .map_or(max_position, |n| (n as usize).min(max_position));
+    let Some(pooling_dir) = module("models.Pooling") else {
+        warnings.push("no sentence-transformers modules.json: using mean pooling with L2 normalisation".into());
+        return Ok(Pooling { mode: "mean".into(), normalize: true, max_seq_length });
+    };
+    let pooling = read_json(&format!("{pooling_dir}/config.json"))?.unwrap_or_default();
+    let flag = |key: &str| pooling.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+    let mode = match (flag("pooling_mode_mean_tokens"), flag("pooling_mode_cls_token")) {
+        (true, false) => "mean",
+        (false, true) => "cls",
+        _ => {
+            return Err(Error::Unsupported {
+                what: format!("the pooling in {pooling_dir}/config.json"),
+                supported: "exactly one of mean tokens or the CLS token".into(),
+            })
+        }
+    };
+    Ok(Pooling { mode: mode.into(), normalize: module("models.Normalize").is_some(), max_seq_length })
+}
+
 fn convert_hf(
     input: &Path,
     out_dir: &Path,
@@ -477,6 +515,9 @@ fn convert_hf(
     let mut config = ModelConfig::from_hf(&config_json)?;
     let tensors = safetensors::read_headers(input)?;
     let mut warnings = Vec::new();
+    if config.architecture == Architecture::Bert {
+        config.pooling = Some(sentence_pooling(&config, &read_json, &mut warnings)?);
+    }
     config.tie_word_embeddings = config.architecture != Architecture::Bert && !tensors.contains_key("lm_head.weight");
     if let Some(embed) = tensors.get("model.embed_tokens.weight") {
         check_shape(&config, &embed.name, &embed.shape)?;

@@ -47,6 +47,19 @@ impl Tokenizer {
         Ok(self.inner.encode(text, false).map_err(tokenizer_error)?.get_ids().to_vec())
     }
 
+    /// Token ids of each text for an embedding model: with the model's
+    /// special tokens ([CLS] … [SEP]), truncated to `max_len`, never padded.
+    pub fn encode_for_embedding(&self, texts: &[String], max_len: usize) -> Result<Vec<Vec<u32>>> {
+        let mut inner = self.inner.clone();
+        let truncation = tokenizers::TruncationParams { max_length: max_len, ..Default::default() };
+        inner.with_truncation(Some(truncation)).map_err(tokenizer_error)?;
+        inner.with_padding(None);
+        texts
+            .iter()
+            .map(|text| Ok(inner.encode(text.as_str(), true).map_err(tokenizer_error)?.get_ids().to_vec()))
+            .collect()
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tokenizer_error)
     }

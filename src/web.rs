@@ -15,7 +15,7 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 use crate::error::Error;
 use crate::formats::package::{parse_manifest, Manifest, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels};
-use crate::model::Decoder;
+use crate::model::{Decoder, Encoder};
 use crate::sampler::SamplingOptions;
 use crate::session::{self, GenerateOptions, Interrupt, Session};
 use crate::tokenizer::{Message, Tokenizer};
@@ -256,5 +256,80 @@ impl Engine {
             self.inner.session.try_borrow_mut().map_err(|_| input_error("a generation is running".into()))?;
         session.reset();
         Ok(())
+    }
+}
+
+/// A loaded embedding model (BERT family): `Embedder.create(...)`, then
+/// `embed(texts)` per request.
+#[wasm_bindgen]
+pub struct Embedder {
+    inner: Rc<EmbedderInner>,
+    info: String,
+}
+
+struct EmbedderInner {
+    gpu: Gpu,
+    kernels: Kernels,
+    encoder: Encoder,
+    tokenizer: Tokenizer,
+}
+
+#[wasm_bindgen]
+impl Embedder {
+    /// Loads an encoder package; arguments as for `Engine.create`.
+    pub fn create(manifest: String, tokenizer: Vec<u8>, read: Function, portable: bool) -> Promise {
+        future_to_promise(async move {
+            let manifest = parse_manifest(&manifest).map_err(js_error)?;
+            let tokenizer = Tokenizer::from_bytes(&tokenizer, &manifest).map_err(js_error)?;
+            let options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
+            let gpu = Gpu::new(&options).await.map_err(js_error)?;
+            let kernels = Kernels::new(&gpu).await.map_err(js_error)?;
+            let shards = JsShards { manifest, read, failure: RefCell::new(None) };
+            let encoder = match Encoder::load_from(&gpu, &shards, 4096).await {
+                Ok(encoder) => encoder,
+                Err(e) => return Err(shards.failure.take().unwrap_or_else(|| js_error(e))),
+            };
+            let info = serde_json::json!({
+                "adapter": gpu.adapter.name,
+                "backend": gpu.adapter.backend,
+                "shaderF16": gpu.features.shader_f16,
+                "architecture": format!("{:?}", encoder.config.architecture),
+                "dimensions": encoder.config.hidden_size,
+                "maxSeqLength": encoder.max_seq_length(),
+                "gpuBytes": gpu.storage_bytes(),
+            })
+            .to_string();
+            let inner = EmbedderInner { gpu, kernels, encoder, tokenizer };
+            Ok(Embedder { inner: Rc::new(inner), info }.into())
+        })
+    }
+
+    /// JSON: adapter, dimensions, longest input, GPU bytes.
+    pub fn info(&self) -> String {
+        self.info.clone()
+    }
+
+    /// `texts`: a JSON array of strings. Resolves to JSON {embeddings:
+    /// [[...]], tokens: [n per text]}; inputs longer than the model's
+    /// max_seq_length are truncated, as sentence-transformers does.
+    pub fn embed(&self, texts: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let texts: Vec<String> =
+                serde_json::from_str(&texts).map_err(|e| input_error(format!("input must be strings: {e}")))?;
+            inner.gpu.check().map_err(js_error)?;
+            let max = inner.encoder.max_seq_length();
+            let ids = inner.tokenizer.encode_for_embedding(&texts, max).map_err(js_error)?;
+            let embeddings = inner.encoder.embed(&inner.gpu, &inner.kernels, &ids).await.map_err(js_error)?;
+            let tokens: Vec<usize> = ids.iter().map(Vec::len).collect();
+            let json = serde_json::json!({ "embeddings": embeddings, "tokens": tokens });
+            Ok(JsValue::from(json.to_string()))
+        })
+    }
+
+    /// Destroys the GPU device (see `Engine.loseDevice`).
+    #[wasm_bindgen(js_name = loseDevice)]
+    pub fn lose_device(&self) {
+        self.inner.gpu.device.destroy();
     }
 }

@@ -53,6 +53,8 @@ browser_tests!(
     silu_mul_over_fused_gate_up,
     gelu_erf_and_tanh,
     add_in_place,
+    bias_add_into_a_slice_of_fused_rows,
+    encoder_attention_within_packed_sequences,
     softmax_rows,
     argmax_rows_first_maximum_wins,
     rope_neox_partial_longrope_and_large_positions,

@@ -18,6 +18,8 @@ use crate::quant::WeightFormat;
 /// few threads per row keep the reduction short, and 8 lanes reading
 /// consecutive 16-byte blocks still make 128-byte coalesced loads.
 const MATVEC_ROWS_PER_WG: usize = 32;
+/// Longest sequence encoder_attention takes (encoder_attention.wgsl: MAX_KEYS).
+pub const ENCODER_MAX_KEYS: usize = 512;
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
@@ -116,6 +118,15 @@ struct AttentionParams {
     q_stride: u32,
     window: u32,
     splits: u32,
+    scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct EncoderAttentionParams {
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
     scale: f32,
 }
 
@@ -220,6 +231,8 @@ pub struct Kernels {
     gelu_erf: wgpu::ComputePipeline,
     gelu_tanh: wgpu::ComputePipeline,
     add: wgpu::ComputePipeline,
+    bias_add: wgpu::ComputePipeline,
+    encoder_attention: wgpu::ComputePipeline,
     softmax: wgpu::ComputePipeline,
     argmax: wgpu::ComputePipeline,
 }
@@ -309,6 +322,8 @@ impl Kernels {
                 gelu_erf: build("gelu_erf", &[gelu], "gelu_erf")?,
                 gelu_tanh: build("gelu_tanh", &[gelu], "gelu_tanh")?,
                 add: single("add", include_str!("../../shaders/add.wgsl"))?,
+                bias_add: single("bias_add", include_str!("../../shaders/bias_add.wgsl"))?,
+                encoder_attention: single("encoder_attention", include_str!("../../shaders/encoder_attention.wgsl"))?,
                 softmax: single("softmax", include_str!("../../shaders/softmax.wgsl"))?,
                 argmax: single("argmax", include_str!("../../shaders/argmax.wgsl"))?,
             })
@@ -709,6 +724,71 @@ impl Kernels {
             &[(1, a), (2, b)],
             vec![],
             self.grid(n.div_ceil(256)),
+        ))
+    }
+
+    /// y[r, offset..offset + cols] += b for each row r of y [rows, stride].
+    pub fn bias_add(
+        &self,
+        y: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        rows: usize,
+        out: OutputSlice,
+        cols: usize,
+    ) -> Result<Dispatch> {
+        ensure_shape(out.offset + cols <= out.stride, "bias_add", || {
+            format!("{cols} values at offset {} overflow rows of {}", out.offset, out.stride)
+        })?;
+        need("bias_add", "y", y, rows * out.stride * 4)?;
+        need("bias_add", "b", b, cols * 4)?;
+        let params = params4(
+            u32_of("bias_add", "rows", rows)?,
+            u32_of("bias_add", "cols", cols)?,
+            u32_of("bias_add", "stride", out.stride)?,
+            u32_of("bias_add", "offset", out.offset)?,
+        );
+        Ok(self.dispatch(
+            "bias_add",
+            &self.bias_add,
+            &params,
+            &[(1, y), (2, b)],
+            vec![],
+            self.grid((rows * cols).div_ceil(256)),
+        ))
+    }
+
+    /// out [T, heads * head_dim] = softmax(q k^T * scale) v within each
+    /// token's sequence, for sequences packed back to back in qkv [T, 3 *
+    /// heads * head_dim]; segments [T] holds each token's (start, end).
+    pub fn encoder_attention(
+        &self,
+        qkv: &wgpu::Buffer,
+        segments: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Dispatch> {
+        let width = heads * head_dim;
+        need("encoder_attention", "qkv", qkv, tokens * 3 * width * 4)?;
+        need("encoder_attention", "segments", segments, tokens * 8)?;
+        need("encoder_attention", "out", out, tokens * width * 4)?;
+        ensure_shape(tokens as u32 <= self.max_groups && heads as u32 <= self.max_groups, "encoder_attention", || {
+            format!("{tokens} tokens x {heads} heads exceed the dispatch limit")
+        })?;
+        let params = EncoderAttentionParams {
+            tokens: u32_of("encoder_attention", "tokens", tokens)?,
+            heads: u32_of("encoder_attention", "heads", heads)?,
+            head_dim: u32_of("encoder_attention", "head_dim", head_dim)?,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        Ok(self.dispatch(
+            "encoder_attention",
+            &self.encoder_attention,
+            &params,
+            &[(1, qkv), (2, segments), (3, out)],
+            vec![],
+            [heads as u32, tokens as u32, 1],
         ))
     }
 

@@ -6,7 +6,9 @@ mod context;
 mod kernels;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions};
-pub use kernels::{AttentionScratch, AttentionShape, GeluKind, Kernels, KvAppendShape, OutputSlice, RopeShape};
+pub use kernels::{
+    AttentionScratch, AttentionShape, GeluKind, Kernels, KvAppendShape, OutputSlice, RopeShape, ENCODER_MAX_KEYS,
+};
 
 use crate::error::{ensure_shape, Result};
 use crate::quant::{self, GpuLayout, WeightFormat};

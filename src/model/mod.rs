@@ -2,5 +2,7 @@
 //! reference modeling code.
 
 mod decoder;
+mod encoder;
 
 pub use decoder::{Decoder, Logits};
+pub use encoder::Encoder;

@@ -635,3 +635,57 @@ pub async fn attention_rejects_bad_head_grouping(env: &Env) {
     let err = env.kernels.attention(&step, &buf, &buf, &buf, &scratch, &buf, &shape).unwrap_err();
     assert!(err.to_string().contains("5 query heads cannot share 2 KV heads"), "{err}");
 }
+
+pub async fn bias_add_into_a_slice_of_fused_rows(env: &Env) {
+    let (rows, cols, stride, offset) = (37, 384, 3 * 384, 384);
+    let mut rng = Rng::new(12);
+    let (yv, bv) = (rng.vec(rows * stride, -1.0, 1.0), rng.vec(cols, -1.0, 1.0));
+    let (y, b) = (env.upload_f32("y", &yv), env.upload_f32("b", &bv));
+    env.run(&[&env.kernels.bias_add(&y, &b, rows, OutputSlice { stride, offset }, cols).unwrap()]);
+    let expected: Vec<f64> = (0..rows * stride)
+        .map(|i| {
+            let c = i % stride;
+            let bias = if (offset..offset + cols).contains(&c) { bv[c - offset] } else { 0.0 };
+            (yv[i] + bias) as f64
+        })
+        .collect();
+    assert_close_rel("bias_add", &env.read_f32(&y, rows * stride).await, &expected, 0.0, 0.0);
+}
+
+pub async fn encoder_attention_within_packed_sequences(env: &Env) {
+    // Three sequences packed back to back, one of them the longest allowed.
+    let (heads, d) = (12, 32);
+    let lengths = [5usize, 1, 512];
+    let tokens: usize = lengths.iter().sum();
+    let width = heads * d;
+    let qkv_v = Rng::new(13).vec(tokens * 3 * width, -2.0, 2.0);
+    let mut segments = Vec::new();
+    let mut start = 0;
+    for &len in &lengths {
+        for _ in 0..len {
+            segments.extend([start as u32, (start + len) as u32]);
+        }
+        start += len;
+    }
+    let (qkv, segs, out) =
+        (env.upload_f32("qkv", &qkv_v), env.upload_u32("segments", &segments), env.zeros("out", tokens * width));
+    env.run(&[&env.kernels.encoder_attention(&qkv, &segs, &out, tokens, heads, d).unwrap()]);
+    let scale = 1.0 / (d as f64).sqrt();
+    let at = |t: usize, part: usize, h: usize, i: usize| qkv_v[t * 3 * width + part * width + h * d + i] as f64;
+    let mut expected = vec![0.0; tokens * width];
+    for t in 0..tokens {
+        let (s, e) = (segments[2 * t] as usize, segments[2 * t + 1] as usize);
+        for h in 0..heads {
+            let scores: Vec<f64> =
+                (s..e).map(|j| (0..d).map(|i| at(t, 0, h, i) * at(j, 1, h, i)).sum::<f64>() * scale).collect();
+            let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+            let sum: f64 = weights.iter().sum();
+            for i in 0..d {
+                expected[t * width + h * d + i] =
+                    (s..e).zip(&weights).map(|(j, w)| w * at(j, 2, h, i)).sum::<f64>() / sum;
+            }
+        }
+    }
+    assert_close_rel("encoder_attention", &env.read_f32(&out, tokens * width).await, &expected, 1e-6, 1e-4);
+}

@@ -11,10 +11,11 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { startServer } from "./server.mjs";
 
-const [modelDir, phiWeb] = process.argv.slice(2);
+const [modelDir, phiWeb, minilmDir] = process.argv.slice(2);
 const root = new URL("../..", import.meta.url).pathname;
 const QUESTION = "What is the capital of France?";
 const figures = {};
@@ -31,7 +32,7 @@ const native = JSON.parse(
   }),
 );
 
-const server = await startServer({ root, models: { smollm2: modelDir } });
+const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir } });
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: [
@@ -268,6 +269,37 @@ try {
     return phiWeb.checkCachedModel("/models/smollm2/model.json");
   });
   assert.equal(deleted.shardsCached, 0);
+
+  step("an embedding model: embeddings.create matches transformers, and chat is refused");
+  const reference = JSON.parse(readFileSync(`${root}tests/data/minilm-reference.json`, "utf8")).sentences;
+  const embedded = await page.evaluate(async (reference) => {
+    const engine = await phiWeb.createEngine("/models/minilm/model.json");
+    const response = await engine.embeddings.create({ input: reference.map((r) => r.text) });
+    const dot = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0);
+    const cosines = response.data.map((d, i) => dot(d.embedding, reference[i].embedding));
+    const single = await engine.embeddings.create({ input: reference[0].text });
+    // Throughput: 16 short texts in one request.
+    const texts = Array.from({ length: 16 }, (_, i) => `Sentence number ${i} about retrieval in the browser.`);
+    const started = performance.now();
+    await engine.embeddings.create({ input: texts });
+    const textsPerS = (16 * 1000) / (performance.now() - started);
+    let chatError;
+    try {
+      await engine.chat.completions.create({ messages: [{ role: "user", content: "Hi" }] });
+    } catch (e) {
+      chatError = e.name;
+    }
+    const stats = await engine.stats();
+    await engine.unload();
+    return { cosines, usage: response.usage, singleLength: single.data[0].embedding.length, textsPerS, chatError, stats };
+  }, reference);
+  assert.ok(Math.min(...embedded.cosines) >= 0.999, JSON.stringify(embedded.cosines));
+  assert.equal(embedded.singleLength, 384);
+  assert.equal(embedded.usage.prompt_tokens, reference.reduce((n, r) => n + r.ids.length, 0));
+  assert.equal(embedded.chatError, "InputError");
+  assert.equal(embedded.stats.kind, "embedding");
+  figures.embedding_min_cosine = Math.min(...embedded.cosines);
+  figures.embedding_texts_per_s = embedded.textsPerS;
 
   // Chromium's quota override (below) is not reflected in storage.estimate(), so
   // the page's estimate() is replaced to check what the loader does with it.

@@ -20,6 +20,9 @@ commands:
                        generate text (raw prompt, or one user message through the chat template)
   chat MODEL_DIR [--system TEXT] [sampling options as for generate]
                        interactive chat with streaming output; each turn reuses the KV cache
+  embed MODEL_DIR (--text TEXT | --file FILE)
+                       sentence embeddings (BERT-family package) as JSON: one embedding for
+                       --text, or one line with index and embedding per line of FILE
   logits MODEL_DIR --tokens 1,2,3 [--top K]
                        logits of one sequence as JSON, one row per position
   verify DIR           check every shard's size and sha256, and the manifest's tensor table
@@ -51,6 +54,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("chat") => match positional.as_slice() {
             [dir] => crate::run::chat(Path::new(dir), args, &gpu_options),
             _ => Err(format!("chat needs a package folder\n\n{USAGE}")),
+        },
+        Some("embed") => match positional.as_slice() {
+            [dir] => crate::embed::embed(Path::new(dir), args, &gpu_options),
+            _ => Err(format!("embed needs a package folder\n\n{USAGE}")),
         },
         Some("logits") => match positional.as_slice() {
             [dir] => crate::run::logits(Path::new(dir), args, &gpu_options),
@@ -94,7 +101,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// Arguments after the command that are neither flags nor flag values.
 fn positionals(args: &[String]) -> Vec<&String> {
-    const WITH_VALUE: [&str; 18] = [
+    const WITH_VALUE: [&str; 20] = [
         "--quant",
         "--shard-mb",
         "--out",
@@ -113,6 +120,8 @@ fn positionals(args: &[String]) -> Vec<&String> {
         "--mount",
         "--port",
         "--host",
+        "--text",
+        "--file",
     ];
     let mut out = Vec::new();
     let mut skip = false;
