@@ -50,17 +50,22 @@ pkg:
 	@./scripts/setup-browser.sh --wasm-only
 	./scripts/build-pkg.sh
 
-# The chat demo (web/) on http://127.0.0.1:8080/ (PORT= overrides), with the
-# npm package under /pkg/ and converted models under /models/.
+# The chat and RAG demo (web/) on http://127.0.0.1:8080/ (PORT= overrides),
+# with the npm package under /pkg/, converted models under /models/ and pdf.js
+# under /vendor/pdfjs/.
 demo: models demo-models
-	./target/release/phi-web serve web --mount /pkg=pkg --mount /models=target/demo/models
+	./target/release/phi-web serve web --mount /pkg=pkg --mount /models=target/demo/models \
+		--mount /vendor/pdfjs=web/node_modules/pdfjs-dist/build
 
-# What the demo serves, built: the wasm package and the default model.
+# What the demo serves, built: the wasm package, the default chat and
+# embedding models, pdf.js for the RAG page.
 demo-models:
 	@./scripts/setup-browser.sh --wasm-only
 	./scripts/build-pkg.sh
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/demo/models/smollm2-135m-instruct >/dev/null
+	./target/release/phi-web convert .models/all-MiniLM-L6-v2 target/demo/models/all-minilm-l6-v2 >/dev/null
+	@[ -d web/node_modules/pdfjs-dist ] || npm ci --prefix web --no-audit --no-fund
 
 setup-native:
 	@./scripts/setup-native.sh

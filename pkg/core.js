@@ -107,6 +107,16 @@ class LocalEngine {
     return result;
   }
 
+  /** Overlapping token windows of `text`: [{start, end, tokens}] (UTF-16 offsets). */
+  chunk(text, { maxTokens = 128, overlap = 32 } = {}) {
+    if (!this.embedding) throw namedError("InputError", `${this.model} is not an embedding model`);
+    try {
+      return JSON.parse(this.engine.chunk(text, maxTokens, overlap));
+    } catch (e) {
+      throw asError(e);
+    }
+  }
+
   interrupt() {
     if (!this.embedding) this.engine.interrupt();
   }

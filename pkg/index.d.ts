@@ -106,6 +106,11 @@ export interface Engine {
   /** For an embedding model's package (BERT family, e.g. all-MiniLM-L6-v2). */
   embeddings: {
     create(request: EmbeddingRequest): Promise<EmbeddingResponse>;
+    /**
+     * Splits a text into overlapping windows of at most `maxTokens` tokens
+     * (default 128, overlap 32) for retrieval; offsets in UTF-16 code units.
+     */
+    chunk(text: string, options?: { maxTokens?: number; overlap?: number }): Promise<{ start: number; end: number; tokens: number }[]>;
   };
   chat: {
     completions: {

@@ -49,6 +49,9 @@ class WorkerBackend {
   embed(input) {
     return this.call({ type: "embed", input });
   }
+  chunk(text, options) {
+    return this.call({ type: "chunk", text, options });
+  }
   interrupt() {
     return this.call({ type: "interrupt" });
   }
@@ -81,6 +84,9 @@ class PageBackend {
   }
   embed(input) {
     return this.engine.embed(input);
+  }
+  async chunk(text, options) {
+    return this.engine.chunk(text, options);
   }
   async interrupt() {
     this.engine.interrupt();
@@ -136,7 +142,10 @@ class PhiEngine {
     this.model = modelUrl;
     this.load = load;
     this.chat = { completions: { create: (request) => this.create(request) } };
-    this.embeddings = { create: (request) => this.embed(request) };
+    this.embeddings = {
+      create: (request) => this.embed(request),
+      chunk: (text, options) => this.backend.chunk(String(text), options),
+    };
   }
 
   /**

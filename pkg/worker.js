@@ -32,6 +32,9 @@ self.onmessage = async ({ data }) => {
       case "embed":
         post({ id, type: "result", value: await engine.embed(data.input) });
         break;
+      case "chunk":
+        post({ id, type: "result", value: engine.chunk(data.text, data.options) });
+        break;
       case "interrupt":
         engine?.interrupt();
         post({ id, type: "result" });

@@ -19,6 +19,14 @@ impl Message {
     }
 }
 
+/// A piece of a text for retrieval: [start, end) in UTF-16 code units.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TextChunk {
+    pub start: usize,
+    pub end: usize,
+    pub tokens: usize,
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
@@ -58,6 +66,43 @@ impl Tokenizer {
             .iter()
             .map(|text| Ok(inner.encode(text.as_str(), true).map_err(tokenizer_error)?.get_ids().to_vec()))
             .collect()
+    }
+
+    /// Splits `text` into windows of at most `max_tokens` tokens (room is
+    /// left for the model's [CLS] and [SEP]) that overlap by `overlap`
+    /// tokens, for retrieval. Offsets are in UTF-16 code units, as
+    /// JavaScript strings index.
+    pub fn chunk(&self, text: &str, max_tokens: usize, overlap: usize) -> Result<Vec<TextChunk>> {
+        let body = max_tokens.saturating_sub(2).max(1);
+        let stride = body.saturating_sub(overlap).max(1);
+        let mut inner = self.inner.clone();
+        inner.with_truncation(None).map_err(tokenizer_error)?;
+        inner.with_padding(None);
+        let encoding = inner.encode(text, false).map_err(tokenizer_error)?;
+        let offsets = encoding.get_offsets();
+        // Byte offset → UTF-16 offset, for every char boundary.
+        let mut utf16 = vec![0usize; text.len() + 1];
+        let mut units = 0;
+        for (byte, c) in text.char_indices() {
+            utf16[byte] = units;
+            units += c.len_utf16();
+        }
+        utf16[text.len()] = units;
+        let mut chunks = Vec::new();
+        let mut first = 0;
+        while first < offsets.len() {
+            let last = (first + body).min(offsets.len());
+            chunks.push(TextChunk {
+                start: utf16[offsets[first].0.min(text.len())],
+                end: utf16[offsets[last - 1].1.min(text.len())],
+                tokens: last - first,
+            });
+            if last == offsets.len() {
+                break;
+            }
+            first += stride;
+        }
+        Ok(chunks)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -327,6 +327,14 @@ impl Embedder {
         })
     }
 
+    /// Splits `text` into overlapping windows of at most `max_tokens` tokens:
+    /// JSON [{start, end, tokens}], offsets in UTF-16 code units.
+    pub fn chunk(&self, text: String, max_tokens: u32, overlap: u32) -> Result<String, JsValue> {
+        let max = (max_tokens as usize).min(self.inner.encoder.max_seq_length());
+        let chunks = self.inner.tokenizer.chunk(&text, max, overlap as usize).map_err(js_error)?;
+        serde_json::to_string(&chunks).map_err(|e| input_error(e.to_string()))
+    }
+
     /// Destroys the GPU device (see `Engine.loseDevice`).
     #[wasm_bindgen(js_name = loseDevice)]
     pub fn lose_device(&self) {

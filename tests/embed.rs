@@ -168,3 +168,25 @@ fn over_long_token_input_is_an_error() {
     let err = pollster::block_on(m.encoder.embed(&env().gpu, &env().kernels, &too_long)).unwrap_err();
     assert!(err.to_string().contains("1 to 256 are allowed"), "{err}");
 }
+
+#[test]
+fn chunks_are_overlapping_token_windows_in_utf16_offsets() {
+    let m = load();
+    let sentence = "Émile's café serves crème brûlée 🍮 every day; the recipe is from 1902. ";
+    let text = sentence.repeat(30);
+    let utf16: Vec<u16> = text.encode_utf16().collect();
+    let chunks = m.tokenizer.chunk(&text, 64, 16).unwrap();
+    assert!(chunks.len() > 3, "{} chunks", chunks.len());
+    assert_eq!(chunks[0].start, 0);
+    assert_eq!(chunks.last().unwrap().end, utf16.len() - 1, "all but the trailing space is covered");
+    for pair in chunks.windows(2) {
+        assert!(pair[1].start < pair[0].end, "consecutive chunks overlap: {pair:?}");
+    }
+    for chunk in &chunks {
+        assert!(chunk.tokens <= 62);
+        let piece = String::from_utf16(&utf16[chunk.start..chunk.end]).expect("offsets fall on char boundaries");
+        let ids = m.tokenizer.encode_for_embedding(&[piece.clone()], 10_000).unwrap();
+        assert!(ids[0].len() <= 64 + 2, "{} tokens in {piece:?}", ids[0].len());
+    }
+    assert!(m.tokenizer.chunk("", 64, 16).unwrap().is_empty());
+}

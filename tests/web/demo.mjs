@@ -15,6 +15,41 @@ import { chromium } from "playwright-core";
 import { renderMarkdown } from "../../web/markdown.js";
 
 const [phiWeb] = process.argv.slice(2);
+
+const LIGHTHOUSE = `# The Skerry lighthouse
+
+The lighthouse on the island of Skerry has been kept by Ada Morrow since 1998.
+Every evening she climbs the 143 steps to light the lamp, and every morning she
+writes the weather in a green logbook.
+`;
+const BAKERY = [
+  "The Corner Bakery opens at six in the morning.",
+  "Its rye bread is baked in a wood-fired oven,",
+  "and the croissants sell out before nine.",
+];
+
+/** A minimal one-page PDF with `lines` of text (Helvetica), xref and all. */
+function makePdf(lines) {
+  const text = lines.map((l, i) => `BT /F1 14 Tf 72 ${720 - 20 * i} Td (${l}) Tj ET`).join("\n");
+  const objects = [
+    "<< /Type /Catalog /Pages 2 0 R >>",
+    "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+    "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+    `<< /Length ${text.length} >>\nstream\n${text}\nendstream`,
+    "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+  ];
+  let pdf = "%PDF-1.4\n";
+  const offsets = objects.map((body, i) => {
+    const at = pdf.length;
+    pdf += `${i + 1} 0 obj\n${body}\nendobj\n`;
+    return at;
+  });
+  const xref = pdf.length;
+  pdf += `xref\n0 ${objects.length + 1}\n0000000000 65535 f \n`;
+  pdf += offsets.map((o) => `${String(o).padStart(10, "0")} 00000 n \n`).join("");
+  pdf += `trailer\n<< /Size ${objects.length + 1} /Root 1 0 R >>\nstartxref\n${xref}\n%%EOF\n`;
+  return Buffer.from(pdf, "latin1");
+}
 const root = new URL("../..", import.meta.url).pathname;
 const artifacts = `${root}target/test-artifacts`;
 mkdirSync(artifacts, { recursive: true });
@@ -33,7 +68,8 @@ assert.match(hostile, /<pre><code data-language="html">&lt;b&gt;&quot;code&quot;
 assert.match(hostile, /<ul><li>a <code>&lt;i&gt;<\/code><\/li><li><em>b<\/em><\/li><\/ul>/);
 assert.equal(renderMarkdown("```js\nunfinished"), '<pre><code data-language="js">unfinished</code></pre>');
 
-const server = spawn(phiWeb, ["serve", "web", "--mount", "/pkg=pkg", "--mount", "/models=target/demo/models", "--port", "0"], {
+const mounts = ["/pkg=pkg", "/models=target/demo/models", "/vendor/pdfjs=web/node_modules/pdfjs-dist/build"];
+const server = spawn(phiWeb, ["serve", "web", ...mounts.flatMap((m) => ["--mount", m]), "--port", "0"], {
   cwd: root,
   stdio: ["ignore", "pipe", "inherit"],
 });
@@ -149,6 +185,72 @@ try {
   const warm = await loadModel();
   assert.match(warm, /2 of 2 shards from cache · 0\.0 MB downloaded/, warm);
   figures.warm_load = warm;
+
+  step("retrieval over 10,000 chunks in the browser");
+  figures.retrieval_ms_10k = await page.evaluate(async () => {
+    const { VectorIndex } = await import("/retrieval.js");
+    const index = new VectorIndex(384);
+    let seed = 1;
+    const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+    const unit = () => {
+      const v = Float32Array.from({ length: 384 }, random);
+      const n = Math.hypot(...v);
+      return v.map((x) => x / n);
+    };
+    for (let i = 0; i < 10_000; i++) index.add({ id: i, text: `chunk ${i} about topic ${i % 97} and lighthouses` }, unit());
+    const times = [];
+    for (let i = 0; i < 21; i++) {
+      const query = unit();
+      const started = performance.now();
+      index.search(query, 5, { query: "which topic mentions lighthouses", keywordWeight: 0.2 });
+      times.push(performance.now() - started);
+    }
+    return times.sort((a, b) => a - b)[10];
+  });
+  assert.ok(figures.retrieval_ms_10k < 100, `median ${figures.retrieval_ms_10k} ms`);
+
+  step("the RAG page ingests a Markdown file and a PDF into IndexedDB");
+  await page.goto(`${url}rag.html`);
+  await page.waitForSelector("body[data-ready=true]");
+  await page.click("#load");
+  await page.waitForSelector("#question:not([disabled])", { timeout: 300_000 });
+  await page.setInputFiles("#files", [
+    { name: "lighthouse.md", mimeType: "text/markdown", buffer: Buffer.from(LIGHTHOUSE) },
+    { name: "bakery.pdf", mimeType: "application/pdf", buffer: makePdf(BAKERY) },
+  ]);
+  await page.waitForFunction(
+    () => /^2 documents/.test(document.getElementById("library-summary").textContent) || !document.getElementById("error").hidden,
+    null,
+    { timeout: 300_000 },
+  );
+  assert.equal(await page.isHidden("#error"), true, await page.textContent("#error"));
+  const library = await page.$$eval("#documents li span", (spans) => spans.map((s) => s.textContent));
+  assert.match(library.join("\n"), /lighthouse\.md · \d+ chunks?\nbakery\.pdf · \d+ chunks?/);
+
+  step("a question answered by one document cites that document");
+  await page.click("#settings summary");
+  await page.fill("#top-k", "1");
+  await page.fill("#max-tokens", "12");
+  await page.fill("#question", "What is the name of the keeper of the Skerry lighthouse?");
+  await page.press("#question", "Enter");
+  await page.waitForFunction(() => document.querySelector("#answers article")?.dataset.finish, null, { timeout: 600_000 });
+  const answer = await page.$eval("#answers article", (a) => ({
+    finish: a.dataset.finish,
+    sources: a.dataset.sources,
+    text: a.querySelector("div").textContent,
+    stats: a.querySelector(".stats")?.textContent,
+  }));
+  assert.equal(answer.sources, "lighthouse.md", JSON.stringify(answer));
+  assert.ok(answer.text.trim().length > 0, JSON.stringify(answer));
+  figures.rag_answer = answer;
+  await page.screenshot({ path: `${artifacts}/demo-rag.png`, fullPage: true });
+
+  step("the library survives a reload, and a document can be removed");
+  await page.reload();
+  await page.waitForSelector("body[data-ready=true]");
+  assert.match(await page.textContent("#library-summary"), /^2 documents, \d+ chunks$/);
+  await page.click("button[aria-label='Remove bakery.pdf']");
+  await page.waitForFunction(() => /^1 documents/.test(document.getElementById("library-summary").textContent));
 
   console.log(`demo | all checks passed | ${JSON.stringify(figures)}`);
 } finally {
