@@ -185,7 +185,7 @@ fn chunks_are_overlapping_token_windows_in_utf16_offsets() {
     for chunk in &chunks {
         assert!(chunk.tokens <= 62);
         let piece = String::from_utf16(&utf16[chunk.start..chunk.end]).expect("offsets fall on char boundaries");
-        let ids = m.tokenizer.encode_for_embedding(&[piece.clone()], 10_000).unwrap();
+        let ids = m.tokenizer.encode_for_embedding(std::slice::from_ref(&piece), 10_000).unwrap();
         assert!(ids[0].len() <= 64 + 2, "{} tokens in {piece:?}", ids[0].len());
     }
     assert!(m.tokenizer.chunk("", 64, 16).unwrap().is_empty());
