@@ -29,6 +29,9 @@ pub struct TextChunk {
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner` without its own truncation and padding (tokenizer.json files of
+    /// embedding models carry both), made on first use by the embedding paths.
+    plain: std::sync::OnceLock<tokenizers::Tokenizer>,
     chat_template: Option<String>,
     bos_token: String,
     eos_token: String,
@@ -44,6 +47,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(tokenizer_error)?;
         Ok(Tokenizer {
             inner,
+            plain: std::sync::OnceLock::new(),
             chat_template: manifest.chat_template.clone(),
             bos_token: manifest.bos_token.clone().unwrap_or_default(),
             eos_token: manifest.eos_token.clone().unwrap_or_default(),
@@ -58,14 +62,27 @@ impl Tokenizer {
     /// Token ids of each text for an embedding model: with the model's
     /// special tokens ([CLS] … [SEP]), truncated to `max_len`, never padded.
     pub fn encode_for_embedding(&self, texts: &[String], max_len: usize) -> Result<Vec<Vec<u32>>> {
-        let mut inner = self.inner.clone();
-        let truncation = tokenizers::TruncationParams { max_length: max_len, ..Default::default() };
-        inner.with_truncation(Some(truncation)).map_err(tokenizer_error)?;
-        inner.with_padding(None);
+        let plain = self.plain()?;
+        let added = plain.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
         texts
             .iter()
-            .map(|text| Ok(inner.encode(text.as_str(), true).map_err(tokenizer_error)?.get_ids().to_vec()))
+            .map(|text| {
+                let mut encoding = plain.encode(text.as_str(), false).map_err(tokenizer_error)?;
+                encoding.truncate(max_len.saturating_sub(added), 0, tokenizers::TruncationDirection::Right);
+                let encoding = plain.post_process(encoding, None, true).map_err(tokenizer_error)?;
+                Ok(encoding.get_ids().to_vec())
+            })
             .collect()
+    }
+
+    fn plain(&self) -> Result<&tokenizers::Tokenizer> {
+        if let Some(plain) = self.plain.get() {
+            return Ok(plain);
+        }
+        let mut plain = self.inner.clone();
+        plain.with_truncation(None).map_err(tokenizer_error)?;
+        plain.with_padding(None);
+        Ok(self.plain.get_or_init(|| plain))
     }
 
     /// Splits `text` into windows of at most `max_tokens` tokens (room is
@@ -75,10 +92,7 @@ impl Tokenizer {
     pub fn chunk(&self, text: &str, max_tokens: usize, overlap: usize) -> Result<Vec<TextChunk>> {
         let body = max_tokens.saturating_sub(2).max(1);
         let stride = body.saturating_sub(overlap).max(1);
-        let mut inner = self.inner.clone();
-        inner.with_truncation(None).map_err(tokenizer_error)?;
-        inner.with_padding(None);
-        let encoding = inner.encode(text, false).map_err(tokenizer_error)?;
+        let encoding = self.plain()?.encode(text, false).map_err(tokenizer_error)?;
         let offsets = encoding.get_offsets();
         // Byte offset → UTF-16 offset, for every char boundary.
         let mut utf16 = vec![0usize; text.len() + 1];

@@ -10,6 +10,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
 use super::{Dispatch, Gpu, Matrix};
 use crate::error::{ensure_shape, Error, Result};
 use crate::quant::WeightFormat;
@@ -56,23 +57,6 @@ struct MatmulParams {
     y_stride: u32,
     y_offset: u32,
     _pad: [u32; 3],
-}
-
-/// Where a linear layer's outputs go in each token's row of y: features
-/// [offset, offset + N) of rows of `stride` floats (Q, K and V of separate
-/// projections written side by side into one fused buffer, or the row chunks
-/// of a large matrix).
-#[derive(Clone, Copy, Debug)]
-pub struct OutputSlice {
-    pub stride: usize,
-    pub offset: usize,
-}
-
-impl OutputSlice {
-    /// Rows of exactly `n` outputs.
-    pub fn whole(n: usize) -> OutputSlice {
-        OutputSlice { stride: n, offset: 0 }
-    }
 }
 
 #[repr(C)]
@@ -128,89 +112,6 @@ struct EncoderAttentionParams {
     heads: u32,
     head_dim: u32,
     scale: f32,
-}
-
-/// Where RoPE applies inside a (possibly fused QKV) activation buffer.
-#[derive(Clone, Copy, Debug)]
-pub struct RopeShape {
-    pub tokens: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    /// Rotated dims per head (even, <= head_dim); the rest pass through.
-    pub rot_dim: usize,
-    /// Floats per token in the buffer.
-    pub row_stride: usize,
-    /// Float offset of the first rotated head within a token's row.
-    pub offset: usize,
-    /// LongRoPE attention factor multiplying cos and sin (1 otherwise).
-    pub attn_factor: f32,
-}
-
-/// Which slice of an activation buffer goes into a KV cache.
-#[derive(Clone, Copy, Debug)]
-pub struct KvAppendShape {
-    pub tokens: usize,
-    /// kv_heads * head_dim.
-    pub kv_dim: usize,
-    pub src_stride: usize,
-    pub src_offset: usize,
-    /// Positions the cache holds.
-    pub capacity: usize,
-}
-
-/// Attention problem size; the query heads start at float 0 of each row.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionShape {
-    pub tokens: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    /// Floats per token in the query buffer (a fused QKV row works).
-    pub q_stride: usize,
-    /// Positions the KV caches hold.
-    pub capacity: usize,
-    /// Sliding window: a query at p sees keys j with p - j < window; 0 = none.
-    pub window: usize,
-    pub scale: f32,
-    /// Workgroups along the key sequence (flash-decoding splits).
-    pub splits: usize,
-}
-
-impl AttentionShape {
-    /// Splits for `tokens` queries over caches up to `capacity` positions:
-    /// enough workgroups to fill a GPU when decoding, few when the queries
-    /// themselves give parallelism.
-    pub fn default_splits(tokens: usize, capacity: usize) -> usize {
-        if tokens >= 16 {
-            1
-        } else {
-            capacity.div_ceil(256).clamp(1, 32)
-        }
-    }
-}
-
-/// Scratch for attention's per-split partial results.
-pub struct AttentionScratch {
-    acc: wgpu::Buffer, // [tokens, heads, splits, head_dim] f32
-    ml: wgpu::Buffer,  // [tokens, heads, splits] (max, sum) f32 pairs
-}
-
-impl AttentionScratch {
-    pub fn new(gpu: &Gpu, shape: &AttentionShape) -> Result<AttentionScratch> {
-        let slots = (shape.tokens * shape.heads * shape.splits) as u64;
-        Ok(AttentionScratch {
-            acc: gpu.storage("attention partials", slots * shape.head_dim as u64 * 4)?,
-            ml: gpu.storage("attention stats", slots * 8)?,
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GeluKind {
-    /// Exact GELU with erf (BERT, `nn.GELU()`).
-    Erf,
-    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
-    Tanh,
 }
 
 /// Every compute pipeline, compiled once for a device.

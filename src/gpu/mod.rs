@@ -4,11 +4,11 @@
 
 mod context;
 mod kernels;
+mod shapes;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions};
-pub use kernels::{
-    AttentionScratch, AttentionShape, GeluKind, Kernels, KvAppendShape, OutputSlice, RopeShape, ENCODER_MAX_KEYS,
-};
+pub use kernels::{Kernels, ENCODER_MAX_KEYS};
+pub use shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
 
 use crate::error::{ensure_shape, Result};
 use crate::quant::{self, GpuLayout, WeightFormat};
