@@ -65,7 +65,9 @@ demo-models:
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/demo/models/smollm2-135m-instruct >/dev/null
 	./target/release/phi-web convert .models/all-MiniLM-L6-v2 target/demo/models/all-minilm-l6-v2 >/dev/null
-	@[ -d web/node_modules/pdfjs-dist ] || npm ci --prefix web --no-audit --no-fund
+	@# `npm install` (it keeps the lock file as it is): `npm ci` rejects this lock
+	@# because pdf.js's optional @napi-rs/canvas platform packages are not in it.
+	@[ -d web/node_modules/pdfjs-dist ] || npm install --prefix web --no-audit --no-fund
 
 setup-native:
 	@./scripts/setup-native.sh
