@@ -157,8 +157,24 @@ pub async fn generate(
 
     let start = now_secs();
     let mut context: Vec<u32> = prompt.to_vec();
-    let mut logits = prefill(gpu, kernels, decoder, session, &context, reuse).await?;
+    let prefilled = prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt).await?;
     let ttft = now_secs() - start;
+    let Some(mut logits) = prefilled else {
+        // Interrupted during the prompt: what was computed stays cached.
+        let computed = session.cached.len() - reuse;
+        return Ok(Generation {
+            text: String::new(),
+            tokens: Vec::new(),
+            finish_reason: "abort",
+            stats: Stats {
+                prompt_tokens: prompt.len(),
+                cached_tokens: reuse,
+                prefill_tokens_per_s: computed as f64 / ttft.max(1e-9),
+                decode_tokens_per_s: 0.0,
+                ttft_ms: ttft * 1e3,
+            },
+        });
+    };
 
     let mut sampler = Sampler::new(options.sampling.clone());
     let mut detokenizer = Detokenizer::default();
@@ -192,7 +208,13 @@ pub async fn generate(
         logits = if needs_long(context.len()) && !session.long {
             // Crossing into LongRoPE's long factors: recompute the whole cache.
             session.cached.clear();
-            prefill(gpu, kernels, decoder, session, &context, 0).await?
+            match prefill(gpu, kernels, decoder, session, &context, 0, &options.interrupt).await? {
+                Some(logits) => logits,
+                None => {
+                    finish_reason = "abort";
+                    break;
+                }
+            }
         } else {
             let step = decoder.forward(gpu, kernels, &[id], pos, Logits::Last).await;
             session.cached.push(id);
@@ -215,7 +237,9 @@ pub async fn generate(
     })
 }
 
-/// Runs `tokens[from..]` at positions from.. in chunks; returns the last logits.
+/// Runs `tokens[from..]` at positions from.. in chunks; returns the last
+/// logits, or None when `interrupt` is set before a chunk (a long prompt on a
+/// slow GPU can take minutes; Stop must not wait for all of it).
 async fn prefill(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -223,10 +247,16 @@ async fn prefill(
     session: &mut Session,
     tokens: &[u32],
     from: usize,
-) -> Result<Vec<f32>> {
+    interrupt: &Interrupt,
+) -> Result<Option<Vec<f32>>> {
+    // Every chunk uses the factors of the whole sequence's length.
+    session.long = decoder.config.uses_long_rope(tokens.len());
     let mut logits = Vec::new();
     let mut pos = from;
     for chunk in tokens[from..].chunks(decoder.max_tokens) {
+        if interrupt.is_set() {
+            return Ok(None);
+        }
         logits = decoder
             .forward_in_sequence(gpu, kernels, chunk, pos, tokens.len(), Logits::Last)
             .await
@@ -234,6 +264,5 @@ async fn prefill(
         pos += chunk.len();
         session.cached.extend_from_slice(chunk);
     }
-    session.long = decoder.config.uses_long_rope(tokens.len());
-    Ok(logits)
+    Ok(Some(logits))
 }

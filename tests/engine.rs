@@ -352,3 +352,33 @@ fn session_recomputes_the_cache_when_longrope_switches() {
     let stats = check_session_against_fresh("tiny-phi3-longrope", &[ids[..58].to_vec()], 12);
     assert_eq!(stats[0].prompt_tokens, 58);
 }
+
+/// Stop during a prompt's prefill ends the request between chunks with
+/// "abort"; the session stays usable and the next request equals a fresh one.
+#[test]
+fn an_interrupt_ends_prefill_between_chunks() {
+    use phi_web::session::{generate, GenerateOptions, Session};
+    use phi_web::tokenizer::Tokenizer;
+
+    let env = env();
+    let package = package("tiny-phi3", WeightFormat::F32);
+    let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
+    let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
+    let decoder = Decoder::load(&env.gpu, &package, 128, 8).unwrap(); // 8-token prefill chunks
+    let ids = golden("tiny-phi3").ids;
+    let options = GenerateOptions { max_tokens: 4, stop_token_ids: vec![], ..Default::default() };
+    let run = |session: &mut Session| {
+        pollster::block_on(generate(&env.gpu, &env.kernels, &decoder, session, &tokenizer, &ids, &options, |_| {}))
+            .unwrap()
+    };
+    let mut session = Session::new();
+    options.interrupt.set();
+    let stopped = run(&mut session);
+    assert_eq!((stopped.finish_reason, stopped.tokens.len()), ("abort", 0));
+    assert!(session.cached().is_empty(), "nothing was computed");
+    options.interrupt.clear();
+    let resumed = run(&mut session);
+    let fresh = run(&mut Session::new());
+    assert_eq!(resumed.tokens, fresh.tokens);
+    assert_eq!(resumed.finish_reason, "length");
+}
