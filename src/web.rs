@@ -78,6 +78,21 @@ fn describe(value: &JsValue) -> String {
         .unwrap_or_else(|| format!("{value:?}"))
 }
 
+/// What every engine starts from: the parsed manifest, its tokenizer, and a
+/// device with the kernels compiled (`portable` avoids shader-f16 and subgroups).
+async fn open(
+    manifest: &str,
+    tokenizer: &[u8],
+    portable: bool,
+) -> Result<(Manifest, Tokenizer, Gpu, Kernels), JsValue> {
+    let manifest = parse_manifest(manifest).map_err(js_error)?;
+    let tokenizer = Tokenizer::from_bytes(tokenizer, &manifest).map_err(js_error)?;
+    let options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
+    let gpu = Gpu::new(&options).await.map_err(js_error)?;
+    let kernels = Kernels::new(&gpu).await.map_err(js_error)?;
+    Ok((manifest, tokenizer, gpu, kernels))
+}
+
 struct Inner {
     gpu: Gpu,
     kernels: Kernels,
@@ -137,11 +152,7 @@ impl Engine {
         portable: bool,
     ) -> Promise {
         future_to_promise(async move {
-            let manifest = parse_manifest(&manifest).map_err(js_error)?;
-            let tokenizer = Tokenizer::from_bytes(&tokenizer, &manifest).map_err(js_error)?;
-            let options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
-            let gpu = Gpu::new(&options).await.map_err(js_error)?;
-            let kernels = Kernels::new(&gpu).await.map_err(js_error)?;
+            let (manifest, tokenizer, gpu, kernels) = open(&manifest, &tokenizer, portable).await?;
             let max = manifest.config.max_position_embeddings;
             let context = if context_length == 0 { max.min(4096) } else { (context_length as usize).min(max) };
             let stop_token_ids = manifest.stop_token_ids.clone();
@@ -279,11 +290,7 @@ impl Embedder {
     /// Loads an encoder package; arguments as for `Engine.create`.
     pub fn create(manifest: String, tokenizer: Vec<u8>, read: Function, portable: bool) -> Promise {
         future_to_promise(async move {
-            let manifest = parse_manifest(&manifest).map_err(js_error)?;
-            let tokenizer = Tokenizer::from_bytes(&tokenizer, &manifest).map_err(js_error)?;
-            let options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
-            let gpu = Gpu::new(&options).await.map_err(js_error)?;
-            let kernels = Kernels::new(&gpu).await.map_err(js_error)?;
+            let (manifest, tokenizer, gpu, kernels) = open(&manifest, &tokenizer, portable).await?;
             let shards = JsShards { manifest, read, failure: RefCell::new(None) };
             let encoder = match Encoder::load_from(&gpu, &shards, 4096).await {
                 Ok(encoder) => encoder,

@@ -3,6 +3,7 @@
 // escaped Markdown. Everything runs in this browser through phi-web.
 
 import { checkCachedModel, createEngine, deleteCachedModel } from "./pkg/index.js";
+import { explain } from "./errors.js";
 import { renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
@@ -42,20 +43,6 @@ const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const MB = (bytes) => (bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0);
 
 // ---- errors ----------------------------------------------------------------
-
-/** A sentence a person can act on, for each kind of phi-web error. */
-function explain(error) {
-  const hints = {
-    NoWebGPUError: "This browser has no WebGPU. Use a recent Chrome or Edge (or Safari/Firefox with WebGPU enabled).",
-    DeviceLostError: "The GPU device was lost (a driver reset, or the GPU ran out of memory). Press Load to start again.",
-    QuotaExceededError: "Not enough browser storage for this model. Delete cached models or free disk space.",
-    ShardError: "A model file could not be downloaded intact.",
-    NetworkError: "A download failed. Check the connection (or that the model was converted and is served).",
-    ModelFormatError: "The model package is not usable by this version of phi-web.",
-    InputError: "The request could not be run.",
-  };
-  return `${hints[error?.name] ?? "Something went wrong."}\n${error?.name ?? "Error"}: ${error?.message ?? error}`;
-}
 
 function showError(error) {
   console.error(error);

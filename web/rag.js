@@ -5,6 +5,7 @@
 
 import { createEngine } from "./pkg/index.js";
 import { renderMarkdown } from "./markdown.js";
+import { explain } from "./errors.js";
 import { ACCEPTED, extractText } from "./extract.js";
 import { Library } from "./rag-store.js";
 import { groundedMessages, VectorIndex } from "./retrieval.js";
@@ -27,14 +28,7 @@ const MB = (bytes) => (bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0);
 
 function showError(error) {
   console.error(error);
-  const hints = {
-    NoWebGPUError: "This browser has no WebGPU. Use a recent Chrome or Edge.",
-    DeviceLostError: "The GPU device was lost. Press Load models to start again.",
-    QuotaExceededError: "Not enough browser storage. Delete cached models or free disk space.",
-    ShardError: "A model file could not be downloaded intact.",
-    NetworkError: "A download failed (is the model converted and served?).",
-  };
-  $("error").textContent = `${hints[error?.name] ?? "Something went wrong."}\n${error?.name ?? "Error"}: ${error?.message ?? error}`;
+  $("error").textContent = explain(error);
   $("error").hidden = false;
 }
 

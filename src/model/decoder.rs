@@ -3,9 +3,10 @@
 //! `modeling_phi3.py`. Config, weights, scratch and KV cache are separate and
 //! allocated once for a chosen context length.
 
+use super::{entry, upload_vector};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
-use crate::formats::package::{ShardSource, TensorEntry};
+use crate::formats::package::ShardSource;
 use crate::gpu::{
     AttentionScratch, AttentionShape, Command, Gpu, Kernels, KvAppendShape, Matrix, OutputSlice, RopeShape,
 };
@@ -82,15 +83,6 @@ pub struct Decoder {
     scratch: Scratch,
     cache: KvCache,
     decode_splits: usize,
-}
-
-fn entry<'a>(source: &'a impl ShardSource, name: &str) -> Result<&'a TensorEntry> {
-    source.tensor(name).ok_or_else(|| Error::Config { message: format!("the package has no tensor {name}") })
-}
-
-async fn upload_vector(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<wgpu::Buffer> {
-    let values = source.tensor_f32(entry(source, name)?).await?;
-    gpu.storage_with(name, bytemuck::cast_slice(&values))
 }
 
 async fn upload_linear(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<Linear> {

@@ -3,9 +3,10 @@
 //! normalisation. Sequences of a batch are packed back to back with no
 //! padding; attention stays within each sequence (encoder_attention.wgsl).
 
+use super::{entry, upload_vector};
 use crate::config::{Architecture, ModelConfig, Pooling};
 use crate::error::{Error, Result};
-use crate::formats::package::{ShardSource, TensorEntry};
+use crate::formats::package::ShardSource;
 use crate::gpu::{Dispatch, GeluKind, Gpu, Kernels, Matrix, OutputSlice, ENCODER_MAX_KEYS};
 
 /// A linear layer: y = x W^T + b.
@@ -42,15 +43,6 @@ pub struct Encoder {
     gelu: GeluKind,
     /// Tokens per forward pass; longer batches are split.
     max_batch_tokens: usize,
-}
-
-fn entry<'a>(source: &'a impl ShardSource, name: &str) -> Result<&'a TensorEntry> {
-    source.tensor(name).ok_or_else(|| Error::Config { message: format!("the package has no tensor {name}") })
-}
-
-async fn upload_vector(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<wgpu::Buffer> {
-    let values = source.tensor_f32(entry(source, name)?).await?;
-    gpu.storage_with(name, bytemuck::cast_slice(&values))
 }
 
 async fn upload_matrix(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<Matrix> {

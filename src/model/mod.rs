@@ -6,3 +6,18 @@ mod encoder;
 
 pub use decoder::{Decoder, Logits};
 pub use encoder::Encoder;
+
+use crate::error::{Error, Result};
+use crate::formats::package::{ShardSource, TensorEntry};
+use crate::gpu::Gpu;
+
+/// A tensor's manifest entry, or an error naming the missing tensor.
+fn entry<'a>(source: &'a impl ShardSource, name: &str) -> Result<&'a TensorEntry> {
+    source.tensor(name).ok_or_else(|| Error::Config { message: format!("the package has no tensor {name}") })
+}
+
+/// A vector (norm weight, bias) as an f32 storage buffer.
+async fn upload_vector(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<wgpu::Buffer> {
+    let values = source.tensor_f32(entry(source, name)?).await?;
+    gpu.storage_with(name, bytemuck::cast_slice(&values))
+}
