@@ -1,5 +1,12 @@
 // y = W x for one token (decode). Concatenated after a weights_{format}.wgsl
 // file that provides weight_block(). Accumulates in f32.
+//
+// LANES invocations share a group of ROWS_PER_THREAD consecutive rows: lane l
+// takes the row group's 32-column blocks l, l + LANES, ... and reads each
+// block of x once for all the group's rows. Reusing x from registers is what
+// makes this fast where every buffer load is a per-lane gather (CPU adapters:
+// lavapipe, SwiftShader); LANES > 1 keeps enough invocations busy on GPUs.
+// The lanes' partial sums meet in workgroup memory once, behind one barrier.
 
 struct Params {
     rows: u32,      // N, output features
@@ -12,37 +19,49 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
-override WG: u32 = 256;           // threads per workgroup
-override ROWS_PER_WG: u32 = 32u;    // WG / ROWS_PER_WG threads (a power of two) share a row
+override WG: u32 = 64;              // invocations per workgroup
+override LANES: u32 = 4u;           // invocations per row group (divides WG; kernels.rs: Tuning)
+// ROWS_PER_THREAD: a tuning constant put in front (kernels.rs: Tuning)
 
-var<workgroup> partial: array<f32, WG>;
+var<workgroup> partial: array<array<f32, ROWS_PER_THREAD>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let lanes = WG / ROWS_PER_WG;
-    let row = flat_workgroup(wid, nwg) * ROWS_PER_WG + lid / lanes;
-    let lane = lid % lanes;
+    let lane = lid % LANES;
+    let first = (flat_workgroup(wid, nwg) * (WG / LANES) + lid / LANES) * ROWS_PER_THREAD;
     let blocks = p.cols / 32u;
 
-    var acc = 0.0;
-    if (row < p.rows) {
-        for (var j = lane; j < blocks; j += lanes) {
+    var acc: array<f32, ROWS_PER_THREAD>;
+    for (var j = lane; j < blocks; j += LANES) {
+        let xj = j * 8u;
+        let x0 = x[xj];
+        let x1 = x[xj + 1u];
+        let x2 = x[xj + 2u];
+        let x3 = x[xj + 3u];
+        let x4 = x[xj + 4u];
+        let x5 = x[xj + 5u];
+        let x6 = x[xj + 6u];
+        let x7 = x[xj + 7u];
+        for (var r = 0u; r < ROWS_PER_THREAD; r++) {
+            // Rows past the end repeat the last row (no divergent branch); not stored.
+            let row = min(first + r, p.rows - 1u);
             let w = weight_block(row * blocks + j);
-            let xj = j * 8u;
-            acc += dot(w[0], x[xj]) + dot(w[1], x[xj + 1u]) + dot(w[2], x[xj + 2u]) + dot(w[3], x[xj + 3u])
-                 + dot(w[4], x[xj + 4u]) + dot(w[5], x[xj + 5u]) + dot(w[6], x[xj + 6u]) + dot(w[7], x[xj + 7u]);
+            acc[r] += dot(w[0], x0) + dot(w[1], x1) + dot(w[2], x2) + dot(w[3], x3)
+                    + dot(w[4], x4) + dot(w[5], x5) + dot(w[6], x6) + dot(w[7], x7);
         }
     }
     partial[lid] = acc;
     workgroupBarrier();
-    for (var stride = lanes / 2u; stride > 0u; stride >>= 1u) {
-        if (lane < stride) {
-            partial[lid] += partial[lid + stride];
+    if (lane == 0u) {
+        for (var r = 0u; r < ROWS_PER_THREAD; r++) {
+            var total = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                total += partial[lid + l][r];
+            }
+            if (first + r < p.rows) {
+                y[p.y_offset + first + r] = total;
+            }
         }
-        workgroupBarrier();
-    }
-    if (lane == 0u && row < p.rows) {
-        y[p.y_offset + row] = partial[lid];
     }
 }

@@ -4,9 +4,10 @@
 // after a weights_{format}.wgsl file that provides weight_block().
 //
 // WGSL promises nothing about which invocations form a subgroup, nor that
-// all subgroups are full, so rows are handed out per subgroup: each subgroup
-// takes a slot from a workgroup counter and walks the workgroup's rows
-// slot, slot + subgroups, ...; its lanes split the row's blocks.
+// all subgroups are full, so row groups are handed out per subgroup: each
+// subgroup takes a slot from a workgroup counter and walks the workgroup's
+// groups of ROWS_PER_THREAD rows slot, slot + subgroups, ...; its lanes split
+// the blocks, each reading a block of x once for all the group's rows.
 
 struct Params {
     rows: u32,      // N, output features
@@ -19,8 +20,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
-override WG: u32 = 256;           // threads per workgroup
-override ROWS_PER_WG: u32 = 32u;  // rows per workgroup
+override WG: u32 = 64;              // invocations per workgroup
+override ROWS_PER_WG: u32 = 64u;    // rows per workgroup (a multiple of ROWS_PER_THREAD)
+// ROWS_PER_THREAD: a tuning constant put in front (kernels.rs: Tuning)
 
 var<workgroup> subgroups: atomic<u32>;  // zero-initialised by the API
 
@@ -36,20 +38,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     let row0 = flat_workgroup(wid, nwg) * ROWS_PER_WG;
     let blocks = p.cols / 32u;
-    for (var r = slot; r < ROWS_PER_WG; r += count) {
-        let row = row0 + r;
-        var acc = 0.0;
-        if (row < p.rows) {
-            for (var j = lane; j < blocks; j += lanes) {
+    for (var g = slot * ROWS_PER_THREAD; g < ROWS_PER_WG; g += count * ROWS_PER_THREAD) {
+        let first = row0 + g;
+        var acc: array<f32, ROWS_PER_THREAD>;
+        for (var j = lane; j < blocks; j += lanes) {
+            let xj = j * 8u;
+            let x0 = x[xj];
+            let x1 = x[xj + 1u];
+            let x2 = x[xj + 2u];
+            let x3 = x[xj + 3u];
+            let x4 = x[xj + 4u];
+            let x5 = x[xj + 5u];
+            let x6 = x[xj + 6u];
+            let x7 = x[xj + 7u];
+            for (var r = 0u; r < ROWS_PER_THREAD; r++) {
+                // Rows past the end repeat the last row; they are not stored.
+                let row = min(first + r, p.rows - 1u);
                 let w = weight_block(row * blocks + j);
-                let xj = j * 8u;
-                acc += dot(w[0], x[xj]) + dot(w[1], x[xj + 1u]) + dot(w[2], x[xj + 2u]) + dot(w[3], x[xj + 3u])
-                     + dot(w[4], x[xj + 4u]) + dot(w[5], x[xj + 5u]) + dot(w[6], x[xj + 6u]) + dot(w[7], x[xj + 7u]);
+                acc[r] += dot(w[0], x0) + dot(w[1], x1) + dot(w[2], x2) + dot(w[3], x3)
+                        + dot(w[4], x4) + dot(w[5], x5) + dot(w[6], x6) + dot(w[7], x7);
             }
         }
-        let total = subgroupAdd(acc);
-        if (lane == 0u && row < p.rows) {
-            y[p.y_offset + row] = total;
+        for (var r = 0u; r < ROWS_PER_THREAD; r++) {
+            let total = subgroupAdd(acc[r]);
+            if (lane == 0u && first + r < p.rows) {
+                y[p.y_offset + first + r] = total;
+            }
         }
     }
 }

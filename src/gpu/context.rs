@@ -18,11 +18,40 @@ pub struct GpuOptions {
     pub allow_f16: bool,
     /// Use subgroup kernels when the adapter has the feature.
     pub allow_subgroups: bool,
+    /// Tile sizes of the matrix kernels; `None` picks by adapter.
+    pub tuning: Option<KernelTuning>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { power_preference: wgpu::PowerPreference::HighPerformance, allow_f16: true, allow_subgroups: true }
+        Self {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            allow_f16: true,
+            allow_subgroups: true,
+            tuning: None,
+        }
+    }
+}
+
+/// Which tile sizes the matrix kernels use (kernels.rs: `Tuning`): CPU
+/// adapters (lavapipe, SwiftShader, WARP) gather every buffer load lane by
+/// lane and want large register tiles; GPUs want many small invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTuning {
+    Cpu,
+    Gpu,
+}
+
+impl KernelTuning {
+    /// CPU tuning for adapters that are software rasterisers.
+    pub fn for_adapter(adapter: &AdapterSummary) -> KernelTuning {
+        let name = adapter.name.to_lowercase();
+        let software = ["llvmpipe", "swiftshader", "warp"].iter().any(|n| name.contains(n));
+        if adapter.device_type == "Cpu" || software {
+            KernelTuning::Cpu
+        } else {
+            KernelTuning::Gpu
+        }
     }
 }
 
@@ -60,6 +89,7 @@ pub struct Gpu {
     pub adapter: AdapterSummary,
     pub features: GpuFeatures,
     pub limits: wgpu::Limits,
+    pub tuning: KernelTuning,
     fault: Fault,
     /// Bytes of storage buffers created so far (weights, scratch, KV cache).
     storage_bytes: std::sync::atomic::AtomicU64,
@@ -127,7 +157,8 @@ impl Gpu {
             record(&on_error, Error::Gpu { context: "uncaptured".into(), message: e.to_string() });
         }));
 
-        Ok(Gpu { device, queue, adapter: summary, features, limits, fault, storage_bytes: Default::default() })
+        let tuning = options.tuning.unwrap_or_else(|| KernelTuning::for_adapter(&summary));
+        Ok(Gpu { device, queue, adapter: summary, features, limits, tuning, fault, storage_bytes: Default::default() })
     }
 
     /// The first device loss or uncaptured GPU error since the last check, if
@@ -253,21 +284,29 @@ impl Gpu {
         self.check()
     }
 
-    /// Copies `size` bytes from the start of `buffer` back to the CPU.
-    pub async fn read_bytes(&self, what: &str, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let size = size.next_multiple_of(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
+    /// A buffer the GPU copies results into and the CPU maps ([`Gpu::read_mapped_f32`]).
+    pub fn readback_buffer(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        let size = size.max(4).next_multiple_of(4);
+        self.check_buffer_size(label, size)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
             size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
+        }))
+    }
 
+    /// Reads `len` f32 values from a readback buffer that submitted work
+    /// has copied into (no staging buffer, no extra submit).
+    pub async fn read_mapped_f32(&self, what: &str, staging: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.map_and_copy(what, staging, 4 * len as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Maps the first `size` bytes of `staging`, copies them out and unmaps.
+    async fn map_and_copy(&self, what: &str, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let (sender, receiver) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
             let _ = sender.send(r);
         });
         self.wait()?;
@@ -280,12 +319,27 @@ impl Gpu {
             return Err(Error::Readback { what: what.into(), message: e.to_string() });
         }
         let bytes = staging
-            .get_mapped_range(..)
+            .get_mapped_range(..size)
             .map_err(|e| Error::Readback { what: what.into(), message: e.to_string() })?
             .to_vec();
         staging.unmap();
         self.check()?;
         Ok(bytes)
+    }
+
+    /// Copies `size` bytes from the start of `buffer` back to the CPU.
+    pub async fn read_bytes(&self, what: &str, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let size = size.next_multiple_of(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        self.map_and_copy(what, &staging, size).await
     }
 
     /// Reads `len` f32 values from the start of `buffer`.

@@ -11,14 +11,70 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
-use super::{Dispatch, Gpu, Matrix};
+use super::{Dispatch, Gpu, KernelTuning, Matrix};
 use crate::error::{ensure_shape, Error, Result};
 use crate::quant::WeightFormat;
 
-/// Rows of W per matvec workgroup (WG / ROWS_PER_WG threads share a row):
-/// few threads per row keep the reduction short, and 8 lanes reading
-/// consecutive 16-byte blocks still make 128-byte coalesced loads.
-const MATVEC_ROWS_PER_WG: usize = 32;
+/// How much work each invocation of the matrix kernels takes, by
+/// [`KernelTuning`]. CPU adapters (lavapipe, SwiftShader) turn every buffer
+/// load into a per-lane gather, so they want large register tiles that reuse
+/// each load; GPUs want more, smaller invocations. Measured on lavapipe with `phi-web bench`: the CPU
+/// tiles run matvec 4x and prefill matmul 7-10x faster than one row per
+/// invocation.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    /// matvec*.wgsl: rows per invocation (x read once for all of them).
+    matvec_rows_per_thread: usize,
+    /// matvec.wgsl: invocations sharing one group of rows.
+    matvec_lanes: usize,
+    /// matmul.wgsl: the invocation's tile, rows x tokens.
+    matmul_rows_per_thread: usize,
+    matmul_tokens_per_thread: usize,
+    /// matmul.wgsl: invocations along rows (64 per workgroup in all).
+    matmul_wg_rows: usize,
+}
+
+impl Tuning {
+    const GPU: Tuning = Tuning {
+        matvec_rows_per_thread: 8,
+        matvec_lanes: 4,
+        matmul_rows_per_thread: 4,
+        matmul_tokens_per_thread: 4,
+        matmul_wg_rows: 16,
+    };
+    const CPU: Tuning = Tuning {
+        matvec_rows_per_thread: 16,
+        matvec_lanes: 2,
+        matmul_rows_per_thread: 32,
+        matmul_tokens_per_thread: 4,
+        matmul_wg_rows: 2,
+    };
+
+    fn of(class: KernelTuning) -> Tuning {
+        match class {
+            KernelTuning::Cpu => Tuning::CPU,
+            KernelTuning::Gpu => Tuning::GPU,
+        }
+    }
+
+    /// WGSL constants put in front of matvec*.wgsl.
+    fn matvec_constants(&self) -> String {
+        format!("const ROWS_PER_THREAD: u32 = {}u;\n", self.matvec_rows_per_thread)
+    }
+
+    /// WGSL constants put in front of matmul.wgsl.
+    fn matmul_constants(&self) -> String {
+        format!(
+            "const ROWS_PER_THREAD: u32 = {}u;\nconst TOKENS_PER_THREAD: u32 = {}u;\n",
+            self.matmul_rows_per_thread, self.matmul_tokens_per_thread
+        )
+    }
+}
+
+/// Invocations per workgroup of the matrix kernels (their WG default).
+const MATRIX_WG: usize = 64;
+/// Rows per workgroup of matvec_subgroup.wgsl (its subgroups share them).
+const MATVEC_SUBGROUP_ROWS_PER_WG: usize = 64;
 /// Longest sequence encoder_attention takes (encoder_attention.wgsl: MAX_KEYS).
 pub const ENCODER_MAX_KEYS: usize = 512;
 
@@ -118,6 +174,8 @@ struct EncoderAttentionParams {
 pub struct Kernels {
     device: wgpu::Device,
     max_groups: u32,
+    class: KernelTuning,
+    tuning: Tuning,
     matvec: Vec<wgpu::ComputePipeline>, // indexed like WeightFormat::ALL
     matvec_subgroup: Option<Vec<wgpu::ComputePipeline>>, // when the device has subgroups
     matmul: Vec<wgpu::ComputePipeline>, // indexed like WeightFormat::ALL
@@ -154,13 +212,11 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 impl Kernels {
-    /// Which kernel variants this device runs ("portable" or "subgroups").
-    pub fn variant(&self) -> &'static str {
-        if self.matvec_subgroup.is_some() {
-            "subgroups"
-        } else {
-            "portable"
-        }
+    /// Which kernel variants this device runs ("portable" or "subgroups",
+    /// with CPU or GPU tiles).
+    pub fn variant(&self) -> String {
+        let matvec = if self.matvec_subgroup.is_some() { "subgroups" } else { "portable" };
+        format!("{matvec}, {:?} tiles", self.class)
     }
 
     /// Compiles every kernel for `gpu` (shader errors become [`Error::Shader`]).
@@ -186,33 +242,45 @@ impl Kernels {
                 }))
             };
         let build = |name: &str, parts: &[&str], entry: &str| build_with(name, parts, entry, &[]);
+        let tuning = Tuning::of(gpu.tuning);
         let single = |name: &str, source: &str| build(name, &[source], "main");
         gpu.scoped("compiling the kernels", || -> Result<Kernels> {
-            let per_format =
-                |op: &str, source: &str, constants: &[(&str, f64)]| -> Result<Vec<wgpu::ComputePipeline>> {
-                    WeightFormat::ALL
-                        .iter()
-                        .map(|f| {
-                            build_with(&format!("{op}_{}", f.name()), &[weights_source(*f), source], "main", constants)
-                        })
-                        .collect()
-                };
-            let rows_per_wg = [("ROWS_PER_WG", MATVEC_ROWS_PER_WG as f64)];
+            let per_format = |op: &str,
+                              prefix: &str,
+                              source: &str,
+                              constants: &[(&str, f64)]|
+             -> Result<Vec<wgpu::ComputePipeline>> {
+                WeightFormat::ALL
+                    .iter()
+                    .map(|f| {
+                        let parts = [prefix, weights_source(*f), source];
+                        build_with(&format!("{op}_{}", f.name()), &parts, "main", constants)
+                    })
+                    .collect()
+            };
+            let (matvec_prefix, matmul_prefix) = (tuning.matvec_constants(), tuning.matmul_constants());
+            let lanes = [("LANES", tuning.matvec_lanes as f64)];
+            let rows_per_wg = [("ROWS_PER_WG", MATVEC_SUBGROUP_ROWS_PER_WG as f64)];
+            let wg_rows =
+                [("WG_ROWS", tuning.matmul_wg_rows as f64), ("WG_TOKENS", (MATRIX_WG / tuning.matmul_wg_rows) as f64)];
             let gelu = include_str!("../../shaders/gelu.wgsl");
             Ok(Kernels {
                 device: gpu.device.clone(),
                 max_groups: gpu.limits.max_compute_workgroups_per_dimension,
-                matvec: per_format("matvec", include_str!("../../shaders/matvec.wgsl"), &rows_per_wg)?,
+                class: gpu.tuning,
+                tuning,
+                matvec: per_format("matvec", &matvec_prefix, include_str!("../../shaders/matvec.wgsl"), &lanes)?,
                 matvec_subgroup: match gpu.features.subgroups {
                     true => Some(per_format(
                         "matvec_subgroup",
+                        &matvec_prefix,
                         include_str!("../../shaders/matvec_subgroup.wgsl"),
                         &rows_per_wg,
                     )?),
                     false => None,
                 },
-                matmul: per_format("matmul", include_str!("../../shaders/matmul.wgsl"), &[])?,
-                embedding: per_format("embedding", include_str!("../../shaders/embedding.wgsl"), &[])?,
+                matmul: per_format("matmul", &matmul_prefix, include_str!("../../shaders/matmul.wgsl"), &wg_rows)?,
+                embedding: per_format("embedding", "", include_str!("../../shaders/embedding.wgsl"), &[])?,
                 rms_norm: single("rms_norm", include_str!("../../shaders/rms_norm.wgsl"))?,
                 layer_norm: single("layer_norm", include_str!("../../shaders/layer_norm.wgsl"))?,
                 rope: single("rope", include_str!("../../shaders/rope.wgsl"))?,
@@ -311,8 +379,11 @@ impl Kernels {
             u32_of("matvec", "offset", out.offset)?,
             0,
         );
-        let groups = self.grid(w.rows.div_ceil(MATVEC_ROWS_PER_WG));
-        let pipelines = self.matvec_subgroup.as_ref().unwrap_or(&self.matvec);
+        let (pipelines, rows_per_wg) = match &self.matvec_subgroup {
+            Some(subgroup) => (subgroup, MATVEC_SUBGROUP_ROWS_PER_WG),
+            None => (&self.matvec, MATRIX_WG / self.tuning.matvec_lanes * self.tuning.matvec_rows_per_thread),
+        };
+        let groups = self.grid(w.rows.div_ceil(rows_per_wg));
         Ok(self.dispatch(
             "matvec",
             &pipelines[format_index(w.format)],
@@ -331,15 +402,16 @@ impl Kernels {
         tokens: usize,
         out: OutputSlice,
     ) -> Result<Dispatch> {
-        const TILE_ROWS: usize = 64; // matches matmul.wgsl: WG_ROWS * ROWS_PER_THREAD
-        const TILE_TOKENS: usize = 32; // WG_TOKENS * TOKENS_PER_THREAD
+        let tuning = &self.tuning;
+        let tile_rows = tuning.matmul_wg_rows * tuning.matmul_rows_per_thread;
+        let tile_tokens = MATRIX_WG / tuning.matmul_wg_rows * tuning.matmul_tokens_per_thread;
         ensure_shape(out.offset + w.rows <= out.stride, "matmul", || {
             format!("{} outputs at offset {} overflow rows of {}", w.rows, out.offset, out.stride)
         })?;
         need("matmul", "x", x, tokens * w.cols * 4)?;
         need("matmul", "y", y, tokens * out.stride * 4)?;
-        let rows_tiles = w.rows.div_ceil(TILE_ROWS);
-        let token_tiles = tokens.div_ceil(TILE_TOKENS);
+        let rows_tiles = w.rows.div_ceil(tile_rows);
+        let token_tiles = tokens.div_ceil(tile_tokens);
         ensure_shape(
             rows_tiles <= self.max_groups as usize && token_tiles <= self.max_groups as usize,
             "matmul",

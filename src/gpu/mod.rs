@@ -6,7 +6,7 @@ mod context;
 mod kernels;
 mod shapes;
 
-pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions};
+pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions, KernelTuning};
 pub use kernels::{Kernels, ENCODER_MAX_KEYS};
 pub use shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
 

@@ -53,6 +53,7 @@ struct Scratch {
     last: wgpu::Buffer,      // [H] the last token's residual
     last_norm: wgpu::Buffer, // [H]
     logits: wgpu::Buffer,    // [T, vocab]
+    readback: wgpu::Buffer,  // [vocab] mappable copy of the last token's logits
     attention: AttentionScratch,
     step: wgpu::Buffer,
     inv_freq_short: wgpu::Buffer, // [rotary_dim / 2]
@@ -83,7 +84,21 @@ pub struct Decoder {
     scratch: Scratch,
     cache: KvCache,
     decode_splits: usize,
+    /// Command lists already recorded, by shape: a decode step replays one
+    /// instead of creating bind groups and uniform buffers for every token.
+    recorded: std::sync::Mutex<Vec<(RecordKey, std::sync::Arc<Vec<Command>>)>>,
 }
+
+/// What a recorded command list depends on (positions live in the Step buffer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RecordKey {
+    tokens: usize,
+    long_rope: bool,
+    which: Logits,
+}
+
+/// Recorded lists kept at most: decode, full prefill chunks and a few tails.
+const RECORDED_MAX: usize = 8;
 
 async fn upload_linear(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<Linear> {
     let entry = entry(source, name)?;
@@ -212,6 +227,7 @@ impl Decoder {
             last: floats("last", h)?,
             last_norm: floats("last_norm", h)?,
             logits: floats("logits", t * c.vocab_size)?,
+            readback: gpu.readback_buffer("logits readback", 4 * c.vocab_size as u64)?,
             attention: AttentionScratch::new(gpu, &attention_shape)?,
             step: gpu.step_buffer(0),
             inv_freq_short: gpu.storage_with("inv_freq", bytemuck::cast_slice(&short))?,
@@ -224,7 +240,16 @@ impl Decoder {
             cache.v.push(gpu.storage(&format!("v cache {i}"), cache_bytes)?);
         }
         gpu.check()?;
-        Ok(Decoder { config, capacity, max_tokens: t, weights, scratch, cache, decode_splits })
+        Ok(Decoder {
+            config,
+            capacity,
+            max_tokens: t,
+            weights,
+            scratch,
+            cache,
+            decode_splits,
+            recorded: Default::default(),
+        })
     }
 
     /// Runs `ids` at positions pos.. (the cache must hold 0..pos) and returns
@@ -268,13 +293,29 @@ impl Decoder {
         }
         gpu.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
         gpu.set_step(&self.scratch.step, pos as u32);
-        let commands = self.record(k, t, c.uses_long_rope(sequence_len.max(pos + t)), which)?;
-        gpu.submit(&commands);
-        let (buffer, n) = match which {
-            Logits::Last => (&self.scratch.logits, c.vocab_size),
-            Logits::All => (&self.scratch.logits, t * c.vocab_size),
-        };
-        gpu.read_f32("logits", buffer, n).await
+        let key = RecordKey { tokens: t, long_rope: c.uses_long_rope(sequence_len.max(pos + t)), which };
+        gpu.submit(&self.recorded(k, key)?);
+        match which {
+            Logits::Last => gpu.read_mapped_f32("logits", &self.scratch.readback, c.vocab_size).await,
+            Logits::All => gpu.read_f32("logits", &self.scratch.logits, t * c.vocab_size).await,
+        }
+    }
+
+    /// The command list for `key`, recorded on first use.
+    fn recorded(&self, k: &Kernels, key: RecordKey) -> Result<std::sync::Arc<Vec<Command>>> {
+        let mut recorded = self.recorded.lock().map_err(|_| Error::Gpu {
+            context: "forward".into(),
+            message: "an earlier forward call panicked".into(),
+        })?;
+        if let Some((_, list)) = recorded.iter().find(|(k, _)| *k == key) {
+            return Ok(list.clone());
+        }
+        let list = std::sync::Arc::new(self.record(k, key.tokens, key.long_rope, key.which)?);
+        if recorded.len() == RECORDED_MAX {
+            recorded.pop();
+        }
+        recorded.insert(0, (key, list.clone()));
+        Ok(list)
     }
 
     /// The command list of one forward call: embed → N × block → norm → lm_head.
@@ -382,6 +423,16 @@ impl Decoder {
                     );
                 }
             }
+        }
+        if which == Logits::Last {
+            let size = (vocab * 4) as u64;
+            out.push(Command::Copy {
+                src: s.logits.clone(),
+                src_offset: 0,
+                dst: s.readback.clone(),
+                dst_offset: 0,
+                size,
+            });
         }
         Ok(out)
     }

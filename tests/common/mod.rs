@@ -22,12 +22,18 @@ pub fn env() -> &'static Env {
 }
 
 /// A second native device restricted to the portable kernels (no
-/// shader-f16, no subgroups): the path SwiftShader and many real devices take.
+/// shader-f16, no subgroups): the path SwiftShader and many real devices
+/// take, with the GPU tile sizes (the default device here has the CPU ones).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn portable_env() -> &'static Env {
     static ENV: std::sync::OnceLock<Env> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
-        pollster::block_on(Env::open(GpuOptions { allow_f16: false, allow_subgroups: false, ..Default::default() }))
+        pollster::block_on(Env::open(GpuOptions {
+            allow_f16: false,
+            allow_subgroups: false,
+            tuning: Some(phi_web::gpu::KernelTuning::Gpu),
+            ..Default::default()
+        }))
     })
 }
 
