@@ -26,10 +26,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> part_ml: array<vec2<f32>>;  // [T, heads, splits] (running max, sum of exp)
 
 override WG: u32 = 64u;      // keys per chunk, threads per workgroup (power of two)
-const MAX_HEAD_DIM: u32 = 256u;
+const MAX_HALF_DIM: u32 = 128u;  // head_dim <= 256
 // Each thread accumulates V dim pairs lid and lid + WG (acc0, acc1), so head_dim <= 4 * WG.
 
-var<workgroup> q_s: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 
@@ -80,10 +79,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         k_begin = max(k_begin, pos + 1u - p.window);
     }
 
-    for (var i = lid; i < p.head_dim; i += WG) {
-        q_s[i] = q[t * p.q_stride + h * p.head_dim + i] * p.scale;
+    // The query in registers: every thread reads all of it for each key.
+    var q_r: array<vec2<f32>, MAX_HALF_DIM>;
+    for (var i = 0u; i < half_dim; i++) {
+        let at = t * p.q_stride + h * p.head_dim + 2u * i;
+        q_r[i] = vec2<f32>(q[at], q[at + 1u]) * p.scale;
     }
-    workgroupBarrier();
 
     var m = NEG_BIG;
     var l = 0.0;
@@ -99,8 +100,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let base = j * row_words + head_base;
             var dot_qk = 0.0;
             for (var i = 0u; i < half_dim; i++) {
-                let kv = unpack2x16float(k_cache[base + i]);
-                dot_qk += q_s[2u * i] * kv.x + q_s[2u * i + 1u] * kv.y;
+                dot_qk += dot(q_r[i], unpack2x16float(k_cache[base + i]));
             }
             score = dot_qk;
         }

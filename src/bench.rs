@@ -197,65 +197,149 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
 pub struct ModelFigure {
     pub model: String,
     pub weights_mb: f64,
+    /// Positions the KV cache was allocated for.
+    pub context: usize,
+    /// GPU memory the decoder allocated, from exact buffer accounting.
+    pub gpu_memory: MemoryFigure,
+    pub prefill: Vec<PrefillFigure>,
+    pub decode: Vec<DecodeFigure>,
+    /// Decode tokens/s at the longest context ÷ at the shortest.
+    pub decode_long_over_short: f64,
+}
+
+#[derive(Serialize)]
+pub struct MemoryFigure {
+    pub total_mb: f64,
+    pub weights_mb: f64,
+    pub kv_cache_mb: f64,
+    /// Activations, attention partials, logits and their readback buffer.
+    pub scratch_mb: f64,
+}
+
+#[derive(Serialize)]
+pub struct PrefillFigure {
     pub prompt_tokens: usize,
-    /// None when the prompt was not timed (one token only).
-    pub prefill_tokens_per_s: Option<f64>,
+    pub tokens_per_s: f64,
+    /// Time to first token: the whole prompt through, the first logits read.
     pub ttft_ms: f64,
-    pub decode_tokens: usize,
-    pub decode_tokens_per_s: f64,
-    /// Weight bytes read per decoded token ÷ seconds per token.
-    pub decode_effective_gbps: f64,
-    /// decode_effective_gbps ÷ the CPU memory-read bandwidth of the same run.
+}
+
+#[derive(Serialize)]
+pub struct DecodeFigure {
+    /// Positions already in the KV cache when decoding starts.
+    pub context_tokens: usize,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    /// Weights plus the KV cache read per token.
+    pub bytes_per_token: u64,
+    pub effective_gbps: f64,
+    /// effective_gbps ÷ the CPU memory-read bandwidth of the same run.
     pub fraction_of_cpu_bandwidth: f64,
 }
 
-/// Times a prefill of `prompt_tokens` random ids and `decode_tokens` greedy steps.
-pub async fn model_figure(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    dir: &std::path::Path,
-    prompt_tokens: usize,
-    decode_tokens: usize,
-    cpu_gbps: f64,
-) -> Result<ModelFigure> {
-    use crate::formats::package::Package;
-    use crate::model::{Decoder, Logits};
-    let package = Package::open(dir)?;
-    let capacity = (prompt_tokens + decode_tokens + 8).next_multiple_of(64);
-    let decoder = Decoder::load(gpu, &package, capacity, 64)?;
-    let vocab = decoder.config.vocab_size as u64;
-    let mut state = 12345u64;
-    let ids: Vec<u32> = (0..prompt_tokens)
+/// What `model_figure` measures.
+pub struct ModelBench {
+    /// Allocated KV positions.
+    pub context: usize,
+    /// Prompt lengths to time prefill at.
+    pub prompts: Vec<usize>,
+    /// Context lengths to time decode at (the cache is filled by a prefill of
+    /// this length, or, past the longest timed prompt, just positioned there:
+    /// attention reads every cached position either way).
+    pub decode_contexts: Vec<usize>,
+    pub decode_tokens: usize,
+}
+
+fn random_ids(n: usize, vocab: u64, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    (0..n)
         .map(|_| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((state >> 33) % vocab) as u32
         })
-        .collect();
-    // Warm-up: the first submit pays for pipeline compilation in the driver.
-    decoder.forward(gpu, kernels, &ids[..1], 0, Logits::Last).await?;
-    let start = Instant::now();
-    let mut logits = Vec::new();
-    for (i, chunk) in ids.chunks(decoder.max_tokens).enumerate() {
-        logits = decoder.forward(gpu, kernels, chunk, i * decoder.max_tokens, Logits::Last).await?;
+        .collect()
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32
+}
+
+/// Loads a package and times prefill and decode as `plan` says.
+pub async fn model_figure(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    dir: &std::path::Path,
+    plan: &ModelBench,
+    cpu_gbps: f64,
+    mut progress: impl FnMut(&str),
+) -> Result<ModelFigure> {
+    use crate::formats::package::Package;
+    use crate::model::{Decoder, Logits};
+    let package = Package::open(dir)?;
+    let before = gpu.storage_bytes();
+    let decoder = Decoder::load(gpu, &package, plan.context, 64)?;
+    let total = gpu.storage_bytes() - before;
+    let memory = decoder.memory();
+    let vocab = decoder.config.vocab_size as u64;
+    if !plan.prompts.is_empty() || !plan.decode_contexts.is_empty() {
+        // Warm-up: the first submits pay for pipeline compilation in the driver.
+        decoder.forward(gpu, kernels, &random_ids(64, vocab, 1), 0, Logits::Last).await?;
+        decoder.forward(gpu, kernels, &[0], 64, Logits::Last).await?;
     }
-    let ttft = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    for step in 0..decode_tokens {
-        let next = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
-        logits = decoder.forward(gpu, kernels, &[next], prompt_tokens + step, Logits::Last).await?;
+
+    let mut prefill = Vec::new();
+    for &n in &plan.prompts {
+        progress(&format!("prefill {n} tokens"));
+        let ids = random_ids(n, vocab, 7 + n as u64);
+        let start = Instant::now();
+        for (i, chunk) in ids.chunks(decoder.max_tokens).enumerate() {
+            decoder.forward_in_sequence(gpu, kernels, chunk, i * decoder.max_tokens, n, Logits::Last).await?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        prefill.push(PrefillFigure { prompt_tokens: n, tokens_per_s: n as f64 / seconds, ttft_ms: seconds * 1e3 });
     }
-    let per_token = start.elapsed().as_secs_f64() / decode_tokens.max(1) as f64;
-    let gbps = decoder.weight_bytes() as f64 / per_token / 1e9;
+
+    let mut decode = Vec::new();
+    for &context in &plan.decode_contexts {
+        progress(&format!("decode at {context} tokens of context"));
+        if !plan.prompts.contains(&context) {
+            // Fill the cache only when a prefill of this length is cheap.
+            let ids = random_ids(context.min(decoder.max_tokens), vocab, 3);
+            decoder.forward(gpu, kernels, &ids, context - ids.len(), Logits::Last).await?;
+        }
+        let mut next = 1;
+        let start = Instant::now();
+        for step in 0..plan.decode_tokens {
+            next = argmax(&decoder.forward(gpu, kernels, &[next], context + step, Logits::Last).await?);
+        }
+        let per_token = start.elapsed().as_secs_f64() / plan.decode_tokens.max(1) as f64;
+        let kv_read = decoder.kv_bytes_per_position() * (context + plan.decode_tokens / 2) as u64;
+        let bytes = decoder.weight_bytes() + kv_read;
+        let gbps = bytes as f64 / per_token / 1e9;
+        decode.push(DecodeFigure {
+            context_tokens: context,
+            tokens: plan.decode_tokens,
+            tokens_per_s: 1.0 / per_token,
+            bytes_per_token: bytes,
+            effective_gbps: gbps,
+            fraction_of_cpu_bandwidth: gbps / cpu_gbps,
+        });
+    }
+    let rate = |f: Option<&DecodeFigure>| f.map_or(f64::NAN, |f| f.tokens_per_s);
+    let mb = |b: u64| b as f64 / 1e6;
     Ok(ModelFigure {
         model: package.manifest.name.clone(),
-        weights_mb: package.total_bytes() as f64 / 1e6,
-        prompt_tokens,
-        prefill_tokens_per_s: (prompt_tokens > 1).then(|| prompt_tokens as f64 / ttft),
-        ttft_ms: ttft * 1e3,
-        decode_tokens,
-        decode_tokens_per_s: 1.0 / per_token,
-        decode_effective_gbps: gbps,
-        fraction_of_cpu_bandwidth: gbps / cpu_gbps,
+        weights_mb: mb(package.total_bytes()),
+        context: plan.context,
+        gpu_memory: MemoryFigure {
+            total_mb: mb(total),
+            weights_mb: mb(memory.weights),
+            kv_cache_mb: mb(memory.kv_cache),
+            scratch_mb: mb(total - memory.weights - memory.kv_cache),
+        },
+        prefill,
+        decode_long_over_short: rate(decode.last()) / rate(decode.first()),
+        decode,
     })
 }
 

@@ -246,7 +246,8 @@ impl Gpu {
         }))
     }
 
-    /// GPU memory in storage buffers created through this context so far.
+    /// GPU memory in storage (and readback) buffers created through this
+    /// context so far.
     pub fn storage_bytes(&self) -> u64 {
         self.storage_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -288,6 +289,7 @@ impl Gpu {
     pub fn readback_buffer(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         let size = size.max(4).next_multiple_of(4);
         self.check_buffer_size(label, size)?;
+        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,

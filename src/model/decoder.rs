@@ -65,6 +65,13 @@ struct KvCache {
     v: Vec<wgpu::Buffer>,
 }
 
+/// GPU memory of a loaded decoder, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderMemory {
+    pub weights: u64,
+    pub kv_cache: u64,
+}
+
 /// Which logits a forward call returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -435,6 +442,30 @@ impl Decoder {
             });
         }
         Ok(out)
+    }
+
+    /// GPU memory of the weights and of the KV cache (buffer sizes).
+    pub fn memory(&self) -> DecoderMemory {
+        let lin = |l: &Linear| l.chunks.iter().map(|(m, _)| m.gpu_bytes()).sum::<u64>();
+        let fused = |f: &Fused| f.parts.iter().map(lin).sum::<u64>();
+        let w = &self.weights;
+        let layers: u64 = w
+            .layers
+            .iter()
+            .map(|l| {
+                let norms = l.input_norm.size() + l.post_attn_norm.size();
+                norms + fused(&l.qkv) + lin(&l.o_proj) + fused(&l.gate_up) + lin(&l.down)
+            })
+            .sum();
+        let weights = layers + lin(&w.embed) + w.norm.size() + w.lm_head.as_ref().map_or(0, lin);
+        let kv_cache = self.cache.k.iter().chain(&self.cache.v).map(|b| b.size()).sum();
+        DecoderMemory { weights, kv_cache }
+    }
+
+    /// KV-cache bytes one position takes over all layers (K and V, f16).
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        let c = &self.config;
+        (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2) as u64
     }
 
     /// Bytes of weights a decode step reads (for bandwidth figures).

@@ -4,7 +4,7 @@
 mod decoder;
 mod encoder;
 
-pub use decoder::{Decoder, Logits};
+pub use decoder::{Decoder, DecoderMemory, Logits};
 pub use encoder::Encoder;
 
 use crate::error::{Error, Result};

@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use phi_web::bench::ModelBench;
 use phi_web::convert::{self, ConvertOptions, Eta};
 use phi_web::formats::package::Package;
 use phi_web::gpu::{Gpu, GpuOptions, Kernels};
@@ -28,7 +29,9 @@ commands:
   verify DIR           check every shard's size and sha256, and the manifest's tensor table
   inspect FILE|DIR     metadata and tensors of a GGUF file, a Hugging Face folder or a package
   info                 the GPU adapter, its features and limits as JSON
-  bench [--out FILE]   benchmark the kernels; JSON on stdout (and in FILE)
+  bench [--out FILE] [--long] [--kernels-only]
+                       benchmark the kernels, SmolLM2 and a synthetic Phi-3-mini; JSON on
+                       stdout (and in FILE); --long adds the 1024-token Phi-3-mini prefill
   serve ROOT [--mount /PREFIX=DIR]... [--port N] [--host ADDR]
                        static server for a page using phi-web: application/wasm, COOP/COEP,
                        range requests, no listings; port from --port, $PORT or 8080
@@ -77,7 +80,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             _ => Err(format!("inspect needs a GGUF file, a Hugging Face folder or a package\n\n{USAGE}")),
         },
         Some("info") => info(&gpu_options),
-        Some("bench") => bench(&gpu_options, flag_value(args, "--out")?),
+        Some("bench") => bench(&gpu_options, flag_value(args, "--out")?, args),
         Some("serve") => match positional.as_slice() {
             [root] => {
                 let port = match flag_value(args, "--port")?.or_else(|| std::env::var("PORT").ok()) {
@@ -273,32 +276,49 @@ fn info(options: &GpuOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn bench(options: &GpuOptions, out: Option<String>) -> Result<(), String> {
+fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(), String> {
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
     let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
     eprintln!("benchmarking on {}", gpu.adapter);
     let mut report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))
         .map_err(|e| e.to_string())?;
-    // End to end: SmolLM2 (converted from .models when present) and a synthetic Phi-3-mini.
+    if args.iter().any(|a| a == "--kernels-only") {
+        return write_report(&report, out);
+    }
+    // End to end: SmolLM2 (converted from .models when present) and a
+    // synthetic Phi-3-mini (random q4_0 weights, the real shapes).
     let cpu = report.cpu_read_gbps_all_threads;
+    let figure = |dir: &Path, plan: &ModelBench| {
+        pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, plan, cpu, |s| eprintln!("    {s}")))
+            .map_err(|e| e.to_string())
+    };
     let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if gguf.exists() {
         eprintln!("  SmolLM2 end to end");
         let dir = Path::new("target/bench/smollm2");
         convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {}).map_err(|e| e.to_string())?;
-        let figure = pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, 128, 32, cpu))
-            .map_err(|e| e.to_string())?;
-        report.models.push(figure);
+        let plan =
+            ModelBench { context: 4096, prompts: vec![128, 1024], decode_contexts: vec![64, 2048], decode_tokens: 16 };
+        report.models.push(figure(dir, &plan)?);
     } else {
         eprintln!("  SmolLM2 skipped: run `make models`");
     }
-    eprintln!("  synthetic Phi-3-mini q4_0 decode");
     let dir = Path::new("target/bench/synthetic-phi3-mini");
+    eprintln!("  synthetic Phi-3-mini q4_0 (writing it to {} once)", dir.display());
     phi_web::bench::synthetic_phi3_mini(dir).map_err(|e| e.to_string())?;
-    let figure =
-        pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, 1, 3, cpu)).map_err(|e| e.to_string())?;
-    report.models.push(figure);
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    // A 1024-token Phi-3-mini prefill takes tens of minutes on a CPU adapter.
+    let prompts = if args.iter().any(|a| a == "--long") { vec![128, 1024] } else { vec![128] };
+    let plan = ModelBench { context: 4096, prompts, decode_contexts: vec![64, 2048], decode_tokens: 4 };
+    report.models.push(figure(dir, &plan)?);
+    eprintln!("  synthetic Phi-3-mini GPU memory at a 1k context");
+    let plan = ModelBench { context: 1024, prompts: vec![], decode_contexts: vec![], decode_tokens: 0 };
+    report.models.push(figure(dir, &plan)?);
+    write_report(&report, out)
+}
+
+/// The benchmark JSON on stdout and, with --out, in a file.
+fn write_report(report: &phi_web::bench::KernelReport, out: Option<String>) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     println!("{json}");
     if let Some(path) = out {
         if let Some(dir) = Path::new(&path).parent() {
