@@ -42,7 +42,7 @@ lint:
 
 bench: setup-native models
 	$(CARGO) build --release --bin phi-web
-	./target/release/phi-web bench --out target/bench/kernels.json
+	./target/release/phi-web bench --out target/bench/bench.json
 
 # The npm package: the wasm engine (wasm-bindgen ES-module glue, wasm-opt)
 # next to the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.

@@ -432,3 +432,49 @@ pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| crate::Error::format(MANIFEST, e.to_string()))?;
     std::fs::write(dir.join(MANIFEST), json).map_err(|e| crate::Error::io(&dir.join(MANIFEST), e))
 }
+
+/// The report as the Markdown table the README carries: per model, prefill
+/// and decode rates and decode's fraction of this machine's memory bandwidth
+/// (ratios within one run; absolute times on shared machines are noisy).
+pub fn markdown(report: &KernelReport) -> String {
+    let mut out = format!(
+        "Adapter: {}. CPU read bandwidth in the same run: {:.1} GB/s ({} threads).\n\n",
+        report.adapter, report.cpu_read_gbps_all_threads, report.threads
+    );
+    out += "| model | context | GPU memory (weights + KV + scratch) | prefill tok/s | decode tok/s | decode ÷ memory bandwidth | long ÷ short context decode |\n";
+    out += "|---|---|---|---|---|---|---|\n";
+    for m in &report.models {
+        let g = &m.gpu_memory;
+        let prefill: Vec<String> =
+            m.prefill.iter().map(|p| format!("{:.2} @ {}", p.tokens_per_s, p.prompt_tokens)).collect();
+        let decode: Vec<String> =
+            m.decode.iter().map(|d| format!("{:.3} @ {}", d.tokens_per_s, d.context_tokens)).collect();
+        let fraction: Vec<String> =
+            m.decode.iter().map(|d| format!("{:.1} %", 100.0 * d.fraction_of_cpu_bandwidth)).collect();
+        let or_dash = |v: Vec<String>| if v.is_empty() { "—".to_string() } else { v.join(", ") };
+        out += &format!(
+            "| {} | {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
+            m.model,
+            m.context,
+            g.total_mb,
+            g.weights_mb,
+            g.kv_cache_mb,
+            g.scratch_mb,
+            or_dash(prefill),
+            or_dash(decode),
+            or_dash(fraction),
+            if m.decode.len() > 1 { format!("{:.2}", m.decode_long_over_short) } else { "—".into() },
+        );
+    }
+    out += "\n| kernel | shape | GB/s | ÷ memory bandwidth |\n|---|---|---|---|\n";
+    for k in &report.kernels {
+        out += &format!(
+            "| {} | {} | {:.3} | {:.1} % |\n",
+            k.kernel,
+            k.shape,
+            k.effective_gbps,
+            100.0 * k.fraction_of_cpu_bandwidth
+        );
+    }
+    out
+}

@@ -325,7 +325,9 @@ fn write_report(report: &phi_web::bench::KernelReport, out: Option<String>) -> R
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         std::fs::write(&path, json + "\n").map_err(|e| format!("{path}: {e}"))?;
-        eprintln!("wrote {path}");
+        let table = Path::new(&path).with_extension("md");
+        std::fs::write(&table, phi_web::bench::markdown(report)).map_err(|e| format!("{}: {e}", table.display()))?;
+        eprintln!("wrote {path} and {}", table.display());
     }
     Ok(())
 }
