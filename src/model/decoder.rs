@@ -93,7 +93,7 @@ pub struct Decoder {
     decode_splits: usize,
     /// Command lists already recorded, by shape: a decode step replays one
     /// instead of creating bind groups and uniform buffers for every token.
-    recorded: std::sync::Mutex<Vec<(RecordKey, std::sync::Arc<Vec<Command>>)>>,
+    recorded: std::sync::Mutex<Vec<(RecordKey, Vec<Command>)>>,
 }
 
 /// What a recorded command list depends on (positions live in the Step buffer).
@@ -301,28 +301,29 @@ impl Decoder {
         gpu.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
         gpu.set_step(&self.scratch.step, pos as u32);
         let key = RecordKey { tokens: t, long_rope: c.uses_long_rope(sequence_len.max(pos + t)), which };
-        gpu.submit(&self.recorded(k, key)?);
+        self.submit_recorded(gpu, k, key)?;
         match which {
             Logits::Last => gpu.read_mapped_f32("logits", &self.scratch.readback, c.vocab_size).await,
             Logits::All => gpu.read_f32("logits", &self.scratch.logits, t * c.vocab_size).await,
         }
     }
 
-    /// The command list for `key`, recorded on first use.
-    fn recorded(&self, k: &Kernels, key: RecordKey) -> Result<std::sync::Arc<Vec<Command>>> {
+    /// Submits the command list for `key`, recorded on first use.
+    fn submit_recorded(&self, gpu: &Gpu, k: &Kernels, key: RecordKey) -> Result<()> {
         let mut recorded = self.recorded.lock().map_err(|_| Error::Gpu {
             context: "forward".into(),
             message: "an earlier forward call panicked".into(),
         })?;
-        if let Some((_, list)) = recorded.iter().find(|(k, _)| *k == key) {
-            return Ok(list.clone());
+        match recorded.iter().position(|(k, _)| *k == key) {
+            Some(i) => recorded[..=i].rotate_right(1), // most recent first
+            None => {
+                let list = self.record(k, key.tokens, key.long_rope, key.which)?;
+                recorded.truncate(RECORDED_MAX - 1);
+                recorded.insert(0, (key, list));
+            }
         }
-        let list = std::sync::Arc::new(self.record(k, key.tokens, key.long_rope, key.which)?);
-        if recorded.len() == RECORDED_MAX {
-            recorded.pop();
-        }
-        recorded.insert(0, (key, list.clone()));
-        Ok(list)
+        gpu.submit(&recorded[0].1);
+        Ok(())
     }
 
     /// The command list of one forward call: embed → N × block → norm → lm_head.
