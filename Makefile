@@ -40,9 +40,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
-bench: setup-native models
+# Benchmarks (not part of `make test`; tens of minutes on a CPU adapter):
+# phi-web natively (kernels, SmolLM2, synthetic Phi-3-mini) into
+# target/bench/bench.json + .md, then the peers (llama.cpp natively, the npm
+# package and wllama in Chromium) and the ratio table target/bench/peers.md.
+bench: setup-native setup-browser models pkg
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web bench --out target/bench/bench.json
+	./scripts/bench-peers.sh
 
 # The npm package: the wasm engine (wasm-bindgen ES-module glue, wasm-opt)
 # next to the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.

@@ -15,20 +15,25 @@ struct Params {
     window: u32,     // sliding window in positions; 0 = none
     splits: u32,     // workgroups along the key sequence
     scale: f32,      // softmax scale, usually 1/sqrt(head_dim)
+    slots: u32,      // positions the caches hold: key j is in slot j % slots
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;                    // [T, q_stride]
-@group(0) @binding(3) var<storage, read> k_cache: array<u32>;              // [capacity, kv_heads * head_dim / 2]
-@group(0) @binding(4) var<storage, read> v_cache: array<u32>;              // [capacity, kv_heads * head_dim / 2]
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;              // [slots, kv_heads * head_dim / 2]
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;              // [slots, kv_heads * head_dim / 2]
 @group(0) @binding(5) var<storage, read_write> part_acc: array<vec2<f32>>; // [T, heads, splits, head_dim / 2]
 @group(0) @binding(6) var<storage, read_write> part_ml: array<vec2<f32>>;  // [T, heads, splits] (running max, sum of exp)
 
 override WG: u32 = 64u;      // keys per chunk, threads per workgroup (power of two)
-const MAX_HALF_DIM: u32 = 128u;  // head_dim <= 256
+const MAX_HEAD_DIM: u32 = 256u;
 // Each thread accumulates V dim pairs lid and lid + WG (acc0, acc1), so head_dim <= 4 * WG.
 
+var<workgroup> q_s: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 
@@ -79,12 +84,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         k_begin = max(k_begin, pos + 1u - p.window);
     }
 
-    // The query in registers: every thread reads all of it for each key.
-    var q_r: array<vec2<f32>, MAX_HALF_DIM>;
-    for (var i = 0u; i < half_dim; i++) {
-        let at = t * p.q_stride + h * p.head_dim + 2u * i;
-        q_r[i] = vec2<f32>(q[at], q[at + 1u]) * p.scale;
+    for (var i = lid; i < p.head_dim; i += WG) {
+        q_s[i] = q[t * p.q_stride + h * p.head_dim + i] * p.scale;
     }
+    workgroupBarrier();
 
     var m = NEG_BIG;
     var l = 0.0;
@@ -97,10 +100,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let j = c + lid;
         var score = NEG_BIG;
         if (j < k_end) {
-            let base = j * row_words + head_base;
+            let base = (j % p.slots) * row_words + head_base;
             var dot_qk = 0.0;
             for (var i = 0u; i < half_dim; i++) {
-                dot_qk += dot(q_r[i], unpack2x16float(k_cache[base + i]));
+                let kv = unpack2x16float(k_cache[base + i]);
+                dot_qk += q_s[2u * i] * kv.x + q_s[2u * i + 1u] * kv.y;
             }
             score = dot_qk;
         }
@@ -116,7 +120,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         acc1 *= correction;
         for (var jj = 0u; jj < n; jj++) {
             let prob_j = probs[jj];
-            let row = (c + jj) * row_words + head_base;
+            let row = ((c + jj) % p.slots) * row_words + head_base;
             if (pair0 < half_dim) {
                 acc0 += prob_j * unpack2x16float(v_cache[row + pair0]);
             }

@@ -161,7 +161,7 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         kv_heads: heads,
         head_dim,
         q_stride: heads * head_dim,
-        capacity,
+        slots: capacity,
         window: 0,
         scale: 0.1,
         splits: AttentionShape::default_splits(1, capacity),

@@ -150,8 +150,8 @@ pub async fn generate(
     let needs_long = |len: usize| decoder.config.uses_long_rope(len);
     // Reuse the common prefix, but always run at least the last prompt token.
     let mut reuse = session.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-    if needs_long(prompt.len()) != session.long {
-        reuse = 0; // the cache was rotated with the other LongRoPE factors
+    if needs_long(prompt.len()) != session.long || !decoder.can_resume(session.cached.len(), reuse) {
+        reuse = 0; // rotated with the other LongRoPE factors, or overwritten (ring cache)
     }
     session.cached.truncate(reuse);
 

@@ -47,7 +47,9 @@ fn package(model: &str, format: WeightFormat) -> Package {
 /// Logits of the golden ids: all at once, or `chunk` tokens per call then one by one.
 fn run(package: &Package, ids: &[u32], chunk: usize) -> Vec<f32> {
     let env = env();
-    let decoder = Decoder::load(&env.gpu, package, 128, chunk.max(32)).unwrap();
+    // One-by-one decoding after a 5-token prefill keeps max_tokens at 5, so the
+    // 8-position sliding window of tiny-phi3 runs in a ring of 13 slots.
+    let decoder = Decoder::load(&env.gpu, package, 128, chunk).unwrap();
     let mut logits = Vec::new();
     let mut pos = 0;
     while pos < ids.len() {
@@ -381,4 +383,43 @@ fn an_interrupt_ends_prefill_between_chunks() {
     let fresh = run(&mut Session::new());
     assert_eq!(resumed.tokens, fresh.tokens);
     assert_eq!(resumed.finish_reason, "length");
+}
+
+/// tiny-phi3's 8-position sliding window with 4-token chunks makes the KV
+/// cache a ring of 12 slots. A follow-up prompt that shares only an early
+/// prefix with what the ring holds must not reuse overwritten keys: it equals
+/// a fresh session's answer; one that extends the conversation reuses it.
+#[test]
+fn a_ring_kv_cache_reuses_only_keys_it_still_holds() {
+    use phi_web::session::{generate, GenerateOptions, Session};
+    use phi_web::tokenizer::Tokenizer;
+
+    let env = env();
+    let package = package("tiny-phi3", WeightFormat::F32);
+    let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
+    let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
+    let decoder = Decoder::load(&env.gpu, &package, 128, 4).unwrap();
+    let ids = golden("tiny-phi3").ids; // 16 ids: positions 0..15 fill the 12 slots and wrap
+    let options = GenerateOptions { max_tokens: 6, stop_token_ids: vec![], ..Default::default() };
+    let run = |session: &mut Session, prompt: &[u32]| {
+        pollster::block_on(generate(&env.gpu, &env.kernels, &decoder, session, &tokenizer, prompt, &options, |_| {}))
+            .unwrap()
+    };
+    let mut session = Session::new();
+    let first = run(&mut session, &ids);
+    assert_eq!(first.tokens, run(&mut Session::new(), &ids).tokens);
+
+    // Diverges at position 3: keys 0..2 were overwritten long ago.
+    let mut early = ids[..3].to_vec();
+    early.extend([7, 8, 9, 10, 11]);
+    let again = run(&mut session, &early);
+    assert_eq!(again.stats.cached_tokens, 0, "nothing reused from a wrapped ring");
+    assert_eq!(again.tokens, run(&mut Session::new(), &early).tokens);
+
+    // Extends the conversation: everything cached is reused.
+    let mut longer = session.cached().to_vec();
+    longer.extend([5, 6]);
+    let extended = run(&mut session, &longer);
+    assert_eq!(extended.stats.cached_tokens, longer.len() - 2);
+    assert_eq!(extended.tokens, run(&mut Session::new(), &longer).tokens);
 }

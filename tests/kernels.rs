@@ -39,8 +39,10 @@ native_tests!(
     attention_decode_long_context_split,
     attention_decode_one_split_long_context,
     attention_decode_sliding_window,
+    attention_decode_sliding_window_ring,
     attention_prefill_from_empty_cache,
     attention_prefill_after_a_prefix_with_window,
+    attention_prefill_with_window_in_a_ring,
     attention_rejects_bad_head_grouping,
 );
 

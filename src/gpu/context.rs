@@ -33,9 +33,9 @@ impl Default for GpuOptions {
     }
 }
 
-/// Which tile sizes the matrix kernels use (kernels.rs: `Tuning`): CPU
-/// adapters (lavapipe, SwiftShader, WARP) gather every buffer load lane by
-/// lane and want large register tiles; GPUs want many small invocations.
+/// Which tile sizes the matrix kernels use (kernels.rs: `Tuning`): lavapipe
+/// and WARP gather every buffer load lane by lane and want large register
+/// tiles; GPUs (and SwiftShader, measured) want many small invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelTuning {
     Cpu,
@@ -43,10 +43,11 @@ pub enum KernelTuning {
 }
 
 impl KernelTuning {
-    /// CPU tuning for adapters that are software rasterisers.
+    /// CPU tuning for the software rasterisers that compile register tiles
+    /// well (lavapipe, WARP).
     pub fn for_adapter(adapter: &AdapterSummary) -> KernelTuning {
         let name = adapter.name.to_lowercase();
-        let software = ["llvmpipe", "swiftshader", "warp"].iter().any(|n| name.contains(n));
+        let software = ["llvmpipe", "warp"].iter().any(|n| name.contains(n));
         if adapter.device_type == "Cpu" || software {
             KernelTuning::Cpu
         } else {

@@ -4,7 +4,7 @@
 //!
 //! Matrix kernels are built from three pieces concatenated at compile time:
 //! `common.wgsl`, a `weights_{format}.wgsl` that dequantizes one 32-column
-//! block, and the op (`matvec.wgsl`, `matmul.wgsl`, `embedding.wgsl`). The
+//! block, and the op (`matvec.wgsl`, `matmul_*.wgsl`, `embedding.wgsl`). The
 //! dequantization thus exists once per format and each loop once per op,
 //! instead of fifteen near-identical files.
 
@@ -16,28 +16,37 @@ use crate::error::{ensure_shape, Error, Result};
 use crate::quant::WeightFormat;
 
 /// How much work each invocation of the matrix kernels takes, by
-/// [`KernelTuning`]. CPU adapters (lavapipe, SwiftShader) turn every buffer
-/// load into a per-lane gather, so they want large register tiles that reuse
-/// each load; GPUs want more, smaller invocations. Measured on lavapipe with `phi-web bench`: the CPU
-/// tiles run matvec 4x and prefill matmul 7-10x faster than one row per
-/// invocation.
+/// [`KernelTuning`]. On lavapipe every buffer load in a shader becomes a
+/// per-lane gather, so large register tiles that reuse each load win: matvec
+/// 3x and prefill matmul 6-10x over one row per invocation (`phi-web bench`).
+/// GPUs get smaller tiles and the classic workgroup-memory matmul; so does
+/// SwiftShader, whose compiler spills register tiles indexed in loops to
+/// per-lane memory (measured in Chromium: the register matmul halved its
+/// prefill rate).
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     /// matvec*.wgsl: rows per invocation (x read once for all of them).
     matvec_rows_per_thread: usize,
     /// matvec.wgsl: invocations sharing one group of rows.
     matvec_lanes: usize,
-    /// matmul.wgsl: the invocation's tile, rows x tokens.
+    /// Prefill with matmul_registers.wgsl (else matmul_workgroup.wgsl).
+    matmul_registers: bool,
+    /// matmul_registers.wgsl: the invocation's tile, rows x tokens.
     matmul_rows_per_thread: usize,
     matmul_tokens_per_thread: usize,
-    /// matmul.wgsl: invocations along rows (64 per workgroup in all).
+    /// matmul_registers.wgsl: invocations along rows (64 per workgroup in all).
     matmul_wg_rows: usize,
 }
+
+/// matmul_workgroup.wgsl's tile: WG_ROWS * ROWS_PER_THREAD features x
+/// WG_TOKENS * TOKENS_PER_THREAD tokens.
+const WORKGROUP_TILE: (usize, usize) = (64, 32);
 
 impl Tuning {
     const GPU: Tuning = Tuning {
         matvec_rows_per_thread: 8,
         matvec_lanes: 4,
+        matmul_registers: false,
         matmul_rows_per_thread: 4,
         matmul_tokens_per_thread: 4,
         matmul_wg_rows: 16,
@@ -45,6 +54,7 @@ impl Tuning {
     const CPU: Tuning = Tuning {
         matvec_rows_per_thread: 16,
         matvec_lanes: 2,
+        matmul_registers: true,
         matmul_rows_per_thread: 32,
         matmul_tokens_per_thread: 4,
         matmul_wg_rows: 2,
@@ -62,7 +72,7 @@ impl Tuning {
         format!("const ROWS_PER_THREAD: u32 = {}u;\n", self.matvec_rows_per_thread)
     }
 
-    /// WGSL constants put in front of matmul.wgsl.
+    /// WGSL constants put in front of matmul_registers.wgsl.
     fn matmul_constants(&self) -> String {
         format!(
             "const ROWS_PER_THREAD: u32 = {}u;\nconst TOKENS_PER_THREAD: u32 = {}u;\n",
@@ -144,7 +154,7 @@ struct KvAppendParams {
     kv_dim: u32,
     src_stride: u32,
     src_offset: u32,
-    capacity: u32,
+    slots: u32,
     _pad: [u32; 3],
 }
 
@@ -159,6 +169,8 @@ struct AttentionParams {
     window: u32,
     splits: u32,
     scale: f32,
+    slots: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -279,7 +291,15 @@ impl Kernels {
                     )?),
                     false => None,
                 },
-                matmul: per_format("matmul", &matmul_prefix, include_str!("../../shaders/matmul.wgsl"), &wg_rows)?,
+                matmul: match tuning.matmul_registers {
+                    true => per_format(
+                        "matmul",
+                        &matmul_prefix,
+                        include_str!("../../shaders/matmul_registers.wgsl"),
+                        &wg_rows,
+                    )?,
+                    false => per_format("matmul", "", include_str!("../../shaders/matmul_workgroup.wgsl"), &[])?,
+                },
                 embedding: per_format("embedding", "", include_str!("../../shaders/embedding.wgsl"), &[])?,
                 rms_norm: single("rms_norm", include_str!("../../shaders/rms_norm.wgsl"))?,
                 layer_norm: single("layer_norm", include_str!("../../shaders/layer_norm.wgsl"))?,
@@ -403,8 +423,13 @@ impl Kernels {
         out: OutputSlice,
     ) -> Result<Dispatch> {
         let tuning = &self.tuning;
-        let tile_rows = tuning.matmul_wg_rows * tuning.matmul_rows_per_thread;
-        let tile_tokens = MATRIX_WG / tuning.matmul_wg_rows * tuning.matmul_tokens_per_thread;
+        let (tile_rows, tile_tokens) = match tuning.matmul_registers {
+            true => (
+                tuning.matmul_wg_rows * tuning.matmul_rows_per_thread,
+                MATRIX_WG / tuning.matmul_wg_rows * tuning.matmul_tokens_per_thread,
+            ),
+            false => WORKGROUP_TILE,
+        };
         ensure_shape(out.offset + w.rows <= out.stride, "matmul", || {
             format!("{} outputs at offset {} overflow rows of {}", w.rows, out.offset, out.stride)
         })?;
@@ -554,7 +579,8 @@ impl Kernels {
         Ok(self.dispatch("rope", &self.rope, &params, &[(1, step), (2, inv_freq), (3, x)], vec![], groups))
     }
 
-    /// Writes T tokens of K or V into `cache` [capacity, kv_dim] (packed f16) at `step.pos`.
+    /// Writes T tokens of K or V into `cache` [slots, kv_dim] (packed f16) at
+    /// positions `step.pos`.., each in slot position % slots.
     pub fn kv_append(
         &self,
         step: &wgpu::Buffer,
@@ -566,13 +592,16 @@ impl Kernels {
             format!("kv_dim {} (even) at offset {} must fit rows of {}", s.kv_dim, s.src_offset, s.src_stride)
         })?;
         need("kv_append", "src", src, s.tokens * s.src_stride * 4)?;
-        need("kv_append", "cache", cache, s.capacity * s.kv_dim * 2)?;
+        ensure_shape(s.tokens <= s.slots, "kv_append", || {
+            format!("{} tokens would overwrite each other in a cache of {} slots", s.tokens, s.slots)
+        })?;
+        need("kv_append", "cache", cache, s.slots * s.kv_dim * 2)?;
         let params = KvAppendParams {
             tokens: u32_of("kv_append", "tokens", s.tokens)?,
             kv_dim: u32_of("kv_append", "kv_dim", s.kv_dim)?,
             src_stride: u32_of("kv_append", "src_stride", s.src_stride)?,
             src_offset: u32_of("kv_append", "src_offset", s.src_offset)?,
-            capacity: u32_of("kv_append", "capacity", s.capacity)?,
+            slots: u32_of("kv_append", "slots", s.slots)?,
             _pad: [0; 3],
         };
         let groups = self.grid((s.tokens * s.kv_dim / 2).div_ceil(64));
@@ -610,7 +639,8 @@ impl Kernels {
             || format!("{} splits x {} tokens exceed the dispatch limit", s.splits, s.tokens),
         )?;
         need("attention", "q", q, s.tokens * s.q_stride * 4)?;
-        let cache_bytes = s.capacity * s.kv_heads * s.head_dim * 2;
+        ensure_shape(s.slots > 0, "attention", || "a KV cache of 0 slots".into())?;
+        let cache_bytes = s.slots * s.kv_heads * s.head_dim * 2;
         need("attention", "k_cache", k_cache, cache_bytes)?;
         need("attention", "v_cache", v_cache, cache_bytes)?;
         let slots = s.tokens * s.heads * s.splits;
@@ -626,6 +656,8 @@ impl Kernels {
             window: u32_of("attention", "window", s.window)?,
             splits: u32_of("attention", "splits", s.splits)?,
             scale: s.scale,
+            slots: u32_of("attention", "slots", s.slots)?,
+            _pad: [0; 3],
         };
         let split_pass = self.dispatch(
             "attention",

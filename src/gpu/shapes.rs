@@ -46,8 +46,9 @@ pub struct KvAppendShape {
     pub kv_dim: usize,
     pub src_stride: usize,
     pub src_offset: usize,
-    /// Positions the cache holds.
-    pub capacity: usize,
+    /// Positions the cache buffer holds; position p goes to slot p % slots
+    /// (a ring when a sliding window leaves older keys unreachable).
+    pub slots: usize,
 }
 
 /// Attention problem size; the query heads start at float 0 of each row.
@@ -59,8 +60,9 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Floats per token in the query buffer (a fused QKV row works).
     pub q_stride: usize,
-    /// Positions the KV caches hold.
-    pub capacity: usize,
+    /// Positions the KV cache buffers hold; key j is in slot j % slots. A
+    /// ring (slots < positions) needs a window and slots >= window + tokens.
+    pub slots: usize,
     /// Sliding window: a query at p sees keys j with p - j < window; 0 = none.
     pub window: usize,
     pub scale: f32,

@@ -61,8 +61,12 @@ struct Scratch {
 }
 
 struct KvCache {
-    k: Vec<wgpu::Buffer>, // per layer [capacity, kv_heads * head_dim] f16 pairs
+    k: Vec<wgpu::Buffer>, // per layer [slots, kv_heads * head_dim] f16 pairs
     v: Vec<wgpu::Buffer>,
+    /// Positions the buffers hold; position p lives in slot p % slots. With a
+    /// sliding window shorter than the context only window + max_tokens
+    /// positions can ever be seen again, so the cache is a ring that size.
+    slots: usize,
 }
 
 /// GPU memory of a loaded decoder, in bytes.
@@ -210,16 +214,20 @@ impl Decoder {
         let t = max_tokens.max(1);
         let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
         let decode_splits = AttentionShape::default_splits(1, capacity);
+        let slots = match c.sliding_window {
+            Some(window) if window > 0 => capacity.min(window + t),
+            _ => capacity,
+        };
         let attention_shape = AttentionShape {
             tokens: t,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: d,
             q_stride: qkv_width,
-            capacity,
+            slots,
             window: 0,
             scale: 1.0,
-            splits: decode_splits.max(1),
+            splits: 1,
         };
         let short = inv_freq(c, c.longrope.as_ref().map(|l| l.short_factor.as_slice()));
         let long = inv_freq(c, c.longrope.as_ref().map(|l| l.long_factor.as_slice()));
@@ -235,13 +243,18 @@ impl Decoder {
             last_norm: floats("last_norm", h)?,
             logits: floats("logits", t * c.vocab_size)?,
             readback: gpu.readback_buffer("logits readback", 4 * c.vocab_size as u64)?,
-            attention: AttentionScratch::new(gpu, &attention_shape)?,
+            // Prefill runs one split of T queries, decode many splits of one:
+            // room for whichever is more.
+            attention: AttentionScratch::new(
+                gpu,
+                &AttentionShape { tokens: 1, splits: t.max(decode_splits), ..attention_shape },
+            )?,
             step: gpu.step_buffer(0),
             inv_freq_short: gpu.storage_with("inv_freq", bytemuck::cast_slice(&short))?,
             inv_freq_long: gpu.storage_with("inv_freq long", bytemuck::cast_slice(&long))?,
         };
-        let cache_bytes = (capacity * c.num_kv_heads * d * 2) as u64;
-        let mut cache = KvCache { k: Vec::new(), v: Vec::new() };
+        let cache_bytes = (slots * c.num_kv_heads * d * 2) as u64;
+        let mut cache = KvCache { k: Vec::new(), v: Vec::new(), slots };
         for i in 0..c.num_layers {
             cache.k.push(gpu.storage(&format!("k cache {i}"), cache_bytes)?);
             cache.v.push(gpu.storage(&format!("v cache {i}"), cache_bytes)?);
@@ -369,7 +382,7 @@ impl Decoder {
             kv_dim: kv_width,
             src_stride: qkv_width,
             src_offset: offset,
-            capacity: self.capacity,
+            slots: self.cache.slots,
         };
         let attention = AttentionShape {
             tokens: t,
@@ -377,7 +390,7 @@ impl Decoder {
             kv_heads: c.num_kv_heads,
             head_dim: d,
             q_stride: qkv_width,
-            capacity: self.capacity,
+            slots: self.cache.slots,
             window: c.sliding_window.unwrap_or(0),
             scale: 1.0 / (d as f32).sqrt(),
             splits: if t == 1 { self.decode_splits } else { 1 },
@@ -461,6 +474,15 @@ impl Decoder {
         let weights = layers + lin(&w.embed) + w.norm.size() + w.lm_head.as_ref().map_or(0, lin);
         let kv_cache = self.cache.k.iter().chain(&self.cache.v).map(|b| b.size()).sum();
         DecoderMemory { weights, kv_cache }
+    }
+
+    /// Whether, after positions [0, written) went through the cache, a new
+    /// prefill may start at `from` (reusing the keys before it): a ring cache
+    /// has overwritten the oldest positions, and the queries from `from` on
+    /// must still find every key their window reaches.
+    pub fn can_resume(&self, written: usize, from: usize) -> bool {
+        let window = self.config.sliding_window.unwrap_or(0);
+        self.cache.slots >= self.capacity || from + self.cache.slots + 1 >= written + window
     }
 
     /// KV-cache bytes one position takes over all layers (K and V, f16).

@@ -405,33 +405,39 @@ pub async fn rope_neox_partial_longrope_and_large_positions(env: &Env) {
 }
 
 pub async fn kv_append_packs_f16_at_the_step_position(env: &Env) {
-    let (tokens, kv_dim, capacity, pos0) = (37, 2 * 96, 64, 20);
-    let src_stride = 3 * kv_dim;
-    let src_offset = kv_dim; // the K slice of a [Q | K | V] row
-    let sv = Rng::new(12).vec(tokens * src_stride, -4.0, 4.0);
-    let (src, cache, step) = (
-        env.upload_f32("src", &sv),
-        env.gpu.storage("cache", (capacity * kv_dim * 2) as u64).unwrap(),
-        env.gpu.step_buffer(pos0),
-    );
-    let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, capacity };
-    env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
-    let words = env.read_u32(&cache, capacity * kv_dim / 2).await;
-    let got: Vec<f32> = words
-        .iter()
-        .flat_map(|w| [f16::from_bits(*w as u16).to_f32(), f16::from_bits((*w >> 16) as u16).to_f32()])
-        .collect();
-    let mut expected = vec![0.0f64; capacity * kv_dim];
-    for t in 0..tokens {
-        let pos = pos0 as usize + t;
-        if pos < capacity {
+    // A plain cache, then a ring of 40 slots that positions 60..96 wrap around.
+    for (slots, pos0) in [(64, 20u32), (40, 60)] {
+        let (tokens, kv_dim) = (37, 2 * 96);
+        let src_stride = 3 * kv_dim;
+        let src_offset = kv_dim; // the K slice of a [Q | K | V] row
+        let sv = Rng::new(12).vec(tokens * src_stride, -4.0, 4.0);
+        let (src, cache, step) = (
+            env.upload_f32("src", &sv),
+            env.gpu.storage("cache", (slots * kv_dim * 2) as u64).unwrap(),
+            env.gpu.step_buffer(pos0),
+        );
+        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots };
+        env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
+        let words = env.read_u32(&cache, slots * kv_dim / 2).await;
+        let got: Vec<f32> = words
+            .iter()
+            .flat_map(|w| [f16::from_bits(*w as u16).to_f32(), f16::from_bits((*w >> 16) as u16).to_f32()])
+            .collect();
+        let mut expected = vec![0.0f64; slots * kv_dim];
+        for t in 0..tokens {
+            let slot = (pos0 as usize + t) % slots;
             for j in 0..kv_dim {
-                expected[pos * kv_dim + j] = sv[t * src_stride + src_offset + j] as f64;
+                expected[slot * kv_dim + j] = sv[t * src_stride + src_offset + j] as f64;
             }
         }
+        // f32 -> f16 rounds to 11 significant bits.
+        assert_close_rel(&format!("kv_append, {slots} slots"), &got, &expected, 0.0, 1.0 / 1024.0);
     }
-    // f32 -> f16 rounds to 11 significant bits; positions past capacity are dropped.
-    assert_close_rel("kv_append", &got, &expected, 0.0, 1.0 / 1024.0);
+    // More tokens than slots would race for a slot: an error, not a write.
+    let shape = KvAppendShape { tokens: 9, kv_dim: 4, src_stride: 12, src_offset: 4, slots: 8 };
+    let buf = env.zeros("buf", 4096);
+    let err = env.kernels.kv_append(&env.gpu.step_buffer(0), &buf, &buf, &shape).unwrap_err();
+    assert!(err.to_string().contains("9 tokens would overwrite each other"), "{err}");
 }
 
 struct Case {
@@ -443,6 +449,8 @@ struct Case {
     pos0: usize,
     window: usize,
     splits: usize,
+    /// Keep only the last window + tokens positions, in a ring (key j in slot j % slots).
+    ring: bool,
 }
 
 /// Checks attention of `tokens` queries at positions pos0.. over a cache of
@@ -450,6 +458,7 @@ struct Case {
 async fn check_attention(env: &Env, c: &Case, seed: u64) {
     let kv_len = c.pos0 + c.tokens;
     let capacity = kv_len + 3;
+    let slots = if c.ring { c.window + c.tokens } else { capacity };
     let kv_dim = c.kv_heads * c.head_dim;
     let q_stride = (c.heads + 2 * c.kv_heads) * c.head_dim; // a fused QKV row
     let mut rng = Rng::new(seed);
@@ -463,15 +472,24 @@ async fn check_attention(env: &Env, c: &Case, seed: u64) {
         kv_heads: c.kv_heads,
         head_dim: c.head_dim,
         q_stride,
-        capacity,
+        slots,
         window: c.window,
         scale,
         splits: c.splits,
     };
+    // The cache as the GPU holds it: every position, or the ring's last `slots`.
+    let ring_of = |all: &[f16]| -> Vec<f16> {
+        let mut ring = vec![f16::ZERO; slots * kv_dim];
+        for p in kv_len.saturating_sub(slots)..kv_len {
+            ring[(p % slots) * kv_dim..][..kv_dim].copy_from_slice(&all[p * kv_dim..][..kv_dim]);
+        }
+        ring
+    };
+    let (k_gpu, v_gpu) = if c.ring { (ring_of(&k_half), ring_of(&v_half)) } else { (k_half.clone(), v_half.clone()) };
 
     let q = env.upload_f32("q", &qv);
-    let k = env.gpu.storage_with("k", bytemuck::cast_slice(&k_half)).unwrap();
-    let v = env.gpu.storage_with("v", bytemuck::cast_slice(&v_half)).unwrap();
+    let k = env.gpu.storage_with("k", bytemuck::cast_slice(&k_gpu)).unwrap();
+    let v = env.gpu.storage_with("v", bytemuck::cast_slice(&v_gpu)).unwrap();
     let out = env.zeros("out", c.tokens * c.heads * c.head_dim);
     let scratch = AttentionScratch::new(&env.gpu, &shape).unwrap();
     let step = env.gpu.step_buffer(c.pos0 as u32);
@@ -521,6 +539,7 @@ pub async fn attention_decode_single_key(env: &Env) {
             pos0: 0,
             window: 0,
             splits: 4,
+            ring: false,
         },
         1,
     )
@@ -539,6 +558,7 @@ pub async fn attention_decode_long_context_split(env: &Env) {
             pos0: 4095,
             window: 0,
             splits: 16,
+            ring: false,
         },
         2,
     )
@@ -557,6 +577,7 @@ pub async fn attention_decode_one_split_long_context(env: &Env) {
             pos0: 4095,
             window: 0,
             splits: 1,
+            ring: false,
         },
         3,
     )
@@ -575,8 +596,28 @@ pub async fn attention_decode_sliding_window(env: &Env) {
             pos0: 2999,
             window: 2047,
             splits: 12,
+            ring: false,
         },
         4,
+    )
+    .await;
+}
+
+pub async fn attention_decode_sliding_window_ring(env: &Env) {
+    check_attention(
+        env,
+        &Case {
+            name: "attention decode kv 3000, window 2047, ring of 2048 slots",
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 96,
+            tokens: 1,
+            pos0: 2999,
+            window: 2047,
+            splits: 12,
+            ring: true,
+        },
+        7,
     )
     .await;
 }
@@ -593,6 +634,7 @@ pub async fn attention_prefill_from_empty_cache(env: &Env) {
             pos0: 0,
             window: 0,
             splits: 1,
+            ring: false,
         },
         5,
     )
@@ -611,8 +653,28 @@ pub async fn attention_prefill_after_a_prefix_with_window(env: &Env) {
             pos0: 100,
             window: 16,
             splits: 2,
+            ring: false,
         },
         6,
+    )
+    .await;
+}
+
+pub async fn attention_prefill_with_window_in_a_ring(env: &Env) {
+    check_attention(
+        env,
+        &Case {
+            name: "attention prefill T 37 after 100, window 16, ring of 53 slots",
+            heads: 3,
+            kv_heads: 1,
+            head_dim: 128,
+            tokens: 37,
+            pos0: 100,
+            window: 16,
+            splits: 2,
+            ring: true,
+        },
+        8,
     )
     .await;
 }
@@ -624,7 +686,7 @@ pub async fn attention_rejects_bad_head_grouping(env: &Env) {
         kv_heads: 2,
         head_dim: 64,
         q_stride: 5 * 64,
-        capacity: 8,
+        slots: 8,
         window: 0,
         scale: 0.125,
         splits: 1,

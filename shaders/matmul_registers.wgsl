@@ -7,7 +7,8 @@
 // block it keeps the tokens' x in registers, dequantizes each of its rows'
 // weight blocks once and uses it for every token: loads per multiply-add
 // fall by the tile's size, which is what counts where every buffer load is a
-// per-lane gather (CPU adapters), and the tile stays small on GPUs.
+// per-lane gather (lavapipe). The CPU-adapter prefill kernel;
+// matmul_workgroup.wgsl is the GPU one.
 
 struct Params {
     rows: u32,      // N, output features

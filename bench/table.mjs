@@ -1,0 +1,60 @@
+// Writes DIR/peers.md from DIR/bench.json (phi-web natively), DIR/llama_cpp.json
+// and DIR/web.json: the ratio table the README carries. Run by `make bench`.
+//   node bench/table.mjs target/bench
+
+import { readFileSync, writeFileSync } from "node:fs";
+
+const dir = process.argv[2] ?? "target/bench";
+const read = (name) => {
+  try {
+    return JSON.parse(readFileSync(`${dir}/${name}`, "utf8"));
+  } catch (e) {
+    return { error: `${name}: ${e.message}` };
+  }
+};
+const native = read("bench.json");
+const llama = read("llama_cpp.json");
+const web = read("web.json");
+const fmt = (x, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : "—");
+const rows = [];
+const row = (what, ours, peer, peerName) => {
+  const ratio = Number.isFinite(ours) && Number.isFinite(peer) ? `${fmt(ours / peer, 3)}×` : "—";
+  rows.push(`| ${what} | ${fmt(ours)} | ${peerName}: ${fmt(peer)} | ${ratio} |`);
+};
+
+// Natively: SmolLM2 through phi-web on the wgpu adapter vs llama.cpp on the CPU.
+const smol = native.models?.find((m) => /smollm2/i.test(m.model));
+for (const run of llama.runs ?? []) {
+  const peer = `llama.cpp ${run.threads} thread${run.threads > 1 ? "s" : ""}`;
+  for (const p of run.prefill) {
+    row(`native prefill tok/s, ${p.prompt_tokens} tokens`, smol?.prefill.find((q) => q.prompt_tokens === p.prompt_tokens)?.tokens_per_s, p.tokens_per_s, peer);
+  }
+  for (const d of run.decode) {
+    row(`native decode tok/s at ${d.context_tokens} context`, smol?.decode.find((q) => q.context_tokens === d.context_tokens)?.tokens_per_s, d.tokens_per_s, peer);
+  }
+}
+if (llama.error) rows.push(`| native | | llama.cpp: ${llama.error} | |`);
+
+// In Chromium: the npm package vs wllama on the same GGUF.
+for (const peer of ["wllama_wasm_1_thread", "wllama_wasm_2_threads", "wllama_webgpu"]) {
+  const p = web[peer];
+  if (!p || p.error) {
+    rows.push(`| browser | | ${peer}: ${p?.error ?? web.error ?? "not run"} | |`);
+    continue;
+  }
+  row("browser prefill tok/s", web.phi_web?.prefill_tokens_per_s, p.prefill_tokens_per_s, peer);
+  row("browser decode tok/s", web.phi_web?.decode_tokens_per_s, p.decode_tokens_per_s, peer);
+}
+
+const adapter = native.adapter ?? "?";
+const text = [
+  `SmolLM2-135M-Instruct (the Q4_1 GGUF; phi-web converts it losslessly). Native phi-web on ${adapter};`,
+  `browser: ${web.phi_web?.adapter ?? "?"} in Chromium ${web.browser ?? "?"}. Ratios are phi-web ÷ peer, measured in one run.`,
+  "",
+  "| figure | phi-web | peer | phi-web ÷ peer |",
+  "|---|---|---|---|",
+  ...rows,
+  "",
+].join("\n");
+writeFileSync(`${dir}/peers.md`, text);
+console.log(text);

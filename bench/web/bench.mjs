@@ -1,0 +1,153 @@
+// `make bench` in the browser: phi-web's npm package and wllama (llama.cpp in
+// wasm, @wllama/wllama) on the same SmolLM2 weights, in one headless Chromium
+// session (WebGPU on SwiftShader; COOP/COEP from `phi-web serve` so wllama can
+// use threads). Same chat prompt, greedy, same number of new tokens.
+//
+//   node bench/web/bench.mjs PHI_WEB_BINARY MODELS_DIR OUT.json
+//
+// MODELS_DIR holds smollm2/ (the phi-web package) and smollm2.gguf (the same
+// weights as llama.cpp reads them); `make bench` prepares both.
+//
+// Prints one JSON object and writes it to OUT.json. A peer that cannot run
+// gets {"error": "..."} instead of figures.
+
+import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const [phiWeb, models, out] = process.argv.slice(2);
+if (!out) {
+  console.error("usage: node bench/web/bench.mjs PHI_WEB_BINARY MODELS_DIR OUT.json");
+  process.exit(2);
+}
+const root = new URL("../..", import.meta.url).pathname;
+const NEW_TOKENS = 16;
+// About 100 prompt tokens once the chat template is applied.
+const QUESTION = process.env.BENCH_QUESTION ??
+  "Here are some notes about lighthouses. A lighthouse is a tower with a bright lamp that guides ships at night. " +
+  "Keepers once lived in them, trimming wicks and winding the clockwork that turned the lens. Most are automatic now, " +
+  "watched from far away, and many have become museums. Which job did the keepers do, in one sentence?";
+const log = (s) => console.error(`web bench | ${s}`);
+
+const mounts = [`/pkg=${root}pkg`, `/models=${models}`, `/wllama=${root}bench/web/node_modules/@wllama/wllama/esm`];
+const server = spawn(phiWeb, ["serve", `${root}bench/web`, ...mounts.flatMap((m) => ["--mount", m]), "--port", "0"], {
+  stdio: ["ignore", "pipe", "inherit"],
+});
+const url = await new Promise((resolve, reject) => {
+  server.on("exit", (code) => reject(new Error(`phi-web serve exited with ${code}`)));
+  createInterface({ input: server.stdout }).once("line", (line) => resolve(line.match(/http:\/\/\S+/)[0]));
+});
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless=new", "--no-sandbox", "--disable-background-networking", "--no-first-run",
+    "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"],
+});
+const page = await (await browser.newContext()).newPage();
+page.on("pageerror", (e) => log(`page error: ${e.message}`));
+await page.goto(url);
+await page.waitForFunction(() => window.ready === true, null, { timeout: 60_000 });
+page.setDefaultTimeout(0); // a SwiftShader prefill takes minutes
+const report = {
+  browser: browser.version(),
+  hardware_concurrency: await page.evaluate(() => navigator.hardwareConcurrency),
+  cross_origin_isolated: await page.evaluate(() => crossOriginIsolated),
+  new_tokens: NEW_TOKENS,
+  question: QUESTION,
+};
+
+async function attempt(name, run) {
+  log(name);
+  try {
+    report[name] = await run();
+  } catch (e) {
+    report[name] = { error: String(e?.message ?? e).split("\n")[0] };
+  }
+  log(`${name}: ${JSON.stringify(report[name])}`);
+}
+
+await attempt("phi_web", () =>
+  page.evaluate(async ({ question, newTokens }) => {
+    await phiWeb.deleteCachedModel("/models/smollm2/model.json").catch(() => {});
+    const ask = async (engine) => {
+      const reply = await engine.chat.completions.create({
+        messages: [{ role: "user", content: question }],
+        max_tokens: newTokens,
+        temperature: 0,
+      });
+      return { reply, stats: await engine.stats() };
+    };
+    let engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024 });
+    const cold = await engine.stats();
+    engine.unload();
+    engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024 });
+    const warm = await engine.stats();
+    const { reply, stats } = await ask(engine);
+    engine.unload();
+    return {
+      adapter: stats.adapter,
+      cold_load_ms: cold.loadMs,
+      warm_load_ms: warm.loadMs,
+      prompt_tokens: reply.usage.prompt_tokens,
+      completion_tokens: reply.usage.completion_tokens,
+      prefill_tokens_per_s: stats.prefill_tokens_per_s,
+      decode_tokens_per_s: stats.decode_tokens_per_s,
+      ttft_ms: stats.ttft_ms,
+      gpu_bytes: stats.gpuBytes,
+      text: reply.choices[0].message.content,
+    };
+  }, { question: QUESTION, newTokens: NEW_TOKENS }));
+
+// wllama: its wasm CPU build with 1 and 2 threads, and its WebGPU backend.
+// BENCH_PEERS=none times phi-web alone (when tuning it).
+const peers = process.env.BENCH_PEERS === "none" ? [] : [
+  ["wllama_wasm_1_thread", { n_threads: 1, n_gpu_layers: 0 }],
+  ["wllama_wasm_2_threads", { n_threads: 2, n_gpu_layers: 0 }],
+  ["wllama_webgpu", { n_threads: 2, n_gpu_layers: 99 }],
+];
+for (const [name, params] of peers) {
+  await attempt(name, () =>
+    page.evaluate(async ({ question, newTokens, params }) => {
+      const wllama = new Wllama({ default: "/wllama/wasm/wllama.wasm" }, { logger: { debug() {}, log() {}, warn() {}, error: console.error } });
+      const start = performance.now();
+      await wllama.loadModelFromUrl("/models/smollm2.gguf", { n_ctx: 1024, useCache: false, ...params });
+      const loadMs = performance.now() - start;
+      const reply = await wllama.createChatCompletion({
+        messages: [{ role: "user", content: question }],
+        max_tokens: newTokens,
+        temperature: 0,
+      });
+      await wllama.exit();
+      const t = reply.timings ?? {};
+      return {
+        load_ms: loadMs,
+        prompt_tokens: t.prompt_n,
+        completion_tokens: t.predicted_n,
+        prefill_tokens_per_s: t.prompt_per_second,
+        decode_tokens_per_s: t.predicted_per_second,
+        ttft_ms: t.prompt_ms,
+        text: reply.choices?.[0]?.message?.content,
+      };
+    }, { question: QUESTION, newTokens: NEW_TOKENS, params }));
+}
+
+// phi-web ÷ each peer, decode and prefill.
+const ours = report.phi_web;
+report.ratios = {};
+for (const name of ["wllama_wasm_1_thread", "wllama_wasm_2_threads", "wllama_webgpu"]) {
+  const peer = report[name];
+  if (ours?.decode_tokens_per_s && peer?.decode_tokens_per_s) {
+    report.ratios[name] = {
+      decode: ours.decode_tokens_per_s / peer.decode_tokens_per_s,
+      prefill: ours.prefill_tokens_per_s / peer.prefill_tokens_per_s,
+    };
+  } else {
+    report.ratios[name] = { error: peer?.error ?? ours?.error ?? "no figures" };
+  }
+}
+await browser.close();
+server.kill();
+const json = JSON.stringify(report, null, 2);
+writeFileSync(out, json + "\n");
+console.log(json);

@@ -1,0 +1,33 @@
+#!/usr/bin/env sh
+# The peers of `make bench`, each cached once installed:
+#   llama.cpp natively: PyPI llama-cpp-python (compiled from source once, into
+#     target/bench/venv), bench/llama_cpp.py -> target/bench/llama_cpp.json
+#   the browser: phi-web's npm package and wllama in one Chromium session,
+#     bench/web/bench.mjs -> target/bench/web.json
+# then bench/table.mjs writes target/bench/peers.md (ratios phi-web ÷ peer).
+# A peer that fails leaves {"error": ...} in its JSON; the others still run.
+set -u
+cd "$(dirname "$0")/.."
+out=target/bench
+mkdir -p "$out"
+gguf=.models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+venv=$out/venv
+if ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  echo "bench-peers: building llama-cpp-python 0.3.36 (llama.cpp from source, several minutes, once)"
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "llama-cpp-python==0.3.36"
+fi
+if ! "$venv/bin/python" bench/llama_cpp.py "$gguf" "$out/llama_cpp.json" >/dev/null; then
+  echo '{"error": "llama-cpp-python did not install or run; see the output above"}' > "$out/llama_cpp.json"
+fi
+
+[ -d bench/web/node_modules/@wllama/wllama ] || npm ci --prefix bench/web --no-audit --no-fund
+models=$out/web-models
+mkdir -p "$models"
+./target/release/phi-web convert "$gguf" "$models/smollm2" >/dev/null
+cmp -s "$gguf" "$models/smollm2.gguf" || cp "$gguf" "$models/smollm2.gguf"
+if ! node bench/web/bench.mjs ./target/release/phi-web "$models" "$out/web.json" >/dev/null; then
+  echo '{"error": "bench/web/bench.mjs failed; see the output above"}' > "$out/web.json"
+fi
+
+node bench/table.mjs "$out"
