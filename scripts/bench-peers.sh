@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # The peers of `make bench`, each cached once installed:
 #   llama.cpp natively: PyPI llama-cpp-python (compiled from source once, into
-#     target/bench/venv), bench/llama_cpp.py -> target/bench/llama_cpp.json
+#     target/bench/venv), bench/llama_cpp_bench.py -> target/bench/llama_cpp.json
 #   the browser: phi-web's npm package and wllama in one Chromium session,
 #     bench/web/bench.mjs -> target/bench/web.json
 # then bench/table.mjs writes target/bench/peers.md (ratios phi-web ÷ peer).
@@ -17,7 +17,7 @@ if ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
   echo "bench-peers: building llama-cpp-python 0.3.36 (llama.cpp from source, several minutes, once)"
   python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "llama-cpp-python==0.3.36"
 fi
-if ! "$venv/bin/python" bench/llama_cpp.py "$gguf" "$out/llama_cpp.json" >/dev/null; then
+if ! "$venv/bin/python" bench/llama_cpp_bench.py "$gguf" "$out/llama_cpp.json" >/dev/null; then
   echo '{"error": "llama-cpp-python did not install or run; see the output above"}' > "$out/llama_cpp.json"
 fi
 

@@ -3,7 +3,7 @@ reference for `make bench`. Same measurements as `phi-web bench` makes of
 phi-web: prefill of 128 and 1024 random tokens, decode at 64 and 2048
 tokens of context, with 1 and 2 threads.
 
-    python bench/llama_cpp.py MODEL.gguf OUT.json
+    python bench/llama_cpp_bench.py MODEL.gguf OUT.json
 """
 
 import json
