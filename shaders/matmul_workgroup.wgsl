@@ -2,8 +2,8 @@
 // file that provides weight_block(). Each workgroup computes a tile of
 // TILE_ROWS output features x TILE_TOKENS tokens, stepping K one 32-column
 // block at a time through workgroup memory; each weight block is dequantized
-// once per tile and reused for every token of the tile. The GPU (and
-// SwiftShader) prefill kernel; matmul_registers.wgsl is the lavapipe one.
+// once per tile and reused for every token of the tile. The prefill kernel of
+// GPUs and SwiftShader; matmul_registers.wgsl is lavapipe's.
 
 struct Params {
     rows: u32,      // N, output features

@@ -11,75 +11,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
+use super::tuning::{Tuning, WORKGROUP_TILE};
 use super::{Dispatch, Gpu, KernelTuning, Matrix};
 use crate::error::{ensure_shape, Error, Result};
 use crate::quant::WeightFormat;
-
-/// How much work each invocation of the matrix kernels takes, by
-/// [`KernelTuning`]. On lavapipe every buffer load in a shader becomes a
-/// per-lane gather, so large register tiles that reuse each load win: matvec
-/// 3x and prefill matmul 6-10x over one row per invocation (`phi-web bench`).
-/// GPUs get smaller tiles and the classic workgroup-memory matmul; so does
-/// SwiftShader, whose compiler spills register tiles indexed in loops to
-/// per-lane memory (measured in Chromium: the register matmul halved its
-/// prefill rate).
-#[derive(Clone, Copy, Debug)]
-struct Tuning {
-    /// matvec*.wgsl: rows per invocation (x read once for all of them).
-    matvec_rows_per_thread: usize,
-    /// matvec.wgsl: invocations sharing one group of rows.
-    matvec_lanes: usize,
-    /// Prefill with matmul_registers.wgsl (else matmul_workgroup.wgsl).
-    matmul_registers: bool,
-    /// matmul_registers.wgsl: the invocation's tile, rows x tokens.
-    matmul_rows_per_thread: usize,
-    matmul_tokens_per_thread: usize,
-    /// matmul_registers.wgsl: invocations along rows (64 per workgroup in all).
-    matmul_wg_rows: usize,
-}
-
-/// matmul_workgroup.wgsl's tile: WG_ROWS * ROWS_PER_THREAD features x
-/// WG_TOKENS * TOKENS_PER_THREAD tokens.
-const WORKGROUP_TILE: (usize, usize) = (64, 32);
-
-impl Tuning {
-    const GPU: Tuning = Tuning {
-        matvec_rows_per_thread: 8,
-        matvec_lanes: 4,
-        matmul_registers: false,
-        matmul_rows_per_thread: 4,
-        matmul_tokens_per_thread: 4,
-        matmul_wg_rows: 16,
-    };
-    const CPU: Tuning = Tuning {
-        matvec_rows_per_thread: 16,
-        matvec_lanes: 2,
-        matmul_registers: true,
-        matmul_rows_per_thread: 32,
-        matmul_tokens_per_thread: 4,
-        matmul_wg_rows: 2,
-    };
-
-    fn of(class: KernelTuning) -> Tuning {
-        match class {
-            KernelTuning::Cpu => Tuning::CPU,
-            KernelTuning::Gpu => Tuning::GPU,
-        }
-    }
-
-    /// WGSL constants put in front of matvec*.wgsl.
-    fn matvec_constants(&self) -> String {
-        format!("const ROWS_PER_THREAD: u32 = {}u;\n", self.matvec_rows_per_thread)
-    }
-
-    /// WGSL constants put in front of matmul_registers.wgsl.
-    fn matmul_constants(&self) -> String {
-        format!(
-            "const ROWS_PER_THREAD: u32 = {}u;\nconst TOKENS_PER_THREAD: u32 = {}u;\n",
-            self.matmul_rows_per_thread, self.matmul_tokens_per_thread
-        )
-    }
-}
 
 /// Invocations per workgroup of the matrix kernels (their WG default).
 const MATRIX_WG: usize = 64;

@@ -5,6 +5,7 @@
 mod context;
 mod kernels;
 mod shapes;
+mod tuning;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions, KernelTuning};
 pub use kernels::{Kernels, ENCODER_MAX_KEYS};
