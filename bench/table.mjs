@@ -46,6 +46,9 @@ for (const peer of ["wllama_wasm_1_thread", "wllama_wasm_2_threads", "wllama_web
   row("browser decode tok/s", web.phi_web?.decode_tokens_per_s, p.decode_tokens_per_s, peer);
 }
 
+// Not run yet: it needs an ONNX export of SmolLM2 (optimum), which no script here makes.
+rows.push("| browser | | transformers.js: not run — needs an ONNX export of the model (optimum), not scripted yet | |");
+
 const adapter = native.adapter ?? "?";
 const text = [
   `SmolLM2-135M-Instruct (the Q4_1 GGUF; phi-web converts it losslessly). Native phi-web on ${adapter};`,
