@@ -36,11 +36,18 @@ fn golden_file(model: &str, file: &str) -> Golden {
     Golden { ids, logits, vocab }
 }
 
+/// `model` converted to `format`, once per test binary: tests run in parallel
+/// and several share a package, so none may rewrite a folder another reads.
 fn package(model: &str, format: WeightFormat) -> Package {
+    static CONVERTED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let out = root().join("target").join("test-scratch").join(format!("engine-{model}-{}", format.name()));
-    let _ = std::fs::remove_dir_all(&out);
-    let options = ConvertOptions { quant: Some(format), ..Default::default() };
-    convert(&root().join("tests").join("data").join(model), &out, &options, &mut |_| {}).unwrap();
+    let mut converted = CONVERTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !converted.contains(&out) {
+        let _ = std::fs::remove_dir_all(&out);
+        let options = ConvertOptions { quant: Some(format), ..Default::default() };
+        convert(&root().join("tests").join("data").join(model), &out, &options, &mut |_| {}).unwrap();
+        converted.push(out.clone());
+    }
     Package::open(&out).unwrap()
 }
 
