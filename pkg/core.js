@@ -14,7 +14,10 @@ function asError(e) {
   return namedError("PhiWebError", String(e));
 }
 
-export async function loadEngine(modelUrl, { cache = "cache-api", contextLength = 0, portable = false, onProgress = () => {} } = {}) {
+export async function loadEngine(
+  modelUrl,
+  { cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false, onProgress = () => {} } = {},
+) {
   if (typeof navigator === "undefined" || !navigator.gpu) {
     throw namedError("NoWebGPUError", "this browser has no WebGPU (navigator.gpu is missing); use a recent Chrome or Edge, or enable WebGPU");
   }
@@ -34,7 +37,7 @@ export async function loadEngine(modelUrl, { cache = "cache-api", contextLength 
   try {
     engine = embedding
       ? await Embedder.create(JSON.stringify(manifest), tokenizer, read, portable)
-      : await Engine.create(JSON.stringify(manifest), tokenizer, read, contextLength, portable);
+      : await Engine.create(JSON.stringify(manifest), tokenizer, read, contextLength, kvCache, portable);
   } catch (e) {
     throw asError(e);
   }
@@ -137,6 +140,7 @@ class LocalEngine {
       adapter: this.info.adapter,
       shaderF16: this.info.shaderF16,
       contextLength: this.info.contextLength,
+      kvCache: this.info.kvCache,
       kind: this.embedding ? "embedding" : "chat",
       dimensions: this.info.dimensions,
       loadMs: this.load.loadMs,

@@ -4,13 +4,14 @@
 // partial result; attention_combine.wgsl merges the splits. Decode is T = 1
 // with many splits; prefill is T queries. Query t sits at position
 // step.pos + t and sees keys j <= step.pos + t (and step.pos + t - j < window
-// when window > 0). The KV cache holds f16 pairs packed in u32.
+// when window > 0). Cache reads come from kv_f16.wgsl or kv_q8.wgsl
+// (load_k4 / load_v4), concatenated in front of this file.
 
 struct Params {
     tokens: u32,     // T queries
     heads: u32,      // query heads
     kv_heads: u32,   // heads / kv_heads query heads share a KV head
-    head_dim: u32,   // even, <= 4 * WG
+    head_dim: u32,   // a multiple of 4, <= 4 * WG
     q_stride: u32,   // floats per token in q (query heads start at 0)
     window: u32,     // sliding window in positions; 0 = none
     splits: u32,     // workgroups along the key sequence
@@ -24,16 +25,15 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;                    // [T, q_stride]
-@group(0) @binding(3) var<storage, read> k_cache: array<u32>;              // [slots, kv_heads * head_dim / 2]
-@group(0) @binding(4) var<storage, read> v_cache: array<u32>;              // [slots, kv_heads * head_dim / 2]
-@group(0) @binding(5) var<storage, read_write> part_acc: array<vec2<f32>>; // [T, heads, splits, head_dim / 2]
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;              // [slots, kv_row_words(kv_dim)]
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;              // [slots, kv_row_words(kv_dim)]
+@group(0) @binding(5) var<storage, read_write> part_acc: array<vec4<f32>>; // [T, heads, splits, head_dim / 4]
 @group(0) @binding(6) var<storage, read_write> part_ml: array<vec2<f32>>;  // [T, heads, splits] (running max, sum of exp)
 
 override WG: u32 = 64u;      // keys per chunk, threads per workgroup (power of two)
-const MAX_HEAD_DIM: u32 = 256u;
-// Each thread accumulates V dim pairs lid and lid + WG (acc0, acc1), so head_dim <= 4 * WG.
+// Thread lid accumulates V dims 4 lid .. 4 lid + 3, so head_dim <= 4 * WG.
 
-var<workgroup> q_s: array<f32, MAX_HEAD_DIM>;
+var<workgroup> q_s: array<vec4<f32>, WG>;  // the query, scaled, head_dim / 4
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 
@@ -72,9 +72,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let t = wid.z;
     let pos = step.pos + t;
     let kv_len = step.pos + p.tokens;
-    let half_dim = p.head_dim / 2u;
-    let kvh = h / (p.heads / p.kv_heads);
-    let row_words = p.kv_heads * half_dim;
+    let quads = p.head_dim / 4u;
+    let kv_dim = p.kv_heads * p.head_dim;
+    let row_words = kv_row_words(kv_dim);
+    let head_first = (h / (p.heads / p.kv_heads)) * p.head_dim;  // this KV head's first dim in a row
 
     // This split's keys, clipped to the causal and sliding-window range.
     let split_len = ((kv_len + p.splits - 1u) / p.splits + WG - 1u) / WG * WG;
@@ -84,27 +85,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         k_begin = max(k_begin, pos + 1u - p.window);
     }
 
-    for (var i = lid; i < p.head_dim; i += WG) {
-        q_s[i] = q[t * p.q_stride + h * p.head_dim + i] * p.scale;
+    if (lid < quads) {
+        let qi = t * p.q_stride + h * p.head_dim + 4u * lid;
+        q_s[lid] = vec4<f32>(q[qi], q[qi + 1u], q[qi + 2u], q[qi + 3u]) * p.scale;
     }
     workgroupBarrier();
 
     var m = NEG_BIG;
     var l = 0.0;
-    var acc0 = vec2<f32>(0.0);
-    var acc1 = vec2<f32>(0.0);
-    let pair0 = lid;
-    let pair1 = lid + WG;
-    let head_base = kvh * half_dim;  // this KV head's words within a cache row
+    var acc = vec4<f32>(0.0);
     for (var c = k_begin; c < k_end; c += WG) {
         let j = c + lid;
         var score = NEG_BIG;
         if (j < k_end) {
-            let base = (j % p.slots) * row_words + head_base;
+            let row = (j % p.slots) * row_words;
             var dot_qk = 0.0;
-            for (var i = 0u; i < half_dim; i++) {
-                let kv = unpack2x16float(k_cache[base + i]);
-                dot_qk += q_s[2u * i] * kv.x + q_s[2u * i + 1u] * kv.y;
+            for (var i = 0u; i < quads; i++) {
+                dot_qk += dot(q_s[i], load_k4(row, head_first + 4u * i, kv_dim));
             }
             score = dot_qk;
         }
@@ -116,16 +113,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         m = m_new;
 
         let n = min(WG, k_end - c);
-        acc0 *= correction;
-        acc1 *= correction;
-        for (var jj = 0u; jj < n; jj++) {
-            let prob_j = probs[jj];
-            let row = ((c + jj) % p.slots) * row_words + head_base;
-            if (pair0 < half_dim) {
-                acc0 += prob_j * unpack2x16float(v_cache[row + pair0]);
-            }
-            if (pair1 < half_dim) {
-                acc1 += prob_j * unpack2x16float(v_cache[row + pair1]);
+        acc *= correction;
+        if (lid < quads) {
+            for (var jj = 0u; jj < n; jj++) {
+                let row = ((c + jj) % p.slots) * row_words;
+                acc += probs[jj] * load_v4(row, head_first + 4u * lid, kv_dim);
             }
         }
         workgroupBarrier();  // probs is rewritten by the next chunk
@@ -135,10 +127,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (lid == 0u) {
         part_ml[slot] = vec2<f32>(m, l);
     }
-    if (pair0 < half_dim) {
-        part_acc[slot * half_dim + pair0] = acc0;
-    }
-    if (pair1 < half_dim) {
-        part_acc[slot * half_dim + pair1] = acc1;
+    if (lid < quads) {
+        part_acc[slot * quads + lid] = acc;
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gpu::{AttentionScratch, AttentionShape, Dispatch, Gpu, Kernels, Matrix};
+use crate::gpu::{AttentionScratch, AttentionShape, Dispatch, Gpu, Kernels, KvFormat, Matrix};
 use crate::quant::{self, GpuLayout, WeightFormat};
 
 #[derive(Serialize)]
@@ -152,34 +152,37 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         w.read_bytes() + (tokens * cols * 4) as u64,
     );
 
-    // Decode attention over a 4k f16 cache, Phi-3-mini heads (32 x 96).
-    progress("attention decode");
-    let (heads, head_dim, capacity) = (32, 96, 4096);
-    let shape = AttentionShape {
-        tokens: 1,
-        heads,
-        kv_heads: heads,
-        head_dim,
-        q_stride: heads * head_dim,
-        slots: capacity,
-        window: 0,
-        scale: 0.1,
-        splits: AttentionShape::default_splits(1, capacity),
-    };
-    let cache_bytes = (capacity * heads * head_dim * 2) as u64;
-    let (k, v) = (gpu.storage("k", cache_bytes)?, gpu.storage("v", cache_bytes)?);
-    let (q, out) =
-        (gpu.storage("q", (heads * head_dim * 4) as u64)?, gpu.storage("out", (heads * head_dim * 4) as u64)?);
-    let scratch = AttentionScratch::new(gpu, &shape)?;
-    let step = gpu.step_buffer(capacity as u32 - 1);
-    let [split_pass, combine] = kernels.attention(&step, &q, &k, &v, &scratch, &out, &shape)?;
-    let seconds = time_dispatches(gpu, &[&split_pass, &combine], 5, 3)?;
-    push(
-        "attention_decode".into(),
-        format!("{heads} heads x {head_dim}, kv {capacity}, {} splits", shape.splits),
-        seconds,
-        2 * cache_bytes,
-    );
+    // Decode attention over a 4k cache, Phi-3-mini heads (32 x 96).
+    for kv_format in KvFormat::ALL {
+        progress(&format!("attention decode, {} cache", kv_format.name()));
+        let (heads, head_dim, capacity) = (32, 96, 4096);
+        let shape = AttentionShape {
+            tokens: 1,
+            heads,
+            kv_heads: heads,
+            head_dim,
+            q_stride: heads * head_dim,
+            slots: capacity,
+            window: 0,
+            scale: 0.1,
+            splits: AttentionShape::default_splits(1, capacity),
+            kv_format,
+        };
+        let cache_bytes = (capacity * kv_format.row_bytes(heads * head_dim)) as u64;
+        let (k, v) = (gpu.storage("k", cache_bytes)?, gpu.storage("v", cache_bytes)?);
+        let (q, out) =
+            (gpu.storage("q", (heads * head_dim * 4) as u64)?, gpu.storage("out", (heads * head_dim * 4) as u64)?);
+        let scratch = AttentionScratch::new(gpu, &shape)?;
+        let step = gpu.step_buffer(capacity as u32 - 1);
+        let [split_pass, combine] = kernels.attention(&step, &q, &k, &v, &scratch, &out, &shape)?;
+        let seconds = time_dispatches(gpu, &[&split_pass, &combine], 5, 3)?;
+        push(
+            format!("attention_decode_{}", kv_format.name()),
+            format!("{heads} heads x {head_dim}, kv {capacity}, {} splits", shape.splits),
+            seconds,
+            2 * cache_bytes,
+        );
+    }
 
     Ok(KernelReport {
         adapter: gpu.adapter.to_string(),
@@ -199,6 +202,8 @@ pub struct ModelFigure {
     pub weights_mb: f64,
     /// Positions the KV cache was allocated for.
     pub context: usize,
+    /// How the KV cache stores keys and values ("f16", "q8").
+    pub kv_cache: &'static str,
     /// GPU memory the decoder allocated, from exact buffer accounting.
     pub gpu_memory: MemoryFigure,
     pub prefill: Vec<PrefillFigure>,
@@ -241,6 +246,7 @@ pub struct DecodeFigure {
 pub struct ModelBench {
     /// Allocated KV positions.
     pub context: usize,
+    pub kv_cache: KvFormat,
     /// Prompt lengths to time prefill at.
     pub prompts: Vec<usize>,
     /// Context lengths to time decode at (the cache is filled by a prefill of
@@ -277,7 +283,7 @@ pub async fn model_figure(
     use crate::model::{Decoder, Logits};
     let package = Package::open(dir)?;
     let before = gpu.storage_bytes();
-    let decoder = Decoder::load(gpu, &package, plan.context, 64)?;
+    let decoder = Decoder::load(gpu, &package, plan.context, 64, plan.kv_cache)?;
     let total = gpu.storage_bytes() - before;
     let memory = decoder.memory();
     let vocab = decoder.config.vocab_size as u64;
@@ -331,6 +337,7 @@ pub async fn model_figure(
         model: package.manifest.name.clone(),
         weights_mb: mb(package.total_bytes()),
         context: plan.context,
+        kv_cache: plan.kv_cache.name(),
         gpu_memory: MemoryFigure {
             total_mb: mb(total),
             weights_mb: mb(memory.weights),
@@ -441,7 +448,7 @@ pub fn markdown(report: &KernelReport) -> String {
         "Adapter: {}. CPU read bandwidth in the same run: {:.1} GB/s ({} threads).\n\n",
         report.adapter, report.cpu_read_gbps_all_threads, report.threads
     );
-    out += "| model | context | GPU memory (weights + KV + scratch) | prefill tok/s | decode tok/s | decode ÷ memory bandwidth | long ÷ short context decode |\n";
+    out += "| model | context, KV cache | GPU memory (weights + KV + scratch) | prefill tok/s | decode tok/s | decode ÷ memory bandwidth | long ÷ short context decode |\n";
     out += "|---|---|---|---|---|---|---|\n";
     for m in &report.models {
         let g = &m.gpu_memory;
@@ -453,9 +460,10 @@ pub fn markdown(report: &KernelReport) -> String {
             m.decode.iter().map(|d| format!("{:.1} %", 100.0 * d.fraction_of_cpu_bandwidth)).collect();
         let or_dash = |v: Vec<String>| if v.is_empty() { "—".to_string() } else { v.join(", ") };
         out += &format!(
-            "| {} | {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
+            "| {} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
             m.model,
             m.context,
+            m.kv_cache,
             g.total_mb,
             g.weights_mb,
             g.kv_cache_mb,

@@ -14,7 +14,7 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use crate::error::Error;
 use crate::formats::package::{parse_manifest, Manifest, ShardSource};
-use crate::gpu::{Gpu, GpuOptions, Kernels};
+use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::model::{Decoder, Encoder};
 use crate::sampler::SamplingOptions;
 use crate::session::{self, GenerateOptions, Interrupt, Session};
@@ -142,22 +142,26 @@ fn one() -> f32 {
 impl Engine {
     /// Loads a model. `manifest`: model.json's text; `tokenizer`: tokenizer.json's
     /// bytes; `read(shard, offset, length) → Promise<Uint8Array>`; `context_length`
-    /// 0 means the model's maximum capped at 4096; `portable` avoids shader-f16
-    /// and subgroups.
+    /// 0 means the model's maximum capped at 4096; `kv_cache` "f16" or "q8";
+    /// `portable` avoids shader-f16 and subgroups.
     pub fn create(
         manifest: String,
         tokenizer: Vec<u8>,
         read: Function,
         context_length: u32,
+        kv_cache: String,
         portable: bool,
     ) -> Promise {
         future_to_promise(async move {
+            let kv = KvFormat::parse(&kv_cache).ok_or_else(|| {
+                js_error(Error::Unsupported { what: format!("kvCache \"{kv_cache}\""), supported: "f16, q8".into() })
+            })?;
             let (manifest, tokenizer, gpu, kernels) = open(&manifest, &tokenizer, portable).await?;
             let max = manifest.config.max_position_embeddings;
             let context = if context_length == 0 { max.min(4096) } else { (context_length as usize).min(max) };
             let stop_token_ids = manifest.stop_token_ids.clone();
             let shards = JsShards { manifest, read, failure: RefCell::new(None) };
-            let decoder = match Decoder::load_from(&gpu, &shards, context, 64).await {
+            let decoder = match Decoder::load_from(&gpu, &shards, context, 64, kv).await {
                 Ok(decoder) => decoder,
                 Err(e) => return Err(shards.failure.take().unwrap_or_else(|| js_error(e))),
             };
@@ -167,6 +171,7 @@ impl Engine {
                 "shaderF16": gpu.features.shader_f16,
                 "subgroups": gpu.features.subgroups,
                 "contextLength": decoder.capacity,
+                "kvCache": decoder.kv_format().name(),
                 "architecture": format!("{:?}", shards.manifest.config.architecture),
                 "weightBytes": decoder.weight_bytes(),
                 "gpuBytes": gpu.storage_bytes(),

@@ -59,6 +59,7 @@ browser_tests!(
     argmax_rows_first_maximum_wins,
     rope_neox_partial_longrope_and_large_positions,
     kv_append_packs_f16_at_the_step_position,
+    kv_append_q8_rounds_each_block_to_its_scale,
     attention_decode_single_key,
     attention_decode_long_context_split,
     attention_decode_one_split_long_context,
@@ -67,5 +68,7 @@ browser_tests!(
     attention_prefill_from_empty_cache,
     attention_prefill_after_a_prefix_with_window,
     attention_prefill_with_window_in_a_ring,
+    attention_decode_long_context_q8_cache,
+    attention_prefill_with_window_in_a_q8_ring,
     attention_rejects_bad_head_grouping,
 );

@@ -10,7 +10,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
+use super::shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, OutputSlice, RopeShape};
 use super::tuning::{Tuning, WORKGROUP_TILE};
 use super::{Dispatch, Gpu, KernelTuning, Matrix};
 use crate::error::{ensure_shape, Error, Result};
@@ -130,8 +130,8 @@ pub struct Kernels {
     rms_norm: wgpu::ComputePipeline,
     layer_norm: wgpu::ComputePipeline,
     rope: wgpu::ComputePipeline,
-    kv_append: wgpu::ComputePipeline,
-    attention: wgpu::ComputePipeline,
+    kv_append: [wgpu::ComputePipeline; 2], // indexed like KvFormat::ALL
+    attention: [wgpu::ComputePipeline; 2], // indexed like KvFormat::ALL
     attention_combine: wgpu::ComputePipeline,
     silu_mul: wgpu::ComputePipeline,
     gelu_erf: wgpu::ComputePipeline,
@@ -145,6 +145,10 @@ pub struct Kernels {
 
 fn format_index(format: WeightFormat) -> usize {
     WeightFormat::ALL.iter().position(|f| *f == format).unwrap_or(0)
+}
+
+fn kv_index(format: KvFormat) -> usize {
+    KvFormat::ALL.iter().position(|f| *f == format).unwrap_or(0)
 }
 
 /// Rejects a binding smaller than the shape says it must be.
@@ -211,6 +215,7 @@ impl Kernels {
             let wg_rows =
                 [("WG_ROWS", tuning.matmul_wg_rows as f64), ("WG_TOKENS", (MATRIX_WG / tuning.matmul_wg_rows) as f64)];
             let gelu = include_str!("../../shaders/gelu.wgsl");
+            let attention = include_str!("../../shaders/attention.wgsl");
             Ok(Kernels {
                 device: gpu.device.clone(),
                 max_groups: gpu.limits.max_compute_workgroups_per_dimension,
@@ -239,8 +244,14 @@ impl Kernels {
                 rms_norm: single("rms_norm", include_str!("../../shaders/rms_norm.wgsl"))?,
                 layer_norm: single("layer_norm", include_str!("../../shaders/layer_norm.wgsl"))?,
                 rope: single("rope", include_str!("../../shaders/rope.wgsl"))?,
-                kv_append: single("kv_append", include_str!("../../shaders/kv_append.wgsl"))?,
-                attention: single("attention", include_str!("../../shaders/attention.wgsl"))?,
+                kv_append: [
+                    single("kv_append", include_str!("../../shaders/kv_append.wgsl"))?,
+                    single("kv_append_q8", include_str!("../../shaders/kv_append_q8.wgsl"))?,
+                ],
+                attention: [
+                    build("attention", &[include_str!("../../shaders/kv_f16.wgsl"), attention], "main")?,
+                    build("attention_q8", &[include_str!("../../shaders/kv_q8.wgsl"), attention], "main")?,
+                ],
                 attention_combine: single("attention_combine", include_str!("../../shaders/attention_combine.wgsl"))?,
                 silu_mul: single("silu_mul", include_str!("../../shaders/silu_mul.wgsl"))?,
                 gelu_erf: build("gelu_erf", &[gelu], "gelu_erf")?,
@@ -514,8 +525,8 @@ impl Kernels {
         Ok(self.dispatch("rope", &self.rope, &params, &[(1, step), (2, inv_freq), (3, x)], vec![], groups))
     }
 
-    /// Writes T tokens of K or V into `cache` [slots, kv_dim] (packed f16) at
-    /// positions `step.pos`.., each in slot position % slots.
+    /// Writes T tokens of K or V into `cache` [slots, kv_dim] (in `s.format`)
+    /// at positions `step.pos`.., each in slot position % slots.
     pub fn kv_append(
         &self,
         step: &wgpu::Buffer,
@@ -523,14 +534,17 @@ impl Kernels {
         cache: &wgpu::Buffer,
         s: &KvAppendShape,
     ) -> Result<Dispatch> {
-        ensure_shape(s.kv_dim.is_multiple_of(2) && s.src_offset + s.kv_dim <= s.src_stride, "kv_append", || {
-            format!("kv_dim {} (even) at offset {} must fit rows of {}", s.kv_dim, s.src_offset, s.src_stride)
+        ensure_shape(s.format.supports(s.kv_dim), "kv_append", || {
+            format!("a {} KV cache cannot hold rows of {} values", s.format.name(), s.kv_dim)
+        })?;
+        ensure_shape(s.src_offset + s.kv_dim <= s.src_stride, "kv_append", || {
+            format!("kv_dim {} at offset {} must fit rows of {}", s.kv_dim, s.src_offset, s.src_stride)
         })?;
         need("kv_append", "src", src, s.tokens * s.src_stride * 4)?;
         ensure_shape(s.tokens <= s.slots, "kv_append", || {
             format!("{} tokens would overwrite each other in a cache of {} slots", s.tokens, s.slots)
         })?;
-        need("kv_append", "cache", cache, s.slots * s.kv_dim * 2)?;
+        need("kv_append", "cache", cache, s.slots * s.format.row_bytes(s.kv_dim))?;
         let params = KvAppendParams {
             tokens: u32_of("kv_append", "tokens", s.tokens)?,
             kv_dim: u32_of("kv_append", "kv_dim", s.kv_dim)?,
@@ -539,8 +553,20 @@ impl Kernels {
             slots: u32_of("kv_append", "slots", s.slots)?,
             _pad: [0; 3],
         };
-        let groups = self.grid((s.tokens * s.kv_dim / 2).div_ceil(64));
-        Ok(self.dispatch("kv_append", &self.kv_append, &params, &[(1, step), (2, src), (3, cache)], vec![], groups))
+        // One thread per f16 pair, or per block of 32 values.
+        let threads = match s.format {
+            KvFormat::F16 => s.tokens * s.kv_dim / 2,
+            KvFormat::Q8 => s.tokens * s.kv_dim / KvFormat::Q8_BLOCK,
+        };
+        let pipeline = &self.kv_append[kv_index(s.format)];
+        Ok(self.dispatch(
+            "kv_append",
+            pipeline,
+            &params,
+            &[(1, step), (2, src), (3, cache)],
+            vec![],
+            self.grid(threads.div_ceil(64)),
+        ))
     }
 
     /// out [T, heads * head_dim] = causal softmax(q k^T * scale) v over the
@@ -556,12 +582,13 @@ impl Kernels {
         out: &wgpu::Buffer,
         s: &AttentionShape,
     ) -> Result<[Dispatch; 2]> {
-        const WG: usize = 64; // attention.wgsl: threads per workgroup, 2 dim pairs each
-        ensure_shape(
-            s.head_dim.is_multiple_of(2) && s.head_dim > 0 && s.head_dim <= 256 && s.head_dim <= 4 * WG,
-            "attention",
-            || format!("head_dim {} must be even and <= 256", s.head_dim),
-        )?;
+        const WG: usize = 64; // attention.wgsl: threads per workgroup, 4 dims each
+        ensure_shape(s.head_dim.is_multiple_of(4) && s.head_dim > 0 && s.head_dim <= 4 * WG, "attention", || {
+            format!("head_dim {} must be a multiple of 4 and <= {}", s.head_dim, 4 * WG)
+        })?;
+        ensure_shape(s.kv_format.supports(s.kv_heads * s.head_dim), "attention", || {
+            format!("a {} KV cache cannot hold rows of {} values", s.kv_format.name(), s.kv_heads * s.head_dim)
+        })?;
         ensure_shape(s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads), "attention", || {
             format!("{} query heads cannot share {} KV heads", s.heads, s.kv_heads)
         })?;
@@ -575,7 +602,7 @@ impl Kernels {
         )?;
         need("attention", "q", q, s.tokens * s.q_stride * 4)?;
         ensure_shape(s.slots > 0, "attention", || "a KV cache of 0 slots".into())?;
-        let cache_bytes = s.slots * s.kv_heads * s.head_dim * 2;
+        let cache_bytes = s.slots * s.kv_format.row_bytes(s.kv_heads * s.head_dim);
         need("attention", "k_cache", k_cache, cache_bytes)?;
         need("attention", "v_cache", v_cache, cache_bytes)?;
         let slots = s.tokens * s.heads * s.splits;
@@ -596,7 +623,7 @@ impl Kernels {
         };
         let split_pass = self.dispatch(
             "attention",
-            &self.attention,
+            &self.attention[kv_index(s.kv_format)],
             &params,
             &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, &scratch.acc), (6, &scratch.ml)],
             vec![],

@@ -9,7 +9,7 @@ mod tuning;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions, KernelTuning};
 pub use kernels::{Kernels, ENCODER_MAX_KEYS};
-pub use shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
+pub use shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, OutputSlice, RopeShape};
 
 use crate::error::{ensure_shape, Result};
 use crate::quant::{self, GpuLayout, WeightFormat};

@@ -38,6 +38,51 @@ pub struct RopeShape {
     pub attn_factor: f32,
 }
 
+/// How a KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvFormat {
+    /// f16 pairs packed in u32: exact to f16 (the default).
+    #[default]
+    F16,
+    /// Blocks of 32 values as snorm8 (1/127 steps of the block's largest
+    /// magnitude) plus an f32 scale: 0.5625× the bytes of f16. Needs kv_dim
+    /// (kv_heads * head_dim) to be a multiple of 32.
+    Q8,
+}
+
+impl KvFormat {
+    pub const ALL: [KvFormat; 2] = [KvFormat::F16, KvFormat::Q8];
+    /// Values per Q8 scale.
+    pub const Q8_BLOCK: usize = 32;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::F16 => "f16",
+            KvFormat::Q8 => "q8",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<KvFormat> {
+        KvFormat::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Bytes one position of `kv_dim` values takes in one cache (K or V).
+    pub fn row_bytes(self, kv_dim: usize) -> usize {
+        match self {
+            KvFormat::F16 => kv_dim * 2,
+            KvFormat::Q8 => kv_dim + kv_dim / KvFormat::Q8_BLOCK * 4,
+        }
+    }
+
+    /// Whether rows of `kv_dim` values can be stored this way.
+    pub fn supports(self, kv_dim: usize) -> bool {
+        match self {
+            KvFormat::F16 => kv_dim.is_multiple_of(4),
+            KvFormat::Q8 => kv_dim.is_multiple_of(KvFormat::Q8_BLOCK),
+        }
+    }
+}
+
 /// Which slice of an activation buffer goes into a KV cache.
 #[derive(Clone, Copy, Debug)]
 pub struct KvAppendShape {
@@ -49,6 +94,7 @@ pub struct KvAppendShape {
     /// Positions the cache buffer holds; position p goes to slot p % slots
     /// (a ring when a sliding window leaves older keys unreachable).
     pub slots: usize,
+    pub format: KvFormat,
 }
 
 /// Attention problem size; the query heads start at float 0 of each row.
@@ -68,6 +114,7 @@ pub struct AttentionShape {
     pub scale: f32,
     /// Workgroups along the key sequence (flash-decoding splits).
     pub splits: usize,
+    pub kv_format: KvFormat,
 }
 
 impl AttentionShape {

@@ -8,7 +8,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
 use crate::gpu::{
-    AttentionScratch, AttentionShape, Command, Gpu, Kernels, KvAppendShape, Matrix, OutputSlice, RopeShape,
+    AttentionScratch, AttentionShape, Command, Gpu, Kernels, KvAppendShape, KvFormat, Matrix, OutputSlice, RopeShape,
 };
 
 /// A weight matrix, possibly stored as row chunks (each a GPU matrix).
@@ -61,8 +61,9 @@ struct Scratch {
 }
 
 struct KvCache {
-    k: Vec<wgpu::Buffer>, // per layer [slots, kv_heads * head_dim] f16 pairs
+    k: Vec<wgpu::Buffer>, // per layer [slots, kv_heads * head_dim] in `format`
     v: Vec<wgpu::Buffer>,
+    format: KvFormat,
     /// Positions the buffers hold; position p lives in slot p % slots. With a
     /// sliding window shorter than the context only window + max_tokens
     /// positions can ever be seen again, so the cache is a ring that size.
@@ -138,15 +139,16 @@ fn inv_freq(config: &ModelConfig, factors: Option<&[f32]>) -> Vec<f32> {
 
 impl Decoder {
     /// Uploads the package's weights and allocates scratch and a KV cache
-    /// for `capacity` positions.
+    /// for `capacity` positions stored as `kv`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(
         gpu: &Gpu,
         package: &crate::formats::package::Package,
         capacity: usize,
         max_tokens: usize,
+        kv: KvFormat,
     ) -> Result<Decoder> {
-        pollster::block_on(Decoder::load_from(gpu, package, capacity, max_tokens))
+        pollster::block_on(Decoder::load_from(gpu, package, capacity, max_tokens, kv))
     }
 
     /// `load` from any shard source (the browser's cache in wasm), tensor by
@@ -156,12 +158,20 @@ impl Decoder {
         source: &impl ShardSource,
         capacity: usize,
         max_tokens: usize,
+        kv: KvFormat,
     ) -> Result<Decoder> {
         let config = source.manifest().config.clone();
         if !matches!(config.architecture, Architecture::Phi3 | Architecture::Llama) {
             return Err(Error::Unsupported {
                 what: format!("{:?} as a generating model", config.architecture),
                 supported: "phi3, llama".into(),
+            });
+        }
+        let kv_dim = config.num_kv_heads * config.head_dim;
+        if !kv.supports(kv_dim) {
+            return Err(Error::Unsupported {
+                what: format!("a {} KV cache for rows of {kv_dim} values", kv.name()),
+                supported: format!("f16 for a multiple of 4, q8 for a multiple of {}", KvFormat::Q8_BLOCK),
             });
         }
         let fused = async |names: &[&str]| -> Result<Fused> {
@@ -228,6 +238,7 @@ impl Decoder {
             window: 0,
             scale: 1.0,
             splits: 1,
+            kv_format: kv,
         };
         let short = inv_freq(c, c.longrope.as_ref().map(|l| l.short_factor.as_slice()));
         let long = inv_freq(c, c.longrope.as_ref().map(|l| l.long_factor.as_slice()));
@@ -253,8 +264,8 @@ impl Decoder {
             inv_freq_short: gpu.storage_with("inv_freq", bytemuck::cast_slice(&short))?,
             inv_freq_long: gpu.storage_with("inv_freq long", bytemuck::cast_slice(&long))?,
         };
-        let cache_bytes = (slots * c.num_kv_heads * d * 2) as u64;
-        let mut cache = KvCache { k: Vec::new(), v: Vec::new(), slots };
+        let cache_bytes = (slots * kv.row_bytes(kv_dim)) as u64;
+        let mut cache = KvCache { k: Vec::new(), v: Vec::new(), format: kv, slots };
         for i in 0..c.num_layers {
             cache.k.push(gpu.storage(&format!("k cache {i}"), cache_bytes)?);
             cache.v.push(gpu.storage(&format!("v cache {i}"), cache_bytes)?);
@@ -383,6 +394,7 @@ impl Decoder {
             src_stride: qkv_width,
             src_offset: offset,
             slots: self.cache.slots,
+            format: self.cache.format,
         };
         let attention = AttentionShape {
             tokens: t,
@@ -394,6 +406,7 @@ impl Decoder {
             window: c.sliding_window.unwrap_or(0),
             scale: 1.0 / (d as f32).sqrt(),
             splits: if t == 1 { self.decode_splits } else { 1 },
+            kv_format: self.cache.format,
         };
 
         for (table, first) in &w.embed.chunks {
@@ -485,10 +498,15 @@ impl Decoder {
         self.cache.slots >= self.capacity || from + self.cache.slots + 1 >= written + window
     }
 
-    /// KV-cache bytes one position takes over all layers (K and V, f16).
+    /// KV-cache bytes one position takes over all layers (K and V).
     pub fn kv_bytes_per_position(&self) -> u64 {
         let c = &self.config;
-        (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2) as u64
+        (c.num_layers * 2 * self.cache.format.row_bytes(c.num_kv_heads * c.head_dim)) as u64
+    }
+
+    /// How the KV cache stores keys and values.
+    pub fn kv_format(&self) -> KvFormat {
+        self.cache.format
     }
 
     /// Bytes of weights a decode step reads (for bandwidth figures).

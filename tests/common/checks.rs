@@ -4,7 +4,9 @@
 //! f64 reference, with an explicit tolerance.
 
 use half::f16;
-use phi_web::gpu::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, Matrix, OutputSlice, RopeShape};
+use phi_web::gpu::{
+    AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, Matrix, OutputSlice, RopeShape,
+};
 use phi_web::quant::{self, WeightFormat};
 
 use super::{assert_close, assert_close_rel, Env, Rng};
@@ -416,7 +418,7 @@ pub async fn kv_append_packs_f16_at_the_step_position(env: &Env) {
             env.gpu.storage("cache", (slots * kv_dim * 2) as u64).unwrap(),
             env.gpu.step_buffer(pos0),
         );
-        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots };
+        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::F16 };
         env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
         let words = env.read_u32(&cache, slots * kv_dim / 2).await;
         let got: Vec<f32> = words
@@ -434,10 +436,79 @@ pub async fn kv_append_packs_f16_at_the_step_position(env: &Env) {
         assert_close_rel(&format!("kv_append, {slots} slots"), &got, &expected, 0.0, 1.0 / 1024.0);
     }
     // More tokens than slots would race for a slot: an error, not a write.
-    let shape = KvAppendShape { tokens: 9, kv_dim: 4, src_stride: 12, src_offset: 4, slots: 8 };
+    let shape = KvAppendShape { tokens: 9, kv_dim: 4, src_stride: 12, src_offset: 4, slots: 8, format: KvFormat::F16 };
     let buf = env.zeros("buf", 4096);
     let err = env.kernels.kv_append(&env.gpu.step_buffer(0), &buf, &buf, &shape).unwrap_err();
     assert!(err.to_string().contains("9 tokens would overwrite each other"), "{err}");
+    // An 8-bit cache stores whole blocks of 32.
+    let shape = KvAppendShape { tokens: 1, kv_dim: 48, src_stride: 48, src_offset: 0, slots: 8, format: KvFormat::Q8 };
+    let err = env.kernels.kv_append(&env.gpu.step_buffer(0), &buf, &buf, &shape).unwrap_err();
+    assert!(err.to_string().contains("a q8 KV cache cannot hold rows of 48 values"), "{err}");
+}
+
+/// The 8-bit cache: every value within half a step (scale / 127 / 2) of its
+/// source, scale = the block's largest magnitude, slots not written stay 0.
+pub async fn kv_append_q8_rounds_each_block_to_its_scale(env: &Env) {
+    for (slots, pos0) in [(64, 20u32), (40, 60)] {
+        let (tokens, kv_dim) = (37, 2 * 96);
+        let (src_stride, src_offset) = (3 * kv_dim, kv_dim);
+        let mut sv = Rng::new(14).vec(tokens * src_stride, -4.0, 4.0);
+        sv[src_offset..src_offset + 32].fill(0.0); // an all-zero block: scale 0, no NaN
+        let (src, step) = (env.upload_f32("src", &sv), env.gpu.step_buffer(pos0));
+        let row_words = KvFormat::Q8.row_bytes(kv_dim) / 4;
+        let cache = env.gpu.storage("cache", (slots * row_words * 4) as u64).unwrap();
+        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::Q8 };
+        env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
+        let words = env.read_u32(&cache, slots * row_words).await;
+        let written: Vec<usize> = (0..tokens).map(|t| (pos0 as usize + t) % slots).collect();
+        for slot in (0..slots).filter(|s| !written.contains(s)) {
+            assert!(words[slot * row_words..][..row_words].iter().all(|w| *w == 0), "slot {slot} was written");
+        }
+        for (t, &slot) in written.iter().enumerate() {
+            let row = &words[slot * row_words..][..row_words];
+            let codes: &[u8] = bytemuck::cast_slice(&row[..kv_dim / 4]);
+            for (b, block) in sv[t * src_stride + src_offset..][..kv_dim].chunks(KvFormat::Q8_BLOCK).enumerate() {
+                let scale = f32::from_bits(row[kv_dim / 4 + b]);
+                let largest = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert_eq!(scale, largest, "token {t} block {b}: scale");
+                for (i, &v) in block.iter().enumerate() {
+                    let code = codes[b * KvFormat::Q8_BLOCK + i] as i8;
+                    let decoded = code as f64 / 127.0 * scale as f64;
+                    let half_step = scale as f64 / 127.0 / 2.0;
+                    assert!(
+                        (decoded - v as f64).abs() <= half_step * (1.0 + 1e-5) && code != i8::MIN,
+                        "token {t} value {}: {v} stored as {code} (scale {scale})",
+                        b * KvFormat::Q8_BLOCK + i
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One cache row of `values` as the GPU stores it in `format`, and the values
+/// it decodes to.
+fn encode_kv_row(format: KvFormat, values: &[f32]) -> (Vec<u8>, Vec<f64>) {
+    match format {
+        KvFormat::F16 => {
+            let half: Vec<f16> = values.iter().map(|v| f16::from_f32(*v)).collect();
+            (bytemuck::cast_slice(&half).to_vec(), half.iter().map(|v| v.to_f64()).collect())
+        }
+        KvFormat::Q8 => {
+            let (mut bytes, mut scales, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
+            for block in values.chunks(KvFormat::Q8_BLOCK) {
+                let scale = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                scales.extend(scale.to_le_bytes());
+                for v in block {
+                    let code = if scale > 0.0 { (v / scale * 127.0).round() as i8 } else { 0 };
+                    bytes.push(code as u8);
+                    decoded.push(code as f64 / 127.0 * scale as f64);
+                }
+            }
+            bytes.extend(scales);
+            (bytes, decoded)
+        }
+    }
 }
 
 struct Case {
@@ -451,10 +522,11 @@ struct Case {
     splits: usize,
     /// Keep only the last window + tokens positions, in a ring (key j in slot j % slots).
     ring: bool,
+    kv: KvFormat,
 }
 
 /// Checks attention of `tokens` queries at positions pos0.. over a cache of
-/// pos0 + tokens random f16 keys and values.
+/// pos0 + tokens random keys and values, stored as `c.kv`.
 async fn check_attention(env: &Env, c: &Case, seed: u64) {
     let kv_len = c.pos0 + c.tokens;
     let capacity = kv_len + 3;
@@ -463,8 +535,11 @@ async fn check_attention(env: &Env, c: &Case, seed: u64) {
     let q_stride = (c.heads + 2 * c.kv_heads) * c.head_dim; // a fused QKV row
     let mut rng = Rng::new(seed);
     let qv = rng.vec(c.tokens * q_stride, -1.0, 1.0);
-    let k_half: Vec<f16> = (0..capacity * kv_dim).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
-    let v_half: Vec<f16> = (0..capacity * kv_dim).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
+    // Each position's row encoded as the GPU stores it, and what it decodes to.
+    let mut cache_rows = || -> Vec<(Vec<u8>, Vec<f64>)> {
+        (0..capacity).map(|_| encode_kv_row(c.kv, &rng.vec(kv_dim, -1.0, 1.0))).collect()
+    };
+    let (k_rows, v_rows) = (cache_rows(), cache_rows());
     let scale = 1.0 / (c.head_dim as f32).sqrt();
     let shape = AttentionShape {
         tokens: c.tokens,
@@ -476,20 +551,22 @@ async fn check_attention(env: &Env, c: &Case, seed: u64) {
         window: c.window,
         scale,
         splits: c.splits,
+        kv_format: c.kv,
     };
-    // The cache as the GPU holds it: every position, or the ring's last `slots`.
-    let ring_of = |all: &[f16]| -> Vec<f16> {
-        let mut ring = vec![f16::ZERO; slots * kv_dim];
+    // The cache as the GPU holds it: position p in slot p % slots (the ring
+    // keeps only the last `slots` positions).
+    let row_bytes = c.kv.row_bytes(kv_dim);
+    let cache_of = |rows: &[(Vec<u8>, Vec<f64>)]| -> Vec<u8> {
+        let mut cache = vec![0u8; slots * row_bytes];
         for p in kv_len.saturating_sub(slots)..kv_len {
-            ring[(p % slots) * kv_dim..][..kv_dim].copy_from_slice(&all[p * kv_dim..][..kv_dim]);
+            cache[(p % slots) * row_bytes..][..row_bytes].copy_from_slice(&rows[p].0);
         }
-        ring
+        cache
     };
-    let (k_gpu, v_gpu) = if c.ring { (ring_of(&k_half), ring_of(&v_half)) } else { (k_half.clone(), v_half.clone()) };
 
     let q = env.upload_f32("q", &qv);
-    let k = env.gpu.storage_with("k", bytemuck::cast_slice(&k_gpu)).unwrap();
-    let v = env.gpu.storage_with("v", bytemuck::cast_slice(&v_gpu)).unwrap();
+    let k = env.gpu.storage_with("k", &cache_of(&k_rows)).unwrap();
+    let v = env.gpu.storage_with("v", &cache_of(&v_rows)).unwrap();
     let out = env.zeros("out", c.tokens * c.heads * c.head_dim);
     let scratch = AttentionScratch::new(&env.gpu, &shape).unwrap();
     let step = env.gpu.step_buffer(c.pos0 as u32);
@@ -506,18 +583,15 @@ async fn check_attention(env: &Env, c: &Case, seed: u64) {
             let qh = &qv[t * q_stride + h * c.head_dim..][..c.head_dim];
             let scores: Vec<f64> = (first..=pos)
                 .map(|j| {
-                    let kj = &k_half[j * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                    qh.iter().zip(kj).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>() * scale as f64
+                    let kj = &k_rows[j].1[kvh * c.head_dim..][..c.head_dim];
+                    qh.iter().zip(kj).map(|(a, b)| *a as f64 * b).sum::<f64>() * scale as f64
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::MIN, f64::max);
             let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let total: f64 = weights.iter().sum();
             for d in 0..c.head_dim {
-                let acc: f64 = (first..=pos)
-                    .zip(&weights)
-                    .map(|(j, w)| w * v_half[j * kv_dim + kvh * c.head_dim + d].to_f64())
-                    .sum();
+                let acc: f64 = (first..=pos).zip(&weights).map(|(j, w)| w * v_rows[j].1[kvh * c.head_dim + d]).sum();
                 expected[(t * c.heads + h) * c.head_dim + d] = acc / total;
             }
         }
@@ -540,6 +614,7 @@ pub async fn attention_decode_single_key(env: &Env) {
             window: 0,
             splits: 4,
             ring: false,
+            kv: KvFormat::F16,
         },
         1,
     )
@@ -559,6 +634,7 @@ pub async fn attention_decode_long_context_split(env: &Env) {
             window: 0,
             splits: 16,
             ring: false,
+            kv: KvFormat::F16,
         },
         2,
     )
@@ -578,6 +654,7 @@ pub async fn attention_decode_one_split_long_context(env: &Env) {
             window: 0,
             splits: 1,
             ring: false,
+            kv: KvFormat::F16,
         },
         3,
     )
@@ -597,6 +674,7 @@ pub async fn attention_decode_sliding_window(env: &Env) {
             window: 2047,
             splits: 12,
             ring: false,
+            kv: KvFormat::F16,
         },
         4,
     )
@@ -616,6 +694,7 @@ pub async fn attention_decode_sliding_window_ring(env: &Env) {
             window: 2047,
             splits: 12,
             ring: true,
+            kv: KvFormat::F16,
         },
         7,
     )
@@ -635,6 +714,7 @@ pub async fn attention_prefill_from_empty_cache(env: &Env) {
             window: 0,
             splits: 1,
             ring: false,
+            kv: KvFormat::F16,
         },
         5,
     )
@@ -654,6 +734,7 @@ pub async fn attention_prefill_after_a_prefix_with_window(env: &Env) {
             window: 16,
             splits: 2,
             ring: false,
+            kv: KvFormat::F16,
         },
         6,
     )
@@ -673,8 +754,49 @@ pub async fn attention_prefill_with_window_in_a_ring(env: &Env) {
             window: 16,
             splits: 2,
             ring: true,
+            kv: KvFormat::F16,
         },
         8,
+    )
+    .await;
+}
+
+pub async fn attention_decode_long_context_q8_cache(env: &Env) {
+    check_attention(
+        env,
+        &Case {
+            name: "attention decode kv 4096, hd 96, group 4, 16 splits, q8 cache",
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 96,
+            tokens: 1,
+            pos0: 4095,
+            window: 0,
+            splits: 16,
+            ring: false,
+            kv: KvFormat::Q8,
+        },
+        9,
+    )
+    .await;
+}
+
+pub async fn attention_prefill_with_window_in_a_q8_ring(env: &Env) {
+    check_attention(
+        env,
+        &Case {
+            name: "attention prefill T 37 after 100, window 16, ring of 53 slots, q8 cache",
+            heads: 3,
+            kv_heads: 1,
+            head_dim: 128,
+            tokens: 37,
+            pos0: 100,
+            window: 16,
+            splits: 2,
+            ring: true,
+            kv: KvFormat::Q8,
+        },
+        10,
     )
     .await;
 }
@@ -690,6 +812,7 @@ pub async fn attention_rejects_bad_head_grouping(env: &Env) {
         window: 0,
         scale: 0.125,
         splits: 1,
+        kv_format: KvFormat::F16,
     };
     let buf = env.zeros("buf", 4096);
     let scratch = AttentionScratch::new(&env.gpu, &shape).unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use phi_web::bench::ModelBench;
 use phi_web::convert::{self, ConvertOptions, Eta};
 use phi_web::formats::package::Package;
-use phi_web::gpu::{Gpu, GpuOptions, Kernels};
+use phi_web::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use phi_web::quant::WeightFormat;
 
 const USAGE: &str = "\
@@ -17,7 +17,7 @@ commands:
   convert INPUT OUT_DIR [--quant q4_0|q4_1|q8_0|f16|f32] [--shard-mb 64] [--context N]
                        GGUF file or Hugging Face folder -> phi-web package (model.json + shards)
   generate MODEL_DIR --prompt TEXT [--chat] [--system TEXT] [--max-tokens N] [--temperature T]
-           [--top-p P] [--top-k K] [--repetition-penalty R] [--seed S] [--stop TEXT]... [--context N] [--json]
+           [--top-p P] [--top-k K] [--repetition-penalty R] [--seed S] [--stop TEXT]... [--context N] [--kv-cache f16|q8] [--json]
                        generate text (raw prompt, or one user message through the chat template)
   chat MODEL_DIR [--system TEXT] [sampling options as for generate]
                        interactive chat with streaming output; each turn reuses the KV cache
@@ -104,8 +104,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// Arguments after the command that are neither flags nor flag values.
 fn positionals(args: &[String]) -> Vec<&String> {
-    const WITH_VALUE: [&str; 20] = [
+    const WITH_VALUE: [&str; 21] = [
         "--quant",
+        "--kv-cache",
         "--shard-mb",
         "--out",
         "--context",
@@ -297,8 +298,16 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
         eprintln!("  SmolLM2 end to end");
         let dir = Path::new("target/bench/smollm2");
         convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {}).map_err(|e| e.to_string())?;
-        let plan =
-            ModelBench { context: 4096, prompts: vec![128, 1024], decode_contexts: vec![64, 2048], decode_tokens: 16 };
+        let plan = ModelBench {
+            context: 4096,
+            kv_cache: KvFormat::F16,
+            prompts: vec![128, 1024],
+            decode_contexts: vec![64, 2048],
+            decode_tokens: 16,
+        };
+        report.models.push(figure(dir, &plan)?);
+        eprintln!("  SmolLM2 with an 8-bit KV cache");
+        let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
         report.models.push(figure(dir, &plan)?);
     } else {
         eprintln!("  SmolLM2 skipped: run `make models`");
@@ -308,11 +317,22 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
     phi_web::bench::synthetic_phi3_mini(dir).map_err(|e| e.to_string())?;
     // A 1024-token Phi-3-mini prefill takes tens of minutes on a CPU adapter.
     let prompts = if args.iter().any(|a| a == "--long") { vec![128, 1024] } else { vec![128] };
-    let plan = ModelBench { context: 4096, prompts, decode_contexts: vec![64, 2048], decode_tokens: 4 };
+    let plan = ModelBench {
+        context: 4096,
+        kv_cache: KvFormat::F16,
+        prompts,
+        decode_contexts: vec![64, 2048],
+        decode_tokens: 4,
+    };
     report.models.push(figure(dir, &plan)?);
-    eprintln!("  synthetic Phi-3-mini GPU memory at a 1k context");
-    let plan = ModelBench { context: 1024, prompts: vec![], decode_contexts: vec![], decode_tokens: 0 };
+    eprintln!("  synthetic Phi-3-mini with an 8-bit KV cache");
+    let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
     report.models.push(figure(dir, &plan)?);
+    for kv_cache in KvFormat::ALL {
+        eprintln!("  synthetic Phi-3-mini GPU memory at a 1k context, {} KV cache", kv_cache.name());
+        let plan = ModelBench { context: 1024, kv_cache, prompts: vec![], decode_contexts: vec![], decode_tokens: 0 };
+        report.models.push(figure(dir, &plan)?);
+    }
     write_report(&report, out)
 }
 

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use phi_web::formats::package::Package;
-use phi_web::gpu::{Gpu, GpuOptions, Kernels};
+use phi_web::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use phi_web::model::{Decoder, Logits};
 use phi_web::sampler::SamplingOptions;
 use phi_web::session::{self, GenerateOptions, Session};
@@ -32,6 +32,10 @@ struct Loaded {
 /// Opens and (unless `--no-verify`) hash-checks the package, then loads it.
 fn load(dir: &Path, args: &[String], options: &GpuOptions) -> Result<Loaded, String> {
     let context: usize = parse(args, "--context", 4096)?;
+    let kv = match flag_value(args, "--kv-cache")? {
+        None => KvFormat::F16,
+        Some(name) => KvFormat::parse(&name).ok_or(format!("--kv-cache {name}: expected f16 or q8"))?,
+    };
     let package = Package::open(dir).map_err(|e| e.to_string())?;
     if !args.iter().any(|a| a == "--no-verify") {
         package
@@ -41,7 +45,7 @@ fn load(dir: &Path, args: &[String], options: &GpuOptions) -> Result<Loaded, Str
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
     let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
     let context = context.min(package.manifest.config.max_position_embeddings);
-    let decoder = Decoder::load(&gpu, &package, context, PREFILL_CHUNK).map_err(|e| e.to_string())?;
+    let decoder = Decoder::load(&gpu, &package, context, PREFILL_CHUNK, kv).map_err(|e| e.to_string())?;
     Ok(Loaded { gpu, kernels, package, decoder })
 }
 
