@@ -144,6 +144,12 @@ fn argmax(row: &[f32]) -> usize {
     (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
 }
 
+/// KL(softmax(p) || softmax(q)) of two logit rows.
+fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let (p, q) = (softmax(p_logits), softmax(q_logits));
+    p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum()
+}
+
 #[test]
 fn quantized_packages_agree_with_the_reference() {
     for model in ["tiny-phi3", "tiny-phi3-partial-tied", "tiny-llama"] {
@@ -155,8 +161,7 @@ fn quantized_packages_agree_with_the_reference() {
             for r in 0..rows {
                 let (ours, theirs) = (&logits[r * g.vocab..][..g.vocab], &g.logits[r * g.vocab..][..g.vocab]);
                 agree += (argmax(ours) == argmax(theirs)) as usize;
-                let (p, q) = (softmax(theirs), softmax(ours));
-                kl += p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>();
+                kl += kl_divergence(theirs, ours);
             }
             let (agreement, kl) = (agree as f64 / rows as f64, kl / rows as f64);
             eprintln!(
@@ -183,37 +188,88 @@ fn smollm2_package() -> &'static std::path::Path {
     })
 }
 
-/// Teacher-forced top-1 agreement with transformers' f32 dequantization of the
-/// same GGUF (tests/data/smollm2-reference.json, scripts/make_smollm2_reference.py).
-#[test]
-fn smollm2_top1_agrees_with_transformers() {
+/// tests/data/smollm2-reference.json: a real text's ids and transformers'
+/// teacher-forced argmax and top-2 margin at every position, from its f32
+/// dequantization of the same GGUF (scripts/make_smollm2_reference.py).
+struct Smollm2Reference {
+    ids: Vec<u32>,
+    argmax: Vec<usize>,
+    margin: Vec<f64>,
+}
+
+fn smollm2_reference() -> Smollm2Reference {
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/data/smollm2-reference.json")).unwrap())
             .unwrap();
     let numbers =
         |key: &str| -> Vec<f64> { reference[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
-    let ids: Vec<u32> = numbers("input_ids").iter().map(|&v| v as u32).collect();
-    let (argmax_ref, margin) = (numbers("argmax"), numbers("margin"));
+    let ids = numbers("input_ids").iter().map(|&v| v as u32).collect();
+    Smollm2Reference { ids, argmax: numbers("argmax").iter().map(|&v| v as usize).collect(), margin: numbers("margin") }
+}
+
+/// SmolLM2's logits [T, vocab] for `ids`, in prefill chunks of 64.
+fn smollm2_logits(ids: &[u32], kv: KvFormat) -> Vec<f32> {
     let env = env();
     let package = Package::open(smollm2_package()).unwrap();
-    let decoder = Decoder::load(&env.gpu, &package, 128, 64, KvFormat::F16).unwrap();
-    let vocab = decoder.config.vocab_size;
-    let mut ours = Vec::new();
+    let decoder = Decoder::load(&env.gpu, &package, 128, 64, kv).unwrap();
+    let mut logits = Vec::new();
     for (i, chunk) in ids.chunks(64).enumerate() {
-        let logits = pollster::block_on(decoder.forward(&env.gpu, &env.kernels, chunk, i * 64, Logits::All)).unwrap();
-        ours.extend(logits.chunks(vocab).map(argmax));
+        logits.extend(pollster::block_on(decoder.forward(&env.gpu, &env.kernels, chunk, i * 64, Logits::All)).unwrap());
     }
+    logits
+}
+
+/// Teacher-forced top-1 agreement with transformers.
+fn top1_agreement(label: &str, ours: &[usize], reference: &Smollm2Reference) -> f64 {
     let mut agree = 0;
-    for (p, (&a, &b)) in ours.iter().zip(&argmax_ref).enumerate() {
-        if a as f64 == b {
+    for (p, (&a, &b)) in ours.iter().zip(&reference.argmax).enumerate() {
+        if a == b {
             agree += 1;
         } else {
-            eprintln!("smollm2 | position {p}: ours {a}, transformers {b} (its top-2 margin {:.3})", margin[p]);
+            eprintln!(
+                "{label} | position {p}: ours {a}, transformers {b} (its top-2 margin {:.3})",
+                reference.margin[p]
+            );
         }
     }
-    let agreement = agree as f64 / ids.len() as f64;
-    eprintln!("smollm2 | teacher-forced top-1 agreement {:.1} % over {} tokens", agreement * 100.0, ids.len());
+    let agreement = agree as f64 / ours.len() as f64;
+    eprintln!("{label} | teacher-forced top-1 agreement {:.1} % over {} tokens", agreement * 100.0, ours.len());
+    agreement
+}
+
+#[test]
+fn smollm2_top1_agrees_with_transformers() {
+    let reference = smollm2_reference();
+    let logits = smollm2_logits(&reference.ids, KvFormat::F16);
+    let vocab = logits.len() / reference.ids.len();
+    let ours: Vec<usize> = logits.chunks(vocab).map(argmax).collect();
+    let agreement = top1_agreement("smollm2", &ours, &reference);
     assert!(agreement >= 0.98, "top-1 agreement {agreement}");
+}
+
+/// The 8-bit KV cache's cost in quality: against transformers as above, and
+/// against our own f16 cache (KL divergence of the next-token distributions).
+#[test]
+fn smollm2_with_a_q8_kv_cache_stays_close_to_f16() {
+    let reference = smollm2_reference();
+    let (f16_logits, q8_logits) =
+        (smollm2_logits(&reference.ids, KvFormat::F16), smollm2_logits(&reference.ids, KvFormat::Q8));
+    let vocab = f16_logits.len() / reference.ids.len();
+    let ours: Vec<usize> = q8_logits.chunks(vocab).map(argmax).collect();
+    let agreement = top1_agreement("smollm2 q8 KV", &ours, &reference);
+    let kls: Vec<f64> =
+        f16_logits.chunks(vocab).zip(q8_logits.chunks(vocab)).map(|(p, q)| kl_divergence(p, q)).collect();
+    let mean_kl = kls.iter().sum::<f64>() / kls.len() as f64;
+    let max_kl = kls.iter().cloned().fold(0.0, f64::max);
+    let same_top1 = ours.iter().zip(f16_logits.chunks(vocab).map(argmax)).filter(|(a, b)| **a == *b).count() as f64
+        / ours.len() as f64;
+    eprintln!(
+        "smollm2 q8 KV vs f16 KV | KL mean {mean_kl:.2e}, max {max_kl:.2e}; same top-1 {:.1} % over {} tokens",
+        same_top1 * 100.0,
+        ours.len()
+    );
+    assert!(agreement >= 0.98, "top-1 agreement with transformers {agreement}");
+    assert!(mean_kl < 1e-3 && max_kl < 1e-2, "KL(f16 KV || q8 KV) mean {mean_kl}, max {max_kl}");
 }
 
 /// SmolLM2-135M-Instruct (the real model): llama.cpp's greedy answer token for
