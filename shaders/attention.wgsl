@@ -1,7 +1,9 @@
 // Causal attention with GQA and an optional sliding window, split over the
-// key sequence (flash-decoding). Workgroup (split s, head h, query t) scores
-// its keys in chunks of 4 WG with an online softmax and writes an
-// unnormalised partial result; attention_combine.wgsl merges the splits.
+// key sequence (flash-decoding). Workgroup (split s, KV head, query t) serves
+// the group of query heads sharing that KV head, so each key and value is
+// read once for all of them; it scores its keys in chunks of 4 WG with an
+// online softmax and writes an unnormalised partial result per query head;
+// attention_combine.wgsl merges the splits.
 // Decode is T = 1 with many splits; prefill is T queries. Query t sits at
 // position step.pos + t and sees keys j <= step.pos + t (and
 // step.pos + t - j < window when window > 0). Cache reads (k_dot4, load_v4)
@@ -15,7 +17,7 @@ struct Params {
     tokens: u32,     // T queries
     heads: u32,      // query heads
     kv_heads: u32,   // heads / kv_heads query heads share a KV head
-    head_dim: u32,   // a multiple of 4, <= 4 * WG
+    head_dim: u32,   // a multiple of 4, <= 4 * WG; group * head_dim <= 4 * MAX_Q_QUADS
     q_stride: u32,   // floats per token in q (query heads start at 0)
     window: u32,     // sliding window in positions; 0 = none
     splits: u32,     // workgroups along the key sequence
@@ -36,33 +38,30 @@ struct Params {
 
 override WG: u32 = 64u;        // threads per workgroup (power of two)
 override CHUNK: u32 = 4u * WG;  // keys per round: four per thread
-// Thread lid accumulates V dims 4 lid .. 4 lid + 3, so head_dim <= 4 * WG.
+const MAX_GROUP: u32 = 8u;      // query heads per KV head
+// The group size when the pipeline is specialised for one (1: multi-head
+// attention, whose loops over the group then compile away); 0: from Params.
+override GROUP: u32 = 0u;
+const MAX_Q_QUADS: u32 = 256u;  // group * head_dim / 4
+// Thread lid accumulates V dims 4 lid .. 4 lid + 3 of every query head of
+// the group, so head_dim <= 4 * WG.
 
-var<workgroup> q_s: array<vec4<f32>, WG>;    // the query, scaled: head_dim / 4 used
-var<workgroup> probs: array<vec4<f32>, WG>;  // the chunk's softmax numerators, key c + i at [i / 4][i % 4]
-var<workgroup> rows: array<vec4<u32>, WG>;   // and the first cache word of each key's row
-var<workgroup> red: array<f32, WG>;
+var<workgroup> q_s: array<vec4<f32>, MAX_Q_QUADS>;               // [group, head_dim / 4] the queries, scaled
+var<workgroup> probs: array<vec4<f32>, MAX_GROUP * WG>;          // [query, i / 4][i % 4]: softmax numerator of key c + i
+var<workgroup> rows: array<vec4<u32>, WG>;                       // [i / 4][i % 4]: first cache word of key c + i
+var<workgroup> red: array<array<f32, MAX_GROUP>, WG>;
 
-fn reduce_max(v: f32, lid: u32) -> f32 {
+// Per-query maxima (or sums) over the workgroup of the threads' `v`.
+fn reduce_group(v: array<f32, MAX_GROUP>, lid: u32, group: u32, is_max: bool) -> array<f32, MAX_GROUP> {
     red[lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
+            for (var g = 0u; g < group; g++) {
+                let a = red[lid][g];
+                let b = red[lid + s][g];
+                red[lid][g] = select(a + b, max(a, b), is_max);
+            }
         }
         workgroupBarrier();
     }
@@ -74,72 +73,116 @@ fn reduce_sum(v: f32, lid: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let split = wid.x;
-    let h = wid.y;
+    let kvh = wid.y;
     let t = wid.z;
     let pos = step.pos + t;
     let kv_len = step.pos + p.tokens;
     let quads = p.head_dim / 4u;
+    let group = select(p.heads / p.kv_heads, GROUP, GROUP > 0u);
     let kv_dim = p.kv_heads * p.head_dim;
     let row_words = kv_row_words(kv_dim);
-    let head_first = (h / (p.heads / p.kv_heads)) * p.head_dim;  // this KV head's first dim in a row
+    let head_first = kvh * p.head_dim;  // this KV head's first dim in a cache row
 
-    // This split's keys, clipped to the causal and sliding-window range.
-    let split_len = ((kv_len + p.splits - 1u) / p.splits + CHUNK - 1u) / CHUNK * CHUNK;
+    // This split's keys, clipped to the causal and sliding-window range. A
+    // split takes at least two chunks: below that, the fixed cost of a split
+    // (loading the queries, its partial result, merging it) outweighs its keys.
+    let split_len = max(((kv_len + p.splits - 1u) / p.splits + CHUNK - 1u) / CHUNK * CHUNK, 2u * CHUNK);
     var k_begin = split * split_len;
     let k_end = min(k_begin + split_len, pos + 1u);
     if (p.window > 0u && pos + 1u > p.window) {
         k_begin = max(k_begin, pos + 1u - p.window);
     }
 
-    if (lid < quads) {
-        let qi = t * p.q_stride + h * p.head_dim + 4u * lid;
-        q_s[lid] = vec4<f32>(q[qi], q[qi + 1u], q[qi + 2u], q[qi + 3u]) * p.scale;
+    if (k_begin >= k_end) {  // an empty split (a short context): a zero partial result
+        for (var g = 0u; g < group; g++) {
+            let slot = (t * p.heads + kvh * group + g) * p.splits + split;
+            if (lid == 0u) {
+                part_ml[slot] = vec2<f32>(NEG_BIG, 0.0);
+            }
+            if (lid < quads) {
+                part_acc[slot * quads + lid] = vec4<f32>(0.0);
+            }
+        }
+        return;
+    }
+
+    // The group's query heads are kvh * group .. kvh * group + group - 1.
+    for (var i = lid; i < group * quads; i += WG) {
+        let qi = t * p.q_stride + kvh * group * p.head_dim + 4u * i;
+        q_s[i] = vec4<f32>(q[qi], q[qi + 1u], q[qi + 2u], q[qi + 3u]) * p.scale;
     }
     workgroupBarrier();
 
-    var m = NEG_BIG;
-    var l = 0.0;
-    var acc = vec4<f32>(0.0);
+    var m: array<f32, MAX_GROUP>;  // running max, sum of exp and output of each query head
+    var l: array<f32, MAX_GROUP>;
+    var acc: array<vec4<f32>, MAX_GROUP>;
+    for (var g = 0u; g < group; g++) {
+        m[g] = NEG_BIG;
+    }
     for (var c = k_begin; c < k_end; c += CHUNK) {
-        // Thread lid scores keys c + 4 lid .. c + 4 lid + 3 (one read of q for four keys).
+        // Thread lid scores keys c + 4 lid .. c + 4 lid + 3 against every query.
         let j = c + 4u * lid + vec4<u32>(0u, 1u, 2u, 3u);
         let in_range = j < vec4<u32>(k_end);
         let row = (j % p.slots) * row_words;
-        var score = vec4<f32>(NEG_BIG);
+        var score: array<vec4<f32>, MAX_GROUP>;
         if (in_range.x) {
-            score = select(score, k_dot4(row, head_first, p.head_dim, kv_dim), in_range);
+            score = k_dot4(row, head_first, p.head_dim, kv_dim, group);
         }
-        let m_new = max(m, reduce_max(max(max(score.x, score.y), max(score.z, score.w)), lid));
-        let prob = select(vec4<f32>(0.0), exp(score - m_new), in_range);
-        probs[lid] = prob;
+        var local: array<f32, MAX_GROUP>;
+        for (var g = 0u; g < group; g++) {
+            score[g] = select(vec4<f32>(NEG_BIG), score[g], in_range);
+            local[g] = max(max(score[g].x, score[g].y), max(score[g].z, score[g].w));
+        }
+        let chunk_max = reduce_group(local, lid, group, true);
+        var correction: array<f32, MAX_GROUP>;
+        for (var g = 0u; g < group; g++) {
+            let m_new = max(m[g], chunk_max[g]);
+            let prob = select(vec4<f32>(0.0), exp(score[g] - m_new), in_range);
+            probs[g * WG + lid] = prob;
+            local[g] = prob.x + prob.y + prob.z + prob.w;
+            correction[g] = exp(m[g] - m_new);
+            m[g] = m_new;
+        }
         rows[lid] = row;
-        let correction = exp(m - m_new);
-        l = l * correction + reduce_sum(prob.x + prob.y + prob.z + prob.w, lid);  // the barriers publish probs, rows
-        m = m_new;
+        let chunk_sum = reduce_group(local, lid, group, false);  // its barriers publish probs and rows
+        for (var g = 0u; g < group; g++) {
+            l[g] = l[g] * correction[g] + chunk_sum[g];
+            acc[g] *= correction[g];
+        }
 
-        // Thread lid accumulates dims 4 lid .. 4 lid + 3 over the chunk's keys.
+        // Thread lid accumulates dims 4 lid .. 4 lid + 3 over the chunk's keys,
+        // four keys at a time, each value read once for every query.
         let n = min(CHUNK, k_end - c);
-        acc *= correction;
         if (lid < quads) {
             let d = head_first + 4u * lid;
-            for (var g = 0u; g < n / 4u; g++) {
-                let pr = probs[g];
-                let rw = rows[g];
-                acc += pr.x * load_v4(rw.x, d, kv_dim) + pr.y * load_v4(rw.y, d, kv_dim)
-                     + pr.z * load_v4(rw.z, d, kv_dim) + pr.w * load_v4(rw.w, d, kv_dim);
+            for (var k4 = 0u; k4 < n / 4u; k4++) {
+                let rw = rows[k4];
+                let v0 = load_v4(rw.x, d, kv_dim);
+                let v1 = load_v4(rw.y, d, kv_dim);
+                let v2 = load_v4(rw.z, d, kv_dim);
+                let v3 = load_v4(rw.w, d, kv_dim);
+                for (var g = 0u; g < group; g++) {
+                    let pr = probs[g * WG + k4];
+                    acc[g] += pr.x * v0 + pr.y * v1 + pr.z * v2 + pr.w * v3;
+                }
             }
             for (var jj = n / 4u * 4u; jj < n; jj++) {
-                acc += probs[jj / 4u][jj % 4u] * load_v4(rows[jj / 4u][jj % 4u], d, kv_dim);
+                let v = load_v4(rows[jj / 4u][jj % 4u], d, kv_dim);
+                for (var g = 0u; g < group; g++) {
+                    acc[g] += probs[g * WG + jj / 4u][jj % 4u] * v;
+                }
             }
         }
         workgroupBarrier();  // probs and rows are rewritten by the next chunk
     }
 
-    let slot = (t * p.heads + h) * p.splits + split;
-    if (lid == 0u) {
-        part_ml[slot] = vec2<f32>(m, l);
-    }
-    if (lid < quads) {
-        part_acc[slot * quads + lid] = acc;
+    for (var g = 0u; g < group; g++) {
+        let slot = (t * p.heads + kvh * group + g) * p.splits + split;
+        if (lid == 0u) {
+            part_ml[slot] = vec2<f32>(m[g], l[g]);
+        }
+        if (lid < quads) {
+            part_acc[slot * quads + lid] = acc[g];
+        }
     }
 }

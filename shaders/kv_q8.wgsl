@@ -9,29 +9,35 @@ fn kv_row_words(kv_dim: u32) -> u32 {
     return kv_dim / 4u + kv_dim / KV_BLOCK;
 }
 
-// q_s · K[first .. first + head_dim) for the four K rows starting at words
-// `row` (first a multiple of KV_BLOCK): one scale per block and row.
-fn k_dot4(row: vec4<u32>, first: u32, head_dim: u32, kv_dim: u32) -> vec4<f32> {
-    var total = vec4<f32>(0.0);
+// Scores of the group's queries (q_s) against K[first .. first + head_dim) of
+// the four K rows starting at words `row` (first a multiple of KV_BLOCK):
+// [query][key], one scale per block and row.
+fn k_dot4(row: vec4<u32>, first: u32, head_dim: u32, kv_dim: u32, group: u32) -> array<vec4<f32>, MAX_GROUP> {
+    var total: array<vec4<f32>, MAX_GROUP>;
+    let quads = head_dim / 4u;
     for (var b = 0u; b < head_dim / KV_BLOCK; b++) {
         let w = row + (first + b * KV_BLOCK) / 4u;
-        var block = vec4<f32>(0.0);
+        var block: array<vec4<f32>, MAX_GROUP>;
         for (var i = 0u; i < KV_BLOCK / 4u; i++) {
-            let qi = q_s[b * (KV_BLOCK / 4u) + i];
-            block += vec4<f32>(
-                dot(qi, unpack4x8snorm(k_cache[w.x + i])),
-                dot(qi, unpack4x8snorm(k_cache[w.y + i])),
-                dot(qi, unpack4x8snorm(k_cache[w.z + i])),
-                dot(qi, unpack4x8snorm(k_cache[w.w + i])),
-            );
+            let k0 = unpack4x8snorm(k_cache[w.x + i]);
+            let k1 = unpack4x8snorm(k_cache[w.y + i]);
+            let k2 = unpack4x8snorm(k_cache[w.z + i]);
+            let k3 = unpack4x8snorm(k_cache[w.w + i]);
+            for (var g = 0u; g < group; g++) {
+                let qi = q_s[g * quads + b * (KV_BLOCK / 4u) + i];
+                block[g] += vec4<f32>(dot(qi, k0), dot(qi, k1), dot(qi, k2), dot(qi, k3));
+            }
         }
-        let scales = row + kv_dim / 4u + first / KV_BLOCK + b;
-        total += block * bitcast<vec4<f32>>(
-            vec4<u32>(k_cache[scales.x], k_cache[scales.y], k_cache[scales.z], k_cache[scales.w]));
+        let s = row + kv_dim / 4u + first / KV_BLOCK + b;
+        let scales = bitcast<vec4<f32>>(vec4<u32>(k_cache[s.x], k_cache[s.y], k_cache[s.z], k_cache[s.w]));
+        for (var g = 0u; g < group; g++) {
+            total[g] += block[g] * scales;
+        }
     }
     return total;
 }
 
+// Values d..d+3 (d a multiple of 4) of the V row starting at word `row`.
 fn load_v4(row: u32, d: u32, kv_dim: u32) -> vec4<f32> {
     let scale = bitcast<f32>(v_cache[row + kv_dim / 4u + d / KV_BLOCK]);
     return unpack4x8snorm(v_cache[row + d / 4u]) * scale;

@@ -165,7 +165,7 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
             slots: capacity,
             window: 0,
             scale: 0.1,
-            splits: AttentionShape::default_splits(1, capacity),
+            splits: AttentionShape::default_splits(1, capacity, heads, gpu.tuning),
             kv_format,
         };
         let cache_bytes = (capacity * kv_format.row_bytes(heads * head_dim)) as u64;

@@ -130,8 +130,9 @@ pub struct Kernels {
     rms_norm: wgpu::ComputePipeline,
     layer_norm: wgpu::ComputePipeline,
     rope: wgpu::ComputePipeline,
-    kv_append: [wgpu::ComputePipeline; 2], // indexed like KvFormat::ALL
-    attention: [wgpu::ComputePipeline; 2], // indexed like KvFormat::ALL
+    kv_append: [wgpu::ComputePipeline; 2],     // indexed like KvFormat::ALL
+    attention: [wgpu::ComputePipeline; 2],     // indexed like KvFormat::ALL, any query heads per KV head
+    attention_mha: [wgpu::ComputePipeline; 2], // specialised for one query head per KV head
     attention_combine: wgpu::ComputePipeline,
     silu_mul: wgpu::ComputePipeline,
     gelu_erf: wgpu::ComputePipeline,
@@ -216,6 +217,8 @@ impl Kernels {
                 [("WG_ROWS", tuning.matmul_wg_rows as f64), ("WG_TOKENS", (MATRIX_WG / tuning.matmul_wg_rows) as f64)];
             let gelu = include_str!("../../shaders/gelu.wgsl");
             let attention = include_str!("../../shaders/attention.wgsl");
+            let (kv_f16, kv_q8) = (include_str!("../../shaders/kv_f16.wgsl"), include_str!("../../shaders/kv_q8.wgsl"));
+            let mha = [("GROUP", 1.0)];
             Ok(Kernels {
                 device: gpu.device.clone(),
                 max_groups: gpu.limits.max_compute_workgroups_per_dimension,
@@ -249,8 +252,12 @@ impl Kernels {
                     single("kv_append_q8", include_str!("../../shaders/kv_append_q8.wgsl"))?,
                 ],
                 attention: [
-                    build("attention", &[include_str!("../../shaders/kv_f16.wgsl"), attention], "main")?,
-                    build("attention_q8", &[include_str!("../../shaders/kv_q8.wgsl"), attention], "main")?,
+                    build("attention", &[kv_f16, attention], "main")?,
+                    build("attention_q8", &[kv_q8, attention], "main")?,
+                ],
+                attention_mha: [
+                    build_with("attention_mha", &[kv_f16, attention], "main", &mha)?,
+                    build_with("attention_mha_q8", &[kv_q8, attention], "main", &mha)?,
                 ],
                 attention_combine: single("attention_combine", include_str!("../../shaders/attention_combine.wgsl"))?,
                 silu_mul: single("silu_mul", include_str!("../../shaders/silu_mul.wgsl"))?,
@@ -592,6 +599,11 @@ impl Kernels {
         ensure_shape(s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads), "attention", || {
             format!("{} query heads cannot share {} KV heads", s.heads, s.kv_heads)
         })?;
+        // attention.wgsl: MAX_GROUP query heads per KV head, their queries in MAX_Q_QUADS vec4s.
+        let group = s.heads / s.kv_heads;
+        ensure_shape(group <= 8 && group * s.head_dim <= 1024, "attention", || {
+            format!("{group} query heads of {} per KV head (at most 8, and 1024 values)", s.head_dim)
+        })?;
         ensure_shape(s.heads * s.head_dim <= s.q_stride, "attention", || {
             format!("{} heads of {} overflow query rows of {}", s.heads, s.head_dim, s.q_stride)
         })?;
@@ -623,11 +635,14 @@ impl Kernels {
         };
         let split_pass = self.dispatch(
             "attention",
-            &self.attention[kv_index(s.kv_format)],
+            match group {
+                1 => &self.attention_mha[kv_index(s.kv_format)],
+                _ => &self.attention[kv_index(s.kv_format)],
+            },
             &params,
             &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, &scratch.acc), (6, &scratch.ml)],
             vec![],
-            [s.splits as u32, s.heads as u32, s.tokens as u32],
+            [s.splits as u32, s.kv_heads as u32, s.tokens as u32],
         );
         let combine_params = params4(params.tokens, params.heads, params.head_dim, params.splits);
         let combine = self.dispatch(

@@ -223,7 +223,7 @@ impl Decoder {
         let qkv_width = (c.num_heads + 2 * c.num_kv_heads) * d;
         let t = max_tokens.max(1);
         let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
-        let decode_splits = AttentionShape::default_splits(1, capacity);
+        let decode_splits = AttentionShape::default_splits(1, capacity, c.num_kv_heads, gpu.tuning);
         let slots = match c.sliding_window {
             Some(window) if window > 0 => capacity.min(window + t),
             _ => capacity,
