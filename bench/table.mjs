@@ -35,24 +35,38 @@ for (const run of llama.runs ?? []) {
 }
 if (llama.error) rows.push(`| native | | llama.cpp: ${llama.error} | |`);
 
-// In Chromium: the npm package vs wllama on the same GGUF.
-for (const peer of ["wllama_wasm_1_thread", "wllama_wasm_2_threads", "wllama_webgpu"]) {
+// In Chromium: the npm package vs wllama on the same GGUF, and transformers.js
+// on its ONNX export.
+const exportAgreement = web.transformers_js_export ?? {};
+const peerNames = {
+  wllama_wasm_1_thread: "wllama wasm 1 thread",
+  wllama_wasm_2_threads: "wllama wasm 2 threads",
+  wllama_webgpu: "wllama WebGPU",
+  transformers_js_webgpu_q4: "transformers.js WebGPU q4",
+  transformers_js_wasm_q4: "transformers.js wasm q4, 2 threads",
+  transformers_js_webgpu_fp32: "transformers.js WebGPU fp32",
+  transformers_js_wasm_fp32: "transformers.js wasm fp32, 2 threads",
+};
+for (const [peer, label] of Object.entries(peerNames)) {
   const p = web[peer];
   if (!p || p.error) {
-    rows.push(`| browser | | ${peer}: ${p?.error ?? web.error ?? "not run"} | |`);
+    rows.push(`| browser | | ${label}: ${p?.error ?? web.error ?? "not run"} | |`);
     continue;
   }
-  row("browser prefill tok/s", web.phi_web?.prefill_tokens_per_s, p.prefill_tokens_per_s, peer);
-  row("browser decode tok/s", web.phi_web?.decode_tokens_per_s, p.decode_tokens_per_s, peer);
+  row("browser prefill tok/s", web.phi_web?.prefill_tokens_per_s, p.prefill_tokens_per_s, label);
+  row("browser decode tok/s", web.phi_web?.decode_tokens_per_s, p.decode_tokens_per_s, label);
 }
-
-// Not run yet: it needs an ONNX export of SmolLM2 (optimum), which no script here makes.
-rows.push("| browser | | transformers.js: not run — needs an ONNX export of the model (optimum), not scripted yet | |");
+const agreement = (file) => (Number.isFinite(exportAgreement[file]) ? `${(100 * exportAgreement[file]).toFixed(0)} %` : "?");
+const exportNote =
+  `transformers.js runs bench/export_onnx.py's export of the same GGUF: fp32 = the GGUF's weights dequantized ` +
+  `(top-1 agreement with transformers ${agreement("model.onnx")}), q4 = onnxruntime's MatMulNBits re-quantization ` +
+  `of them (agreement ${agreement("model_q4.onnx")}; the embedding stays f32).`;
 
 const adapter = native.adapter ?? "?";
 const text = [
   `SmolLM2-135M-Instruct (the Q4_1 GGUF; phi-web converts it losslessly). Native phi-web on ${adapter};`,
   `browser: ${web.phi_web?.adapter ?? "?"} in Chromium ${web.browser ?? "?"}. Ratios are phi-web ÷ peer, measured in one run.`,
+  exportNote,
   "",
   "| figure | phi-web | peer | phi-web ÷ peer |",
   "|---|---|---|---|",

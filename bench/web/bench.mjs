@@ -1,18 +1,21 @@
-// `make bench` in the browser: phi-web's npm package and wllama (llama.cpp in
-// wasm, @wllama/wllama) on the same SmolLM2 weights, in one headless Chromium
-// session (WebGPU on SwiftShader; COOP/COEP from `phi-web serve` so wllama can
-// use threads). Same chat prompt, greedy, same number of new tokens.
+// `make bench` in the browser: phi-web's npm package, wllama (llama.cpp in
+// wasm, @wllama/wllama) and transformers.js (ONNX Runtime Web,
+// @huggingface/transformers) on the same SmolLM2 weights, in one headless
+// Chromium session (WebGPU on SwiftShader; COOP/COEP from `phi-web serve` so
+// the wasm peers can use threads). Same chat prompt, greedy, same number of
+// new tokens.
 //
 //   node bench/web/bench.mjs PHI_WEB_BINARY MODELS_DIR OUT.json
 //
-// MODELS_DIR holds smollm2/ (the phi-web package) and smollm2.gguf (the same
-// weights as llama.cpp reads them); `make bench` prepares both.
+// MODELS_DIR holds smollm2/ (the phi-web package), smollm2.gguf (the same
+// weights as llama.cpp reads them) and smollm2-onnx/ (bench/export_onnx.py:
+// the GGUF exported to ONNX, f32 and 4-bit); `make bench` prepares them.
 //
 // Prints one JSON object and writes it to OUT.json. A peer that cannot run
 // gets {"error": "..."} instead of figures.
 
 import { spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
@@ -29,8 +32,20 @@ const QUESTION = process.env.BENCH_QUESTION ??
   "Keepers once lived in them, trimming wicks and winding the clockwork that turned the lens. Most are automatic now, " +
   "watched from far away, and many have become museums. Which job did the keepers do, in one sentence?";
 const log = (s) => console.error(`web bench | ${s}`);
+// BENCH_PEERS=none: phi-web alone (when tuning it); BENCH_PEERS=a,b: only the
+// runs whose names start with a or b (phi_web, wllama, transformers_js_wasm, ...).
+const only = process.env.BENCH_PEERS;
+const selected = (name) =>
+  !only || (only === "none" ? name === "phi_web" : only.split(",").some((prefix) => name.startsWith(prefix)));
 
-const mounts = [`/pkg=${root}pkg`, `/models=${models}`, `/wllama=${root}bench/web/node_modules/@wllama/wllama/esm`];
+const modules = `${root}bench/web/node_modules`;
+const mounts = [
+  `/pkg=${root}pkg`,
+  `/models=${models}`,
+  `/wllama=${modules}/@wllama/wllama/esm`,
+  `/transformers=${modules}/@huggingface/transformers/dist`,
+  `/ort=${modules}/onnxruntime-web/dist`,
+];
 const server = spawn(phiWeb, ["serve", `${root}bench/web`, ...mounts.flatMap((m) => ["--mount", m]), "--port", "0"], {
   stdio: ["ignore", "pipe", "inherit"],
 });
@@ -67,7 +82,7 @@ async function attempt(name, run) {
   log(`${name}: ${JSON.stringify(report[name])}`);
 }
 
-await attempt("phi_web", () =>
+if (selected("phi_web")) await attempt("phi_web", () =>
   page.evaluate(async ({ question, newTokens }) => {
     await phiWeb.deleteCachedModel("/models/smollm2/model.json").catch(() => {});
     const ask = async (engine) => {
@@ -100,12 +115,11 @@ await attempt("phi_web", () =>
   }, { question: QUESTION, newTokens: NEW_TOKENS }));
 
 // wllama: its wasm CPU build with 1 and 2 threads, and its WebGPU backend.
-// BENCH_PEERS=none times phi-web alone (when tuning it).
-const peers = process.env.BENCH_PEERS === "none" ? [] : [
+const peers = [
   ["wllama_wasm_1_thread", { n_threads: 1, n_gpu_layers: 0 }],
   ["wllama_wasm_2_threads", { n_threads: 2, n_gpu_layers: 0 }],
   ["wllama_webgpu", { n_threads: 2, n_gpu_layers: 99 }],
-];
+].filter(([name]) => selected(name));
 for (const [name, params] of peers) {
   await attempt(name, () =>
     page.evaluate(async ({ question, newTokens, params }) => {
@@ -132,10 +146,59 @@ for (const [name, params] of peers) {
     }, { question: QUESTION, newTokens: NEW_TOKENS, params }));
 }
 
+// transformers.js on the ONNX export: WebGPU and wasm (2 threads), the 4-bit
+// MatMulNBits model (its own re-quantization of the weights) and the f32 one
+// (the GGUF's weights exactly, 4x the bytes).
+const tjsPeers = [
+  ["transformers_js_webgpu_q4", { device: "webgpu", dtype: "q4" }],
+  ["transformers_js_wasm_q4", { device: "wasm", dtype: "q4" }],
+  ["transformers_js_webgpu_fp32", { device: "webgpu", dtype: "fp32" }],
+  ["transformers_js_wasm_fp32", { device: "wasm", dtype: "fp32" }],
+].filter(([name]) => selected(name));
+for (const [name, options] of tjsPeers) {
+  await attempt(name, () =>
+    page.evaluate(async ({ question, newTokens, options }) => {
+      const { AutoTokenizer, AutoModelForCausalLM, TextStreamer, env } = window.Transformers;
+      Object.assign(env, { allowRemoteModels: false, allowLocalModels: true, localModelPath: "/models/", useBrowserCache: false });
+      Object.assign(env.backends.onnx.wasm, { wasmPaths: "/ort/", numThreads: 2 });
+      const start = performance.now();
+      const tokenizer = await AutoTokenizer.from_pretrained("smollm2-onnx");
+      const model = await AutoModelForCausalLM.from_pretrained("smollm2-onnx", options);
+      const loadMs = performance.now() - start;
+      const inputs = tokenizer.apply_chat_template([{ role: "user", content: question }], {
+        add_generation_prompt: true,
+        return_dict: true,
+      });
+      const times = []; // when each new token arrived
+      const streamer = new TextStreamer(tokenizer, { skip_prompt: true, token_callback_function: () => times.push(performance.now()) });
+      const begin = performance.now();
+      const output = await model.generate({ ...inputs, max_new_tokens: newTokens, do_sample: false, streamer });
+      await model.dispose();
+      const promptTokens = inputs.input_ids.dims[1];
+      const ttft = times[0] - begin;
+      return {
+        load_ms: loadMs,
+        prompt_tokens: promptTokens,
+        completion_tokens: output.dims[1] - promptTokens,
+        prefill_tokens_per_s: promptTokens / (ttft / 1000),
+        decode_tokens_per_s: (times.length - 1) / ((times.at(-1) - times[0]) / 1000),
+        ttft_ms: ttft,
+        text: tokenizer.batch_decode(output.slice(null, [promptTokens, null]), { skip_special_tokens: true })[0],
+      };
+    }, { question: QUESTION, newTokens: NEW_TOKENS, options }));
+}
+
+// How far the 4-bit export strays from transformers (bench/export_onnx.py).
+try {
+  report.transformers_js_export = JSON.parse(readFileSync(`${models}/smollm2-onnx/agreement.json`, "utf8"));
+} catch {
+  report.transformers_js_export = { error: "no ONNX export (bench/export_onnx.py)" };
+}
+
 // phi-web ÷ each peer, decode and prefill.
 const ours = report.phi_web;
 report.ratios = {};
-for (const name of ["wllama_wasm_1_thread", "wllama_wasm_2_threads", "wllama_webgpu"]) {
+for (const name of [...peers, ...tjsPeers].map(([peerName]) => peerName)) {
   const peer = report[name];
   if (ours?.decode_tokens_per_s && peer?.decode_tokens_per_s) {
     report.ratios[name] = {
