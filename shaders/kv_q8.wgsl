@@ -11,27 +11,23 @@ fn kv_row_words(kv_dim: u32) -> u32 {
 
 // Scores of the group's queries (q_s) against K[first .. first + head_dim) of
 // the four K rows starting at words `row` (first a multiple of KV_BLOCK):
-// [query][key], one scale per block and row.
+// [query][key], each block's four scales read once.
 fn k_dot4(row: vec4<u32>, first: u32, head_dim: u32, kv_dim: u32, group: u32) -> array<vec4<f32>, MAX_GROUP> {
     var total: array<vec4<f32>, MAX_GROUP>;
     let quads = head_dim / 4u;
     for (var b = 0u; b < head_dim / KV_BLOCK; b++) {
         let w = row + (first + b * KV_BLOCK) / 4u;
-        var block: array<vec4<f32>, MAX_GROUP>;
-        for (var i = 0u; i < KV_BLOCK / 4u; i++) {
-            let k0 = unpack4x8snorm(k_cache[w.x + i]);
-            let k1 = unpack4x8snorm(k_cache[w.y + i]);
-            let k2 = unpack4x8snorm(k_cache[w.z + i]);
-            let k3 = unpack4x8snorm(k_cache[w.w + i]);
-            for (var g = 0u; g < group; g++) {
-                let qi = q_s[g * quads + b * (KV_BLOCK / 4u) + i];
-                block[g] += vec4<f32>(dot(qi, k0), dot(qi, k1), dot(qi, k2), dot(qi, k3));
-            }
-        }
         let s = row + kv_dim / 4u + first / KV_BLOCK + b;
         let scales = bitcast<vec4<f32>>(vec4<u32>(k_cache[s.x], k_cache[s.y], k_cache[s.z], k_cache[s.w]));
-        for (var g = 0u; g < group; g++) {
-            total[g] += block[g] * scales;
+        for (var i = 0u; i < KV_BLOCK / 4u; i++) {
+            let k0 = unpack4x8snorm(k_cache[w.x + i]) * scales.x;
+            let k1 = unpack4x8snorm(k_cache[w.y + i]) * scales.y;
+            let k2 = unpack4x8snorm(k_cache[w.z + i]) * scales.z;
+            let k3 = unpack4x8snorm(k_cache[w.w + i]) * scales.w;
+            for (var g = 0u; g < group; g++) {
+                let qi = q_s[g * quads + b * (KV_BLOCK / 4u) + i];
+                total[g] += vec4<f32>(dot(qi, k0), dot(qi, k1), dot(qi, k2), dot(qi, k3));
+            }
         }
     }
     return total;

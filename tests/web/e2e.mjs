@@ -148,6 +148,31 @@ try {
   assert.equal(warm.shardsFromCache, 2);
   figures.warm_load_ms = warm.loadMs;
 
+  step("kvCache: \"q8\" stores the KV cache in 8 bits and still answers; an unknown one is a TypeError");
+  const q8 = await page.evaluate(async () => {
+    const f16 = await engine.stats();
+    await engine.unload();
+    window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, kvCache: "q8" });
+    const reply = await engine.chat.completions.create({
+      messages: [{ role: "user", content: "What is the capital of France?" }],
+      max_tokens: 8,
+      temperature: 0,
+    });
+    let unknown;
+    try {
+      await phiWeb.createEngine("/models/smollm2/model.json", { kvCache: "int4" });
+    } catch (e) {
+      unknown = { name: e.name, message: e.message };
+    }
+    return { f16, q8: await engine.stats(), text: reply.choices[0].message.content, unknown };
+  });
+  assert.equal(q8.f16.kvCache, "f16");
+  assert.equal(q8.q8.kvCache, "q8");
+  // SmolLM2: 30 layers, K and V, 512 positions of 192 values: 384 bytes as f16, 192 + 6 scales x 4 as q8.
+  assert.equal(q8.f16.gpuBytes - q8.q8.gpuBytes, 30 * 2 * 512 * (384 - 216));
+  assert.match(q8.text, /Paris/);
+  assert.equal(q8.unknown?.name, "TypeError", JSON.stringify(q8.unknown));
+
   step("a corrupted cached shard is detected and fetched again");
   const repaired = await page.evaluate(async () => {
     await engine.unload();
