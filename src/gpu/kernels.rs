@@ -8,6 +8,8 @@
 //! dequantization thus exists once per format and each loop once per op,
 //! instead of fifteen near-identical files.
 
+use std::sync::OnceLock;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, OutputSlice, RopeShape};
@@ -130,9 +132,11 @@ pub struct Kernels {
     rms_norm: wgpu::ComputePipeline,
     layer_norm: wgpu::ComputePipeline,
     rope: wgpu::ComputePipeline,
-    kv_append: [wgpu::ComputePipeline; 2],     // indexed like KvFormat::ALL
-    attention: [wgpu::ComputePipeline; 2],     // indexed like KvFormat::ALL, any query heads per KV head
-    attention_mha: [wgpu::ComputePipeline; 2], // specialised for one query head per KV head
+    kv_append: [wgpu::ComputePipeline; 2], // indexed like KvFormat::ALL
+    /// attention.wgsl by [KvFormat::ALL index][grouped, or specialised for one
+    /// query head per KV head], compiled on first use: a model needs one of
+    /// the four, and each takes seconds to compile on SwiftShader.
+    attention: [[OnceLock<wgpu::ComputePipeline>; 2]; 2],
     attention_combine: wgpu::ComputePipeline,
     silu_mul: wgpu::ComputePipeline,
     gelu_erf: wgpu::ComputePipeline,
@@ -150,6 +154,34 @@ fn format_index(format: WeightFormat) -> usize {
 
 fn kv_index(format: KvFormat) -> usize {
     KvFormat::ALL.iter().position(|f| *f == format).unwrap_or(0)
+}
+
+/// A compute pipeline from `common.wgsl` + `parts`. Shader errors go to the
+/// device's error scope or handler (`Gpu::scoped`, `Gpu::check`).
+fn compile(
+    device: &wgpu::Device,
+    name: &str,
+    parts: &[&str],
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    let mut source = String::from(COMMON);
+    for part in parts {
+        source.push('\n');
+        source.push_str(part);
+    }
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(name),
+        layout: None,
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+        cache: None,
+    })
 }
 
 /// Rejects a binding smaller than the shape says it must be.
@@ -171,27 +203,12 @@ impl Kernels {
         format!("{matvec}, {:?} tiles", self.class)
     }
 
-    /// Compiles every kernel for `gpu` (shader errors become [`Error::Shader`]).
+    /// Compiles every kernel for `gpu` (shader errors become [`Error::Shader`])
+    /// but attention's, which compile on first use (see `attention`).
     pub async fn new(gpu: &Gpu) -> Result<Kernels> {
         let build_with =
             |name: &str, parts: &[&str], entry: &str, constants: &[(&str, f64)]| -> Result<wgpu::ComputePipeline> {
-                let mut source = String::from(COMMON);
-                for part in parts {
-                    source.push('\n');
-                    source.push_str(part);
-                }
-                let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                });
-                Ok(gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(name),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
-                    cache: None,
-                }))
+                Ok(compile(&gpu.device, name, parts, entry, constants))
             };
         let build = |name: &str, parts: &[&str], entry: &str| build_with(name, parts, entry, &[]);
         let tuning = Tuning::of(gpu.tuning);
@@ -216,9 +233,6 @@ impl Kernels {
             let wg_rows =
                 [("WG_ROWS", tuning.matmul_wg_rows as f64), ("WG_TOKENS", (MATRIX_WG / tuning.matmul_wg_rows) as f64)];
             let gelu = include_str!("../../shaders/gelu.wgsl");
-            let attention = include_str!("../../shaders/attention.wgsl");
-            let (kv_f16, kv_q8) = (include_str!("../../shaders/kv_f16.wgsl"), include_str!("../../shaders/kv_q8.wgsl"));
-            let mha = [("GROUP", 1.0)];
             Ok(Kernels {
                 device: gpu.device.clone(),
                 max_groups: gpu.limits.max_compute_workgroups_per_dimension,
@@ -251,14 +265,7 @@ impl Kernels {
                     single("kv_append", include_str!("../../shaders/kv_append.wgsl"))?,
                     single("kv_append_q8", include_str!("../../shaders/kv_append_q8.wgsl"))?,
                 ],
-                attention: [
-                    build("attention", &[kv_f16, attention], "main")?,
-                    build("attention_q8", &[kv_q8, attention], "main")?,
-                ],
-                attention_mha: [
-                    build_with("attention_mha", &[kv_f16, attention], "main", &mha)?,
-                    build_with("attention_mha_q8", &[kv_q8, attention], "main", &mha)?,
-                ],
+                attention: Default::default(),
                 attention_combine: single("attention_combine", include_str!("../../shaders/attention_combine.wgsl"))?,
                 silu_mul: single("silu_mul", include_str!("../../shaders/silu_mul.wgsl"))?,
                 gelu_erf: build("gelu_erf", &[gelu], "gelu_erf")?,
@@ -576,6 +583,20 @@ impl Kernels {
         ))
     }
 
+    /// attention.wgsl for a cache format, specialised for multi-head attention
+    /// (`mha`) or not; compiled the first time it is asked for.
+    fn attention_pipeline(&self, format: KvFormat, mha: bool) -> &wgpu::ComputePipeline {
+        self.attention[kv_index(format)][mha as usize].get_or_init(|| {
+            let cache_reads = match format {
+                KvFormat::F16 => include_str!("../../shaders/kv_f16.wgsl"),
+                KvFormat::Q8 => include_str!("../../shaders/kv_q8.wgsl"),
+            };
+            let group: &[(&str, f64)] = if mha { &[("GROUP", 1.0)] } else { &[] };
+            let parts = [cache_reads, include_str!("../../shaders/attention.wgsl")];
+            compile(&self.device, &format!("attention_{}", format.name()), &parts, "main", group)
+        })
+    }
+
     /// out [T, heads * head_dim] = causal softmax(q k^T * scale) v over the
     /// caches, as two dispatches: the split pass and the combine pass.
     #[allow(clippy::too_many_arguments)]
@@ -635,10 +656,7 @@ impl Kernels {
         };
         let split_pass = self.dispatch(
             "attention",
-            match group {
-                1 => &self.attention_mha[kv_index(s.kv_format)],
-                _ => &self.attention[kv_index(s.kv_format)],
-            },
+            self.attention_pipeline(s.kv_format, group == 1),
             &params,
             &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, &scratch.acc), (6, &scratch.ml)],
             vec![],
