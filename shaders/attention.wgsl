@@ -36,7 +36,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> part_acc: array<vec4<f32>>; // [T, heads, splits, head_dim / 4]
 @group(0) @binding(6) var<storage, read_write> part_ml: array<vec2<f32>>;  // [T, heads, splits] (running max, sum of exp)
 
-override WG: u32 = 64u;        // threads per workgroup (power of two)
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 override CHUNK: u32 = 4u * WG;  // keys per round: four per thread
 const MAX_GROUP: u32 = 8u;      // query heads per KV head
 // The group size when the pipeline is specialised for one (1: multi-head

@@ -13,7 +13,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> part_ml: array<vec2<f32>>;   // [T, heads, splits]
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>; // [T, heads * head_dim / 4]
 
-override WG: u32 = 64u;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -1,21 +1,16 @@
 // out[t] = row ids[t] of the embedding table, dequantized. Concatenated after
-// a weights_{format}.wgsl file that provides weight_block(). One invocation
-// per (token, 32-column block). A table stored as row chunks (a 200k-row
-// vocabulary exceeds one storage binding) runs once per chunk: each run
-// writes only the tokens whose ids fall in its rows.
-
-struct Params {
-    rows: u32,       // rows in this table (chunk)
-    cols: u32,       // hidden size (multiple of 32)
-    tokens: u32,     // T
-    first_row: u32,  // vocabulary id of the chunk's row 0
-}
+// a weights_{format}.wgsl file that provides weight_block() and
+// embedding_params.wgsl (Params). One invocation per (token, 32-column
+// block). A table stored as row chunks (a 200k-row vocabulary exceeds one
+// storage binding) runs once per chunk: each run writes only the tokens
+// whose ids fall in its rows.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;            // [T]
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>; // [T, cols / 4]
 
-override WG: u32 = 64u;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
+
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -1,7 +1,7 @@
 // Bidirectional attention for encoders (BERT): each token attends to every
 // token of its own sequence. Sequences of a batch are packed back to back
 // without padding; `segments[t]` = (start, end) of token t's sequence, so no
-// mask is needed. One workgroup per (head, token).
+// mask is needed. One workgroup per (head, token). Concatenated after reduce.wgsl.
 
 struct Params {
     tokens: u32,
@@ -17,10 +17,9 @@ const MAX_KEYS: u32 = 512u;  // longest sequence (BERT's position table)
 @group(0) @binding(2) var<storage, read> segments: array<vec2<u32>>; // [T] (start, end)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;      // [T, heads * head_dim]
 
-override WG: u32 = 64u;  // a power of two
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 var<workgroup> scores: array<f32, MAX_KEYS>;
-var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -47,16 +46,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         scores[j] = s;
         m = max(m, s);
     }
-    red[lid] = m;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let row_max = red[0];
-    workgroupBarrier();
+    let row_max = workgroup_max(m, lid);
 
     // exp, and their sum.
     var sum = 0.0;
@@ -65,15 +55,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         scores[j] = e;
         sum += e;
     }
-    red[lid] = sum;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / red[0];
+    let inv = 1.0 / workgroup_sum(sum, lid);
 
     // Weighted sum of the values, one output dim per thread.
     for (var d = lid; d < p.head_dim; d += WG) {

@@ -11,7 +11,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;  // [n]
 
-override WG: u32 = 256u;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); WGSL has no erf.
 fn erf_approx(v: f32) -> f32 {

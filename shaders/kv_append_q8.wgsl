@@ -1,25 +1,9 @@
 // Appends T tokens of K (or V) to an 8-bit KV cache (the layout kv_q8.wgsl
 // reads): each block of 32 values is stored as four-value snorm8 words,
 // value / scale rounded to 1/127, with scale = the block's largest magnitude
-// after the row's kv_dim / 4 words. Position p goes to slot p % slots.
+// after the row's kv_dim / 4 words. Concatenated after kv_append_params.wgsl.
 
-struct Params {
-    tokens: u32,      // T
-    kv_dim: u32,      // kv_heads * head_dim (a multiple of 32)
-    src_stride: u32,  // floats per token in src
-    src_offset: u32,  // float offset of K (or V) within a token's row
-    slots: u32,       // positions the cache buffer holds
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;                     // token t goes to position step.pos + t
-@group(0) @binding(2) var<storage, read> src: array<f32>;          // [T, src_stride]
-@group(0) @binding(3) var<storage, read_write> cache: array<u32>;  // [slots, kv_dim / 4 + kv_dim / 32]
-
-override WG: u32 = 64u;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 const BLOCK: u32 = 32u;
 
 @compute @workgroup_size(WG)

@@ -1,5 +1,6 @@
 // y = (x - mean) * rsqrt(var + eps) * w + b, row by row, in f32 (biased
 // variance, as torch.nn.LayerNorm). Two passes over the row for accuracy.
+// Concatenated after reduce.wgsl.
 
 struct Params {
     rows: u32,  // T
@@ -14,23 +15,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> b: array<f32>;          // [D]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // [T, D]
 
-override WG: u32 = 256u;  // a power of two
-
-var<workgroup> partial: array<f32, WG>;
-
-fn workgroup_sum(value: f32, lid: u32) -> f32 {
-    partial[lid] = value;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();  // partial is reused by the next call
-    return total;
-}
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -1,6 +1,6 @@
 // Y = X W^T for T tokens (prefill). Concatenated after a weights_{format}.wgsl
-// file that provides weight_block(), and after the tuning constants
-// ROWS_PER_THREAD and TOKENS_PER_THREAD (kernels.rs: Tuning).
+// file that provides weight_block(), a bias_*.wgsl, matrix.wgsl (Params) and
+// the tuning constants ROWS_PER_THREAD and TOKENS_PER_THREAD (src/gpu/tuning.rs).
 //
 // Register blocking, no workgroup memory: each invocation computes a tile of
 // ROWS_PER_THREAD output features x TOKENS_PER_THREAD tokens. Per 32-column
@@ -10,25 +10,15 @@
 // per-lane gather (lavapipe). The CPU-adapter prefill kernel;
 // matmul_workgroup.wgsl is the GPU one.
 
-struct Params {
-    rows: u32,      // N, output features
-    cols: u32,      // K, input features (multiple of 32)
-    tokens: u32,    // T
-    y_stride: u32,  // floats per token in y (N, or more for a slice of a fused buffer)
-    y_offset: u32,  // where output feature 0 goes within a token's row
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [T, K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [T, y_stride]
 
-override WG_ROWS: u32 = 16u;    // invocations along N
-override WG_TOKENS: u32 = 4u;   // invocations along T
+override WG: u32;                       // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
+override WG_ROWS: u32;                  // invocations along N (src/gpu/tuning.rs)
+override WG_TOKENS: u32 = WG / WG_ROWS;  // invocations along T
 
-@compute @workgroup_size(WG_ROWS * WG_TOKENS)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = (wid.x * WG_ROWS + lid % WG_ROWS) * ROWS_PER_THREAD;
     let token0 = (wid.y * WG_TOKENS + lid / WG_ROWS) * TOKENS_PER_THREAD;
@@ -55,7 +45,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var r = 0u; r < ROWS_PER_THREAD; r++) {
         for (var t = 0u; t < TOKENS_PER_THREAD; t++) {
             if (row0 + r < p.rows && token0 + t < p.tokens) {
-                y[(token0 + t) * p.y_stride + p.y_offset + row0 + r] = acc[r][t];
+                y[(token0 + t) * p.y_stride + p.y_offset + row0 + r] = acc[r][t] + bias(p.bias_offset + row0 + r);
             }
         }
     }

@@ -1,27 +1,18 @@
 // Y = X W^T for T tokens (prefill). Concatenated after a weights_{format}.wgsl
-// file that provides weight_block(). Each workgroup computes a tile of
+// file that provides weight_block(), a bias_*.wgsl and matrix.wgsl (Params).
+// Each workgroup computes a tile of
 // TILE_ROWS output features x TILE_TOKENS tokens, stepping K one 32-column
 // block at a time through workgroup memory; each weight block is dequantized
 // once per tile and reused for every token of the tile. The prefill kernel of
 // GPUs and SwiftShader; matmul_registers.wgsl is lavapipe's.
 
-struct Params {
-    rows: u32,      // N, output features
-    cols: u32,      // K, input features (multiple of 32)
-    tokens: u32,    // T
-    y_stride: u32,  // floats per token in y (N, or more for a slice of a fused buffer)
-    y_offset: u32,  // where output feature 0 goes within a token's row
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [T, K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [T, y_stride]
 
-override WG_ROWS: u32 = 16u;     // threads along N; each computes ROWS_PER_THREAD features
-override WG_TOKENS: u32 = 16u;   // threads along T; each computes TOKENS_PER_THREAD tokens
+override WG: u32;                       // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
+override WG_ROWS: u32 = 16u;            // threads along N; each computes ROWS_PER_THREAD features
+override WG_TOKENS: u32 = WG / WG_ROWS;  // threads along T; each computes TOKENS_PER_THREAD tokens
 const ROWS_PER_THREAD: u32 = 4u;    // acc0 .. acc3 below
 const TOKENS_PER_THREAD: u32 = 2u;  // the two lanes of each acc
 override TILE_ROWS: u32 = WG_ROWS * ROWS_PER_THREAD;
@@ -32,22 +23,26 @@ var<workgroup> x_tile: array<array<vec4<f32>, 8>, TILE_TOKENS>;  // [TILE_TOKENS
 
 // Writes tokens (token, token + WG_TOKENS) of output feature `row`.
 fn store(row: u32, token: u32, acc: vec2<f32>) {
-    if (row < p.rows && token < p.tokens) {
-        y[token * p.y_stride + p.y_offset + row] = acc.x;
+    if (row >= p.rows) {
+        return;
     }
-    if (row < p.rows && token + WG_TOKENS < p.tokens) {
-        y[(token + WG_TOKENS) * p.y_stride + p.y_offset + row] = acc.y;
+    let b = bias(p.bias_offset + row);
+    if (token < p.tokens) {
+        y[token * p.y_stride + p.y_offset + row] = acc.x + b;
+    }
+    if (token + WG_TOKENS < p.tokens) {
+        y[(token + WG_TOKENS) * p.y_stride + p.y_offset + row] = acc.y + b;
     }
 }
 
-@compute @workgroup_size(WG_ROWS * WG_TOKENS)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.x * TILE_ROWS;
     let token0 = wid.y * TILE_TOKENS;
     let tx = lid % WG_ROWS;
     let ty = lid / WG_ROWS;
     let blocks = p.cols / 32u;
-    let threads = WG_ROWS * WG_TOKENS;
+    let threads = WG;
 
     // acc[r] holds tokens (ty, ty + WG_TOKENS) of row tx + r * WG_ROWS; named, not
     // indexed, so that compilers keep them in registers.

@@ -1,5 +1,6 @@
-// y = W x for one token (decode). Concatenated after a weights_{format}.wgsl
-// file that provides weight_block(). Accumulates in f32.
+// y = W x + b for one token (decode). Concatenated after a weights_{format}.wgsl
+// file that provides weight_block(), a bias_*.wgsl that provides bias() and
+// matrix.wgsl (Params). Accumulates in f32.
 //
 // LANES invocations share a group of ROWS_PER_THREAD consecutive rows: lane l
 // takes the row group's 32-column blocks l, l + LANES, ... and reads each
@@ -8,20 +9,13 @@
 // lavapipe, SwiftShader); LANES > 1 keeps enough invocations busy on GPUs.
 // The lanes' partial sums meet in workgroup memory once, behind one barrier.
 
-struct Params {
-    rows: u32,      // N, output features
-    cols: u32,      // K, input features (multiple of 32)
-    y_offset: u32,  // where output feature 0 goes in y (a slice of a fused buffer)
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
-override WG: u32 = 64;              // invocations per workgroup
-override LANES: u32 = 4u;           // invocations per row group (divides WG; kernels.rs: Tuning)
-// ROWS_PER_THREAD: a tuning constant put in front (kernels.rs: Tuning)
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
+override LANES: u32 = 4u;           // invocations per row group (divides WG; src/gpu/tuning.rs)
+// ROWS_PER_THREAD: a tuning constant put in front (src/gpu/tuning.rs)
 
 var<workgroup> partial: array<array<f32, ROWS_PER_THREAD>, WG>;
 
@@ -60,7 +54,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 total += partial[lid + l][r];
             }
             if (first + r < p.rows) {
-                y[p.y_offset + first + r] = total;
+                y[p.y_offset + first + r] = total + bias(p.bias_offset + first + r);
             }
         }
     }

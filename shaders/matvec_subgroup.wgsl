@@ -1,7 +1,8 @@
 // y = W x for one token (decode), reducing with subgroup operations instead
 // of workgroup memory. Chosen at run time when the device has subgroups
 // (natively; wgpu's browser backend does not expose them yet). Concatenated
-// after a weights_{format}.wgsl file that provides weight_block().
+// after a weights_{format}.wgsl file that provides weight_block(), a bias_*.wgsl
+// and matrix.wgsl (Params).
 //
 // WGSL promises nothing about which invocations form a subgroup, nor that
 // all subgroups are full, so row groups are handed out per subgroup: each
@@ -9,20 +10,13 @@
 // groups of ROWS_PER_THREAD rows slot, slot + subgroups, ...; its lanes split
 // the blocks, each reading a block of x once for all the group's rows.
 
-struct Params {
-    rows: u32,      // N, output features
-    cols: u32,      // K, input features (multiple of 32)
-    y_offset: u32,  // where output feature 0 goes in y (a slice of a fused buffer)
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
-override WG: u32 = 64;              // invocations per workgroup
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 override ROWS_PER_WG: u32 = 64u;    // rows per workgroup (a multiple of ROWS_PER_THREAD)
-// ROWS_PER_THREAD: a tuning constant put in front (kernels.rs: Tuning)
+// ROWS_PER_THREAD: a tuning constant put in front (src/gpu/tuning.rs)
 
 var<workgroup> subgroups: atomic<u32>;  // zero-initialised by the API
 
@@ -62,7 +56,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var r = 0u; r < ROWS_PER_THREAD; r++) {
             let total = subgroupAdd(acc[r]);
             if (lane == 0u && first + r < p.rows) {
-                y[p.y_offset + first + r] = total;
+                y[p.y_offset + first + r] = total + bias(p.bias_offset + first + r);
             }
         }
     }

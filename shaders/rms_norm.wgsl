@@ -1,4 +1,5 @@
 // y = w * x * rsqrt(mean(x^2) + eps), row by row, in f32 (HF Phi3RMSNorm).
+// Concatenated after reduce.wgsl.
 
 struct Params {
     rows: u32,  // T
@@ -12,9 +13,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;          // [D]
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;    // [T, D]
 
-override WG: u32 = 256u;  // a power of two
-
-var<workgroup> partial: array<f32, WG>;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -29,15 +28,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let v = x[base + i];
         sum += v * v;
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let scale = inverseSqrt(partial[0] / f32(p.cols) + p.eps);
+    let scale = inverseSqrt(workgroup_sum(sum, lid) / f32(p.cols) + p.eps);
     for (var i = lid; i < p.cols; i += WG) {
         y[base + i] = w[i] * (x[base + i] * scale);
     }

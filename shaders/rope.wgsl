@@ -20,7 +20,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // [rot_dim / 2]
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;     // [T, row_stride]
 
-override WG: u32 = 64u;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 // 2*pi and pi/2 split in a high part with few mantissa bits and a low part
 // (Cody-Waite), so that k * HI is exact: angles reach ~1e5 rad at long

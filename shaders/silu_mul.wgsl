@@ -12,7 +12,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> gate_up: array<f32>;     // [T, 2 * I]
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;   // [T, I]
 
-override WG: u32 = 256u;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -1,4 +1,5 @@
 // Softmax in place, row by row: x = exp(x - max) / sum(exp(x - max)).
+// Concatenated after reduce.wgsl.
 
 struct Params {
     rows: u32,
@@ -10,9 +11,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;  // [rows, cols]
 
-override WG: u32 = 256u;  // a power of two
-
-var<workgroup> red: array<f32, WG>;
+override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -27,16 +26,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var i = lid; i < p.cols; i += WG) {
         m = max(m, x[base + i]);
     }
-    red[lid] = m;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let row_max = red[0];
-    workgroupBarrier();
+    let row_max = workgroup_max(m, lid);
 
     var sum = 0.0;
     for (var i = lid; i < p.cols; i += WG) {
@@ -44,15 +34,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         x[base + i] = e;
         sum += e;
     }
-    red[lid] = sum;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / red[0];
+    let inv = 1.0 / workgroup_sum(sum, lid);
     for (var i = lid; i < p.cols; i += WG) {
         x[base + i] *= inv;
     }

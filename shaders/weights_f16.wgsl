@@ -12,3 +12,10 @@ fn weight_block(b: u32) -> array<vec4<f32>, 8> {
     }
     return out;
 }
+
+// Element i of W in row-major order (matmul_any.wgsl, embedding_any.wgsl:
+// matrices whose rows are not whole 32-column blocks).
+fn weight_at(i: u32) -> f32 {
+    let word = w_data[i / 8u][(i % 8u) / 2u];
+    return unpack2x16float(word)[i % 2u];
+}

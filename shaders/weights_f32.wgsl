@@ -10,3 +10,9 @@ fn weight_block(b: u32) -> array<vec4<f32>, 8> {
     }
     return out;
 }
+
+// Element i of W in row-major order (matmul_any.wgsl, embedding_any.wgsl:
+// matrices whose rows are not whole 32-column blocks).
+fn weight_at(i: u32) -> f32 {
+    return w_data[i / 4u][i % 4u];
+}

@@ -266,10 +266,6 @@ fn random_ids(n: usize, vocab: u64, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32
-}
-
 /// Loads a package and times prefill and decode as `plan` says.
 pub async fn model_figure(
     gpu: &Gpu,
@@ -283,7 +279,7 @@ pub async fn model_figure(
     use crate::model::{Decoder, Logits};
     let package = Package::open(dir)?;
     let before = gpu.storage_bytes();
-    let decoder = Decoder::load(gpu, &package, plan.context, 64, plan.kv_cache)?;
+    let decoder = Decoder::load(gpu, kernels, &package, plan.context, crate::engine::PREFILL_CHUNK, plan.kv_cache)?;
     let total = gpu.storage_bytes() - before;
     let memory = decoder.memory();
     let vocab = decoder.config.vocab_size as u64;
@@ -316,7 +312,9 @@ pub async fn model_figure(
         let mut next = 1;
         let start = Instant::now();
         for step in 0..plan.decode_tokens {
-            next = argmax(&decoder.forward(gpu, kernels, &[next], context + step, Logits::Last).await?);
+            // Greedy, as generation decodes it: the GPU picks the token.
+            let pos = context + step;
+            next = decoder.greedy_in_sequence(gpu, kernels, &[next], pos, pos + 1).await?;
         }
         let per_token = start.elapsed().as_secs_f64() / plan.decode_tokens.max(1) as f64;
         let kv_read = decoder.kv_bytes_per_position() * (context + plan.decode_tokens / 2) as u64;
@@ -376,7 +374,8 @@ pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
         longrope: None,
         sliding_window: Some(2047),
         tie_word_embeddings: false,
-        hidden_act: "silu".into(),
+        activation: crate::config::Activation::Silu,
+        norm: crate::config::NormKind::Rms,
         bos_token_id: Some(1),
         eos_token_ids: vec![32000],
         pooling: None,

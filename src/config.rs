@@ -22,6 +22,14 @@ pub enum Architecture {
 impl Architecture {
     pub const SUPPORTED: &'static str = "phi3 (Phi3ForCausalLM), llama (LlamaForCausalLM), bert (BertModel)";
 
+    /// The normalisation this architecture's blocks use.
+    pub fn norm(self) -> NormKind {
+        match self {
+            Architecture::Phi3 | Architecture::Llama => NormKind::Rms,
+            Architecture::Bert => NormKind::Layer,
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Architecture> {
         match name {
             "phi3" | "Phi3ForCausalLM" => Ok(Self::Phi3),
@@ -32,6 +40,42 @@ impl Architecture {
             }
         }
     }
+}
+
+/// The MLP's activation, read once from `hidden_act`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SiLU (swish): the gated MLPs of Phi-3 and Llama.
+    Silu,
+    /// Exact GELU with erf (BERT, `nn.GELU()`).
+    Gelu,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Activation> {
+        match name {
+            "silu" | "swish" => Ok(Activation::Silu),
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_tanh" => Ok(Activation::GeluTanh),
+            other => Err(Error::Unsupported {
+                what: format!("activation `{other}`"),
+                supported: "silu, gelu, gelu_new / gelu_pytorch_tanh".into(),
+            }),
+        }
+    }
+}
+
+/// How the blocks normalise their input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// RMSNorm with a weight (Phi-3, Llama).
+    Rms,
+    /// LayerNorm with weight and bias (BERT, Phi-3.5-MoE).
+    Layer,
 }
 
 /// LongRoPE (Phi-3-128k, Phi-3.5-mini, Phi-4-mini): per-frequency factors,
@@ -64,7 +108,8 @@ pub struct ModelConfig {
     /// Attend to the last `sliding_window` positions only (Phi-3-mini-4k: 2047).
     pub sliding_window: Option<usize>,
     pub tie_word_embeddings: bool,
-    pub hidden_act: String,
+    pub activation: Activation,
+    pub norm: NormKind,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// How an encoder's token states become one sentence vector (encoders only).
@@ -72,11 +117,20 @@ pub struct ModelConfig {
     pub pooling: Option<Pooling>,
 }
 
+/// How an encoder's token states become one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolingMode {
+    /// The mean over the sequence's tokens.
+    Mean,
+    /// The first token's state.
+    Cls,
+}
+
 /// Sentence-transformers' pooling recipe for an embedding model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pooling {
-    /// "mean" (over the sequence's tokens) or "cls" (the first token).
-    pub mode: String,
+    pub mode: PoolingMode,
     /// L2-normalise the pooled vector.
     pub normalize: bool,
     /// Longer inputs are truncated to this many tokens ([CLS] and [SEP] included).
@@ -208,7 +262,8 @@ impl ModelConfig {
             longrope,
             sliding_window: key(json, "sliding_window").and_then(Json::as_u64).map(|v| v as usize),
             tie_word_embeddings: key(json, "tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
-            hidden_act: key(json, "hidden_act").and_then(Json::as_str).unwrap_or("silu").to_string(),
+            activation: Activation::parse(key(json, "hidden_act").and_then(Json::as_str).unwrap_or("silu"))?,
+            norm: architecture.norm(),
             bos_token_id: key(json, "bos_token_id").and_then(Json::as_u64).map(|v| v as u32),
             eos_token_ids: token_ids(key(json, "eos_token_id")),
             pooling: None,
@@ -275,7 +330,8 @@ impl ModelConfig {
             longrope: None,
             sliding_window: get("attention.sliding_window").and_then(|v| v.as_u64()).map(|v| v as usize),
             tie_word_embeddings: g.tensor("output.weight").is_none(),
-            hidden_act: "silu".into(),
+            activation: Activation::Silu,
+            norm: architecture.norm(),
             bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
             eos_token_ids,
             pooling: None,

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::config::{Architecture, ModelConfig, Pooling};
+use crate::config::{Architecture, ModelConfig, Pooling, PoolingMode};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgmlType, Gguf, TensorInfo};
 use crate::formats::kquant;
@@ -480,13 +480,13 @@ fn sentence_pooling(
         .map_or(max_position, |n| (n as usize).min(max_position));
     let Some(pooling_dir) = module("models.Pooling") else {
         warnings.push("no sentence-transformers modules.json: using mean pooling with L2 normalisation".into());
-        return Ok(Pooling { mode: "mean".into(), normalize: true, max_seq_length });
+        return Ok(Pooling { mode: PoolingMode::Mean, normalize: true, max_seq_length });
     };
     let pooling = read_json(&format!("{pooling_dir}/config.json"))?.unwrap_or_default();
     let flag = |key: &str| pooling.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
     let mode = match (flag("pooling_mode_mean_tokens"), flag("pooling_mode_cls_token")) {
-        (true, false) => "mean",
-        (false, true) => "cls",
+        (true, false) => PoolingMode::Mean,
+        (false, true) => PoolingMode::Cls,
         _ => {
             return Err(Error::Unsupported {
                 what: format!("the pooling in {pooling_dir}/config.json"),
@@ -494,7 +494,7 @@ fn sentence_pooling(
             })
         }
     };
-    Ok(Pooling { mode: mode.into(), normalize: module("models.Normalize").is_some(), max_seq_length })
+    Ok(Pooling { mode, normalize: module("models.Normalize").is_some(), max_seq_length })
 }
 
 fn convert_hf(

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod config;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod gpu;

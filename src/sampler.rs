@@ -20,6 +20,14 @@ impl Default for SamplingOptions {
     }
 }
 
+impl SamplingOptions {
+    /// Whether the next token is the argmax of the raw logits (the GPU then
+    /// picks it and only its id is read back).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 && self.repetition_penalty == 1.0
+    }
+}
+
 pub struct Sampler {
     options: SamplingOptions,
     state: u64,

@@ -157,9 +157,10 @@ pub async fn generate(
 
     let start = now_secs();
     let mut context: Vec<u32> = prompt.to_vec();
-    let prefilled = prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt).await?;
+    let greedy = options.sampling.is_greedy();
+    let prefilled = prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt, greedy).await?;
     let ttft = now_secs() - start;
-    let Some(mut logits) = prefilled else {
+    let Some(mut next) = prefilled else {
         // Interrupted during the prompt: what was computed stays cached.
         let computed = session.cached.len() - reuse;
         return Ok(Generation {
@@ -186,7 +187,10 @@ pub async fn generate(
             finish_reason = "abort";
             break;
         }
-        let id = sampler.sample(&mut logits, &context);
+        let id = match &mut next {
+            Next::Token(id) => *id,
+            Next::Logits(logits) => sampler.sample(logits, &context),
+        };
         tokens.push(id);
         context.push(id);
         if options.stop_token_ids.contains(&id) {
@@ -205,20 +209,20 @@ pub async fn generate(
         if tokens.len() == options.max_tokens || pos >= decoder.capacity {
             break; // finish_reason stays "length"
         }
-        logits = if needs_long(context.len()) && !session.long {
+        next = if needs_long(context.len()) && !session.long {
             // Crossing into LongRoPE's long factors: recompute the whole cache.
             session.cached.clear();
-            match prefill(gpu, kernels, decoder, session, &context, 0, &options.interrupt).await? {
-                Some(logits) => logits,
+            match prefill(gpu, kernels, decoder, session, &context, 0, &options.interrupt, greedy).await? {
+                Some(next) => next,
                 None => {
                     finish_reason = "abort";
                     break;
                 }
             }
         } else {
-            let step = decoder.forward(gpu, kernels, &[id], pos, Logits::Last).await;
+            let result = step(gpu, kernels, decoder, &[id], pos, pos + 1, greedy).await;
             session.cached.push(id);
-            step.inspect_err(|_| session.reset())?
+            result.inspect_err(|_| session.reset())?
         };
     }
     let decode_secs = now_secs() - decode_start;
@@ -237,9 +241,33 @@ pub async fn generate(
     })
 }
 
+/// What a forward call hands the sampler: the logits, or on greedy steps
+/// the token the GPU already picked.
+enum Next {
+    Logits(Vec<f32>),
+    Token(u32),
+}
+
+/// One forward call of `ids` at `pos` in a sequence of `sequence_len` tokens.
+async fn step(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    decoder: &Decoder,
+    ids: &[u32],
+    pos: usize,
+    sequence_len: usize,
+    greedy: bool,
+) -> Result<Next> {
+    Ok(match greedy {
+        true => Next::Token(decoder.greedy_in_sequence(gpu, kernels, ids, pos, sequence_len).await?),
+        false => Next::Logits(decoder.forward_in_sequence(gpu, kernels, ids, pos, sequence_len, Logits::Last).await?),
+    })
+}
+
 /// Runs `tokens[from..]` at positions from.. in chunks; returns the last
-/// logits, or None when `interrupt` is set before a chunk (a long prompt on a
-/// slow GPU can take minutes; Stop must not wait for all of it).
+/// step's result, or None when `interrupt` is set before a chunk (a long
+/// prompt on a slow GPU can take minutes; Stop must not wait for all of it).
+#[allow(clippy::too_many_arguments)]
 async fn prefill(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -248,21 +276,20 @@ async fn prefill(
     tokens: &[u32],
     from: usize,
     interrupt: &Interrupt,
-) -> Result<Option<Vec<f32>>> {
+    greedy: bool,
+) -> Result<Option<Next>> {
     // Every chunk uses the factors of the whole sequence's length.
     session.long = decoder.config.uses_long_rope(tokens.len());
-    let mut logits = Vec::new();
+    let mut next = None;
     let mut pos = from;
     for chunk in tokens[from..].chunks(decoder.max_tokens) {
         if interrupt.is_set() {
             return Ok(None);
         }
-        logits = decoder
-            .forward_in_sequence(gpu, kernels, chunk, pos, tokens.len(), Logits::Last)
-            .await
-            .inspect_err(|_| session.reset())?;
+        let result = step(gpu, kernels, decoder, chunk, pos, tokens.len(), greedy).await;
+        next = Some(result.inspect_err(|_| session.reset())?);
         pos += chunk.len();
         session.cached.extend_from_slice(chunk);
     }
-    Ok(Some(logits))
+    Ok(next)
 }

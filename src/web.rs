@@ -8,17 +8,15 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::{Function, Promise, Uint8Array};
-use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
+use crate::engine::{self, EngineOptions, Request};
 use crate::error::Error;
 use crate::formats::package::{parse_manifest, Manifest, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
-use crate::model::{Decoder, Encoder};
-use crate::sampler::SamplingOptions;
-use crate::session::{self, GenerateOptions, Interrupt, Session};
-use crate::tokenizer::{Message, Tokenizer};
+use crate::model::Encoder;
+use crate::tokenizer::Tokenizer;
 
 #[wasm_bindgen(start)]
 fn start() {
@@ -78,72 +76,31 @@ fn describe(value: &JsValue) -> String {
         .unwrap_or_else(|| format!("{value:?}"))
 }
 
-/// What every engine starts from: the parsed manifest, its tokenizer, and a
-/// device with the kernels compiled (`portable` avoids shader-f16 and subgroups).
-async fn open(
-    manifest: &str,
-    tokenizer: &[u8],
-    portable: bool,
-) -> Result<(Manifest, Tokenizer, Gpu, Kernels), JsValue> {
+/// The parsed manifest and its tokenizer.
+fn open(manifest: &str, tokenizer: &[u8]) -> Result<(Manifest, Tokenizer), JsValue> {
     let manifest = parse_manifest(manifest).map_err(js_error)?;
     let tokenizer = Tokenizer::from_bytes(tokenizer, &manifest).map_err(js_error)?;
-    let options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
-    let gpu = Gpu::new(&options).await.map_err(js_error)?;
-    let kernels = Kernels::new(&gpu).await.map_err(js_error)?;
-    Ok((manifest, tokenizer, gpu, kernels))
+    Ok((manifest, tokenizer))
 }
 
-struct Inner {
-    gpu: Gpu,
-    kernels: Kernels,
-    decoder: Decoder,
-    tokenizer: Tokenizer,
-    stop_token_ids: Vec<u32>,
-    session: RefCell<Session>,
-    interrupt: Interrupt,
+/// `portable` avoids shader-f16 and subgroups.
+fn gpu_options(portable: bool) -> GpuOptions {
+    GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() }
 }
 
 /// A loaded model: `Engine.create(...)`, then `generate(...)` per request.
 #[wasm_bindgen]
 pub struct Engine {
-    inner: Rc<Inner>,
+    inner: Rc<engine::Engine>,
     info: String,
-}
-
-/// One chat request (the OpenAI fields the engine itself needs).
-#[derive(Deserialize)]
-struct Request {
-    messages: Vec<Message>,
-    #[serde(default = "default_max_tokens")]
-    max_tokens: usize,
-    #[serde(default)]
-    temperature: f32,
-    #[serde(default = "one")]
-    top_p: f32,
-    #[serde(default)]
-    top_k: usize,
-    #[serde(default = "one")]
-    repetition_penalty: f32,
-    #[serde(default)]
-    seed: u64,
-    #[serde(default)]
-    stop: Vec<String>,
-}
-
-fn default_max_tokens() -> usize {
-    256
-}
-
-fn one() -> f32 {
-    1.0
 }
 
 #[wasm_bindgen]
 impl Engine {
     /// Loads a model. `manifest`: model.json's text; `tokenizer`: tokenizer.json's
     /// bytes; `read(shard, offset, length) → Promise<Uint8Array>`; `context_length`
-    /// 0 means the model's maximum capped at 4096; `kv_cache` "f16" or "q8";
-    /// `portable` avoids shader-f16 and subgroups.
+    /// 0 means the model's maximum capped at 4096; `kv_cache` "f16", "q8" or
+    /// "f32"; `portable` avoids shader-f16 and subgroups.
     pub fn create(
         manifest: String,
         tokenizer: Vec<u8>,
@@ -153,40 +110,21 @@ impl Engine {
         portable: bool,
     ) -> Promise {
         future_to_promise(async move {
-            let kv = KvFormat::parse(&kv_cache).ok_or_else(|| {
-                js_error(Error::Unsupported { what: format!("kvCache \"{kv_cache}\""), supported: "f16, q8".into() })
+            let kv_cache = KvFormat::parse(&kv_cache).ok_or_else(|| {
+                js_error(Error::Unsupported {
+                    what: format!("kvCache \"{kv_cache}\""),
+                    supported: "f16, q8, f32".into(),
+                })
             })?;
-            let (manifest, tokenizer, gpu, kernels) = open(&manifest, &tokenizer, portable).await?;
-            let max = manifest.config.max_position_embeddings;
-            let context = if context_length == 0 { max.min(4096) } else { (context_length as usize).min(max) };
-            let stop_token_ids = manifest.stop_token_ids.clone();
+            let (manifest, tokenizer) = open(&manifest, &tokenizer)?;
             let shards = JsShards { manifest, read, failure: RefCell::new(None) };
-            let decoder = match Decoder::load_from(&gpu, &shards, context, 64, kv).await {
-                Ok(decoder) => decoder,
+            let options = EngineOptions { context: context_length as usize, kv_cache, gpu: gpu_options(portable) };
+            let engine = match engine::Engine::load(&shards, Some(tokenizer), &options).await {
+                Ok(engine) => engine,
                 Err(e) => return Err(shards.failure.take().unwrap_or_else(|| js_error(e))),
             };
-            let info = serde_json::json!({
-                "adapter": gpu.adapter.name,
-                "backend": gpu.adapter.backend,
-                "shaderF16": gpu.features.shader_f16,
-                "subgroups": gpu.features.subgroups,
-                "contextLength": decoder.capacity,
-                "kvCache": decoder.kv_format().name(),
-                "architecture": format!("{:?}", shards.manifest.config.architecture),
-                "weightBytes": decoder.weight_bytes(),
-                "gpuBytes": gpu.storage_bytes(),
-            })
-            .to_string();
-            let inner = Inner {
-                gpu,
-                kernels,
-                decoder,
-                tokenizer,
-                stop_token_ids,
-                session: RefCell::new(Session::new()),
-                interrupt: Interrupt::default(),
-            };
-            Ok(Engine { inner: Rc::new(inner), info }.into())
+            let info = engine.info().to_string();
+            Ok(Engine { inner: Rc::new(engine), info }.into())
         })
     }
 
@@ -196,65 +134,27 @@ impl Engine {
     }
 
     /// Runs one chat request (JSON, OpenAI-shaped: messages, max_tokens,
-    /// temperature, top_p, top_k, repetition_penalty, seed, stop). `on_text`
-    /// receives each text delta. Resolves to JSON {text, tokens,
-    /// finish_reason, stats}. The KV cache of the previous request's shared
-    /// prefix is reused.
-    // The session's RefMut is held across awaits on purpose: it is the "one
-    // generation at a time" lock, and a second call gets an error from
-    // try_borrow_mut, never a panic.
-    #[allow(clippy::await_holding_refcell_ref)]
+    /// temperature, top_p, top_k, repetition_penalty, seed, stop; absent
+    /// fields take `engine::Request`'s defaults). `on_text` receives each
+    /// text delta. Resolves to JSON {text, tokens, finish_reason, stats}.
+    /// The KV cache of the previous request's shared prefix is reused.
     pub fn generate(&self, request: String, on_text: Function) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let request: Request =
                 serde_json::from_str(&request).map_err(|e| input_error(format!("malformed request: {e}")))?;
-            if request.messages.is_empty() {
-                return Err(input_error("messages is empty".into()));
-            }
-            inner.gpu.check().map_err(js_error)?;
-            let prompt = inner.tokenizer.apply_chat_template(&request.messages).map_err(js_error)?;
-            let ids = inner.tokenizer.encode(&prompt).map_err(js_error)?;
-            let mut session = inner.session.try_borrow_mut().map_err(|_| {
-                input_error("a generation is already running on this engine; await it or interrupt() it".into())
-            })?;
-            inner.interrupt.clear();
-            let options = GenerateOptions {
-                max_tokens: request.max_tokens,
-                sampling: SamplingOptions {
-                    temperature: request.temperature,
-                    top_k: request.top_k,
-                    top_p: request.top_p,
-                    repetition_penalty: request.repetition_penalty,
-                    seed: request.seed,
-                },
-                stop_token_ids: inner.stop_token_ids.clone(),
-                stop_strings: request.stop,
-                interrupt: inner.interrupt.clone(),
-            };
             let on_text = |delta: &str| {
                 // A throwing callback must not break the generation.
                 let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(delta));
             };
-            let result = session::generate(
-                &inner.gpu,
-                &inner.kernels,
-                &inner.decoder,
-                &mut session,
-                &inner.tokenizer,
-                &ids,
-                &options,
-                on_text,
-            )
-            .await
-            .map_err(js_error)?;
+            let result = inner.chat(&request, on_text).await.map_err(js_error)?;
             serde_json::to_string(&result).map(JsValue::from).map_err(|e| input_error(e.to_string()))
         })
     }
 
     /// Ends the running generation at its next token (finish_reason "abort").
     pub fn interrupt(&self) {
-        self.inner.interrupt.set();
+        self.inner.interrupt();
     }
 
     /// Destroys the GPU device, as a driver reset would: every later call fails
@@ -268,10 +168,7 @@ impl Engine {
     /// Forgets the conversation's KV cache.
     #[wasm_bindgen(js_name = resetChat)]
     pub fn reset_chat(&self) -> Result<(), JsValue> {
-        let mut session =
-            self.inner.session.try_borrow_mut().map_err(|_| input_error("a generation is running".into()))?;
-        session.reset();
-        Ok(())
+        self.inner.reset().map_err(js_error)
     }
 }
 
@@ -295,7 +192,9 @@ impl Embedder {
     /// Loads an encoder package; arguments as for `Engine.create`.
     pub fn create(manifest: String, tokenizer: Vec<u8>, read: Function, portable: bool) -> Promise {
         future_to_promise(async move {
-            let (manifest, tokenizer, gpu, kernels) = open(&manifest, &tokenizer, portable).await?;
+            let (manifest, tokenizer) = open(&manifest, &tokenizer)?;
+            let gpu = Gpu::new(&gpu_options(portable)).await.map_err(js_error)?;
+            let kernels = Kernels::new(&gpu);
             let shards = JsShards { manifest, read, failure: RefCell::new(None) };
             let encoder = match Encoder::load_from(&gpu, &shards, 4096).await {
                 Ok(encoder) => encoder,

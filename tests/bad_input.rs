@@ -203,9 +203,10 @@ fn absurd_counts_do_not_allocate() {
 
 #[test]
 fn malformed_manifests_are_errors() {
-    let cases: [(&str, &str); 4] = [
+    let cases: [(&str, &str); 5] = [
         ("{ not json", "malformed"),
-        (r#"{"format": "phi-web/0"}"#, "malformed"),
+        (r#"{"format": "phi-web/0"}"#, "convert the model again"),
+        (r#"{"format": "phi-web/1", "config": {"hidden_act": "silu"}}"#, "convert the model again"),
         ("<html>404</html>", "malformed"),
         ("[]", "malformed"),
     ];

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{env, log};
+use phi_web::config::PoolingMode;
 use phi_web::convert::{convert, ConvertOptions};
 use phi_web::formats::package::Package;
 use phi_web::model::Encoder;
@@ -64,7 +65,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn converted_package_keeps_the_sentence_transformers_pooling() {
     let package = Package::open(minilm()).unwrap();
     let pooling = package.manifest.config.pooling.clone().expect("an encoder package has pooling");
-    assert_eq!((pooling.mode.as_str(), pooling.normalize, pooling.max_seq_length), ("mean", true, 256));
+    assert_eq!((pooling.mode, pooling.normalize, pooling.max_seq_length), (PoolingMode::Mean, true, 256));
     assert!(package.manifest.tensors.iter().filter(|t| t.shape.len() == 2).all(|t| t.format == "f16"));
 }
 

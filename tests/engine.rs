@@ -57,7 +57,7 @@ fn run(package: &Package, ids: &[u32], chunk: usize) -> Vec<f32> {
     let env = env();
     // One-by-one decoding after a 5-token prefill keeps max_tokens at 5, so the
     // 8-position sliding window of tiny-phi3 runs in a ring of 13 slots.
-    let decoder = Decoder::load(&env.gpu, package, 128, chunk, KvFormat::F16).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, package, 128, chunk, KvFormat::F16).unwrap();
     let mut logits = Vec::new();
     let mut pos = 0;
     while pos < ids.len() {
@@ -211,7 +211,7 @@ fn smollm2_reference() -> Smollm2Reference {
 fn smollm2_logits(ids: &[u32], kv: KvFormat) -> Vec<f32> {
     let env = env();
     let package = Package::open(smollm2_package()).unwrap();
-    let decoder = Decoder::load(&env.gpu, &package, 128, 64, kv).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 128, 64, kv).unwrap();
     let mut logits = Vec::new();
     for (i, chunk) in ids.chunks(64).enumerate() {
         logits.extend(pollster::block_on(decoder.forward(&env.gpu, &env.kernels, chunk, i * 64, Logits::All)).unwrap());
@@ -289,7 +289,7 @@ fn smollm2_answers_and_samples_reproducibly() {
     let tokenizer =
         Tokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), &package.manifest).unwrap();
     let env = env();
-    let decoder = Decoder::load(&env.gpu, &package, 256, 64, KvFormat::F16).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 256, 64, KvFormat::F16).unwrap();
     let run = |prompt: &str, sampling: SamplingOptions, max_tokens: usize| {
         let ids = tokenizer.encode(prompt).unwrap();
         let options = GenerateOptions {
@@ -355,8 +355,8 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
     let (decoder, fresh) = (
-        Decoder::load(&env.gpu, &package, 128, 16, KvFormat::F16).unwrap(),
-        Decoder::load(&env.gpu, &package, 128, 128, KvFormat::F16).unwrap(),
+        Decoder::load(&env.gpu, &env.kernels, &package, 128, 16, KvFormat::F16).unwrap(),
+        Decoder::load(&env.gpu, &env.kernels, &package, 128, 128, KvFormat::F16).unwrap(),
     );
     let fresh_logits =
         |ids: &[u32]| pollster::block_on(fresh.forward(&env.gpu, &env.kernels, ids, 0, Logits::Last)).unwrap();
@@ -436,7 +436,7 @@ fn an_interrupt_ends_prefill_between_chunks() {
     let package = package("tiny-phi3", WeightFormat::F32);
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
-    let decoder = Decoder::load(&env.gpu, &package, 128, 8, KvFormat::F16).unwrap(); // 8-token prefill chunks
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 128, 8, KvFormat::F16).unwrap(); // 8-token prefill chunks
     let ids = golden("tiny-phi3").ids;
     let options = GenerateOptions { max_tokens: 4, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session| {
@@ -468,7 +468,7 @@ fn a_ring_kv_cache_reuses_only_keys_it_still_holds() {
     let package = package("tiny-phi3", WeightFormat::F32);
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
-    let decoder = Decoder::load(&env.gpu, &package, 128, 4, KvFormat::F16).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 128, 4, KvFormat::F16).unwrap();
     let ids = golden("tiny-phi3").ids; // 16 ids: positions 0..15 fill the 12 slots and wrap
     let options = GenerateOptions { max_tokens: 6, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session, prompt: &[u32]| {

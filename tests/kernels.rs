@@ -29,7 +29,11 @@ native_tests!(
     silu_mul_over_fused_gate_up,
     gelu_erf_and_tanh,
     add_in_place,
-    bias_add_into_a_slice_of_fused_rows,
+    linear_with_bias_any_shape,
+    embedding_any_shape,
+    kv_append_f32_is_exact,
+    attention_decode_long_context_f32_cache,
+    attention_prefill_with_window_in_an_f32_ring,
     encoder_attention_within_packed_sequences,
     softmax_rows,
     argmax_rows_first_maximum_wins,
@@ -59,4 +63,9 @@ fn matvec_every_format_portable() {
 #[test]
 fn matmul_every_format_portable() {
     pollster::block_on(checks::matmul_every_format(portable_env()));
+}
+
+#[test]
+fn linear_with_bias_any_shape_portable() {
+    pollster::block_on(checks::linear_with_bias_any_shape(portable_env()));
 }

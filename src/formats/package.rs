@@ -19,7 +19,10 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::quant::{self, GpuLayout, WeightFormat};
 
-pub const FORMAT: &str = "phi-web/1";
+/// The package format this version reads and writes. phi-web/2 (typed
+/// activation, norm and pooling in the config) replaced phi-web/1; older
+/// packages are refused with the command that converts them again.
+pub const FORMAT: &str = "phi-web/2";
 pub const MANIFEST: &str = "model.json";
 /// WebGPU's default maxStorageBufferBindingSize: every device can bind this much.
 pub const MAX_CHUNK_BYTES: u64 = 128 << 20;
@@ -339,13 +342,19 @@ fn block_on_ready<T>(future: impl std::future::Future<Output = Result<T>>) -> Re
 /// inside the shards, no two tensors share a name.
 pub fn parse_manifest(text: &str) -> Result<Manifest> {
     let bad = |m: String| Error::format(MANIFEST, m);
-    let manifest: Manifest = serde_json::from_str(text).map_err(|e| bad(format!("malformed: {e}")))?;
-    if manifest.format != FORMAT {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("malformed: {e}")))?;
+    if !json.is_object() {
+        return Err(bad("malformed: not a JSON object".into()));
+    }
+    // The format first: an older package's config fails to parse otherwise.
+    let format = json.get("format").and_then(|f| f.as_str()).unwrap_or("(none)");
+    if format != FORMAT {
         return Err(bad(format!(
-            "format `{}` is not {FORMAT}; convert the model again with this version",
-            manifest.format
+            "format `{format}` is not {FORMAT}: this package was made by another phi-web version; \
+             convert the model again (`phi-web convert SOURCE OUT_DIR`)"
         )));
     }
+    let manifest: Manifest = serde_json::from_value(json).map_err(|e| bad(format!("malformed: {e}")))?;
     let total: u64 = manifest
         .shards
         .iter()

@@ -307,6 +307,12 @@ impl Gpu {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    /// `read_mapped_f32` for u32 values (a token id picked on the GPU).
+    pub async fn read_mapped_u32(&self, what: &str, staging: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
+        let bytes = self.map_and_copy(what, staging, 4 * len as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
     /// Maps the first `size` bytes of `staging`, copies them out and unmaps.
     async fn map_and_copy(&self, what: &str, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let (sender, receiver) = futures_channel::oneshot::channel();

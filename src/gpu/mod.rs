@@ -8,7 +8,7 @@ mod shapes;
 mod tuning;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions, KernelTuning};
-pub use kernels::{Kernels, ENCODER_MAX_KEYS};
+pub use kernels::{Bias, Kernels, ENCODER_MAX_KEYS};
 pub use shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, OutputSlice, RopeShape};
 
 use crate::error::{ensure_shape, Result};
@@ -108,6 +108,8 @@ pub struct Matrix {
 
 impl Matrix {
     /// Uploads a matrix already in the GPU layout (as stored in a package).
+    /// Quantized formats need whole 32-column blocks per row; f32 and f16
+    /// take any shape (rows that are not whole blocks run on matmul_any).
     pub fn upload(
         gpu: &Gpu,
         label: &str,
@@ -116,8 +118,14 @@ impl Matrix {
         cols: usize,
         layout: &GpuLayout,
     ) -> Result<Matrix> {
-        ensure_shape(cols.is_multiple_of(quant::BLOCK) && rows > 0, "matrix upload", || {
-            format!("{label}: [{rows}, {cols}] needs rows > 0 and cols a multiple of {}", quant::BLOCK)
+        let any_shape = matches!(format, WeightFormat::F32 | WeightFormat::F16);
+        ensure_shape(rows > 0 && cols > 0, "matrix upload", || format!("{label}: [{rows}, {cols}] is empty"))?;
+        ensure_shape(any_shape || cols.is_multiple_of(quant::BLOCK), "matrix upload", || {
+            format!(
+                "{label}: {} [{rows}, {cols}] needs cols a multiple of {} (f32 and f16 take any shape)",
+                format.name(),
+                quant::BLOCK
+            )
         })?;
         let (data_size, scales_size) = quant::gpu_size(format, rows, cols);
         ensure_shape(layout.data.len() == data_size && layout.scales.len() >= scales_size, "matrix upload", || {
@@ -128,13 +136,22 @@ impl Matrix {
                 layout.scales.len()
             )
         })?;
-        gpu.check_buffer_size(label, data_size as u64)?;
+        // The readers bind vec4 arrays: an odd-sized f32/f16 matrix gets a
+        // zero tail up to 16 bytes.
+        let bound_size = data_size.next_multiple_of(16);
+        gpu.check_buffer_size(label, bound_size as u64)?;
         gpu.check_buffer_size(label, scales_size as u64)?;
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
-        let scales_offset = (data_size as u64).next_multiple_of(align);
+        let scales_offset = (bound_size as u64).next_multiple_of(align);
         let total = scales_offset + scales_size as u64;
         let buffer = gpu.storage(label, total)?;
-        gpu.queue.write_buffer(&buffer, 0, &layout.data);
+        if data_size == bound_size {
+            gpu.queue.write_buffer(&buffer, 0, &layout.data);
+        } else {
+            let mut padded = layout.data.clone();
+            padded.resize(bound_size, 0);
+            gpu.queue.write_buffer(&buffer, 0, &padded);
+        }
         if scales_size > 0 {
             gpu.queue.write_buffer(&buffer, scales_offset, &layout.scales[..scales_size]);
         }
@@ -143,7 +160,7 @@ impl Matrix {
             rows,
             cols,
             buffer,
-            data_size: data_size as u64,
+            data_size: bound_size as u64,
             scales_offset,
             scales_size: scales_size as u64,
         })

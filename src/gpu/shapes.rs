@@ -39,7 +39,7 @@ pub struct RopeShape {
 }
 
 /// How a KV cache stores keys and values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KvFormat {
     /// f16 pairs packed in u32: exact to f16 (the default).
     #[default]
@@ -48,10 +48,13 @@ pub enum KvFormat {
     /// magnitude) plus an f32 scale: 0.5625× the bytes of f16. Needs kv_dim
     /// (kv_heads * head_dim) to be a multiple of 32.
     Q8,
+    /// f32 words: exact (2x the bytes of f16), for parity checks and
+    /// memory-rich devices.
+    F32,
 }
 
 impl KvFormat {
-    pub const ALL: [KvFormat; 2] = [KvFormat::F16, KvFormat::Q8];
+    pub const ALL: [KvFormat; 3] = [KvFormat::F16, KvFormat::Q8, KvFormat::F32];
     /// Values per Q8 scale.
     pub const Q8_BLOCK: usize = 32;
 
@@ -59,6 +62,7 @@ impl KvFormat {
         match self {
             KvFormat::F16 => "f16",
             KvFormat::Q8 => "q8",
+            KvFormat::F32 => "f32",
         }
     }
 
@@ -71,13 +75,14 @@ impl KvFormat {
         match self {
             KvFormat::F16 => kv_dim * 2,
             KvFormat::Q8 => kv_dim + kv_dim / KvFormat::Q8_BLOCK * 4,
+            KvFormat::F32 => kv_dim * 4,
         }
     }
 
     /// Whether rows of `kv_dim` values can be stored this way.
     pub fn supports(self, kv_dim: usize) -> bool {
         match self {
-            KvFormat::F16 => kv_dim.is_multiple_of(4),
+            KvFormat::F16 | KvFormat::F32 => kv_dim.is_multiple_of(4),
             KvFormat::Q8 => kv_dim.is_multiple_of(KvFormat::Q8_BLOCK),
         }
     }

@@ -1,11 +1,17 @@
-//! Model architectures. One file per family; `forward()` reads like the
-//! reference modeling code.
+//! Model architectures: shared blocks (`blocks.rs`) recorded through a
+//! `Recorder`, one file per family whose forward pass reads like the
+//! reference modeling code (`phi3.rs`: Phi-3/3.5/4 and Llama; `bert.rs`:
+//! sentence encoders), and the `Decoder` that drives any generating
+//! architecture (KV cache, recorded lists, readout).
 
+mod bert;
+mod blocks;
 mod decoder;
-mod encoder;
+mod phi3;
+mod recorder;
 
+pub use bert::Encoder;
 pub use decoder::{Decoder, DecoderMemory, Logits};
-pub use encoder::Encoder;
 
 use crate::error::{Error, Result};
 use crate::formats::package::{ShardSource, TensorEntry};

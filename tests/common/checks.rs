@@ -5,7 +5,7 @@
 
 use half::f16;
 use phi_web::gpu::{
-    AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, Matrix, OutputSlice, RopeShape,
+    AttentionScratch, AttentionShape, Bias, GeluKind, KvAppendShape, KvFormat, Matrix, OutputSlice, RopeShape,
 };
 use phi_web::quant::{self, WeightFormat};
 
@@ -132,9 +132,9 @@ pub async fn wrong_shapes_are_errors_not_out_of_bounds_reads(env: &Env) {
     let short = env.zeros("short", 32);
     let y = env.zeros("y", 64);
     let err = env.kernels.matvec(&w, &short, &y).unwrap_err();
-    assert!(err.to_string().contains("matvec") && err.to_string().contains("x holds 128 bytes"), "{err}");
+    assert!(err.to_string().contains("linear") && err.to_string().contains("x holds 128 bytes"), "{err}");
     let err = Matrix::from_f32(&env.gpu, "odd", WeightFormat::Q4_0, 2, 48, &[0.0; 96]).unwrap_err();
-    assert!(err.to_string().contains("multiple of 32"), "{err}");
+    assert!(err.to_string().contains("odd: q4_0 [2, 48] needs cols a multiple of 32"), "{err}");
     let err = env.gpu.storage("huge", env.gpu.limits.max_buffer_size + 4).unwrap_err();
     assert!(err.to_string().contains("maxBufferSize"), "{err}");
 }
@@ -486,6 +486,28 @@ pub async fn kv_append_q8_rounds_each_block_to_its_scale(env: &Env) {
     }
 }
 
+/// The f32 cache holds every value exactly, at its position's slot.
+pub async fn kv_append_f32_is_exact(env: &Env) {
+    for (slots, pos0) in [(64, 20u32), (40, 60)] {
+        let (tokens, kv_dim) = (37, 2 * 36);
+        let (src_stride, src_offset) = (3 * kv_dim, 2 * kv_dim); // the V slice of a [Q | K | V] row
+        let sv = Rng::new(16).vec(tokens * src_stride, -4.0, 4.0);
+        let (src, step) = (env.upload_f32("src", &sv), env.gpu.step_buffer(pos0));
+        let cache = env.gpu.storage("cache", (slots * kv_dim * 4) as u64).unwrap();
+        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::F32 };
+        env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
+        let mut expected = vec![0.0f64; slots * kv_dim];
+        for t in 0..tokens {
+            let slot = (pos0 as usize + t) % slots;
+            for j in 0..kv_dim {
+                expected[slot * kv_dim + j] = sv[t * src_stride + src_offset + j] as f64;
+            }
+        }
+        let got = env.read_f32(&cache, slots * kv_dim).await;
+        assert_close_rel(&format!("kv_append f32, {slots} slots"), &got, &expected, 0.0, 0.0);
+    }
+}
+
 /// One cache row of `values` as the GPU stores it in `format`, and the values
 /// it decodes to.
 fn encode_kv_row(format: KvFormat, values: &[f32]) -> (Vec<u8>, Vec<f64>) {
@@ -494,6 +516,7 @@ fn encode_kv_row(format: KvFormat, values: &[f32]) -> (Vec<u8>, Vec<f64>) {
             let half: Vec<f16> = values.iter().map(|v| f16::from_f32(*v)).collect();
             (bytemuck::cast_slice(&half).to_vec(), half.iter().map(|v| v.to_f64()).collect())
         }
+        KvFormat::F32 => (bytemuck::cast_slice(values).to_vec(), values.iter().map(|v| *v as f64).collect()),
         KvFormat::Q8 => {
             let (mut bytes, mut scales, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
             for block in values.chunks(KvFormat::Q8_BLOCK) {
@@ -821,20 +844,61 @@ pub async fn attention_rejects_bad_head_grouping(env: &Env) {
     assert!(err.to_string().contains("5 query heads cannot share 2 KV heads"), "{err}");
 }
 
-pub async fn bias_add_into_a_slice_of_fused_rows(env: &Env) {
-    let (rows, cols, stride, offset) = (37, 384, 3 * 384, 384);
-    let mut rng = Rng::new(12);
-    let (yv, bv) = (rng.vec(rows * stride, -1.0, 1.0), rng.vec(cols, -1.0, 1.0));
-    let (y, b) = (env.upload_f32("y", &yv), env.upload_f32("b", &bv));
-    env.run(&[&env.kernels.bias_add(&y, &b, rows, OutputSlice { stride, offset }, cols).unwrap()]);
-    let expected: Vec<f64> = (0..rows * stride)
-        .map(|i| {
-            let c = i % stride;
-            let bias = if (offset..offset + cols).contains(&c) { bv[c - offset] } else { 0.0 };
-            (yv[i] + bias) as f64
-        })
-        .collect();
-    assert_close_rel("bias_add", &env.read_f32(&y, rows * stride).await, &expected, 0.0, 0.0);
+/// The fused bias epilogue of every matrix kernel (matvec, the tiled matmul,
+/// matmul_any), a row chunk's bias offset, and f32/f16 matrices whose rows
+/// are not whole 32-column blocks, written into a slice of fused rows.
+pub async fn linear_with_bias_any_shape(env: &Env) {
+    let cases = [
+        (WeightFormat::Q4_0, 70, 64),
+        (WeightFormat::Q8_0, 37, 96),
+        (WeightFormat::F16, 70, 64),
+        (WeightFormat::F32, 37, 144),
+        (WeightFormat::F16, 50, 200),
+        (WeightFormat::F32, 13, 7),
+        (WeightFormat::F16, 9, 3),
+    ];
+    for (i, (format, rows, cols)) in cases.into_iter().enumerate() {
+        let (w, wf) = weights(env, format, rows, cols, 500 + i as u64);
+        let bias_offset = 5; // as for a row chunk starting at row 5
+        let bv = Rng::new(40 + i as u64).vec(bias_offset + rows, -1.0, 1.0);
+        let bias = env.upload_f32("bias", &bv);
+        for tokens in [1, 5, 70] {
+            let (stride, offset) = (rows + 11, 3);
+            let xv = Rng::new(60 + i as u64).vec(tokens * cols, -1.0, 1.0);
+            let x = env.upload_f32("x", &xv);
+            let y = env.upload_f32("y", &vec![7.0; tokens * stride]);
+            let out = OutputSlice { stride, offset };
+            let b = Some(Bias { buffer: &bias, offset: bias_offset });
+            env.run(&[&env.kernels.linear_with_bias(&w, b, &x, &y, tokens, out).unwrap()]);
+            let (product, product_scale) = reference(&wf, &xv, rows, cols, tokens);
+            let (mut expected, mut scale) = (vec![7.0; tokens * stride], vec![0.0; tokens * stride]);
+            for t in 0..tokens {
+                for r in 0..rows {
+                    expected[t * stride + offset + r] = product[t * rows + r] + bv[bias_offset + r] as f64;
+                    scale[t * stride + offset + r] = product_scale[t * rows + r] + bv[bias_offset + r].abs() as f64;
+                }
+            }
+            let what = format!("linear + bias {} [{rows}x{cols}] T={tokens}", format.name());
+            assert_close(&what, &env.read_f32(&y, tokens * stride).await, &expected, &scale, 1e-6, 2e-6);
+        }
+    }
+}
+
+/// f32/f16 embedding tables whose rows are not whole 32-column blocks.
+pub async fn embedding_any_shape(env: &Env) {
+    for (i, (format, vocab, hidden)) in
+        [(WeightFormat::F32, 50, 144), (WeightFormat::F16, 31, 7)].into_iter().enumerate()
+    {
+        let (table, tf) = weights(env, format, vocab, hidden, 700 + i as u64);
+        let ids: Vec<u32> = vec![0, vocab as u32 - 1, 3, 3, 17];
+        let ids_buffer = env.upload_u32("ids", &ids);
+        let out = env.zeros("out", ids.len() * hidden);
+        env.run(&[&env.kernels.embedding(&table, &ids_buffer, &out, ids.len()).unwrap()]);
+        let expected: Vec<f64> =
+            ids.iter().flat_map(|&id| tf[id as usize * hidden..][..hidden].iter().map(|&v| v as f64)).collect();
+        let what = format!("embedding {} [{vocab}x{hidden}]", format.name());
+        assert_close_rel(&what, &env.read_f32(&out, ids.len() * hidden).await, &expected, 0.0, 0.0);
+    }
 }
 
 pub async fn encoder_attention_within_packed_sequences(env: &Env) {
@@ -873,4 +937,45 @@ pub async fn encoder_attention_within_packed_sequences(env: &Env) {
         }
     }
     assert_close_rel("encoder_attention", &env.read_f32(&out, tokens * width).await, &expected, 1e-6, 1e-4);
+}
+
+pub async fn attention_decode_long_context_f32_cache(env: &Env) {
+    check_attention(
+        env,
+        &Case {
+            name: "attention decode kv 2048, hd 64, group 3, 4 splits, f32 cache",
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 64,
+            tokens: 1,
+            pos0: 2047,
+            window: 0,
+            splits: 4,
+            ring: false,
+            kv: KvFormat::F32,
+        },
+        11,
+    )
+    .await;
+}
+
+/// head_dim 36 (a tiny Llama of hidden size 144), in an f32 ring.
+pub async fn attention_prefill_with_window_in_an_f32_ring(env: &Env) {
+    check_attention(
+        env,
+        &Case {
+            name: "attention prefill T 21 after 50, hd 36, window 8, ring of 29 slots, f32 cache",
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 36,
+            tokens: 21,
+            pos0: 50,
+            window: 8,
+            splits: 1,
+            ring: true,
+            kv: KvFormat::F32,
+        },
+        12,
+    )
+    .await;
 }

@@ -40,7 +40,7 @@ pub fn portable_env() -> &'static Env {
 impl Env {
     pub async fn open(options: GpuOptions) -> Env {
         let gpu = Gpu::new(&options).await.unwrap_or_else(|e| panic!("{e}"));
-        let kernels = Kernels::new(&gpu).await.unwrap_or_else(|e| panic!("{e}"));
+        let kernels = Kernels::new(&gpu);
         log(&format!("GPU tests run on {} with {:?}, {} kernels", gpu.adapter, gpu.features, kernels.variant()));
         Env { gpu, kernels }
     }

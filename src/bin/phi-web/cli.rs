@@ -279,7 +279,7 @@ fn info(options: &GpuOptions) -> Result<(), String> {
 
 fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(), String> {
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
-    let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
+    let kernels = Kernels::new(&gpu);
     eprintln!("benchmarking on {}", gpu.adapter);
     let mut report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))
         .map_err(|e| e.to_string())?;

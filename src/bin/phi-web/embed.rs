@@ -27,7 +27,7 @@ pub fn embed(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), St
     let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
     let tokenizer = Tokenizer::from_bytes(&bytes, &package.manifest).map_err(|e| e.to_string())?;
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
-    let kernels = pollster::block_on(Kernels::new(&gpu)).map_err(|e| e.to_string())?;
+    let kernels = Kernels::new(&gpu);
     let encoder = pollster::block_on(Encoder::load_from(&gpu, &package, 4096)).map_err(|e| e.to_string())?;
 
     let started = Instant::now();

@@ -3,70 +3,36 @@
 //! normalisation. Sequences of a batch are packed back to back with no
 //! padding; attention stays within each sequence (encoder_attention.wgsl).
 
-use super::{entry, upload_vector};
-use crate::config::{Architecture, ModelConfig, Pooling};
+use super::blocks::{Linear, Norm};
+use super::recorder::Recorder;
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, Pooling, PoolingMode};
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
-use crate::gpu::{Dispatch, GeluKind, Gpu, Kernels, Matrix, OutputSlice, ENCODER_MAX_KEYS};
-
-/// A linear layer: y = x W^T + b.
-struct Dense {
-    weight: Matrix,     // [out, in]
-    bias: wgpu::Buffer, // [out]
-}
-
-struct LayerNorm {
-    weight: wgpu::Buffer, // [H]
-    bias: wgpu::Buffer,   // [H]
-}
+use crate::gpu::{GeluKind, Gpu, Kernels, OutputSlice, ENCODER_MAX_KEYS};
 
 struct Layer {
-    query: Dense,
-    key: Dense,
-    value: Dense,
-    attention_output: Dense, // [H, H]
-    attention_norm: LayerNorm,
-    intermediate: Dense, // [I, H]
-    output: Dense,       // [H, I]
-    output_norm: LayerNorm,
+    query: Linear, // [H, H] each, with biases
+    key: Linear,
+    value: Linear,
+    attention_output: Linear, // [H, H]
+    attention_norm: Norm,
+    intermediate: Linear, // [I, H]
+    output: Linear,       // [H, I]
+    output_norm: Norm,
 }
 
 /// A loaded encoder: `embed` turns token sequences into sentence vectors.
 pub struct Encoder {
     pub config: ModelConfig,
     pub pooling: Pooling,
-    word_embeddings: Matrix,       // [vocab, H]
-    position_embeddings: Matrix,   // [max_positions, H]
-    token_type_embeddings: Matrix, // [types, H]; every token is type 0
-    embedding_norm: LayerNorm,
+    word_embeddings: Linear,       // [vocab, H]
+    position_embeddings: Linear,   // [max_positions, H]
+    token_type_embeddings: Linear, // [types, H]; every token is type 0
+    embedding_norm: Norm,
     layers: Vec<Layer>,
     gelu: GeluKind,
     /// Tokens per forward pass; longer batches are split.
     max_batch_tokens: usize,
-}
-
-async fn upload_matrix(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<Matrix> {
-    let entry = entry(source, name)?;
-    let [chunk] = entry.chunks.as_slice() else {
-        return Err(Error::Unsupported { what: format!("{name} in row chunks"), supported: "one chunk".into() });
-    };
-    let (_, cols) = entry.rows_cols();
-    let layout = source.chunk_layout(chunk).await?;
-    Matrix::upload(gpu, name, entry.weight_format()?, chunk.rows, cols, &layout)
-}
-
-async fn dense(gpu: &Gpu, source: &impl ShardSource, prefix: &str) -> Result<Dense> {
-    Ok(Dense {
-        weight: upload_matrix(gpu, source, &format!("{prefix}.weight")).await?,
-        bias: upload_vector(gpu, source, &format!("{prefix}.bias")).await?,
-    })
-}
-
-async fn layer_norm(gpu: &Gpu, source: &impl ShardSource, prefix: &str) -> Result<LayerNorm> {
-    Ok(LayerNorm {
-        weight: upload_vector(gpu, source, &format!("{prefix}.weight")).await?,
-        bias: upload_vector(gpu, source, &format!("{prefix}.bias")).await?,
-    })
 }
 
 /// Activations for one packed batch of T tokens.
@@ -80,6 +46,7 @@ struct Scratch {
     qkv: wgpu::Buffer,       // [T, 3H]
     context: wgpu::Buffer,   // [T, H] attention output
     inner: wgpu::Buffer,     // [T, I]
+    step: wgpu::Buffer,      // Step uniform (unused by encoders: no cache)
 }
 
 impl Encoder {
@@ -93,15 +60,21 @@ impl Encoder {
             });
         }
         let pooling = config.pooling.clone().unwrap_or(Pooling {
-            mode: "mean".into(),
+            mode: PoolingMode::Mean,
             normalize: true,
             max_seq_length: config.max_position_embeddings.min(ENCODER_MAX_KEYS),
         });
-        let gelu = match config.hidden_act.as_str() {
-            "gelu" => GeluKind::Erf,
-            "gelu_new" | "gelu_pytorch_tanh" => GeluKind::Tanh,
-            other => return Err(Error::Unsupported { what: format!("activation {other}"), supported: "gelu".into() }),
+        let gelu = match config.activation {
+            Activation::Gelu => GeluKind::Erf,
+            Activation::GeluTanh => GeluKind::Tanh,
+            other => {
+                return Err(Error::Unsupported { what: format!("activation {other:?}"), supported: "gelu".into() })
+            }
         };
+        let (h, eps) = (config.hidden_size, config.norm_eps);
+        let dense = async |name: &str| Linear::load(gpu, source, name, true).await;
+        let table = async |name: &str| Linear::load(gpu, source, name, false).await;
+        let layer_norm = async |name: &str| Norm::load(gpu, source, name, NormKind::Layer, h, eps).await;
         // BertForMaskedLM checkpoints prefix every name with "bert.".
         let root = if source.tensor("bert.embeddings.word_embeddings.weight").is_some() { "bert." } else { "" };
         let e = |s: &str| format!("{root}embeddings.{s}");
@@ -109,21 +82,21 @@ impl Encoder {
         for i in 0..config.num_layers {
             let p = |s: &str| format!("{root}encoder.layer.{i}.{s}");
             layers.push(Layer {
-                query: dense(gpu, source, &p("attention.self.query")).await?,
-                key: dense(gpu, source, &p("attention.self.key")).await?,
-                value: dense(gpu, source, &p("attention.self.value")).await?,
-                attention_output: dense(gpu, source, &p("attention.output.dense")).await?,
-                attention_norm: layer_norm(gpu, source, &p("attention.output.LayerNorm")).await?,
-                intermediate: dense(gpu, source, &p("intermediate.dense")).await?,
-                output: dense(gpu, source, &p("output.dense")).await?,
-                output_norm: layer_norm(gpu, source, &p("output.LayerNorm")).await?,
+                query: dense(&p("attention.self.query")).await?,
+                key: dense(&p("attention.self.key")).await?,
+                value: dense(&p("attention.self.value")).await?,
+                attention_output: dense(&p("attention.output.dense")).await?,
+                attention_norm: layer_norm(&p("attention.output.LayerNorm")).await?,
+                intermediate: dense(&p("intermediate.dense")).await?,
+                output: dense(&p("output.dense")).await?,
+                output_norm: layer_norm(&p("output.LayerNorm")).await?,
             });
         }
         let encoder = Encoder {
-            word_embeddings: upload_matrix(gpu, source, &e("word_embeddings.weight")).await?,
-            position_embeddings: upload_matrix(gpu, source, &e("position_embeddings.weight")).await?,
-            token_type_embeddings: upload_matrix(gpu, source, &e("token_type_embeddings.weight")).await?,
-            embedding_norm: layer_norm(gpu, source, &e("LayerNorm")).await?,
+            word_embeddings: table(&e("word_embeddings")).await?,
+            position_embeddings: table(&e("position_embeddings")).await?,
+            token_type_embeddings: table(&e("token_type_embeddings")).await?,
+            embedding_norm: layer_norm(&e("LayerNorm")).await?,
             layers,
             gelu,
             pooling,
@@ -188,54 +161,45 @@ impl Encoder {
             qkv: gpu.storage("encoder qkv", (4 * t * 3 * h) as u64)?,
             context: gpu.storage("encoder context", (4 * t * h) as u64)?,
             inner: gpu.storage("encoder intermediate", (4 * t * inner) as u64)?,
+            step: gpu.step_buffer(0),
         };
-        let dispatches = self.forward(k, &s, t)?;
-        gpu.run(&dispatches.iter().collect::<Vec<_>>());
+        let mut r = Recorder::new(k, t, &s.step);
+        self.forward(&mut r, &s)?;
+        gpu.submit(&r.finish());
         let states = gpu.read_f32("encoder hidden states", &s.h, t * h).await?;
         Ok(self.pool(&states, batch))
     }
 
-    /// The forward pass as one list of dispatches (`BertModel.forward`).
-    fn forward(&self, k: &Kernels, s: &Scratch, t: usize) -> Result<Vec<Dispatch>> {
+    /// The forward pass (`BertModel.forward`).
+    fn forward(&self, r: &mut Recorder, s: &Scratch) -> Result<()> {
         let c = &self.config;
-        let (h, inner, eps) = (c.hidden_size, c.intermediate_size, c.norm_eps);
-        let mut d = vec![
-            // embeddings = LayerNorm(word + position + token type)
-            k.embedding(&self.word_embeddings, &s.ids, &s.tmp, t)?,
-            k.embedding(&self.position_embeddings, &s.positions, &s.context, t)?,
-            k.add(&s.tmp, &s.context, t * h)?,
-            k.embedding(&self.token_type_embeddings, &s.types, &s.context, t)?,
-            k.add(&s.tmp, &s.context, t * h)?,
-            k.layer_norm(&s.tmp, &self.embedding_norm.weight, &self.embedding_norm.bias, &s.h, t, h, eps)?,
-        ];
+        let (h, t) = (c.hidden_size, r.tokens);
+        // embeddings = LayerNorm(word + position + token type)
+        self.word_embeddings.lookup(r, &s.ids, &s.tmp)?;
+        self.position_embeddings.lookup(r, &s.positions, &s.context)?;
+        r.add(&s.tmp, &s.context, h)?;
+        self.token_type_embeddings.lookup(r, &s.types, &s.context)?;
+        r.add(&s.tmp, &s.context, h)?;
+        self.embedding_norm.forward(r, &s.tmp, &s.h)?;
         let fused = |part: usize| OutputSlice { stride: 3 * h, offset: part * h };
         for layer in &self.layers {
             // Self-attention: q, k, v side by side in one row, then
             // LayerNorm(h + dense(attention)).
-            for (part, dense) in [&layer.query, &layer.key, &layer.value].into_iter().enumerate() {
-                d.push(k.linear(&dense.weight, &s.h, &s.qkv, t, fused(part))?);
-                d.push(k.bias_add(&s.qkv, &dense.bias, t, fused(part), h)?);
-            }
-            d.push(k.encoder_attention(&s.qkv, &s.segments, &s.context, t, c.num_heads, c.head_dim)?);
-            let out = &layer.attention_output;
-            d.push(k.linear(&out.weight, &s.context, &s.tmp, t, OutputSlice::whole(h))?);
-            d.push(k.bias_add(&s.tmp, &out.bias, t, OutputSlice::whole(h), h)?);
-            d.push(k.add(&s.tmp, &s.h, t * h)?);
-            let norm = &layer.attention_norm;
-            d.push(k.layer_norm(&s.tmp, &norm.weight, &norm.bias, &s.h, t, h, eps)?);
+            layer.query.forward_into(r, &s.h, &s.qkv, fused(0))?;
+            layer.key.forward_into(r, &s.h, &s.qkv, fused(1))?;
+            layer.value.forward_into(r, &s.h, &s.qkv, fused(2))?;
+            r.push(r.kernels.encoder_attention(&s.qkv, &s.segments, &s.context, t, c.num_heads, c.head_dim)?);
+            layer.attention_output.forward(r, &s.context, &s.tmp)?;
+            r.add(&s.tmp, &s.h, h)?;
+            layer.attention_norm.forward(r, &s.tmp, &s.h)?;
             // Feed-forward: LayerNorm(h + dense(gelu(dense(h)))).
-            let up = &layer.intermediate;
-            d.push(k.linear(&up.weight, &s.h, &s.inner, t, OutputSlice::whole(inner))?);
-            d.push(k.bias_add(&s.inner, &up.bias, t, OutputSlice::whole(inner), inner)?);
-            d.push(k.gelu(&s.inner, t * inner, self.gelu)?);
-            let down = &layer.output;
-            d.push(k.linear(&down.weight, &s.inner, &s.tmp, t, OutputSlice::whole(h))?);
-            d.push(k.bias_add(&s.tmp, &down.bias, t, OutputSlice::whole(h), h)?);
-            d.push(k.add(&s.tmp, &s.h, t * h)?);
-            let norm = &layer.output_norm;
-            d.push(k.layer_norm(&s.tmp, &norm.weight, &norm.bias, &s.h, t, h, eps)?);
+            layer.intermediate.forward(r, &s.h, &s.inner)?;
+            r.push(r.kernels.gelu(&s.inner, t * c.intermediate_size, self.gelu)?);
+            layer.output.forward(r, &s.inner, &s.tmp)?;
+            r.add(&s.tmp, &s.h, h)?;
+            layer.output_norm.forward(r, &s.tmp, &s.h)?;
         }
-        Ok(d)
+        Ok(())
     }
 
     /// Sentence-transformers' Pooling (+ Normalize) over each sequence's rows.
@@ -247,7 +211,7 @@ impl Encoder {
             .map(|seq| {
                 let rows = &states[start * h..(start + seq.len()) * h];
                 start += seq.len();
-                let mut v = if self.pooling.mode == "cls" {
+                let mut v = if self.pooling.mode == PoolingMode::Cls {
                     rows[..h].to_vec()
                 } else {
                     let mut sum = vec![0.0f32; h];

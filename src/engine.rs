@@ -1,0 +1,186 @@
+//! One engine for the CLI and the browser: the GPU with its kernels, a
+//! loaded decoder, the tokenizer and the conversation's session. Request
+//! defaults, the prefill chunk and the default context cap live here once;
+//! `web.rs` and `src/bin/phi-web/run.rs` only translate their inputs.
+
+use std::cell::RefCell;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::formats::package::ShardSource;
+use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
+use crate::model::Decoder;
+use crate::sampler::SamplingOptions;
+use crate::session::{self, GenerateOptions, Generation, Interrupt, Session};
+use crate::tokenizer::{Message, Tokenizer};
+
+/// Tokens per prefill call (longer prompts run in chunks of this many).
+pub const PREFILL_CHUNK: usize = 64;
+/// Context allocated when the caller asks for none: the model's maximum,
+/// capped here (a 128k-context model would otherwise take gigabytes of KV).
+pub const DEFAULT_CONTEXT: usize = 4096;
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Positions of context; 0 = the model's maximum capped at [`DEFAULT_CONTEXT`].
+    pub context: usize,
+    pub kv_cache: KvFormat,
+    pub gpu: GpuOptions,
+}
+
+/// One generation request: the OpenAI fields the engine itself needs, with
+/// every default in one place (JS and the CLI leave out what they lack).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct Request {
+    pub messages: Vec<Message>,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub repetition_penalty: f32,
+    pub seed: u64,
+    pub stop: Vec<String>,
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        let s = SamplingOptions::default();
+        Request {
+            messages: Vec::new(),
+            max_tokens: 256,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            repetition_penalty: s.repetition_penalty,
+            seed: s.seed,
+            stop: Vec::new(),
+        }
+    }
+}
+
+pub struct Engine {
+    pub gpu: Gpu,
+    pub kernels: Kernels,
+    pub decoder: Decoder,
+    /// None for packages without one (they can compute logits, not generate).
+    pub tokenizer: Option<Tokenizer>,
+    stop_token_ids: Vec<u32>,
+    /// The conversation's KV cache; borrowed for the whole of a generation
+    /// (a second one at the same time gets an error, not a panic).
+    session: RefCell<Session>,
+    interrupt: Interrupt,
+}
+
+impl Engine {
+    /// Creates the device and loads the model from `source`.
+    pub async fn load(
+        source: &impl ShardSource,
+        tokenizer: Option<Tokenizer>,
+        options: &EngineOptions,
+    ) -> Result<Engine> {
+        let gpu = Gpu::new(&options.gpu).await?;
+        let kernels = Kernels::new(&gpu);
+        let max = source.manifest().config.max_position_embeddings;
+        let context = match options.context {
+            0 => max.min(DEFAULT_CONTEXT),
+            n => n.min(max),
+        };
+        let decoder = Decoder::load_from(&gpu, &kernels, source, context, PREFILL_CHUNK, options.kv_cache).await?;
+        Ok(Engine {
+            gpu,
+            kernels,
+            decoder,
+            tokenizer,
+            stop_token_ids: source.manifest().stop_token_ids.clone(),
+            session: RefCell::new(Session::new()),
+            interrupt: Interrupt::default(),
+        })
+    }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::Config {
+            message: "this package has no tokenizer: it can compute logits but not generate".into(),
+        })
+    }
+
+    /// The sampling and stopping of `request`, with the model's stop tokens.
+    pub fn generate_options(&self, request: &Request) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: request.max_tokens,
+            sampling: SamplingOptions {
+                temperature: request.temperature,
+                top_k: request.top_k,
+                top_p: request.top_p,
+                repetition_penalty: request.repetition_penalty,
+                seed: request.seed,
+            },
+            stop_token_ids: self.stop_token_ids.clone(),
+            stop_strings: request.stop.clone(),
+            interrupt: self.interrupt.clone(),
+        }
+    }
+
+    /// Answers `request.messages` through the model's chat template; the KV
+    /// cache of the previous request's shared prefix is reused.
+    pub async fn chat(&self, request: &Request, on_text: impl FnMut(&str)) -> Result<Generation> {
+        if request.messages.is_empty() {
+            return Err(Error::Shape { op: "request", message: "messages is empty".into() });
+        }
+        let tokenizer = self.tokenizer()?;
+        let prompt = tokenizer.apply_chat_template(&request.messages)?;
+        self.complete(&tokenizer.encode(&prompt)?, request, on_text).await
+    }
+
+    /// Continues the token ids `prompt` (no template); `request.messages` is unused.
+    // The session's RefMut is held across awaits on purpose: it is the "one
+    // generation at a time" lock, and a second call gets an error from
+    // try_borrow_mut, never a panic.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub async fn complete(&self, prompt: &[u32], request: &Request, on_text: impl FnMut(&str)) -> Result<Generation> {
+        self.gpu.check()?;
+        let tokenizer = self.tokenizer()?;
+        let mut session = self.session.try_borrow_mut().map_err(|_| Error::Shape {
+            op: "request",
+            message: "a generation is already running on this engine; await it or interrupt() it".into(),
+        })?;
+        self.interrupt.clear();
+        let options = self.generate_options(request);
+        let d = &self.decoder;
+        session::generate(&self.gpu, &self.kernels, d, &mut session, tokenizer, prompt, &options, on_text).await
+    }
+
+    /// Ends the running generation at its next token (finish_reason "abort").
+    pub fn interrupt(&self) {
+        self.interrupt.set();
+    }
+
+    /// Forgets the conversation's KV cache.
+    pub fn reset(&self) -> Result<()> {
+        let mut session = self
+            .session
+            .try_borrow_mut()
+            .map_err(|_| Error::Shape { op: "request", message: "a generation is running".into() })?;
+        session.reset();
+        Ok(())
+    }
+
+    /// The engine as JSON: adapter, features, context, KV cache, sizes.
+    pub fn info(&self) -> serde_json::Value {
+        let (gpu, d) = (&self.gpu, &self.decoder);
+        serde_json::json!({
+            "adapter": gpu.adapter.name,
+            "backend": gpu.adapter.backend,
+            "shaderF16": gpu.features.shader_f16,
+            "subgroups": gpu.features.subgroups,
+            "contextLength": d.capacity,
+            "kvCache": d.kv_format().name(),
+            "architecture": format!("{:?}", d.config.architecture),
+            "weightBytes": d.weight_bytes(),
+            "gpuBytes": gpu.storage_bytes(),
+            "pipelines": self.kernels.compiled(),
+        })
+    }
+}

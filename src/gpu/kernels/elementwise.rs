@@ -1,0 +1,94 @@
+//! Element-wise and row-wise kernels: SiLU·mul, GELU, the residual add,
+//! softmax and argmax (greedy decoding's pick on the GPU).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{need, u32_of, Kernels, Variant, ADD, ARGMAX, GELU, SILU_MUL, SOFTMAX};
+use crate::error::Result;
+use crate::gpu::shapes::GeluKind;
+use crate::gpu::Dispatch;
+
+/// silu_mul.wgsl: `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SiluMulParams {
+    tokens: u32,
+    intermediate: u32,
+    _pad: [u32; 2],
+}
+
+/// add.wgsl and gelu.wgsl: `Params` (a count of values).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CountParams {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+/// softmax.wgsl and argmax.wgsl: `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RowsParams {
+    rows: u32,
+    cols: u32,
+    _pad: [u32; 2],
+}
+
+impl Kernels {
+    /// out [T, I] = silu(gate) * up, with gate_up [T, 2I] (gate first).
+    pub fn silu_mul(
+        &self,
+        gate_up: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        tokens: usize,
+        intermediate: usize,
+    ) -> Result<Dispatch> {
+        need("silu_mul", "gate_up", gate_up, tokens * intermediate * 8)?;
+        need("silu_mul", "out", out, tokens * intermediate * 4)?;
+        let params = SiluMulParams {
+            tokens: u32_of("silu_mul", "tokens", tokens)?,
+            intermediate: u32_of("silu_mul", "intermediate", intermediate)?,
+            _pad: [0; 2],
+        };
+        let groups = self.grid_for(&SILU_MUL, tokens * intermediate);
+        Ok(self.dispatch(&SILU_MUL, Variant::default(), &params, &[(1, gate_up), (2, out)], vec![], groups))
+    }
+
+    /// GELU in place on the first `n` values of `x`.
+    pub fn gelu(&self, x: &wgpu::Buffer, n: usize, kind: GeluKind) -> Result<Dispatch> {
+        need("gelu", "x", x, n * 4)?;
+        let entry = match kind {
+            GeluKind::Erf => "gelu_erf",
+            GeluKind::Tanh => "gelu_tanh",
+        };
+        let params = CountParams { n: u32_of("gelu", "n", n)?, _pad: [0; 3] };
+        let variant = Variant { entry: Some(entry), ..Default::default() };
+        Ok(self.dispatch(&GELU, variant, &params, &[(1, x)], vec![], self.grid_for(&GELU, n)))
+    }
+
+    /// a += b over `n` values (the residual connection).
+    pub fn add(&self, a: &wgpu::Buffer, b: &wgpu::Buffer, n: usize) -> Result<Dispatch> {
+        need("add", "a", a, n * 4)?;
+        need("add", "b", b, n * 4)?;
+        let params = CountParams { n: u32_of("add", "n", n)?, _pad: [0; 3] };
+        Ok(self.dispatch(&ADD, Variant::default(), &params, &[(1, a), (2, b)], vec![], self.grid_for(&ADD, n)))
+    }
+
+    /// Softmax in place over each row of x [rows, cols].
+    pub fn softmax(&self, x: &wgpu::Buffer, rows: usize, cols: usize) -> Result<Dispatch> {
+        need("softmax", "x", x, rows * cols * 4)?;
+        let params =
+            RowsParams { rows: u32_of("softmax", "rows", rows)?, cols: u32_of("softmax", "cols", cols)?, _pad: [0; 2] };
+        Ok(self.dispatch(&SOFTMAX, Variant::default(), &params, &[(1, x)], vec![], self.grid(rows)))
+    }
+
+    /// out [rows] (u32) = index of each row's maximum of x [rows, cols] (the
+    /// first on ties).
+    pub fn argmax(&self, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, cols: usize) -> Result<Dispatch> {
+        need("argmax", "x", x, rows * cols * 4)?;
+        need("argmax", "out", out, rows * 4)?;
+        let params =
+            RowsParams { rows: u32_of("argmax", "rows", rows)?, cols: u32_of("argmax", "cols", cols)?, _pad: [0; 2] };
+        Ok(self.dispatch(&ARGMAX, Variant::default(), &params, &[(1, x), (2, out)], vec![], self.grid(rows)))
+    }
+}

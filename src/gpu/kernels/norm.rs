@@ -1,0 +1,62 @@
+//! Row normalisations: RMSNorm (Phi-3, Llama) and LayerNorm (BERT, the MoE).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{need, u32_of, Kernels, Variant, LAYER_NORM, RMS_NORM};
+use crate::error::Result;
+use crate::gpu::Dispatch;
+
+/// rms_norm.wgsl and layer_norm.wgsl: `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+fn norm_params(op: &'static str, rows: usize, cols: usize, eps: f32) -> Result<NormParams> {
+    Ok(NormParams { rows: u32_of(op, "rows", rows)?, cols: u32_of(op, "cols", cols)?, eps, _pad: 0 })
+}
+
+impl Kernels {
+    /// y [rows, cols] = RMSNorm(x) * w.
+    pub fn rms_norm(
+        &self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Dispatch> {
+        need("rms_norm", "x", x, rows * cols * 4)?;
+        need("rms_norm", "w", w, cols * 4)?;
+        need("rms_norm", "y", y, rows * cols * 4)?;
+        let params = norm_params("rms_norm", rows, cols, eps)?;
+        let buffers = [(1, x), (2, w), (3, y)];
+        Ok(self.dispatch(&RMS_NORM, Variant::default(), &params, &buffers, vec![], self.grid(rows)))
+    }
+
+    /// y [rows, cols] = LayerNorm(x) * w + b.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm(
+        &self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Dispatch> {
+        need("layer_norm", "x", x, rows * cols * 4)?;
+        need("layer_norm", "w", w, cols * 4)?;
+        need("layer_norm", "b", b, cols * 4)?;
+        need("layer_norm", "y", y, rows * cols * 4)?;
+        let params = norm_params("layer_norm", rows, cols, eps)?;
+        let buffers = [(1, x), (2, w), (3, b), (4, y)];
+        Ok(self.dispatch(&LAYER_NORM, Variant::default(), &params, &buffers, vec![], self.grid(rows)))
+    }
+}

@@ -1,0 +1,365 @@
+//! The blocks every architecture is written in: `Linear` (row chunks,
+//! optional bias in the kernel's epilogue), `Norm` (RMS or Layer), `Rope`
+//! (plain, partial, LongRoPE), `Attention` over the KV cache (causal or
+//! sliding window; block-sparse comes with Phi-3-small) and the SwiGLU `Mlp`.
+//! Each knows its shapes and records itself with `forward(r, input, output)`
+//! over the recorder's tokens.
+
+use super::recorder::Recorder;
+use super::{entry, upload_vector};
+use crate::config::{ModelConfig, NormKind};
+use crate::error::Result;
+use crate::formats::package::ShardSource;
+use crate::gpu::{
+    AttentionScratch, AttentionShape, Bias, Gpu, KvAppendShape, KvFormat, Matrix, OutputSlice, RopeShape,
+};
+
+/// y = x W^T (+ b) with W [rows, cols], stored as row chunks when one
+/// storage binding cannot hold it (a 200k-row vocabulary).
+pub struct Linear {
+    pub rows: usize,
+    pub cols: usize,
+    /// (matrix, its first row)
+    chunks: Vec<(Matrix, usize)>,
+    bias: Option<wgpu::Buffer>, // [rows]
+}
+
+impl Linear {
+    /// `{name}.weight`, and `{name}.bias` when `bias`.
+    pub async fn load(gpu: &Gpu, source: &impl ShardSource, name: &str, bias: bool) -> Result<Linear> {
+        let entry = entry(source, &format!("{name}.weight"))?;
+        let format = entry.weight_format()?;
+        let (rows, cols) = entry.rows_cols();
+        let mut chunks = Vec::with_capacity(entry.chunks.len());
+        let mut first = 0;
+        for chunk in &entry.chunks {
+            let layout = source.chunk_layout(chunk).await?;
+            chunks.push((Matrix::upload(gpu, &entry.name, format, chunk.rows, cols, &layout)?, first));
+            first += chunk.rows;
+        }
+        let bias = match bias {
+            true => Some(upload_vector(gpu, source, &format!("{name}.bias")).await?),
+            false => None,
+        };
+        Ok(Linear { rows, cols, chunks, bias })
+    }
+
+    /// y [T, rows] = x [T, cols] W^T (+ b).
+    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<()> {
+        self.forward_into(r, x, y, OutputSlice::whole(self.rows))
+    }
+
+    /// The outputs written into the slice `out` of each row of y.
+    pub fn forward_into(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutputSlice) -> Result<()> {
+        for (matrix, first) in &self.chunks {
+            let bias = self.bias.as_ref().map(|buffer| Bias { buffer, offset: *first });
+            let slice = OutputSlice { stride: out.stride, offset: out.offset + first };
+            let d = r.kernels.linear_with_bias(matrix, bias, x, y, r.tokens, slice)?;
+            r.push(d);
+        }
+        Ok(())
+    }
+
+    /// out [T, cols] = rows ids [T] of W (an embedding table).
+    pub fn lookup(&self, r: &mut Recorder, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+        for (table, first) in &self.chunks {
+            let d = r.kernels.embedding_chunk(table, *first, ids, out, r.tokens)?;
+            r.push(d);
+        }
+        Ok(())
+    }
+
+    /// Bytes on the GPU.
+    pub fn gpu_bytes(&self) -> u64 {
+        let bias = self.bias.as_ref().map_or(0, |b| b.size());
+        self.chunks.iter().map(|(m, _)| m.gpu_bytes()).sum::<u64>() + bias
+    }
+
+    /// Bytes one token's product reads.
+    pub fn read_bytes(&self) -> u64 {
+        self.chunks.iter().map(|(m, _)| m.read_bytes()).sum()
+    }
+}
+
+/// Projections written side by side into one row: Phi-3's fused qkv_proj /
+/// gate_up_proj (one part), or Llama's separate q, k, v / gate, up.
+pub struct Fused {
+    parts: Vec<Linear>,
+    pub width: usize,
+}
+
+impl Fused {
+    pub fn new(parts: Vec<Linear>) -> Fused {
+        let width = parts.iter().map(|p| p.rows).sum();
+        Fused { parts, width }
+    }
+
+    /// y [T, width] = the parts' outputs side by side.
+    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<()> {
+        let mut offset = 0;
+        for part in &self.parts {
+            part.forward_into(r, x, y, OutputSlice { stride: self.width, offset })?;
+            offset += part.rows;
+        }
+        Ok(())
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        self.parts.iter().map(Linear::gpu_bytes).sum()
+    }
+
+    pub fn read_bytes(&self) -> u64 {
+        self.parts.iter().map(Linear::read_bytes).sum()
+    }
+}
+
+/// RMSNorm (weight) or LayerNorm (weight and bias) over rows of `cols`.
+pub struct Norm {
+    weight: wgpu::Buffer,       // [cols]
+    bias: Option<wgpu::Buffer>, // [cols], LayerNorm only
+    cols: usize,
+    eps: f32,
+}
+
+impl Norm {
+    /// `{name}.weight` (and `{name}.bias` for LayerNorm).
+    pub async fn load(
+        gpu: &Gpu,
+        source: &impl ShardSource,
+        name: &str,
+        kind: NormKind,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Norm> {
+        let weight = upload_vector(gpu, source, &format!("{name}.weight")).await?;
+        let bias = match kind {
+            NormKind::Rms => None,
+            NormKind::Layer => Some(upload_vector(gpu, source, &format!("{name}.bias")).await?),
+        };
+        Ok(Norm { weight, bias, cols, eps })
+    }
+
+    /// y [T, cols] = norm(x).
+    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<()> {
+        let (k, t) = (r.kernels, r.tokens);
+        let d = match &self.bias {
+            None => k.rms_norm(x, &self.weight, y, t, self.cols, self.eps)?,
+            Some(bias) => k.layer_norm(x, &self.weight, bias, y, t, self.cols, self.eps)?,
+        };
+        r.push(d);
+        Ok(())
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        self.weight.size() + self.bias.as_ref().map_or(0, |b| b.size())
+    }
+}
+
+/// inv_freq[i] = 1 / (factor[i] · θ^(2i / rot)), in f32 as HF computes it.
+fn inv_freq(config: &ModelConfig, factors: Option<&[f32]>) -> Vec<f32> {
+    let rot = config.rotary_dim;
+    (0..rot / 2)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / rot as f32;
+            1.0 / (factors.map_or(1.0, |f| f[i]) * config.rope_theta.powf(exponent))
+        })
+        .collect()
+}
+
+/// Rotary embedding of the query and key heads of fused QKV rows (NeoX
+/// style, partial when rotary_dim < head_dim; LongRoPE's two factor sets).
+pub struct Rope {
+    inv_freq_short: wgpu::Buffer, // [rotary_dim / 2]
+    inv_freq_long: wgpu::Buffer,  // [rotary_dim / 2] (LongRoPE; = short otherwise)
+    shape: RopeShape,             // the query heads; tokens set per call
+    kv_heads: usize,
+}
+
+impl Rope {
+    pub fn new(gpu: &Gpu, c: &ModelConfig) -> Result<Rope> {
+        let short = inv_freq(c, c.longrope.as_ref().map(|l| l.short_factor.as_slice()));
+        let long = inv_freq(c, c.longrope.as_ref().map(|l| l.long_factor.as_slice()));
+        Ok(Rope {
+            inv_freq_short: gpu.storage_with("inv_freq", bytemuck::cast_slice(&short))?,
+            inv_freq_long: gpu.storage_with("inv_freq long", bytemuck::cast_slice(&long))?,
+            shape: RopeShape {
+                tokens: 0,
+                heads: c.num_heads,
+                head_dim: c.head_dim,
+                rot_dim: c.rotary_dim,
+                row_stride: (c.num_heads + 2 * c.num_kv_heads) * c.head_dim,
+                offset: 0,
+                attn_factor: c.longrope.as_ref().map_or(1.0, |l| l.attention_factor),
+            },
+            kv_heads: c.num_kv_heads,
+        })
+    }
+
+    /// Rotates q and k in place in qkv [T, (heads + 2 kv_heads) head_dim];
+    /// `long`: LongRoPE's long factors.
+    pub fn forward(&self, r: &mut Recorder, qkv: &wgpu::Buffer, long: bool) -> Result<()> {
+        let inv_freq = if long { &self.inv_freq_long } else { &self.inv_freq_short };
+        let q = RopeShape { tokens: r.tokens, ..self.shape };
+        let k = RopeShape { heads: self.kv_heads, offset: q.heads * q.head_dim, ..q };
+        for shape in [q, k] {
+            let d = r.kernels.rope(r.step, inv_freq, qkv, &shape)?;
+            r.push(d);
+        }
+        Ok(())
+    }
+}
+
+/// One layer's keys and values: [slots, kv_heads * head_dim] each.
+pub struct LayerCache {
+    pub k: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+}
+
+/// The KV cache of every layer.
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    pub format: KvFormat,
+    /// Positions the buffers hold; position p lives in slot p % slots. With a
+    /// sliding window shorter than the context only window + max_tokens
+    /// positions can ever be seen again, so the cache is a ring that size.
+    pub slots: usize,
+}
+
+impl KvCache {
+    pub fn new(gpu: &Gpu, c: &ModelConfig, slots: usize, format: KvFormat) -> Result<KvCache> {
+        let bytes = (slots * format.row_bytes(c.num_kv_heads * c.head_dim)) as u64;
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                Ok(LayerCache {
+                    k: gpu.storage(&format!("k cache {i}"), bytes)?,
+                    v: gpu.storage(&format!("v cache {i}"), bytes)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers, format, slots })
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.k.size() + l.v.size()).sum()
+    }
+}
+
+/// Which keys a query sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mask {
+    /// Every earlier position.
+    Causal,
+    /// The last `n` positions (Phi-3-mini-4k: 2047).
+    SlidingWindow(usize),
+}
+
+/// Scaled dot-product attention of fused QKV rows over the KV cache: appends
+/// this call's keys and values, then attends (flash-decoding splits when
+/// decoding one token).
+pub struct Attention {
+    shape: AttentionShape, // tokens, splits and cache set per call
+    decode_splits: usize,
+    scratch: AttentionScratch,
+}
+
+impl Attention {
+    /// For up to `max_tokens` queries per call over a cache of `capacity` positions.
+    pub fn new(gpu: &Gpu, c: &ModelConfig, mask: Mask, max_tokens: usize, capacity: usize) -> Result<Attention> {
+        let d = c.head_dim;
+        let decode_splits = AttentionShape::default_splits(1, capacity, c.num_kv_heads, gpu.tuning);
+        let shape = AttentionShape {
+            tokens: 1,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: d,
+            q_stride: (c.num_heads + 2 * c.num_kv_heads) * d,
+            slots: 0,
+            window: match mask {
+                Mask::Causal => 0,
+                Mask::SlidingWindow(n) => n,
+            },
+            scale: 1.0 / (d as f32).sqrt(),
+            // Prefill runs one split of T queries, decode many splits of one:
+            // scratch for whichever is more.
+            splits: max_tokens.max(decode_splits),
+            kv_format: KvFormat::F16,
+        };
+        let scratch = AttentionScratch::new(gpu, &shape)?;
+        Ok(Attention { shape, decode_splits, scratch })
+    }
+
+    /// out [T, heads * head_dim] = attention of the queries in qkv over the
+    /// cache, after appending qkv's keys and values to it.
+    pub fn forward(
+        &self,
+        r: &mut Recorder,
+        qkv: &wgpu::Buffer,
+        cache: &KvCache,
+        layer: &LayerCache,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        let s = &self.shape;
+        let kv_dim = s.kv_heads * s.head_dim;
+        let append = |offset| KvAppendShape {
+            tokens: r.tokens,
+            kv_dim,
+            src_stride: s.q_stride,
+            src_offset: offset,
+            slots: cache.slots,
+            format: cache.format,
+        };
+        let q_width = s.heads * s.head_dim;
+        let k = r.kernels.kv_append(r.step, qkv, &layer.k, &append(q_width))?;
+        let v = r.kernels.kv_append(r.step, qkv, &layer.v, &append(q_width + kv_dim))?;
+        let shape = AttentionShape {
+            tokens: r.tokens,
+            slots: cache.slots,
+            splits: if r.tokens == 1 { self.decode_splits } else { 1 },
+            kv_format: cache.format,
+            ..*s
+        };
+        let [split, combine] = r.kernels.attention(r.step, qkv, &layer.k, &layer.v, &self.scratch, out, &shape)?;
+        for d in [k, v, split, combine] {
+            r.push(d);
+        }
+        Ok(())
+    }
+}
+
+/// The gated MLP: down(silu(gate(x)) * up(x)), gate and up side by side.
+pub struct Mlp {
+    pub gate_up: Fused, // [2 I, H], gate first
+    pub down: Linear,   // [H, I]
+}
+
+/// The MLP's activations for T tokens.
+pub struct MlpScratch {
+    pub gate_up: wgpu::Buffer, // [T, 2 I]
+    pub act: wgpu::Buffer,     // [T, I]
+}
+
+impl Mlp {
+    pub fn scratch(&self, gpu: &Gpu, max_tokens: usize) -> Result<MlpScratch> {
+        let inner = self.down.cols;
+        Ok(MlpScratch {
+            gate_up: gpu.storage("gate_up", (4 * max_tokens * 2 * inner) as u64)?,
+            act: gpu.storage("act", (4 * max_tokens * inner) as u64)?,
+        })
+    }
+
+    /// y [T, H] = down(silu(gate) * up) of x [T, H].
+    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, s: &MlpScratch, y: &wgpu::Buffer) -> Result<()> {
+        self.gate_up.forward(r, x, &s.gate_up)?;
+        let d = r.kernels.silu_mul(&s.gate_up, &s.act, r.tokens, self.down.cols)?;
+        r.push(d);
+        self.down.forward(r, &s.act, y)
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        self.gate_up.gpu_bytes() + self.down.gpu_bytes()
+    }
+
+    pub fn read_bytes(&self) -> u64 {
+        self.gate_up.read_bytes() + self.down.read_bytes()
+    }
+}

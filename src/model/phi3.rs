@@ -1,0 +1,165 @@
+//! Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4, Phi-4-mini) and
+//! LlamaForCausalLM (SmolLM2): the same decoder layer, read like
+//! `modeling_phi3.py`. Phi-3 checkpoints fuse qkv_proj and gate_up_proj;
+//! Llama's keep q/k/v and gate/up apart, and are written side by side into
+//! the same activation rows.
+
+use super::blocks::{Attention, Fused, KvCache, Linear, Mask, Mlp, MlpScratch, Norm, Rope};
+use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
+use super::recorder::Recorder;
+use crate::config::{Architecture, ModelConfig};
+use crate::error::Result;
+use crate::formats::package::ShardSource;
+use crate::gpu::Gpu;
+
+struct Layer {
+    input_layernorm: Norm,
+    qkv_proj: Fused, // [(heads + 2 kv_heads) head_dim, H]
+    o_proj: Linear,  // [H, heads head_dim]
+    post_attention_layernorm: Norm,
+    mlp: Mlp,
+}
+
+/// Activations for up to `max_tokens` tokens per forward call.
+struct Scratch {
+    x: wgpu::Buffer,         // [T, H] residual stream
+    h: wgpu::Buffer,         // [T, H] normed input, then the block's output
+    qkv: wgpu::Buffer,       // [T, qkv width]
+    attn: wgpu::Buffer,      // [T, heads head_dim]
+    mlp: MlpScratch,         // [T, 2 I], [T, I]
+    last: wgpu::Buffer,      // [H] the last token's residual
+    last_norm: wgpu::Buffer, // [H]
+}
+
+pub struct Phi3 {
+    config: ModelConfig,
+    embed_tokens: Linear, // [vocab, H]
+    layers: Vec<Layer>,
+    norm: Norm,
+    lm_head: Option<Linear>, // [vocab, H]; None = tied to the embedding
+    rope: Rope,
+    attention: Attention,
+    scratch: Scratch,
+}
+
+impl Phi3 {
+    pub async fn load(gpu: &Gpu, source: &impl ShardSource, plan: &LoadPlan) -> Result<Phi3> {
+        let c = source.manifest().config.clone();
+        let (h, eps) = (c.hidden_size, c.norm_eps);
+        let linear = async |name: &str| Linear::load(gpu, source, name, false).await;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let (qkv_proj, gate_up) = match c.architecture {
+                Architecture::Llama => (
+                    Fused::new(vec![
+                        linear(&p("self_attn.q_proj")).await?,
+                        linear(&p("self_attn.k_proj")).await?,
+                        linear(&p("self_attn.v_proj")).await?,
+                    ]),
+                    Fused::new(vec![linear(&p("mlp.gate_proj")).await?, linear(&p("mlp.up_proj")).await?]),
+                ),
+                _ => (
+                    Fused::new(vec![linear(&p("self_attn.qkv_proj")).await?]),
+                    Fused::new(vec![linear(&p("mlp.gate_up_proj")).await?]),
+                ),
+            };
+            layers.push(Layer {
+                input_layernorm: Norm::load(gpu, source, &p("input_layernorm"), c.norm, h, eps).await?,
+                qkv_proj,
+                o_proj: linear(&p("self_attn.o_proj")).await?,
+                post_attention_layernorm: Norm::load(gpu, source, &p("post_attention_layernorm"), c.norm, h, eps)
+                    .await?,
+                mlp: Mlp { gate_up, down: linear(&p("mlp.down_proj")).await? },
+            });
+        }
+        let embed_tokens = linear("model.embed_tokens").await?;
+        let lm_head = match source.tensor("lm_head.weight") {
+            Some(_) => Some(linear("lm_head").await?),
+            None => None,
+        };
+        let norm = Norm::load(gpu, source, "model.norm", c.norm, h, eps).await?;
+        let t = plan.max_tokens;
+        let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
+        let qkv_width = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+        let scratch = Scratch {
+            x: floats("x", t * h)?,
+            h: floats("h", t * h)?,
+            qkv: floats("qkv", t * qkv_width)?,
+            attn: floats("attn", t * c.num_heads * c.head_dim)?,
+            mlp: layers[0].mlp.scratch(gpu, t)?,
+            last: floats("last", h)?,
+            last_norm: floats("last_norm", h)?,
+        };
+        let mask = match c.sliding_window {
+            Some(window) if window > 0 => Mask::SlidingWindow(window),
+            _ => Mask::Causal,
+        };
+        Ok(Phi3 {
+            rope: Rope::new(gpu, &c)?,
+            attention: Attention::new(gpu, &c, mask, t, plan.capacity)?,
+            config: c,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            scratch,
+        })
+    }
+
+    /// hidden_states += self_attn(input_layernorm(hidden_states)), then
+    /// hidden_states += mlp(post_attention_layernorm(hidden_states)).
+    fn layer(&self, r: &mut Recorder, layer: &Layer, cache: &KvCache, i: usize, long_rope: bool) -> Result<()> {
+        let (s, h) = (&self.scratch, self.config.hidden_size);
+        layer.input_layernorm.forward(r, &s.x, &s.h)?;
+        layer.qkv_proj.forward(r, &s.h, &s.qkv)?;
+        self.rope.forward(r, &s.qkv, long_rope)?;
+        self.attention.forward(r, &s.qkv, cache, &cache.layers[i], &s.attn)?;
+        layer.o_proj.forward(r, &s.attn, &s.h)?;
+        r.add(&s.x, &s.h, h)?;
+        layer.post_attention_layernorm.forward(r, &s.x, &s.h)?;
+        layer.mlp.forward(r, &s.h, &s.mlp, &s.h)?;
+        r.add(&s.x, &s.h, h)
+    }
+}
+
+impl CausalLm for Phi3 {
+    fn record(&self, r: &mut Recorder, io: &DecoderIo, cache: &KvCache, pass: Pass) -> Result<()> {
+        let s = &self.scratch;
+        self.embed_tokens.lookup(r, &io.ids, &s.x)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.layer(r, layer, cache, i, pass.long_rope)?;
+        }
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if pass.all_logits {
+            self.norm.forward(r, &s.x, &s.h)?;
+            return lm_head.forward(r, &s.h, &io.logits);
+        }
+        // Generating: only the last token's logits.
+        r.copy_last_row(&s.x, &s.last, self.config.hidden_size);
+        r.tokens = 1;
+        self.norm.forward(r, &s.last, &s.last_norm)?;
+        lm_head.forward(r, &s.last_norm, &io.logits)
+    }
+
+    fn weight_gpu_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let norms = l.input_layernorm.gpu_bytes() + l.post_attention_layernorm.gpu_bytes();
+                norms + l.qkv_proj.gpu_bytes() + l.o_proj.gpu_bytes() + l.mlp.gpu_bytes()
+            })
+            .sum();
+        layers
+            + self.embed_tokens.gpu_bytes()
+            + self.norm.gpu_bytes()
+            + self.lm_head.as_ref().map_or(0, Linear::gpu_bytes)
+    }
+
+    fn weight_read_bytes(&self) -> u64 {
+        let layers: u64 =
+            self.layers.iter().map(|l| l.qkv_proj.read_bytes() + l.o_proj.read_bytes() + l.mlp.read_bytes()).sum();
+        layers + self.lm_head.as_ref().unwrap_or(&self.embed_tokens).read_bytes()
+    }
+}
