@@ -6,8 +6,9 @@
 // attention_combine.wgsl merges the splits.
 // Decode is T = 1 with many splits; prefill is T queries. Query t sits at
 // position step.pos + t and sees keys j <= step.pos + t (and
-// step.pos + t - j < window when window > 0). Cache reads (k_dot4, load_v4)
-// come from kv_f16.wgsl or kv_q8.wgsl, concatenated in front of this file.
+// step.pos + t - j < window when window > 0). Cache reads (k_quads4,
+// k_scales4, load_v4, kv_row_words and the cache bindings 3 and 4) come from
+// a kv_{f16,q8,f32}.wgsl reader concatenated in front of this file.
 //
 // On CPU adapters every load is a per-lane gather, so each thread scores four
 // keys per read of q and the reductions run once per 4 WG keys (1.3x faster
@@ -31,8 +32,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;                    // [T, q_stride]
-@group(0) @binding(3) var<storage, read> k_cache: array<u32>;              // [slots, kv_row_words(kv_dim)]
-@group(0) @binding(4) var<storage, read> v_cache: array<u32>;              // [slots, kv_row_words(kv_dim)]
+// bindings 3 and 4: k_cache, v_cache [slots, kv_row_words(kv_dim)] (the kv reader's)
 @group(0) @binding(5) var<storage, read_write> part_acc: array<vec4<f32>>; // [T, heads, splits, head_dim / 4]
 @group(0) @binding(6) var<storage, read_write> part_ml: array<vec2<f32>>;  // [T, heads, splits] (running max, sum of exp)
 
@@ -50,6 +50,27 @@ var<workgroup> q_s: array<vec4<f32>, MAX_Q_QUADS>;               // [group, head
 var<workgroup> probs: array<vec4<f32>, MAX_GROUP * WG>;          // [query, i / 4][i % 4]: softmax numerator of key c + i
 var<workgroup> rows: array<vec4<u32>, WG>;                       // [i / 4][i % 4]: first cache word of key c + i
 var<workgroup> red: array<array<f32, MAX_GROUP>, WG>;
+
+// Scores of the group's queries against K[first .. first + head_dim) of the
+// four K rows starting at words `row`: [query][key]. Each K value is read once
+// for every query of the group; each block's scales once.
+fn k_dot4(row: vec4<u32>, first: u32, head_dim: u32, kv_dim: u32, group: u32) -> array<vec4<f32>, MAX_GROUP> {
+    var total: array<vec4<f32>, MAX_GROUP>;
+    let quads = head_dim / 4u;
+    for (var b = 0u; b < head_dim; b += KV_SCALE_BLOCK) {
+        let scales = k_scales4(row, first + b, kv_dim);
+        for (var i = 0u; i < KV_SCALE_BLOCK / 4u; i++) {
+            let d = b + 4u * i;
+            let k = k_quads4(row, first + d, kv_dim);
+            for (var g = 0u; g < group; g++) {
+                // Scaled per word, not per block sum: SwiftShader got a
+                // per-block accumulator wrong.
+                total[g] += (q_s[g * quads + d / 4u] * k) * scales;
+            }
+        }
+    }
+    return total;
+}
 
 // Per-query maxima (or sums) over the workgroup of the threads' `v`.
 fn reduce_group(v: array<f32, MAX_GROUP>, lid: u32, group: u32, is_max: bool) -> array<f32, MAX_GROUP> {

@@ -1,33 +1,32 @@
-// KV-cache reads for attention.wgsl, cache stored in f32 (kv_append_f32.wgsl):
-// a row of kv_dim values is kv_dim words.
+// KV-cache reader for attention kernels, cache stored in f32
+// (kv_append_f32.wgsl writes it): a row of kv_dim values is kv_dim words.
+// Self-contained: it declares the cache bindings (3 and 4) and reads nothing
+// of its includer.
+
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;  // [slots, kv_dim]
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;  // [slots, kv_dim]
+
+// Values that share one scale (k_scales4); a multiple of 4.
+const KV_SCALE_BLOCK: u32 = 4u;
 
 fn kv_row_words(kv_dim: u32) -> u32 {
     return kv_dim;
 }
 
-fn k_load4(w: u32) -> vec4<f32> {
+fn k_word4(w: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(k_cache[w], k_cache[w + 1u], k_cache[w + 2u], k_cache[w + 3u]));
 }
 
-// Scores of the group's queries (q_s) against K[first .. first + head_dim) of
-// the four K rows starting at words `row`: [query][key]. Each K value is read
-// once for every query of the group.
-fn k_dot4(row: vec4<u32>, first: u32, head_dim: u32, kv_dim: u32, group: u32) -> array<vec4<f32>, MAX_GROUP> {
-    var total: array<vec4<f32>, MAX_GROUP>;
-    let w = row + first;
-    let quads = head_dim / 4u;
-    for (var i = 0u; i < quads; i++) {
-        let o = 4u * i;
-        let k0 = k_load4(w.x + o);
-        let k1 = k_load4(w.y + o);
-        let k2 = k_load4(w.z + o);
-        let k3 = k_load4(w.w + o);
-        for (var g = 0u; g < group; g++) {
-            let qi = q_s[g * quads + i];
-            total[g] += vec4<f32>(dot(qi, k0), dot(qi, k1), dot(qi, k2), dot(qi, k3));
-        }
-    }
-    return total;
+// Dims d..d+3 (d a multiple of 4) of the four K rows starting at words
+// `row`, unscaled: column c is key c.
+fn k_quads4(row: vec4<u32>, d: u32, kv_dim: u32) -> mat4x4<f32> {
+    let w = row + d;
+    return mat4x4<f32>(k_word4(w.x), k_word4(w.y), k_word4(w.z), k_word4(w.w));
+}
+
+// The four keys' scales for the block holding dim d: none for f32.
+fn k_scales4(row: vec4<u32>, d: u32, kv_dim: u32) -> vec4<f32> {
+    return vec4<f32>(1.0);
 }
 
 // Values d..d+3 (d a multiple of 4) of the V row starting at word `row`.
