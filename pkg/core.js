@@ -73,16 +73,10 @@ class LocalEngine {
     if (this.embedding) {
       throw namedError("InputError", `${this.model} is an embedding model: use engine.embeddings.create({ input })`);
     }
-    const body = {
-      messages: request.messages,
-      max_tokens: request.max_tokens ?? 256,
-      temperature: request.temperature ?? 0,
-      top_p: request.top_p ?? 1,
-      top_k: request.top_k ?? 0,
-      repetition_penalty: request.repetition_penalty ?? 1,
-      seed: request.seed ?? 0,
-      stop: request.stop == null ? [] : [].concat(request.stop),
-    };
+    // Absent fields (undefined or null) take the engine's defaults (src/engine.rs: Request).
+    const fields = ["messages", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop"];
+    const body = Object.fromEntries(fields.filter((f) => request[f] != null).map((f) => [f, request[f]]));
+    if (body.stop != null) body.stop = [].concat(body.stop);
     let result;
     try {
       result = JSON.parse(await this.engine.generate(JSON.stringify(body), onDelta));
@@ -141,6 +135,7 @@ class LocalEngine {
       shaderF16: this.info.shaderF16,
       contextLength: this.info.contextLength,
       kvCache: this.info.kvCache,
+      pipelines: this.info.pipelines,
       kind: this.embedding ? "embedding" : "chat",
       dimensions: this.info.dimensions,
       loadMs: this.load.loadMs,

@@ -21,11 +21,12 @@ export interface EngineOptions {
   /** Tokens of context to allocate (0: the model's maximum, capped at 4096). */
   contextLength?: number;
   /**
-   * How the KV cache stores keys and values: "f16" (default) or "q8", 8-bit
+   * How the KV cache stores keys and values: "f16" (default); "q8", 8-bit
    * blocks of 32 with a scale, 0.56x the memory of f16 at a small cost in
-   * accuracy (see the README's Performance section).
+   * accuracy (see the README's Performance section); or "f32", exact, 2x
+   * the memory of f16.
    */
-  kvCache?: "f16" | "q8";
+  kvCache?: "f16" | "q8" | "f32";
   /** Use neither shader-f16 nor subgroups. */
   portable?: boolean;
 }
@@ -91,7 +92,9 @@ export interface EngineStats {
   adapter: string;
   shaderF16: boolean;
   contextLength: number;
-  kvCache: "f16" | "q8";
+  kvCache: "f16" | "q8" | "f32";
+  /** Compute pipelines compiled for this model (at load, nothing else compiles). */
+  pipelines: number;
   loadMs: number;
   networkBytes: number;
   shardsFromCache: number;

@@ -114,15 +114,15 @@ let completionCounter = 0;
 
 /**
  * Loads a model package (its model.json URL) and returns an engine.
- * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, kvCache = "f16" | "q8", portable }
+ * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, kvCache = "f16" | "q8" | "f32", portable }
  */
 export async function createEngine(modelUrl, options = {}) {
   const { onProgress, worker = true, cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false } = options;
   if (!["cache-api", "opfs", "none"].includes(cache)) {
     throw namedError("TypeError", `cache: "${cache}" is not supported; use "cache-api", "opfs" or "none"`);
   }
-  if (!["f16", "q8"].includes(kvCache)) {
-    throw namedError("TypeError", `kvCache: "${kvCache}" is not supported; use "f16" or "q8"`);
+  if (!["f16", "q8", "f32"].includes(kvCache)) {
+    throw namedError("TypeError", `kvCache: "${kvCache}" is not supported; use "f16", "q8" or "f32"`);
   }
   const load = () => startBackend(modelUrl, { worker, cache, contextLength, kvCache, portable }, onProgress);
   return new PhiEngine(await load(), modelUrl, load);

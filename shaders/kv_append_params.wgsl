@@ -1,4 +1,4 @@
-// The Params and bindings of kv_append{,_q8,_f32}.wgsl, concatenated in front
+// The Params and bindings of kv_append_{f16,q8,f32}.wgsl, concatenated in front
 // of them. The source may be a slice of a fused QKV buffer: `src_offset`
 // floats into rows of `src_stride`. Position p goes to slot p % slots: with a
 // sliding window the cache is a ring.

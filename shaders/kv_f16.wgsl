@@ -1,5 +1,5 @@
 // KV-cache reader for attention kernels, cache stored as f16 pairs packed in
-// u32 (pack2x16float: no shader-f16 needed; kv_append.wgsl writes it). A row
+// u32 (pack2x16float: no shader-f16 needed; kv_append_f16.wgsl writes it). A row
 // of kv_dim values is kv_dim / 2 words. Self-contained: it declares the cache
 // bindings (3 and 4) and reads nothing of its includer.
 

@@ -148,7 +148,7 @@ try {
   assert.equal(warm.shardsFromCache, 2);
   figures.warm_load_ms = warm.loadMs;
 
-  step("kvCache: \"q8\" stores the KV cache in 8 bits and still answers; an unknown one is a TypeError");
+  step("kvCache: \"q8\" stores the KV cache in 8 bits and still answers; \"f32\" in 32; an unknown one is a TypeError");
   const q8 = await page.evaluate(async () => {
     const f16 = await engine.stats();
     await engine.unload();
@@ -158,18 +158,26 @@ try {
       max_tokens: 8,
       temperature: 0,
     });
+    const q8 = await engine.stats();
+    await engine.unload();
+    window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, kvCache: "f32" });
+    const f32 = await engine.stats();
     let unknown;
     try {
       await phiWeb.createEngine("/models/smollm2/model.json", { kvCache: "int4" });
     } catch (e) {
       unknown = { name: e.name, message: e.message };
     }
-    return { f16, q8: await engine.stats(), text: reply.choices[0].message.content, unknown };
+    return { f16, q8, f32, text: reply.choices[0].message.content, unknown };
   });
   assert.equal(q8.f16.kvCache, "f16");
   assert.equal(q8.q8.kvCache, "q8");
-  // SmolLM2: 30 layers, K and V, 512 positions of 192 values: 384 bytes as f16, 192 + 6 scales x 4 as q8.
+  assert.equal(q8.f32.kvCache, "f32");
+  // SmolLM2: 30 layers, K and V, 512 positions of 192 values: 384 bytes as f16,
+  // 192 + 6 scales x 4 as q8, 768 as f32.
   assert.equal(q8.f16.gpuBytes - q8.q8.gpuBytes, 30 * 2 * 512 * (384 - 216));
+  assert.equal(q8.f32.gpuBytes - q8.f16.gpuBytes, 30 * 2 * 512 * (768 - 384));
+  figures.pipelines_at_load = q8.f16.pipelines;
   assert.match(q8.text, /Paris/);
   assert.equal(q8.unknown?.name, "TypeError", JSON.stringify(q8.unknown));
 
