@@ -91,7 +91,9 @@ fn check_f32_parity(model: &str) {
             let err = max_abs_diff(&logits, &g.logits);
             let kv = kv.name();
             eprintln!("parity | {model} f32, {kv} KV cache, prefill {chunk} then decode | max |logit error| {err:.3e}");
-            assert!(err <= 1e-3, "{model}, {kv} KV cache: max |logit error| {err} > 1e-3 (prefill {chunk})");
+            // The f32 cache leaves only f32 arithmetic (measured: 2e-7 to 5e-7).
+            let bound = if kv == "f32" { 2e-5 } else { 1e-3 };
+            assert!(err <= bound, "{model}, {kv} KV cache: max |logit error| {err} > {bound} (prefill {chunk})");
         }
     }
 }
@@ -118,7 +120,7 @@ fn tiny_phi3_longrope_long_sequence_matches_transformers() {
     let package = package("tiny-phi3-longrope", WeightFormat::F32);
     let err = max_abs_diff(&run_with(&package, &g.ids, g.ids.len(), KvFormat::F32), &g.logits);
     eprintln!("parity | tiny-phi3-longrope f32, 80 tokens, f32 KV cache | max |logit error| {err:.3e}");
-    assert!(err <= 1e-3, "f32 KV cache: max |logit error| {err}");
+    assert!(err <= 2e-5, "f32 KV cache: max |logit error| {err}");
 }
 
 /// Embedding and lm_head stored as row chunks (as Phi-4-mini's 200k-row

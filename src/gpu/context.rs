@@ -33,7 +33,7 @@ impl Default for GpuOptions {
     }
 }
 
-/// Which tile sizes the matrix kernels use (kernels.rs: `Tuning`): lavapipe
+/// Which tile sizes the matrix kernels use (tuning.rs: `Tuning`): lavapipe
 /// and WARP gather every buffer load lane by lane and want large register
 /// tiles; GPUs want many small invocations (SwiftShader runs these too: the
 /// CPU tiles measured no faster there).
