@@ -107,7 +107,7 @@ impl Engine {
     }
 
     /// The sampling and stopping of `request`, with the model's stop tokens.
-    pub fn generate_options(&self, request: &Request) -> GenerateOptions {
+    fn generate_options(&self, request: &Request) -> GenerateOptions {
         GenerateOptions {
             max_tokens: request.max_tokens,
             sampling: SamplingOptions {
