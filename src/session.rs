@@ -220,7 +220,7 @@ pub async fn generate(
                 }
             }
         } else {
-            let result = step(gpu, kernels, decoder, &[id], pos, pos + 1, greedy).await;
+            let result = forward_step(gpu, kernels, decoder, &[id], pos, pos + 1, greedy).await;
             session.cached.push(id);
             result.inspect_err(|_| session.reset())?
         };
@@ -249,7 +249,7 @@ enum Next {
 }
 
 /// One forward call of `ids` at `pos` in a sequence of `sequence_len` tokens.
-async fn step(
+async fn forward_step(
     gpu: &Gpu,
     kernels: &Kernels,
     decoder: &Decoder,
@@ -286,7 +286,7 @@ async fn prefill(
         if interrupt.is_set() {
             return Ok(None);
         }
-        let result = step(gpu, kernels, decoder, chunk, pos, tokens.len(), greedy).await;
+        let result = forward_step(gpu, kernels, decoder, chunk, pos, tokens.len(), greedy).await;
         next = Some(result.inspect_err(|_| session.reset())?);
         pos += chunk.len();
         session.cached.extend_from_slice(chunk);

@@ -40,6 +40,29 @@ fn logits_prints_one_row_per_token() {
     assert_eq!(json["top"][2].as_array().unwrap().len(), 2);
 }
 
+/// `--kv-cache f32` leaves only f32 arithmetic: transformers' logits within
+/// 2e-5 (the f16 cache rounds them by ~1e-4); an unknown format is an error.
+#[test]
+fn logits_with_an_f32_kv_cache_match_transformers() {
+    let dir = converted("logits-f32-cache", "f32");
+    let golden = std::fs::read(root().join("tests/data/tiny-phi3/logits.f32")).unwrap();
+    let golden: Vec<f32> = bytemuck::pod_collect_to_vec(&golden[..3 * 512 * 4]);
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,17,300", "--kv-cache", "f32"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ours: Vec<f32> = json["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().clone())
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let err = ours.iter().zip(&golden).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 2e-5, "max |logit error| {err}");
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1", "--kv-cache", "int4"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("expected f16, q8 or f32"), "{}", text(&o.stderr));
+}
+
 #[test]
 fn damaged_packages_and_bad_arguments_are_errors() {
     let dir = converted("damaged", "q8_0");

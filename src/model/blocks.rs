@@ -288,17 +288,17 @@ impl Attention {
         Ok(Attention { shape, decode_splits, scratch })
     }
 
-    /// out [T, heads * head_dim] = attention of the queries in qkv over the
-    /// cache, after appending qkv's keys and values to it.
+    /// out [T, heads * head_dim] = attention of the queries in qkv over
+    /// layer `layer`'s cache, after appending qkv's keys and values to it.
     pub fn forward(
         &self,
         r: &mut Recorder,
         qkv: &wgpu::Buffer,
         cache: &KvCache,
-        layer: &LayerCache,
+        layer: usize,
         out: &wgpu::Buffer,
     ) -> Result<()> {
-        let s = &self.shape;
+        let (s, layer) = (&self.shape, &cache.layers[layer]);
         let kv_dim = s.kv_heads * s.head_dim;
         let append = |offset| KvAppendShape {
             tokens: r.tokens,
@@ -338,15 +338,17 @@ pub struct MlpScratch {
     pub act: wgpu::Buffer,     // [T, I]
 }
 
-impl Mlp {
-    pub fn scratch(&self, gpu: &Gpu, max_tokens: usize) -> Result<MlpScratch> {
-        let inner = self.down.cols;
+impl MlpScratch {
+    /// For up to `max_tokens` tokens of an MLP `intermediate` wide.
+    pub fn new(gpu: &Gpu, max_tokens: usize, intermediate: usize) -> Result<MlpScratch> {
         Ok(MlpScratch {
-            gate_up: gpu.storage("gate_up", (4 * max_tokens * 2 * inner) as u64)?,
-            act: gpu.storage("act", (4 * max_tokens * inner) as u64)?,
+            gate_up: gpu.storage("gate_up", (4 * max_tokens * 2 * intermediate) as u64)?,
+            act: gpu.storage("act", (4 * max_tokens * intermediate) as u64)?,
         })
     }
+}
 
+impl Mlp {
     /// y [T, H] = down(silu(gate) * up) of x [T, H].
     pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, s: &MlpScratch, y: &wgpu::Buffer) -> Result<()> {
         self.gate_up.forward(r, x, &s.gate_up)?;

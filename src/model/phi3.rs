@@ -87,7 +87,7 @@ impl Phi3 {
             h: floats("h", t * h)?,
             qkv: floats("qkv", t * qkv_width)?,
             attn: floats("attn", t * c.num_heads * c.head_dim)?,
-            mlp: layers[0].mlp.scratch(gpu, t)?,
+            mlp: MlpScratch::new(gpu, t, c.intermediate_size)?,
             last: floats("last", h)?,
             last_norm: floats("last_norm", h)?,
         };
@@ -114,7 +114,7 @@ impl Phi3 {
         layer.input_layernorm.forward(r, &s.x, &s.h)?;
         layer.qkv_proj.forward(r, &s.h, &s.qkv)?;
         self.rope.forward(r, &s.qkv, long_rope)?;
-        self.attention.forward(r, &s.qkv, cache, &cache.layers[i], &s.attn)?;
+        self.attention.forward(r, &s.qkv, cache, i, &s.attn)?;
         layer.o_proj.forward(r, &s.attn, &s.h)?;
         r.add(&s.x, &s.h, h)?;
         layer.post_attention_layernorm.forward(r, &s.x, &s.h)?;

@@ -57,27 +57,33 @@ pub(super) struct Shader {
     name: &'static str,
     source: &'static str,
     preludes: &'static [&'static str],
+    /// Matrix kernels: a bias reader (bias_f32 or bias_none) goes first.
+    bias_reader: bool,
     knobs: Knobs,
     pub wg: usize,
 }
 
 macro_rules! shader {
     ($name:literal, $wg:expr, [$($prelude:expr),*], $knobs:expr) => {
+        shader!($name, $wg, [$($prelude),*], $knobs, bias_reader: false)
+    };
+    ($name:literal, $wg:expr, [$($prelude:expr),*], $knobs:expr, bias_reader: $bias:expr) => {
         Shader {
             name: $name,
             source: include_str!(concat!("../../../shaders/", $name, ".wgsl")),
             preludes: &[$($prelude),*],
+            bias_reader: $bias,
             knobs: $knobs,
             wg: $wg,
         }
     };
 }
 
-static MATVEC: Shader = shader!("matvec", 64, [MATRIX], Knobs::Matvec);
-static MATVEC_SUBGROUP: Shader = shader!("matvec_subgroup", 64, [MATRIX], Knobs::MatvecSubgroup);
-static MATMUL_REGISTERS: Shader = shader!("matmul_registers", 64, [MATRIX], Knobs::MatmulRegisters);
-static MATMUL_WORKGROUP: Shader = shader!("matmul_workgroup", 256, [MATRIX], Knobs::None);
-static MATMUL_ANY: Shader = shader!("matmul_any", 64, [MATRIX], Knobs::None);
+static MATVEC: Shader = shader!("matvec", 64, [MATRIX], Knobs::Matvec, bias_reader: true);
+static MATVEC_SUBGROUP: Shader = shader!("matvec_subgroup", 64, [MATRIX], Knobs::MatvecSubgroup, bias_reader: true);
+static MATMUL_REGISTERS: Shader = shader!("matmul_registers", 64, [MATRIX], Knobs::MatmulRegisters, bias_reader: true);
+static MATMUL_WORKGROUP: Shader = shader!("matmul_workgroup", 256, [MATRIX], Knobs::None, bias_reader: true);
+static MATMUL_ANY: Shader = shader!("matmul_any", 64, [MATRIX], Knobs::None, bias_reader: true);
 static EMBEDDING: Shader = shader!("embedding", 64, [EMBEDDING_PARAMS], Knobs::None);
 static EMBEDDING_ANY: Shader = shader!("embedding_any", 64, [EMBEDDING_PARAMS], Knobs::None);
 static RMS_NORM: Shader = shader!("rms_norm", 256, [REDUCE], Knobs::None);
@@ -193,7 +199,7 @@ impl Kernels {
             push(weights_reader(format));
             label += &format!("_{}", format.name());
         }
-        if shader.preludes.contains(&MATRIX) {
+        if shader.bias_reader {
             push(match variant.bias {
                 true => include_str!("../../../shaders/bias_f32.wgsl"),
                 false => include_str!("../../../shaders/bias_none.wgsl"),
