@@ -18,7 +18,7 @@ import sys
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, PhimoeConfig, PhimoeForCausalLM
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
 INPUT_IDS = [1, 17, 300, 42, 511, 7, 7, 250, 99, 3, 128, 64, 480, 2, 33, 405]
@@ -54,6 +54,10 @@ def save(model, name, dtype, note, long_input=False):
 def main(only):
     def wanted(name):
         return not only or name in only
+
+    phimoe_models(wanted)
+    if only and all(name.startswith("tiny-phimoe") for name in only):
+        return  # the Phi-3 models below need transformers 5 (their configs use rope_type)
 
     common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -106,6 +110,96 @@ def main(only):
                                            tie_word_embeddings=True, rope_theta=10000.0))
         save(odd, "tiny-llama-144", torch.float16,
              "LlamaForCausalLM, hidden 144 / intermediate 72 (not multiples of 32), GQA 4/2, tied, f16")
+
+
+def phimoe_models(wanted):
+    """The PhiMoE models: generate with transformers 4.57.x-5.14 (5.16 never
+    uses PhiMoE's long factors, PHI.md)."""
+    # Phi-3.5-MoE in miniature: LayerNorm with bias, biased q/k/v/o and
+    # lm_head, GQA, 16 experts top-2 (sparsemixer), LongRoPE with different
+    # short and long mscales, and a sliding window the long input crosses.
+    # HF initialises biases to 0 and norms to 1: they are randomised here so
+    # that parity checks them. Experts' widths are whole 32-column blocks.
+    moe_common = dict(vocab_size=512, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5,
+                      bos_token_id=1, eos_token_id=2, attention_bias=True, lm_head_bias=True,
+                      num_experts_per_tok=2, router_jitter_noise=0.01, initializer_range=0.1,
+                      tie_word_embeddings=False)
+    if wanted("tiny-phimoe"):
+        torch.manual_seed(15)
+        rotary_half = 8
+        config = PhimoeConfig(**moe_common, num_key_value_heads=2, num_local_experts=16, sliding_window=48,
+                              original_max_position_embeddings=64,
+                              rope_scaling={"type": "longrope", "original_max_position_embeddings": 64,
+                                            "short_factor": [1.0 + 0.1 * i for i in range(rotary_half)],
+                                            "long_factor": [2.0 + 0.5 * i for i in range(rotary_half)],
+                                            "short_mscale": 1.1, "long_mscale": 1.3})
+        save(randomise(PhimoeForCausalLM(config)), "tiny-phimoe", torch.float32,
+             "PhimoeForCausalLM, 16 experts top-2, GQA 4/2, LongRoPE with short/long mscale 1.1/1.3, "
+             "sliding window 48, biases, f32", long_input=True)
+    if wanted("tiny-phimoe-mha"):
+        torch.manual_seed(4)
+        model = randomise(PhimoeForCausalLM(PhimoeConfig(**moe_common, num_key_value_heads=4, num_local_experts=4)))
+        folder = save(model, "tiny-phimoe-mha", torch.float32,
+                      "PhimoeForCausalLM, 4 experts top-2, MHA, no rope scaling, biases, f32")
+        write_phimoe_gguf(model, folder / "model.gguf")
+
+
+def randomise(model):
+    """Non-trivial biases and norm weights (HF initialises them to 0 and 1)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.1)
+            elif "norm" in name:
+                param.normal_(1.0, 0.2)
+    return model.eval()
+
+
+def write_phimoe_gguf(model, path):
+    """The same weights in llama.cpp's `phimoe` GGUF layout (stacked experts,
+    ffn_gate_inp router), f32, no vocabulary: the converter's GGUF path."""
+    import gguf
+    import numpy as np
+
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "phimoe")
+    w.add_name("tiny-phimoe-mha")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_expert_count(c.num_local_experts)
+    w.add_expert_used_count(c.num_experts_per_tok)
+    w.add_bos_token_id(c.bos_token_id)
+    w.add_eos_token_id(c.eos_token_id)
+    state = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                 "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj"}
+        for gguf_name, hf in names.items():
+            for kind in ("weight", "bias"):
+                w.add_tensor(f"blk.{i}.{gguf_name}.{kind}", state[f"{p}{hf}.{kind}"])
+        w.add_tensor(f"blk.{i}.ffn_gate_inp.weight", state[f"{p}block_sparse_moe.gate.weight"])
+        for gguf_name, hf in (("ffn_gate_exps", "w1"), ("ffn_down_exps", "w2"), ("ffn_up_exps", "w3")):
+            stacked = np.stack([state[f"{p}block_sparse_moe.experts.{e}.{hf}.weight"]
+                                for e in range(c.num_local_experts)])
+            w.add_tensor(f"blk.{i}.{gguf_name}.weight", stacked)
+    for kind in ("weight", "bias"):
+        w.add_tensor(f"output_norm.{kind}", state[f"model.norm.{kind}"])
+        w.add_tensor(f"output.{kind}", state[f"lm_head.{kind}"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 if __name__ == "__main__":

@@ -379,6 +379,9 @@ pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
         bos_token_id: Some(1),
         eos_token_ids: vec![32000],
         pooling: None,
+        attention_bias: false,
+        lm_head_bias: false,
+        moe: None,
     };
     let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
     for i in 0..layers {

@@ -15,18 +15,21 @@ pub enum Architecture {
     Phi3,
     /// LlamaForCausalLM (SmolLM2, the real model the tests run).
     Llama,
+    /// PhimoeForCausalLM: Phi-3.5-MoE, Phi-mini-MoE, Phi-tiny-MoE.
+    PhiMoe,
     /// BERT-family sentence encoders (retrieval).
     Bert,
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static str = "phi3 (Phi3ForCausalLM), llama (LlamaForCausalLM), bert (BertModel)";
+    pub const SUPPORTED: &'static str =
+        "phi3 (Phi3ForCausalLM), phimoe (PhimoeForCausalLM), llama (LlamaForCausalLM), bert (BertModel)";
 
     /// The normalisation this architecture's blocks use.
     pub fn norm(self) -> NormKind {
         match self {
             Architecture::Phi3 | Architecture::Llama => NormKind::Rms,
-            Architecture::Bert => NormKind::Layer,
+            Architecture::Bert | Architecture::PhiMoe => NormKind::Layer,
         }
     }
 
@@ -34,6 +37,7 @@ impl Architecture {
         match name {
             "phi3" | "Phi3ForCausalLM" => Ok(Self::Phi3),
             "llama" | "LlamaForCausalLM" => Ok(Self::Llama),
+            "phimoe" | "PhimoeForCausalLM" | "PhiMoEForCausalLM" => Ok(Self::PhiMoe),
             "bert" | "BertModel" | "BertForMaskedLM" => Ok(Self::Bert),
             other => {
                 Err(Error::Unsupported { what: format!("architecture {other}"), supported: Self::SUPPORTED.into() })
@@ -85,9 +89,38 @@ pub struct LongRope {
     pub short_factor: Vec<f32>,
     pub long_factor: Vec<f32>,
     pub original_max_position_embeddings: usize,
-    /// Multiplies cos and sin at every length.
+    /// Multiplies cos and sin at every length (with the short factors when
+    /// `long_attention_factor` is set).
     pub attention_factor: f32,
+    /// PhiMoE's `long_mscale`: multiplies cos and sin with the long factors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_attention_factor: Option<f32>,
 }
+
+impl LongRope {
+    /// What multiplies cos and sin with the short or the long factors.
+    pub fn attention_factor(&self, long: bool) -> f32 {
+        match long {
+            true => self.long_attention_factor.unwrap_or(self.attention_factor),
+            false => self.attention_factor,
+        }
+    }
+}
+
+/// A sparse mixture of experts in place of the MLP (PhiMoE).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Moe {
+    /// Experts per layer (`num_local_experts`).
+    pub experts: usize,
+    /// Experts each token runs (`num_experts_per_tok`; sparsemixer needs 2).
+    pub experts_per_token: usize,
+    /// Sparsemixer's `router_jitter_noise`: an expert is a candidate while
+    /// (max − score) / max(|score|, max) ≤ 2 · jitter.
+    pub router_jitter: f32,
+}
+
+/// PhiMoE's `router_jitter_noise` (every published model; GGUF has no key for it).
+pub const DEFAULT_ROUTER_JITTER: f32 = 0.01;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -112,6 +145,15 @@ pub struct ModelConfig {
     pub norm: NormKind,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// q/k/v/o projections have biases (PhiMoE's `attention_bias`).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// lm_head has a bias (PhiMoE's `lm_head_bias`).
+    #[serde(default)]
+    pub lm_head_bias: bool,
+    /// The sparse MoE block's shape (PhiMoE only); `intermediate_size` is one expert's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<Moe>,
     /// How an encoder's token states become one sentence vector (encoders only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooling: Option<Pooling>,
@@ -136,6 +178,9 @@ pub struct Pooling {
     /// Longer inputs are truncated to this many tokens ([CLS] and [SEP] included).
     pub max_seq_length: usize,
 }
+
+/// Most experts per layer the routing kernel takes (moe_route.wgsl).
+pub const MAX_EXPERTS: usize = 256;
 
 fn key<'a>(json: &'a Json, name: &str) -> Option<&'a Json> {
     json.get(name).filter(|v| !v.is_null())
@@ -224,15 +269,22 @@ impl ModelConfig {
                         ),
                     });
                 }
-                let attention_factor = key(r, "attention_factor")
-                    .and_then(Json::as_f64)
-                    .map(|f| f as f32)
+                let number = |name: &str| key(r, name).and_then(Json::as_f64).map(|f| f as f32);
+                let computed = number("attention_factor")
                     .unwrap_or_else(|| default_attention_factor(max_position_embeddings, original));
+                // PhiMoE scales by its configured mscales instead of the computed factor.
+                let (attention_factor, long_attention_factor) = match architecture {
+                    Architecture::PhiMoe => {
+                        (number("short_mscale").unwrap_or(computed), Some(number("long_mscale").unwrap_or(computed)))
+                    }
+                    _ => (computed, None),
+                };
                 Some(LongRope {
                     short_factor,
                     long_factor,
                     original_max_position_embeddings: original,
                     attention_factor,
+                    long_attention_factor,
                 })
             }
             None | Some("default") => None,
@@ -266,6 +318,18 @@ impl ModelConfig {
             norm: architecture.norm(),
             bos_token_id: key(json, "bos_token_id").and_then(Json::as_u64).map(|v| v as u32),
             eos_token_ids: token_ids(key(json, "eos_token_id")),
+            attention_bias: key(json, "attention_bias").and_then(Json::as_bool).unwrap_or(false),
+            lm_head_bias: key(json, "lm_head_bias").and_then(Json::as_bool).unwrap_or(false),
+            moe: match architecture {
+                Architecture::PhiMoe => Some(Moe {
+                    experts: required_usize(json, "num_local_experts")?,
+                    experts_per_token: required_usize(json, "num_experts_per_tok")?,
+                    router_jitter: key(json, "router_jitter_noise")
+                        .and_then(Json::as_f64)
+                        .map_or(DEFAULT_ROUTER_JITTER, |v| v as f32),
+                }),
+                _ => None,
+            },
             pooling: None,
         };
         config.validate()?;
@@ -334,6 +398,16 @@ impl ModelConfig {
             norm: architecture.norm(),
             bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
             eos_token_ids,
+            attention_bias: g.tensor("blk.0.attn_q.bias").is_some() || g.tensor("blk.0.attn_qkv.bias").is_some(),
+            lm_head_bias: g.tensor("output.bias").is_some(),
+            moe: match architecture {
+                Architecture::PhiMoe => Some(Moe {
+                    experts: required("expert_count")?,
+                    experts_per_token: required("expert_used_count")?,
+                    router_jitter: DEFAULT_ROUTER_JITTER,
+                }),
+                _ => None,
+            },
             pooling: None,
         };
         config.validate()?;
@@ -364,8 +438,13 @@ impl ModelConfig {
                 ),
             });
         }
-        self.longrope =
-            Some(LongRope { short_factor, long_factor, original_max_position_embeddings: original, attention_factor });
+        self.longrope = Some(LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings: original,
+            attention_factor,
+            long_attention_factor: None,
+        });
         Ok(())
     }
 
@@ -389,6 +468,20 @@ impl ModelConfig {
         for (name, value, max) in limits {
             if value == 0 || value > max {
                 return bad(format!("{name} = {value} is outside 1..={max}"));
+            }
+        }
+        if let Some(moe) = &self.moe {
+            if moe.experts < 2 || moe.experts > MAX_EXPERTS {
+                return bad(format!("{} experts per layer is outside 2..={MAX_EXPERTS}", moe.experts));
+            }
+            if moe.experts_per_token != 2 {
+                return Err(Error::Unsupported {
+                    what: format!("{} experts per token", moe.experts_per_token),
+                    supported: "2 (sparsemixer routing is defined for top-2)".into(),
+                });
+            }
+            if !(moe.router_jitter.is_finite() && moe.router_jitter >= 0.0) {
+                return bad(format!("router_jitter_noise {} is not a non-negative number", moe.router_jitter));
             }
         }
         Ok(())

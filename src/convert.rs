@@ -276,7 +276,9 @@ pub fn hf_name(arch: Architecture, gguf_name: &str) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
+        "output_norm.bias" => Some("model.norm.bias"),
         "output.weight" => Some("lm_head.weight"),
+        "output.bias" => Some("lm_head.bias"),
         _ => None,
     };
     if let Some(name) = fixed {
@@ -287,12 +289,19 @@ pub fn hf_name(arch: Architecture, gguf_name: &str) -> Option<String> {
     let layer: usize = layer.parse().ok()?;
     let hf = match part {
         "attn_norm.weight" => "input_layernorm.weight",
+        "attn_norm.bias" => "input_layernorm.bias",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_norm.bias" => "post_attention_layernorm.bias",
         "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
         "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_k.bias" => "self_attn.k_proj.bias",
         "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_v.bias" => "self_attn.v_proj.bias",
         "attn_qkv.weight" => "self_attn.qkv_proj.weight",
         "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_output.bias" => "self_attn.o_proj.bias",
+        "ffn_gate_inp.weight" => "block_sparse_moe.gate.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         // Phi-3's ffn_up is the fused gate_up_proj (no separate ffn_gate).
         "ffn_up.weight" if arch == Architecture::Phi3 => "mlp.gate_up_proj.weight",
@@ -301,6 +310,25 @@ pub fn hf_name(arch: Architecture, gguf_name: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// llama.cpp's stacked experts `blk.N.ffn_{gate,up,down}_exps.weight`
+/// ([E, rows, cols]) → (N, the HF projection each expert's slice becomes).
+fn gguf_expert_stack(gguf_name: &str) -> Option<(usize, &'static str)> {
+    let (layer, part) = gguf_name.strip_prefix("blk.")?.split_once('.')?;
+    let projection = match part {
+        "ffn_gate_exps.weight" => "w1",
+        "ffn_up_exps.weight" => "w3",
+        "ffn_down_exps.weight" => "w2",
+        _ => return None,
+    };
+    Some((layer.parse().ok()?, projection))
+}
+
+/// Whether `name` is a MoE router: kept f32 whatever the matrices get, since a
+/// rounding there changes which experts run (llama.cpp keeps ffn_gate_inp f32 too).
+fn is_router(name: &str) -> bool {
+    name.ends_with("block_sparse_moe.gate.weight")
 }
 
 /// Undoes llama.cpp's Q/K row permutation (convert_hf_to_gguf.py `permute`):
@@ -343,6 +371,14 @@ fn convert_gguf(
         let (s, l) =
             (dequantize_gguf(short.ggml_type, &s, &short.name)?, dequantize_gguf(long.ggml_type, &l, &long.name)?);
         config.set_longrope_factors(&gguf, s, l)?;
+        if config.architecture == Architecture::PhiMoe {
+            warnings.push(
+                "PhiMoE GGUFs carry llama.cpp's computed LongRoPE attention factor, not the config's \
+                 short_mscale/long_mscale that transformers scales by (Phi-3.5-MoE: 1.19 instead of 1.24): \
+                 convert the Hugging Face folder for transformers' logits"
+                    .into(),
+            );
+        }
     }
     let total: u64 = gguf.tensors.iter().map(|t| t.size).sum();
     let mut writer = Writer::new(out_dir, options);
@@ -350,6 +386,10 @@ fn convert_gguf(
     for info in &gguf.tensors {
         progress(Progress { done, total, tensor: &info.name });
         done += info.size;
+        if let Some((layer, projection)) = gguf_expert_stack(&info.name) {
+            split_experts(&gguf, &mut file, info, layer, projection, &config, options, &mut writer, &mut warnings)?;
+            continue;
+        }
         let Some(name) = hf_name(config.architecture, &info.name) else {
             if !info.name.starts_with("rope_factors_") {
                 warnings.push(format!("skipped tensor {} (not a weight phi-web uses)", info.name));
@@ -366,7 +406,7 @@ fn convert_gguf(
                 bytes = unpermute_rows(&bytes, shape[0], config.num_kv_heads)?;
             }
         }
-        let format = if shape.len() == 1 {
+        let format = if shape.len() == 1 || is_router(&name) {
             WeightFormat::F32
         } else {
             matrix_format(options, default_for(info), shape[1], &name, &mut warnings)
@@ -413,6 +453,44 @@ fn convert_gguf(
     finish(writer, manifest, out_dir, warnings)
 }
 
+/// Writes each expert of a stacked GGUF expert tensor as its own HF-named
+/// matrix (`model.layers.N.block_sparse_moe.experts.E.w1.weight`), the
+/// layout the loader stacks again on the GPU.
+#[allow(clippy::too_many_arguments)]
+fn split_experts(
+    gguf: &Gguf,
+    file: &mut File,
+    info: &TensorInfo,
+    layer: usize,
+    projection: &str,
+    config: &ModelConfig,
+    options: &ConvertOptions,
+    writer: &mut Writer,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let shape = info.shape();
+    let experts = config.moe.as_ref().map_or(0, |m| m.experts);
+    let [e, rows, cols] = shape[..] else {
+        return Err(Error::Config {
+            message: format!("tensor {}: shape {shape:?} is not [experts, rows, cols]", info.name),
+        });
+    };
+    if e != experts {
+        return Err(Error::Config {
+            message: format!("tensor {} stacks {e} experts; the config has {experts}", info.name),
+        });
+    }
+    let bytes = gguf.read(file, info)?;
+    let per_expert = bytes.len() / e;
+    for (expert, part) in bytes.chunks_exact(per_expert).enumerate() {
+        let name = format!("model.layers.{layer}.block_sparse_moe.experts.{expert}.{projection}.weight");
+        check_shape(config, &name, &[rows, cols])?;
+        let format = matrix_format(options, default_for(info), cols, &name, warnings);
+        writer.tensor(&name, &[rows, cols], format, Source::Gguf(info.ggml_type, part.to_vec()))?;
+    }
+    Ok(())
+}
+
 /// GGUF's own format where the runtime has a kernel; the nearest one otherwise.
 fn default_for(info: &TensorInfo) -> WeightFormat {
     match info.ggml_type {
@@ -442,13 +520,24 @@ fn check_shape(config: &ModelConfig, name: &str, shape: &[usize]) -> Result<()> 
     let expected: Option<Vec<usize>> = match part {
         "model.embed_tokens.weight" | "lm_head.weight" => Some(vec![config.vocab_size, h]),
         "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => Some(vec![h]),
+        "model.norm.bias" | "input_layernorm.bias" | "post_attention_layernorm.bias" => Some(vec![h]),
+        "self_attn.o_proj.bias" => Some(vec![h]),
+        "lm_head.bias" => Some(vec![config.vocab_size]),
         "self_attn.qkv_proj.weight" => Some(vec![q + 2 * kv, h]),
         "self_attn.q_proj.weight" => Some(vec![q, h]),
+        "self_attn.q_proj.bias" => Some(vec![q]),
         "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => Some(vec![kv, h]),
+        "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => Some(vec![kv]),
         "self_attn.o_proj.weight" => Some(vec![h, q]),
+        "block_sparse_moe.gate.weight" => Some(vec![config.moe.as_ref().map_or(0, |m| m.experts), h]),
         "mlp.gate_up_proj.weight" => Some(vec![2 * i, h]),
         "mlp.gate_proj.weight" | "mlp.up_proj.weight" => Some(vec![i, h]),
         "mlp.down_proj.weight" => Some(vec![h, i]),
+        _ if part.starts_with("block_sparse_moe.experts.") => match part.rsplit('.').nth(1) {
+            Some("w1" | "w3") => Some(vec![i, h]),
+            Some("w2") => Some(vec![h, i]),
+            _ => None,
+        },
         _ => None,
     };
     match expected {
@@ -541,6 +630,7 @@ fn convert_hf(
         check_shape(&config, &tensor.name, &tensor.shape)?;
         let format = match tensor.shape.len() {
             1 => WeightFormat::F32,
+            2 if is_router(&tensor.name) => WeightFormat::F32,
             2 => matrix_format(options, hf_default, tensor.shape[1], &tensor.name, &mut warnings),
             _ => {
                 return Err(Error::Unsupported {

@@ -379,6 +379,44 @@ fn phi3_gguf_maps_fused_tensors_and_longrope() {
     assert!(package.tensor("rope_factors_long.weight").is_none());
 }
 
+/// A one-layer `phimoe` GGUF in llama.cpp's layout: `experts` in the
+/// metadata, `stacked` experts in each ffn_*_exps tensor, all F32.
+fn tiny_phimoe(experts: u32, used: u32, stacked: u64) -> GgufBuilder {
+    let f32s = |n: u64| vec![0u8; n as usize * 4];
+    let mut b = GgufBuilder::tiny_llama("phimoe")
+        .u32("phimoe.expert_count", experts)
+        .u32("phimoe.expert_used_count", used)
+        .tensor("blk.0.ffn_gate_inp.weight", &[32, experts as u64], 0, f32s(32 * experts as u64))
+        .tensor("blk.0.ffn_gate_exps.weight", &[32, 64, stacked], 0, f32s(32 * 64 * stacked))
+        .tensor("blk.0.ffn_up_exps.weight", &[32, 64, stacked], 0, f32s(32 * 64 * stacked))
+        .tensor("blk.0.ffn_down_exps.weight", &[64, 32, stacked], 0, f32s(32 * 64 * stacked));
+    b.tensors.retain(|(name, ..)| {
+        !name.starts_with("blk.0.ffn_gate.") && !name.contains("ffn_up.") && !name.contains("ffn_down.")
+    });
+    b
+}
+
+#[test]
+fn phimoe_expert_counts_are_checked() {
+    let out = scratch("phimoe-out");
+    let summary =
+        convert(&tiny_phimoe(4, 2, 4).write("phimoe.gguf"), &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
+    // 8 attention and norm tensors, the router, 3 projections x 4 experts.
+    assert_eq!(summary.tensors, 21);
+    let package = phi_web::formats::package::Package::open(&out).unwrap();
+    assert!(package.tensor("model.layers.0.block_sparse_moe.experts.3.w2.weight").is_some());
+    let err = convert_err(&tiny_phimoe(4, 2, 3).write("phimoe-stack.gguf"));
+    assert!(err.contains("blk.0.ffn_gate_exps.weight stacks 3 experts; the config has 4"), "{err}");
+    let err = convert_err(&tiny_phimoe(4, 3, 4).write("phimoe-top3.gguf"));
+    assert!(err.contains("3 experts per token") && err.contains("top-2"), "{err}");
+    let err = convert_err(&tiny_phimoe(1, 2, 1).write("phimoe-one.gguf"));
+    assert!(err.contains("1 experts per layer is outside 2..=256"), "{err}");
+    let mut b = tiny_phimoe(4, 2, 4);
+    b.kv.retain(|(k, _, _)| k != "phimoe.expert_count");
+    let err = convert_err(&b.write("phimoe-no-count.gguf"));
+    assert!(err.contains("phimoe.expert_count"), "{err}");
+}
+
 #[test]
 fn regression_corpus_never_panics() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join("fuzz");

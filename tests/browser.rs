@@ -75,4 +75,7 @@ browser_tests!(
     attention_decode_long_context_q8_cache,
     attention_prefill_with_window_in_a_q8_ring,
     attention_rejects_bad_head_grouping,
+    moe_routing_matches_sparsemixer,
+    expert_linear_over_a_stack_every_format,
+    moe_combine_adds_weighted_experts,
 );

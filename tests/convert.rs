@@ -134,7 +134,7 @@ fn tiny(name: &str) -> PathBuf {
 
 #[test]
 fn tiny_hf_models_convert_at_every_format() {
-    for model in ["tiny-phi3", "tiny-phi3-longrope", "tiny-llama"] {
+    for model in ["tiny-phi3", "tiny-phi3-longrope", "tiny-llama", "tiny-phimoe"] {
         let sources = safetensors::read_headers(&tiny(model)).unwrap();
         for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1]
         {
@@ -147,8 +147,9 @@ fn tiny_hf_models_convert_at_every_format() {
             for (name, source) in &sources {
                 let entry = package.tensor(name).unwrap();
                 let values = source.read_f32().unwrap();
-                // Vectors stay f32; matrices hold exactly what the reference quantizer gives.
-                let expected = if source.shape.len() == 1 {
+                // Vectors and MoE routers stay f32; matrices hold exactly what
+                // the reference quantizer gives.
+                let expected = if source.shape.len() == 1 || name.ends_with("block_sparse_moe.gate.weight") {
                     values
                 } else {
                     quant::dequantize(format, &quant::quantize(format, &values).unwrap()).unwrap()
@@ -164,6 +165,11 @@ fn tiny_hf_models_convert_at_every_format() {
     }
     let phi3 = ModelConfig::from_hf(&read_json(&tiny("tiny-phi3").join("config.json"))).unwrap();
     assert_eq!((phi3.architecture, phi3.sliding_window, phi3.num_kv_heads), (Architecture::Phi3, Some(8), 2));
+    let phimoe = ModelConfig::from_hf(&read_json(&tiny("tiny-phimoe").join("config.json"))).unwrap();
+    let longrope = phimoe.longrope.as_ref().unwrap();
+    assert_eq!((longrope.attention_factor(false), longrope.attention_factor(true)), (1.1, 1.3), "mscales");
+    assert_eq!(phimoe.moe.as_ref().map(|m| (m.experts, m.experts_per_token)), Some((16, 2)));
+    assert!(phimoe.attention_bias && phimoe.lm_head_bias && phimoe.norm == phi_web::config::NormKind::Layer);
     let dir = scratch("tiny-llama-default");
     let summary = convert(&tiny("tiny-llama"), &dir, &ConvertOptions::default(), &mut |_| {}).unwrap();
     assert!(summary.config.tie_word_embeddings, "no lm_head.weight: tied");

@@ -80,19 +80,26 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
+/// The f16 KV cache's bound on |logit error|: f16 rounds keys and values to
+/// 2^-11 of their size, so the logits move in proportion to theirs; 1e-3 per
+/// unit of the largest |logit| (the tiny Phi-3s stay under 1, PhiMoE's reach 4).
+fn f16_cache_bound(logits: &[f32]) -> f32 {
+    1e-3 * logits.iter().fold(1.0f32, |m, v| m.max(v.abs()))
+}
+
 /// f32 weights against transformers, with the f16 and the f32 KV cache (the
 /// f16 cache's rounding is most of the difference; the f32 cache is exact).
 fn check_f32_parity(model: &str) {
     let g = golden(model);
     let package = package(model, WeightFormat::F32);
-    for kv in [KvFormat::F16, KvFormat::F32] {
+    for kv in [KvFormat::F32, KvFormat::F16] {
         for chunk in [g.ids.len(), 5] {
             let logits = run_with(&package, &g.ids, chunk, kv);
             let err = max_abs_diff(&logits, &g.logits);
             let kv = kv.name();
             eprintln!("parity | {model} f32, {kv} KV cache, prefill {chunk} then decode | max |logit error| {err:.3e}");
-            // The f32 cache leaves only f32 arithmetic (measured: 2e-7 to 5e-7).
-            let bound = if kv == "f32" { 2e-5 } else { 1e-3 };
+            // The f32 cache leaves only f32 arithmetic (measured: 2e-7 to 2e-6).
+            let bound = if kv == "f32" { 2e-5 } else { f16_cache_bound(&g.logits) };
             assert!(err <= bound, "{model}, {kv} KV cache: max |logit error| {err} > {bound} (prefill {chunk})");
         }
     }
@@ -121,6 +128,51 @@ fn tiny_phi3_longrope_long_sequence_matches_transformers() {
     let err = max_abs_diff(&run_with(&package, &g.ids, g.ids.len(), KvFormat::F32), &g.logits);
     eprintln!("parity | tiny-phi3-longrope f32, 80 tokens, f32 KV cache | max |logit error| {err:.3e}");
     assert!(err <= 2e-5, "f32 KV cache: max |logit error| {err}");
+}
+
+/// PhiMoE: LayerNorm with biases, biased q/k/v/o and lm_head, GQA, LongRoPE
+/// with the config's mscales, a 48-position window, 16 experts routed by
+/// sparsemixer; prefill (grouped expert matmul) and decode (expert matvec).
+#[test]
+fn tiny_phimoe_matches_transformers() {
+    check_f32_parity("tiny-phimoe");
+}
+
+/// Four experts, MHA, no rope scaling.
+#[test]
+fn tiny_phimoe_mha_matches_transformers() {
+    check_f32_parity("tiny-phimoe-mha");
+}
+
+/// 80 tokens (> the original 64): the long factors and long_mscale, and more
+/// pairs per expert than one tile of the grouped expert matmul.
+#[test]
+fn tiny_phimoe_long_sequence_matches_transformers() {
+    let g = golden_file("tiny-phimoe", "golden-long.json");
+    let package = package("tiny-phimoe", WeightFormat::F32);
+    for (kv, bound) in [(KvFormat::F32, 2e-5), (KvFormat::F16, f16_cache_bound(&g.logits))] {
+        let err = max_abs_diff(&run_with(&package, &g.ids, g.ids.len(), kv), &g.logits);
+        let kv = kv.name();
+        eprintln!("parity | tiny-phimoe f32, 80 tokens (> original 64), {kv} KV cache, one prefill | max |logit error| {err:.3e}");
+        assert!(err <= bound, "{kv} KV cache: max |logit error| {err} > {bound}");
+    }
+}
+
+/// llama.cpp's phimoe GGUF layout (stacked ffn_*_exps, ffn_gate_inp, biases)
+/// converts to the same model: transformers' logits from the GGUF.
+#[test]
+fn tiny_phimoe_gguf_matches_transformers() {
+    let g = golden("tiny-phimoe-mha");
+    let out = root().join("target").join("test-scratch").join("engine-tiny-phimoe-mha-gguf");
+    let _ = std::fs::remove_dir_all(&out);
+    let source = root().join("tests/data/tiny-phimoe-mha/model.gguf");
+    convert(&source, &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
+    let package = Package::open(&out).unwrap();
+    let router = package.manifest.tensors.iter().find(|t| t.name == "model.layers.1.block_sparse_moe.gate.weight");
+    assert_eq!(router.map(|t| t.format.as_str()), Some("f32"), "the router is kept f32");
+    let err = max_abs_diff(&run_with(&package, &g.ids, 5, KvFormat::F32), &g.logits);
+    eprintln!("parity | tiny-phimoe-mha from GGUF, f32 KV cache, prefill 5 then decode | max |logit error| {err:.3e}");
+    assert!(err <= 2e-5, "max |logit error| {err}");
 }
 
 /// Embedding and lm_head stored as row chunks (as Phi-4-mini's 200k-row
@@ -212,9 +264,14 @@ fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
 
 #[test]
 fn quantized_packages_agree_with_the_reference() {
-    for model in ["tiny-phi3", "tiny-phi3-partial-tied", "tiny-llama"] {
+    for model in ["tiny-phi3", "tiny-phi3-partial-tied", "tiny-llama", "tiny-phimoe"] {
         let g = golden(model);
-        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        // tiny-phimoe's logits are 5x larger (KL grows with their square) and
+        // 4-bit noise moves tokens across its routing masks: measured q4_0
+        // 75 % top-1, mean KL 5.9e-2. Only its q8_0 is held to this bound.
+        let formats: &[WeightFormat] =
+            if model == "tiny-phimoe" { &[WeightFormat::Q8_0] } else { &[WeightFormat::Q8_0, WeightFormat::Q4_0] };
+        for &format in formats {
             let logits = run(&package(model, format), &g.ids, g.ids.len());
             let rows = g.ids.len();
             let (mut agree, mut kl) = (0, 0.0);

@@ -51,6 +51,9 @@ native_tests!(
     attention_decode_long_context_q8_cache,
     attention_prefill_with_window_in_a_q8_ring,
     attention_rejects_bad_head_grouping,
+    moe_routing_matches_sparsemixer,
+    expert_linear_over_a_stack_every_format,
+    moe_combine_adds_weighted_experts,
 );
 
 /// The matrix kernels again on a device without shader-f16 and subgroups,
@@ -68,4 +71,9 @@ fn matmul_every_format_portable() {
 #[test]
 fn linear_with_bias_any_shape_portable() {
     pollster::block_on(checks::linear_with_bias_any_shape(portable_env()));
+}
+
+#[test]
+fn expert_linear_over_a_stack_every_format_portable() {
+    pollster::block_on(checks::expert_linear_over_a_stack_every_format(portable_env()));
 }

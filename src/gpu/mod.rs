@@ -8,7 +8,7 @@ mod shapes;
 mod tuning;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions, KernelTuning};
-pub use kernels::{Bias, Kernels, ENCODER_MAX_KEYS};
+pub use kernels::{Bias, ExpertInput, ExpertStack, Kernels, Routing, ENCODER_MAX_KEYS, ROUTE_BYTES};
 pub use shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, OutputSlice, RopeShape};
 
 use crate::error::{ensure_shape, Result};
@@ -180,6 +180,71 @@ impl Matrix {
         })?;
         let gguf = quant::quantize(format, values)?;
         Matrix::upload(gpu, label, format, rows, cols, &quant::to_gpu_layout(format, &gguf)?)
+    }
+
+    /// A stack of `parts` matrices of [rows, cols] (a layer's experts) as one
+    /// [parts * rows, cols] matrix, uninitialised: each part's rows are then
+    /// written with [`Matrix::write_rows`] as they stream in.
+    pub fn stacked(
+        gpu: &Gpu,
+        label: &str,
+        format: WeightFormat,
+        parts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix> {
+        ensure_shape(parts > 0 && rows > 0 && cols.is_multiple_of(quant::BLOCK), "matrix stack", || {
+            format!("{label}: {parts} x [{rows}, {cols}] needs parts, rows and whole {}-column blocks", quant::BLOCK)
+        })?;
+        // Whole rows of every part start on 4-byte boundaries (write_buffer's
+        // alignment) when the rows per part are even.
+        ensure_shape(rows.is_multiple_of(2), "matrix stack", || format!("{label}: {rows} rows per part is odd"))?;
+        let (data_size, scales_size) = quant::gpu_size(format, parts * rows, cols);
+        gpu.check_buffer_size(label, data_size as u64)?;
+        gpu.check_buffer_size(label, scales_size as u64)?;
+        let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
+        let scales_offset = (data_size as u64).next_multiple_of(align);
+        let buffer = gpu.storage(label, scales_offset + scales_size as u64)?;
+        Ok(Matrix {
+            format,
+            rows: parts * rows,
+            cols,
+            buffer,
+            data_size: data_size as u64,
+            scales_offset,
+            scales_size: scales_size as u64,
+        })
+    }
+
+    /// Writes `count` whole rows in GPU layout at row `first` of a stack.
+    pub fn write_rows(&self, gpu: &Gpu, first: usize, count: usize, layout: &GpuLayout) -> Result<()> {
+        let (data, scales) = quant::gpu_size(self.format, count, self.cols);
+        let scales = if self.scales_size == 0 { 0 } else { scales };
+        let (data_at, _) = quant::gpu_size(self.format, first, self.cols);
+        let scales_at = if scales == 0 { 0 } else { quant::gpu_size(self.format, first, self.cols).1 };
+        ensure_shape(
+            first + count <= self.rows
+                && layout.data.len() == data
+                && layout.scales.len() >= scales
+                && first.is_multiple_of(2)
+                && count.is_multiple_of(2),
+            "matrix stack",
+            || {
+                format!(
+                    "rows {first}..{} of [{}, {}] ({} + {} bytes) do not fit the stack",
+                    first + count,
+                    self.rows,
+                    self.cols,
+                    layout.data.len(),
+                    layout.scales.len()
+                )
+            },
+        )?;
+        gpu.queue.write_buffer(&self.buffer, data_at as u64, &layout.data);
+        if scales > 0 {
+            gpu.queue.write_buffer(&self.buffer, self.scales_offset + scales_at as u64, &layout.scales[..scales]);
+        }
+        Ok(())
     }
 
     /// Bytes this matrix occupies on the GPU.

@@ -171,8 +171,10 @@ fn inv_freq(config: &ModelConfig, factors: Option<&[f32]>) -> Vec<f32> {
 pub struct Rope {
     inv_freq_short: wgpu::Buffer, // [rotary_dim / 2]
     inv_freq_long: wgpu::Buffer,  // [rotary_dim / 2] (LongRoPE; = short otherwise)
-    shape: RopeShape,             // the query heads; tokens set per call
+    shape: RopeShape,             // the query heads; tokens and attn_factor set per call
     kv_heads: usize,
+    /// What multiplies cos and sin with the short and the long factors.
+    attn_factor: [f32; 2],
 }
 
 impl Rope {
@@ -189,9 +191,10 @@ impl Rope {
                 rot_dim: c.rotary_dim,
                 row_stride: (c.num_heads + 2 * c.num_kv_heads) * c.head_dim,
                 offset: 0,
-                attn_factor: c.longrope.as_ref().map_or(1.0, |l| l.attention_factor),
+                attn_factor: 1.0,
             },
             kv_heads: c.num_kv_heads,
+            attn_factor: [false, true].map(|long| c.longrope.as_ref().map_or(1.0, |l| l.attention_factor(long))),
         })
     }
 
@@ -199,7 +202,7 @@ impl Rope {
     /// `long`: LongRoPE's long factors.
     pub fn forward(&self, r: &mut Recorder, qkv: &wgpu::Buffer, long: bool) -> Result<()> {
         let inv_freq = if long { &self.inv_freq_long } else { &self.inv_freq_short };
-        let q = RopeShape { tokens: r.tokens, ..self.shape };
+        let q = RopeShape { tokens: r.tokens, attn_factor: self.attn_factor[long as usize], ..self.shape };
         let k = RopeShape { heads: self.kv_heads, offset: q.heads * q.head_dim, ..q };
         for shape in [q, k] {
             let d = r.kernels.rope(r.step, inv_freq, qkv, &shape)?;

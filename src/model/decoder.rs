@@ -7,6 +7,7 @@
 
 use super::blocks::KvCache;
 use super::phi3::Phi3;
+use super::phimoe::PhiMoe;
 use super::recorder::Recorder;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
@@ -144,10 +145,11 @@ impl Decoder {
         let plan = LoadPlan { max_tokens: t, capacity };
         let model: Box<dyn CausalLm> = match config.architecture {
             Architecture::Phi3 | Architecture::Llama => Box::new(Phi3::load(gpu, source, &plan).await?),
+            Architecture::PhiMoe => Box::new(PhiMoe::load(gpu, source, &plan).await?),
             Architecture::Bert => {
                 return Err(Error::Unsupported {
                     what: "bert as a generating model".into(),
-                    supported: "phi3, llama".into(),
+                    supported: "phi3, phimoe, llama".into(),
                 })
             }
         };

@@ -1,13 +1,16 @@
 //! Model architectures: shared blocks (`blocks.rs`) recorded through a
 //! `Recorder`, one file per family whose forward pass reads like the
-//! reference modeling code (`phi3.rs`: Phi-3/3.5/4 and Llama; `bert.rs`:
-//! sentence encoders), and the `Decoder` that drives any generating
+//! reference modeling code (`phi3.rs`: Phi-3/3.5/4 and Llama; `phimoe.rs`:
+//! Phi-3.5-MoE and its SlimMoE descendants, on the experts of `moe.rs`;
+//! `bert.rs`: sentence encoders), and the `Decoder` that drives any generating
 //! architecture (KV cache, recorded lists, readout).
 
 mod bert;
 mod blocks;
 mod decoder;
+mod moe;
 mod phi3;
+mod phimoe;
 mod recorder;
 
 pub use bert::Encoder;

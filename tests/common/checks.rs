@@ -2,12 +2,16 @@
 //! lavapipe) and the browser tests (tests/browser.rs, on Chromium's WebGPU):
 //! each runs a kernel on seeded random inputs and compares it with a scalar
 //! f64 reference, with an explicit tolerance. Matrix, norm and element-wise
-//! checks here; RoPE, KV cache and attention in checks/attention.rs.
+//! checks here; RoPE, KV cache and attention in checks/attention.rs; the
+//! mixture-of-experts kernels in checks/moe.rs.
 
 mod attention;
+mod moe;
 
 #[allow(unused_imports)] // each test binary uses part of the checks
 pub use attention::*;
+#[allow(unused_imports)]
+pub use moe::*;
 use phi_web::gpu::{Bias, GeluKind, Matrix, OutputSlice};
 use phi_web::quant::{self, WeightFormat};
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use phi_web::config::ModelConfig;
 use phi_web::formats::gguf::{Gguf, Value};
-use phi_web::formats::package::{Package, MANIFEST};
+use phi_web::formats::package::{Package, TensorEntry, MANIFEST};
 use phi_web::formats::safetensors;
 use phi_web::{Error, Result};
 
@@ -106,6 +106,26 @@ fn inspect_package(dir: &Path, out: &mut String) -> Result<()> {
     let _ = writeln!(out, "  bos {:?}, eos {:?}, stop ids {:?}", m.bos_token, m.eos_token, m.stop_token_ids);
     let _ = writeln!(out, "  config: {:?}", m.config);
     let _ = writeln!(out, "  {} shards, {} bytes", m.shards.len(), package.total_bytes());
+    if let Some(moe) = &m.config.moe {
+        let bytes = |t: &&TensorEntry| t.chunks.iter().map(|c| c.payload_bytes + c.scales_bytes).sum::<u64>();
+        let experts: u64 = m.tensors.iter().filter(|t| t.name.contains(".experts.")).map(|t| bytes(&t)).sum();
+        let embedding: u64 =
+            m.tensors.iter().filter(|t| t.name == "model.embed_tokens.weight").map(|t| bytes(&t)).sum();
+        let rest = package.total_bytes().saturating_sub(experts + embedding);
+        let active = rest + experts * moe.experts_per_token as u64 / moe.experts as u64;
+        let mb = |b: u64| b as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "  experts: {} per layer, {} per token (sparsemixer, jitter {}); {:.1} MB of experts; \
+             a token reads {:.1} MB (attention, routers, lm_head and {} experts per layer)",
+            moe.experts,
+            moe.experts_per_token,
+            moe.router_jitter,
+            mb(experts),
+            mb(active),
+            moe.experts_per_token
+        );
+    }
     let _ = writeln!(out, "{:<60} {:>5} {:>14} {:>7}", "tensor", "fmt", "shape", "chunks");
     for t in &m.tensors {
         let _ = writeln!(out, "{:<60} {:>5} {:>14} {:>7}", t.name, t.format, format!("{:?}", t.shape), t.chunks.len());

@@ -1,5 +1,5 @@
 //! One typed function per WGSL kernel, grouped by family ([`matrix`],
-//! [`norm`], [`attention`], [`elementwise`]). Each mirrors its shader's
+//! [`norm`], [`attention`], [`elementwise`], [`moe`]). Each mirrors its shader's
 //! `Params` struct (the Rust struct is named after the shader), checks shapes
 //! against buffer sizes (a wrong shape is an error, not an out-of-bounds
 //! read), and returns a replayable [`Dispatch`].
@@ -15,6 +15,7 @@
 mod attention;
 mod elementwise;
 mod matrix;
+mod moe;
 mod norm;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use std::sync::Mutex;
 use bytemuck::Pod;
 
 pub use matrix::Bias;
+pub use moe::{ExpertInput, ExpertStack, Routing, ROUTE_BYTES};
 
 use super::shapes::KvFormat;
 use super::tuning::Tuning;
@@ -37,6 +39,7 @@ const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
 const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const EMBEDDING_PARAMS: &str = include_str!("../../../shaders/embedding_params.wgsl");
+const MOE: &str = include_str!("../../../shaders/moe.wgsl");
 const KV_APPEND_PARAMS: &str = include_str!("../../../shaders/kv_append_params.wgsl");
 
 /// Tuning knobs a shader takes besides its workgroup size (src/gpu/tuning.rs).
@@ -100,6 +103,11 @@ static GELU: Shader = shader!("gelu", 256, [], Knobs::None);
 static ADD: Shader = shader!("add", 256, [], Knobs::None);
 static SOFTMAX: Shader = shader!("softmax", 256, [REDUCE], Knobs::None);
 static ARGMAX: Shader = shader!("argmax", 256, [REDUCE], Knobs::None);
+static MOE_ROUTE: Shader = shader!("moe_route", 64, [MOE], Knobs::None);
+static MOE_GROUP: Shader = shader!("moe_group", 1, [MOE], Knobs::None);
+static MOE_MATVEC: Shader = shader!("moe_matvec", 64, [MOE], Knobs::Matvec);
+static MOE_MATMUL: Shader = shader!("moe_matmul", 256, [MOE], Knobs::None);
+static MOE_COMBINE: Shader = shader!("moe_combine", 256, [MOE], Knobs::None);
 
 /// What besides the shader a pipeline depends on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
