@@ -8,7 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gpu::{AttentionScratch, AttentionShape, Dispatch, Gpu, Kernels, KvFormat, Matrix};
+use crate::gpu::{
+    AttentionScratch, AttentionShape, Dispatch, ExpertInput, ExpertStack, Gpu, Kernels, KvFormat, Matrix, OutputSlice,
+    Routing,
+};
 use crate::quant::{self, GpuLayout, WeightFormat};
 
 #[derive(Serialize)]
@@ -152,6 +155,8 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         w.read_bytes() + (tokens * cols * 4) as u64,
     );
 
+    expert_figures(gpu, kernels, &mut progress, &mut push)?;
+
     // Decode attention over a 4k cache, Phi-3-mini heads (32 x 96).
     for kv_format in KvFormat::ALL {
         progress(&format!("attention decode, {} cache", kv_format.name()));
@@ -193,6 +198,61 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         threads,
         kernels: figures,
     })
+}
+
+/// Phi-mini-MoE's experts (16 of [960, 4096] per projection, top-2), q4_0:
+/// a decode token reads two experts' rows of the stack, next to the dense
+/// matvec over the same bytes; a 128-token prefill groups its 256 pairs by
+/// expert, next to the dense matmul doing the same FLOPs.
+fn expert_figures(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    progress: &mut impl FnMut(&str),
+    push: &mut impl FnMut(String, String, f64, u64),
+) -> Result<()> {
+    let (experts, rows, cols, tokens) = (16, 960, 4096, 128);
+    let format = WeightFormat::Q4_0;
+    let stack = random_matrix(gpu, format, experts * rows, cols, 21)?;
+    let expert_bytes = stack.read_bytes() / experts as u64;
+    // Token t runs experts t mod 16 and (7t + 3) mod 16: never the same one
+    // (6t = 13 mod 16 has no solution), 16 pairs per expert.
+    let half = 0.5f32.to_bits();
+    let routes: Vec<u32> = (0..tokens as u32).flat_map(|t| [t % 16, half, (7 * t + 3) % 16, half]).collect();
+    let routes = gpu.storage_with("routes", bytemuck::cast_slice(&routes))?;
+    let groups = gpu.storage("groups", 8 * experts as u64)?;
+    let order = gpu.storage("order", 4 * 2 * tokens as u64)?;
+    let x = gpu.storage("x", (2 * tokens * cols * 4) as u64)?; // [P, K]: the dense matmul's input
+    let y = gpu.storage("y", (2 * tokens * rows * 4) as u64)?; // [P, N]
+    let stack_of = ExpertStack { matrix: &stack, experts };
+    let whole = OutputSlice::whole(rows);
+
+    progress("expert matvec q4_0 (decode, 2 of 16 experts)");
+    let routing = Routing { routes: &routes, groups: &groups, order: &order, tokens: 1, per_token: 2 };
+    let d = kernels.expert_linear(&stack_of, &routing, ExpertInput::Token, &x, &y, whole)?;
+    let seconds = time_dispatches(gpu, &[&d], 10, 5)?;
+    let shape = format!("2 of {experts} experts [{rows}x{cols}]");
+    push("moe_matvec_q4_0".into(), shape, seconds, 2 * expert_bytes + cols as u64 * 4);
+    let dense = random_matrix(gpu, format, 2 * rows, cols, 22)?;
+    let d = kernels.matvec(&dense, &x, &y)?;
+    let seconds = time_dispatches(gpu, &[&d], 10, 5)?;
+    let shape = format!("dense, the same bytes [{}x{cols}]", 2 * rows);
+    push("matvec_q4_0".into(), shape, seconds, dense.read_bytes() + cols as u64 * 4);
+
+    progress("expert matmul q4_0 (prefill, 128 tokens grouped by expert)");
+    let routing = Routing { tokens, ..routing };
+    let group = kernels.moe_group(&routing, experts)?;
+    let d = kernels.expert_linear(&stack_of, &routing, ExpertInput::Token, &x, &y, whole)?;
+    let seconds = time_dispatches(gpu, &[&group, &d], 2, 3)?;
+    let gflops = |s: f64| 2.0 * (2 * tokens * rows * cols) as f64 / s / 1e9;
+    let shape = format!("{experts} experts [{rows}x{cols}], T={tokens}, 2 per token ({:.1} GFLOP/s)", gflops(seconds));
+    push("moe_matmul_q4_0".into(), shape, seconds, stack.read_bytes() + (tokens * cols * 4) as u64);
+    let dense = random_matrix(gpu, format, rows, cols, 23)?;
+    let d = kernels.matmul(&dense, &x, &y, 2 * tokens)?;
+    let x_bytes = (2 * tokens * cols * 4) as u64;
+    let seconds = time_dispatches(gpu, &[&d], 2, 3)?;
+    let shape = format!("dense, the same FLOPs [{rows}x{cols}], T={} ({:.1} GFLOP/s)", 2 * tokens, gflops(seconds));
+    push("matmul_q4_0".into(), shape, seconds, dense.read_bytes() + x_bytes);
+    Ok(())
 }
 
 /// End-to-end figures of one model package.

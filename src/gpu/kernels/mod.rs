@@ -107,6 +107,7 @@ static MOE_ROUTE: Shader = shader!("moe_route", 64, [MOE], Knobs::None);
 static MOE_GROUP: Shader = shader!("moe_group", 1, [MOE], Knobs::None);
 static MOE_MATVEC: Shader = shader!("moe_matvec", 64, [MOE], Knobs::Matvec);
 static MOE_MATMUL: Shader = shader!("moe_matmul", 256, [MOE], Knobs::None);
+static MOE_MATMUL_REGISTERS: Shader = shader!("moe_matmul_registers", 64, [MOE], Knobs::MatmulRegisters);
 static MOE_COMBINE: Shader = shader!("moe_combine", 256, [MOE], Knobs::None);
 
 /// What besides the shader a pipeline depends on.

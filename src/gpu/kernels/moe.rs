@@ -7,7 +7,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need, u32_of, Kernels, Variant, MOE_COMBINE, MOE_GROUP, MOE_MATMUL, MOE_MATVEC, MOE_ROUTE};
+use super::{
+    need, u32_of, Kernels, Variant, MOE_COMBINE, MOE_GROUP, MOE_MATMUL, MOE_MATMUL_REGISTERS, MOE_MATVEC, MOE_ROUTE,
+};
 use crate::config::MAX_EXPERTS;
 use crate::error::{ensure_shape, Result};
 use crate::gpu::shapes::OutputSlice;
@@ -116,7 +118,8 @@ impl Kernels {
 
     /// Y [P, out] = each pair's expert of `stack` times its row of X, written
     /// into the slice `out` of each pair's row: the matrix×vector kernel for
-    /// one token, the grouped tiled kernel for more (after `moe_group`).
+    /// one token, the grouped tiled kernel for more (after `moe_group`), in
+    /// the workgroup-memory or the register tiling as the adapter's tuning says.
     pub fn expert_linear(
         &self,
         stack: &ExpertStack<'_>,
@@ -164,14 +167,24 @@ impl Kernels {
         need("expert_linear", "groups", routing.groups, experts * 8)?;
         need("expert_linear", "order", routing.order, pairs * 4)?;
         // An expert takes each token at most once: its pairs fill at most T slots.
-        let (tile_rows, tile_tokens) = WORKGROUP_TILE;
+        let t = &self.tuning;
+        let (shader, (tile_rows, tile_tokens)) = match t.matmul_registers {
+            true => (
+                &MOE_MATMUL_REGISTERS,
+                (
+                    t.matmul_wg_rows * t.matmul_rows_per_thread,
+                    MOE_MATMUL_REGISTERS.wg / t.matmul_wg_rows * t.matmul_tokens_per_thread,
+                ),
+            ),
+            false => (&MOE_MATMUL, WORKGROUP_TILE),
+        };
         let (row_tiles, token_tiles) = (rows.div_ceil(tile_rows), tokens.div_ceil(tile_tokens));
         ensure_shape(row_tiles <= self.max_groups as usize, "expert_linear", || {
             format!("{rows} rows are too many for one dispatch")
         })?;
         let groups = [row_tiles as u32, token_tiles as u32, experts as u32];
         let buffers = [(1, x), (2, y), (3, routing.groups), (4, routing.order)];
-        Ok(self.dispatch(&MOE_MATMUL, variant, &params, &buffers, w.bind_entries(), groups))
+        Ok(self.dispatch(shader, variant, &params, &buffers, w.bind_entries(), groups))
     }
 
     /// x [T, H] += the routes' weighted sum of expert_out [P, H].

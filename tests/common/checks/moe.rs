@@ -128,10 +128,12 @@ fn skewed_routes(tokens: usize, experts: usize, seed: u64) -> Vec<(u32, f32)> {
 }
 
 pub async fn expert_linear_over_a_stack_every_format(env: &Env) {
-    let (experts, rows, cols) = (6, 38, 96);
+    // 70 rows: two row tiles of either tuning (64 rows); 150 tokens: expert 0's
+    // pairs span more than one pair tile of either (32 or 128 pairs).
+    let (experts, rows, cols) = (6, 70, 96);
     for (f, format) in WeightFormat::ALL.into_iter().enumerate() {
         let (stack, parts) = expert_stack(env, format, experts, rows, cols, 300 + 10 * f as u64);
-        for tokens in [1usize, 37] {
+        for tokens in [1usize, 37, 150] {
             let pairs = 2 * tokens;
             let routes = skewed_routes(tokens, experts, 40 + tokens as u64);
             let routes_buf = env.upload_u32("routes", &route_words(&routes));
