@@ -134,15 +134,55 @@ def phimoe_models(wanted):
                                             "short_factor": [1.0 + 0.1 * i for i in range(rotary_half)],
                                             "long_factor": [2.0 + 0.5 * i for i in range(rotary_half)],
                                             "short_mscale": 1.1, "long_mscale": 1.3})
-        save(randomise(PhimoeForCausalLM(config)), "tiny-phimoe", torch.float32,
-             "PhimoeForCausalLM, 16 experts top-2, GQA 4/2, LongRoPE with short/long mscale 1.1/1.3, "
-             "sliding window 48, biases, f32", long_input=True)
+        folder = save(randomise(PhimoeForCausalLM(config)), "tiny-phimoe", torch.float32,
+                      "PhimoeForCausalLM, 16 experts top-2, GQA 4/2, LongRoPE with short/long mscale 1.1/1.3, "
+                      "sliding window 48, biases, f32", long_input=True)
+        write_chat_tokenizer(folder, config.vocab_size)
     if wanted("tiny-phimoe-mha"):
         torch.manual_seed(4)
         model = randomise(PhimoeForCausalLM(PhimoeConfig(**moe_common, num_key_value_heads=4, num_local_experts=4)))
         folder = save(model, "tiny-phimoe-mha", torch.float32,
                       "PhimoeForCausalLM, 4 experts top-2, MHA, no rope scaling, biases, f32")
         write_phimoe_gguf(model, folder / "model.gguf")
+
+
+# Phi-3.5-mini/MoE's chat template (tokenizer_config.json of the published models).
+PHI35_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+CORPUS = """Phi models run in the browser on the GPU. A mixture of experts routes every token
+to two of its experts, and the router picks them by score. The capital of France is Paris;
+the capital of Italy is Rome. What is the capital of France? Tell me about the weather today.
+Web pages can keep their data private: nothing leaves the machine."""
+
+
+def write_chat_tokenizer(folder, vocab_size):
+    """A byte-level BPE vocabulary of `vocab_size` ids trained on a few lines,
+    with Phi-3's chat tokens and chat template: so a tiny model can chat
+    (through the npm package in tests/web/e2e.mjs). <|end|> is id 2, the
+    config's eos_token_id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<unk>", "<s>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|endoftext|>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([CORPUS] * 4, trainer)
+    # The few lines give fewer merges than ids: the rest are placeholders, as
+    # in Phi-3's own vocabulary, so every id the model can emit is a token.
+    size = tokenizer.get_vocab_size()
+    tokenizer.add_special_tokens([f"<|placeholder{i}|>" for i in range(vocab_size - size)])
+    assert tokenizer.get_vocab_size() == vocab_size and tokenizer.token_to_id("<|end|>") == 2
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "<|end|>", "unk_token": "<unk>",
+              "chat_template": PHI35_CHAT_TEMPLATE, "model_max_length": 256}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def randomise(model):

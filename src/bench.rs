@@ -411,23 +411,79 @@ pub async fn model_figure(
 /// Writes a Phi-3-mini-shaped package with random q4_0 weights into `dir`
 /// (skipped when a complete one is already there).
 pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
-    use crate::config::{Architecture, ModelConfig};
-    use crate::formats::package::{Chunk, Manifest, ShardWriter, TensorEntry, FORMAT, MANIFEST};
-    if crate::formats::package::Package::open(dir).is_ok() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let (h, inter, layers, vocab) = (3072, 8192, 32, 32064);
-    let config = ModelConfig {
-        architecture: Architecture::Phi3,
-        hidden_size: h,
-        intermediate_size: inter,
-        num_layers: layers,
-        num_heads: 32,
-        num_kv_heads: 32,
-        head_dim: 96,
-        rotary_dim: 96,
-        vocab_size: vocab,
+    let config = synthetic_config(crate::config::Architecture::Phi3, h, inter, layers, [32, 32, 96], vocab);
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
+    for i in 0..layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        shapes.push((p("input_layernorm.weight"), vec![h]));
+        shapes.push((p("self_attn.qkv_proj.weight"), vec![3 * h, h]));
+        shapes.push((p("self_attn.o_proj.weight"), vec![h, h]));
+        shapes.push((p("post_attention_layernorm.weight"), vec![h]));
+        shapes.push((p("mlp.gate_up_proj.weight"), vec![2 * inter, h]));
+        shapes.push((p("mlp.down_proj.weight"), vec![h, inter]));
+    }
+    shapes.push(("model.norm.weight".into(), vec![h]));
+    shapes.push(("lm_head.weight".into(), vec![vocab, h]));
+    synthetic_package(dir, "synthetic Phi-3-mini (random q4_0)", config, shapes)
+}
+
+/// A Phi-mini-MoE-shaped package with random q4_0 weights and f32 routers:
+/// hidden 4096, GQA 32/8 heads of 128, 16 experts of intermediate 960, top-2
+/// (7.6 B parameters / 2.4 B active at its 32 layers), `layers` of them.
+pub fn synthetic_phi_mini_moe(dir: &std::path::Path, layers: usize) -> Result<()> {
+    let (h, inter, experts, vocab, kv) = (4096, 960, 16, 32064, 1024);
+    let mut config = synthetic_config(crate::config::Architecture::PhiMoe, h, inter, layers, [32, 8, 128], vocab);
+    config.norm = crate::config::NormKind::Layer;
+    config.attention_bias = true;
+    config.lm_head_bias = true;
+    config.sliding_window = None;
+    config.moe = Some(crate::config::Moe { experts, experts_per_token: 2, router_jitter: 0.01 });
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
+    for i in 0..layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            shapes.push((p(&format!("{norm}.weight")), vec![h]));
+            shapes.push((p(&format!("{norm}.bias")), vec![h]));
+        }
+        for (name, rows) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)] {
+            shapes.push((p(&format!("self_attn.{name}.weight")), vec![rows, h]));
+            shapes.push((p(&format!("self_attn.{name}.bias")), vec![rows]));
+        }
+        shapes.push((p("block_sparse_moe.gate.weight"), vec![experts, h]));
+        for e in 0..experts {
+            shapes.push((p(&format!("block_sparse_moe.experts.{e}.w1.weight")), vec![inter, h]));
+            shapes.push((p(&format!("block_sparse_moe.experts.{e}.w3.weight")), vec![inter, h]));
+            shapes.push((p(&format!("block_sparse_moe.experts.{e}.w2.weight")), vec![h, inter]));
+        }
+    }
+    for name in ["model.norm.weight", "model.norm.bias", "lm_head.bias"] {
+        shapes.push((name.into(), vec![if name == "lm_head.bias" { vocab } else { h }]));
+    }
+    shapes.push(("lm_head.weight".into(), vec![vocab, h]));
+    let name = format!("synthetic Phi-mini-MoE, {layers} of 32 layers (random q4_0)");
+    synthetic_package(dir, &name, config, shapes)
+}
+
+/// A decoder config with Phi-3's defaults; `heads` = [heads, kv heads, head_dim].
+fn synthetic_config(
+    architecture: crate::config::Architecture,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_layers: usize,
+    [num_heads, num_kv_heads, head_dim]: [usize; 3],
+    vocab_size: usize,
+) -> crate::config::ModelConfig {
+    crate::config::ModelConfig {
+        architecture,
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rotary_dim: head_dim,
+        vocab_size,
         max_position_embeddings: 4096,
         norm_eps: 1e-5,
         rope_theta: 10000.0,
@@ -442,38 +498,52 @@ pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
         attention_bias: false,
         lm_head_bias: false,
         moe: None,
-    };
-    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
-    for i in 0..layers {
-        let p = |s: &str| format!("model.layers.{i}.{s}");
-        shapes.push((p("input_layernorm.weight"), vec![h]));
-        shapes.push((p("self_attn.qkv_proj.weight"), vec![3 * h, h]));
-        shapes.push((p("self_attn.o_proj.weight"), vec![h, h]));
-        shapes.push((p("post_attention_layernorm.weight"), vec![h]));
-        shapes.push((p("mlp.gate_up_proj.weight"), vec![2 * inter, h]));
-        shapes.push((p("mlp.down_proj.weight"), vec![h, inter]));
     }
-    shapes.push(("model.norm.weight".into(), vec![h]));
-    shapes.push(("lm_head.weight".into(), vec![vocab, h]));
+}
 
+/// Writes a package of `shapes` into `dir` (skipped when a complete one is
+/// already there): random q4_0 matrices, random f32 routers (so tokens spread
+/// over the experts), vectors of ones.
+fn synthetic_package(
+    dir: &std::path::Path,
+    name: &str,
+    config: crate::config::ModelConfig,
+    shapes: Vec<(String, Vec<usize>)>,
+) -> Result<()> {
+    use crate::formats::package::{Chunk, Manifest, ShardWriter, TensorEntry, FORMAT, MANIFEST};
+    if crate::formats::package::Package::open(dir).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let mut writer = ShardWriter::new(dir, 64 << 20);
     let mut tensors = Vec::new();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
     for (name, shape) in shapes {
         let (shard, offset) = writer.position();
-        let (format, rows, cols) =
-            if shape.len() == 1 { (WeightFormat::F32, 1, shape[0]) } else { (WeightFormat::Q4_0, shape[0], shape[1]) };
+        let router = name.ends_with("block_sparse_moe.gate.weight");
+        let (format, rows, cols) = match shape[..] {
+            [n] => (WeightFormat::F32, 1, n),
+            [rows, cols] if router => (WeightFormat::F32, rows, cols),
+            [rows, cols] => (WeightFormat::Q4_0, rows, cols),
+            _ => return Err(crate::Error::Config { message: format!("synthetic tensor {name}: shape {shape:?}") }),
+        };
         let (payload, scales) = quant::gpu_size(format, rows, cols);
         let mut layout = GpuLayout { data: vec![0u8; payload], scales: Vec::with_capacity(scales) };
-        if format == WeightFormat::F32 {
+        if router {
+            for w in layout.data.chunks_exact_mut(4) {
+                let unit = (next() >> 40) as f32 / (1u64 << 24) as f32;
+                w.copy_from_slice(&(0.02 * unit - 0.01).to_le_bytes());
+            }
+        } else if format == WeightFormat::F32 {
             layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&1.0f32.to_le_bytes()));
         } else {
-            for word in layout.data.chunks_exact_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                word.copy_from_slice(&state.to_le_bytes());
-            }
+            layout.data.chunks_exact_mut(8).for_each(|word| word.copy_from_slice(&next().to_le_bytes()));
             let scale = half::f16::from_f32(0.02).to_le_bytes();
             while layout.scales.len() < scales {
                 layout.scales.extend_from_slice(&scale);
@@ -486,14 +556,14 @@ pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
     }
     let manifest = Manifest {
         format: FORMAT.into(),
-        name: "synthetic Phi-3-mini (random q4_0)".into(),
+        name: name.into(),
         config,
         tokenizer: None,
         chat_template: None,
         bos_token: None,
         eos_token: None,
         stop_token_ids: vec![32000],
-        quantization: "q4_0 for matrices, f32 for vectors".into(),
+        quantization: "q4_0 for matrices, f32 for vectors and routers".into(),
         source: "phi-web bench".into(),
         tensors,
         shards: writer.finish()?,

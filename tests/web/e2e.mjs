@@ -2,7 +2,8 @@
 // SmolLM2 served from a local server. Run by `make test-web` (part of `make
 // test`): node tests/web/e2e.mjs MODEL_DIR PHI_WEB_BINARY
 //
-// Checks: a greedy completion equals the native CLI's; streamed content equals
+// Checks: a greedy completion equals the native CLI's (SmolLM2, and a tiny
+// PhiMoE for the mixture-of-experts kernels); streamed content equals
 // the non-streamed; interrupt() and an AbortSignal stop a generation; a second
 // load fetches no shard bytes; a corrupted cached shard is refetched; a
 // corrupted shard or an HTML page on the server is an error naming the shard
@@ -15,7 +16,7 @@ import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { startServer } from "./server.mjs";
 
-const [modelDir, phiWeb, minilmDir] = process.argv.slice(2);
+const [modelDir, phiWeb, minilmDir, phimoeDir] = process.argv.slice(2);
 const root = new URL("../..", import.meta.url).pathname;
 const QUESTION = "What is the capital of France?";
 const figures = {};
@@ -25,14 +26,17 @@ function step(name) {
 }
 
 // The native engine's greedy answer, for comparison.
-const native = JSON.parse(
-  execFileSync(phiWeb, ["generate", modelDir, "--chat", "--prompt", QUESTION, "--max-tokens", "12", "--context", "512", "--json"], {
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "ignore"],
-  }),
-);
+const nativeAnswer = (dir) =>
+  JSON.parse(
+    execFileSync(phiWeb, ["generate", dir, "--chat", "--prompt", QUESTION, "--max-tokens", "12", "--context", "512", "--json"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }),
+  );
+const native = nativeAnswer(modelDir);
+const nativeMoe = nativeAnswer(phimoeDir);
 
-const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir } });
+const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir, phimoe: phimoeDir } });
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: [
@@ -302,6 +306,21 @@ try {
     return phiWeb.checkCachedModel("/models/smollm2/model.json");
   });
   assert.equal(deleted.shardsCached, 0);
+
+  // tests/data/tiny-phimoe (16 experts, sparsemixer, LongRoPE, window): prefill
+  // on the grouped expert matmul, decode on the expert matvec, in Chromium.
+  step("a mixture-of-experts model (tiny PhiMoE) answers as the native CLI does");
+  const moe = await page.evaluate(async (q) => {
+    const engine = await phiWeb.createEngine("/models/phimoe/model.json", { contextLength: 512 });
+    const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: q }], max_tokens: 12, temperature: 0 });
+    const stats = await engine.stats();
+    await engine.unload();
+    return { reply, stats };
+  }, QUESTION);
+  assert.equal(moe.reply.choices[0].message.content, nativeMoe.text);
+  assert.equal(moe.reply.usage.completion_tokens, nativeMoe.tokens.length);
+  assert.equal(moe.reply.usage.prompt_tokens, nativeMoe.stats.prompt_tokens);
+  figures.phimoe_decode_tokens_per_s = moe.stats.decode_tokens_per_s;
 
   step("an embedding model: embeddings.create matches transformers, and chat is refused");
   const reference = JSON.parse(readFileSync(`${root}tests/data/minilm-reference.json`, "utf8")).sentences;

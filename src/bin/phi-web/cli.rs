@@ -30,7 +30,7 @@ commands:
   inspect FILE|DIR     metadata and tensors of a GGUF file, a Hugging Face folder or a package
   info                 the GPU adapter, its features and limits as JSON
   bench [--out FILE] [--long] [--kernels-only]
-                       benchmark the kernels, SmolLM2 and a synthetic Phi-3-mini; JSON on
+                       benchmark the kernels, SmolLM2, a synthetic Phi-3-mini and Phi-mini-MoE; JSON on
                        stdout (and in FILE); --long adds the 1024-token Phi-3-mini prefill
   serve ROOT [--mount /PREFIX=DIR]... [--port N] [--host ADDR]
                        static server for a page using phi-web: application/wasm, COOP/COEP,
@@ -333,6 +333,13 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
         let plan = ModelBench { context: 1024, kv_cache, prompts: vec![], decode_contexts: vec![], decode_tokens: 0 };
         report.models.push(figure(dir, &plan)?);
     }
+    // Phi-mini-MoE's widths, 8 of its 32 layers (1.2 GB instead of 4.3): decode
+    // GB/s counts the active bytes (attention, routers, two experts, lm_head).
+    let dir = Path::new("target/bench/synthetic-phi-mini-moe");
+    eprintln!("  synthetic Phi-mini-MoE q4_0, 8 layers (writing it to {} once)", dir.display());
+    phi_web::bench::synthetic_phi_mini_moe(dir, 8).map_err(|e| e.to_string())?;
+    let plan = ModelBench { context: 4096, kv_cache: KvFormat::F16, prompts: vec![128], ..plan };
+    report.models.push(figure(dir, &plan)?);
     write_report(&report, out)
 }
 
