@@ -29,7 +29,7 @@ commands:
   verify DIR           check every shard's size and sha256, and the manifest's tensor table
   inspect FILE|DIR     metadata and tensors of a GGUF file, a Hugging Face folder or a package
   info                 the GPU adapter, its features and limits as JSON
-  bench [--out FILE] [--long] [--kernels-only]
+  bench [--out FILE] [--long] [--kernels-only] [--only smollm2|phi3-mini|phi-mini-moe]
                        benchmark the kernels, SmolLM2, a synthetic Phi-3-mini and Phi-mini-MoE; JSON on
                        stdout (and in FILE); --long adds the 1024-token Phi-3-mini prefill
   serve ROOT [--mount /PREFIX=DIR]... [--port N] [--host ADDR]
@@ -278,6 +278,11 @@ fn info(options: &GpuOptions) -> Result<(), String> {
 }
 
 fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(), String> {
+    let only = flag_value(args, "--only")?;
+    let models = ["smollm2", "phi3-mini", "phi-mini-moe"];
+    if let Some(name) = only.as_deref().filter(|name| !models.contains(name)) {
+        return Err(format!("--only {name}: the models are {}", models.join(", ")));
+    }
     let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
     let kernels = Kernels::new(&gpu);
     eprintln!("benchmarking on {}", gpu.adapter);
@@ -286,60 +291,62 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
     if args.iter().any(|a| a == "--kernels-only") {
         return write_report(&report, out);
     }
-    // End to end: SmolLM2 (converted from .models when present) and a
-    // synthetic Phi-3-mini (random q4_0 weights, the real shapes).
+    // End to end: SmolLM2 (converted from .models when present), a synthetic
+    // Phi-3-mini and a synthetic Phi-mini-MoE (random q4_0 weights, the real
+    // shapes); `--only NAME` runs one of them.
+    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let cpu = report.cpu_read_gbps_all_threads;
     let figure = |dir: &Path, plan: &ModelBench| {
         pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, plan, cpu, |s| eprintln!("    {s}")))
             .map_err(|e| e.to_string())
     };
-    let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if gguf.exists() {
-        eprintln!("  SmolLM2 end to end");
-        let dir = Path::new("target/bench/smollm2");
-        convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {}).map_err(|e| e.to_string())?;
-        let plan = ModelBench {
-            context: 4096,
-            kv_cache: KvFormat::F16,
-            prompts: vec![128, 1024],
-            decode_contexts: vec![64, 2048],
-            decode_tokens: 16,
-        };
-        report.models.push(figure(dir, &plan)?);
-        eprintln!("  SmolLM2 with an 8-bit KV cache");
-        let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
-        report.models.push(figure(dir, &plan)?);
-    } else {
-        eprintln!("  SmolLM2 skipped: run `make models`");
-    }
-    let dir = Path::new("target/bench/synthetic-phi3-mini");
-    eprintln!("  synthetic Phi-3-mini q4_0 (writing it to {} once)", dir.display());
-    phi_web::bench::synthetic_phi3_mini(dir).map_err(|e| e.to_string())?;
-    // A 1024-token Phi-3-mini prefill takes tens of minutes on a CPU adapter.
-    let prompts = if args.iter().any(|a| a == "--long") { vec![128, 1024] } else { vec![128] };
-    let plan = ModelBench {
+    let decode_plan = |prompts: Vec<usize>, decode_tokens: usize| ModelBench {
         context: 4096,
         kv_cache: KvFormat::F16,
         prompts,
         decode_contexts: vec![64, 2048],
-        decode_tokens: 4,
+        decode_tokens,
     };
-    report.models.push(figure(dir, &plan)?);
-    eprintln!("  synthetic Phi-3-mini with an 8-bit KV cache");
-    let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
-    report.models.push(figure(dir, &plan)?);
-    for kv_cache in KvFormat::ALL {
-        eprintln!("  synthetic Phi-3-mini GPU memory at a 1k context, {} KV cache", kv_cache.name());
-        let plan = ModelBench { context: 1024, kv_cache, prompts: vec![], decode_contexts: vec![], decode_tokens: 0 };
+    let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if want("smollm2") && gguf.exists() {
+        eprintln!("  SmolLM2 end to end");
+        let dir = Path::new("target/bench/smollm2");
+        convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {}).map_err(|e| e.to_string())?;
+        let plan = decode_plan(vec![128, 1024], 16);
         report.models.push(figure(dir, &plan)?);
+        eprintln!("  SmolLM2 with an 8-bit KV cache");
+        let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
+        report.models.push(figure(dir, &plan)?);
+    } else if want("smollm2") {
+        eprintln!("  SmolLM2 skipped: run `make models`");
     }
-    // Phi-mini-MoE's widths, 8 of its 32 layers (1.2 GB instead of 4.3): decode
-    // GB/s counts the active bytes (attention, routers, two experts, lm_head).
-    let dir = Path::new("target/bench/synthetic-phi-mini-moe");
-    eprintln!("  synthetic Phi-mini-MoE q4_0, 8 layers (writing it to {} once)", dir.display());
-    phi_web::bench::synthetic_phi_mini_moe(dir, 8).map_err(|e| e.to_string())?;
-    let plan = ModelBench { context: 4096, kv_cache: KvFormat::F16, prompts: vec![128], ..plan };
-    report.models.push(figure(dir, &plan)?);
+    if want("phi3-mini") {
+        let dir = Path::new("target/bench/synthetic-phi3-mini");
+        eprintln!("  synthetic Phi-3-mini q4_0 (writing it to {} once)", dir.display());
+        phi_web::bench::synthetic_phi3_mini(dir).map_err(|e| e.to_string())?;
+        // A 1024-token Phi-3-mini prefill takes tens of minutes on a CPU adapter.
+        let prompts = if args.iter().any(|a| a == "--long") { vec![128, 1024] } else { vec![128] };
+        let plan = decode_plan(prompts, 4);
+        report.models.push(figure(dir, &plan)?);
+        eprintln!("  synthetic Phi-3-mini with an 8-bit KV cache");
+        let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
+        report.models.push(figure(dir, &plan)?);
+        for kv_cache in KvFormat::ALL {
+            eprintln!("  synthetic Phi-3-mini GPU memory at a 1k context, {} KV cache", kv_cache.name());
+            let plan =
+                ModelBench { context: 1024, kv_cache, prompts: vec![], decode_contexts: vec![], decode_tokens: 0 };
+            report.models.push(figure(dir, &plan)?);
+        }
+    }
+    if want("phi-mini-moe") {
+        // Phi-mini-MoE's widths, 8 of its 32 layers (1.2 GB instead of 4.3):
+        // decode GB/s counts the active bytes (attention, routers, two
+        // experts per layer, lm_head), the floor of what a token must read.
+        let dir = Path::new("target/bench/synthetic-phi-mini-moe");
+        eprintln!("  synthetic Phi-mini-MoE q4_0, 8 layers (writing it to {} once)", dir.display());
+        phi_web::bench::synthetic_phi_mini_moe(dir, 8).map_err(|e| e.to_string())?;
+        report.models.push(figure(dir, &decode_plan(vec![128], 4))?);
+    }
     write_report(&report, out)
 }
 
