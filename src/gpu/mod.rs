@@ -219,9 +219,7 @@ impl Matrix {
     /// Writes `count` whole rows in GPU layout at row `first` of a stack.
     pub fn write_rows(&self, gpu: &Gpu, first: usize, count: usize, layout: &GpuLayout) -> Result<()> {
         let (data, scales) = quant::gpu_size(self.format, count, self.cols);
-        let scales = if self.scales_size == 0 { 0 } else { scales };
-        let (data_at, _) = quant::gpu_size(self.format, first, self.cols);
-        let scales_at = if scales == 0 { 0 } else { quant::gpu_size(self.format, first, self.cols).1 };
+        let (data_at, scales_at) = quant::gpu_size(self.format, first, self.cols);
         ensure_shape(
             first + count <= self.rows
                 && layout.data.len() == data

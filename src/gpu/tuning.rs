@@ -54,6 +54,17 @@ impl Tuning {
         }
     }
 
+    /// Rows one workgroup of `wg` invocations covers in matvec.wgsl (and moe_matvec.wgsl).
+    pub fn matvec_rows_per_wg(&self, wg: usize) -> usize {
+        wg / self.matvec_lanes * self.matvec_rows_per_thread
+    }
+
+    /// The (features, tokens) tile of a workgroup of `wg` invocations in
+    /// matmul_registers.wgsl (and moe_matmul_registers.wgsl).
+    pub fn register_tile(&self, wg: usize) -> (usize, usize) {
+        (self.matmul_wg_rows * self.matmul_rows_per_thread, wg / self.matmul_wg_rows * self.matmul_tokens_per_thread)
+    }
+
     /// WGSL constants put in front of matvec*.wgsl.
     pub fn matvec_constants(&self) -> String {
         format!("const ROWS_PER_THREAD: u32 = {}u;\n", self.matvec_rows_per_thread)

@@ -1,7 +1,8 @@
 //! The blocks every architecture is written in: `Linear` (row chunks,
 //! optional bias in the kernel's epilogue), `Norm` (RMS or Layer), `Rope`
 //! (plain, partial, LongRoPE), `Attention` over the KV cache (causal or
-//! sliding window; block-sparse comes with Phi-3-small) and the SwiGLU `Mlp`.
+//! sliding window; block-sparse comes with Phi-3-small), the SwiGLU `Mlp` and
+//! `LastRow` (the final norm and lm_head, at every position or the last).
 //! Each knows its shapes and records itself with `forward(r, input, output)`
 //! over the recorder's tokens.
 
@@ -164,6 +165,44 @@ fn inv_freq(config: &ModelConfig, factors: Option<&[f32]>) -> Vec<f32> {
             1.0 / (factors.map_or(1.0, |f| f[i]) * config.rope_theta.powf(exponent))
         })
         .collect()
+}
+
+/// Scratch for the logits of the last position only (generating): its
+/// residual row and that row normed, [H] each.
+pub struct LastRow {
+    residual: wgpu::Buffer, // [H]
+    normed: wgpu::Buffer,   // [H]
+    hidden: usize,
+}
+
+impl LastRow {
+    pub fn new(gpu: &Gpu, hidden: usize) -> Result<LastRow> {
+        let floats = |label: &str| gpu.storage(label, 4 * hidden as u64);
+        Ok(LastRow { residual: floats("last")?, normed: floats("last_norm")?, hidden })
+    }
+
+    /// logits = lm_head(norm(x)) for x [T, H]: at every position (`all`, with
+    /// h [T, H] as scratch), else at the last one only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logits(
+        &self,
+        r: &mut Recorder,
+        norm: &Norm,
+        lm_head: &Linear,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+        logits: &wgpu::Buffer,
+        all: bool,
+    ) -> Result<()> {
+        if all {
+            norm.forward(r, x, h)?;
+            return lm_head.forward(r, h, logits);
+        }
+        r.copy_last_row(x, &self.residual, self.hidden);
+        r.tokens = 1;
+        norm.forward(r, &self.residual, &self.normed)?;
+        lm_head.forward(r, &self.normed, logits)
+    }
 }
 
 /// Rotary embedding of the query and key heads of fused QKV rows (NeoX

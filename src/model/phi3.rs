@@ -4,7 +4,7 @@
 //! Llama's keep q/k/v and gate/up apart, and are written side by side into
 //! the same activation rows.
 
-use super::blocks::{Attention, Fused, KvCache, Linear, Mask, Mlp, MlpScratch, Norm, Rope};
+use super::blocks::{Attention, Fused, KvCache, LastRow, Linear, Mask, Mlp, MlpScratch, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::recorder::Recorder;
 use crate::config::{Architecture, ModelConfig};
@@ -22,13 +22,12 @@ struct Layer {
 
 /// Activations for up to `max_tokens` tokens per forward call.
 struct Scratch {
-    x: wgpu::Buffer,         // [T, H] residual stream
-    h: wgpu::Buffer,         // [T, H] normed input, then the block's output
-    qkv: wgpu::Buffer,       // [T, qkv width]
-    attn: wgpu::Buffer,      // [T, heads head_dim]
-    mlp: MlpScratch,         // [T, 2 I], [T, I]
-    last: wgpu::Buffer,      // [H] the last token's residual
-    last_norm: wgpu::Buffer, // [H]
+    x: wgpu::Buffer,    // [T, H] residual stream
+    h: wgpu::Buffer,    // [T, H] normed input, then the block's output
+    qkv: wgpu::Buffer,  // [T, qkv width]
+    attn: wgpu::Buffer, // [T, heads head_dim]
+    mlp: MlpScratch,    // [T, 2 I], [T, I]
+    last: LastRow,      // the last token's row, when generating
 }
 
 pub struct Phi3 {
@@ -88,8 +87,7 @@ impl Phi3 {
             qkv: floats("qkv", t * qkv_width)?,
             attn: floats("attn", t * c.num_heads * c.head_dim)?,
             mlp: MlpScratch::new(gpu, t, c.intermediate_size)?,
-            last: floats("last", h)?,
-            last_norm: floats("last_norm", h)?,
+            last: LastRow::new(gpu, h)?,
         };
         let mask = match c.sliding_window {
             Some(window) if window > 0 => Mask::SlidingWindow(window),
@@ -131,15 +129,7 @@ impl CausalLm for Phi3 {
             self.layer(r, layer, cache, i, pass.long_rope)?;
         }
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        if pass.all_logits {
-            self.norm.forward(r, &s.x, &s.h)?;
-            return lm_head.forward(r, &s.h, &io.logits);
-        }
-        // Generating: only the last token's logits.
-        r.copy_last_row(&s.x, &s.last, self.config.hidden_size);
-        r.tokens = 1;
-        self.norm.forward(r, &s.last, &s.last_norm)?;
-        lm_head.forward(r, &s.last_norm, &io.logits)
+        s.last.logits(r, &self.norm, lm_head, &s.x, &s.h, &io.logits, pass.all_logits)
     }
 
     fn weight_gpu_bytes(&self) -> u64 {

@@ -5,7 +5,7 @@
 //! the MLP. q, k and v are separate projections written side by side into
 //! one row, like Llama's.
 
-use super::blocks::{Attention, Fused, KvCache, Linear, Mask, Norm, Rope};
+use super::blocks::{Attention, Fused, KvCache, LastRow, Linear, Mask, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::moe::{MoeScratch, SparseMoe};
 use super::recorder::Recorder;
@@ -24,13 +24,12 @@ struct Layer {
 
 /// Activations for up to `max_tokens` tokens per forward call.
 struct Scratch {
-    x: wgpu::Buffer,         // [T, H] residual stream
-    h: wgpu::Buffer,         // [T, H] normed input, then the attention's output
-    qkv: wgpu::Buffer,       // [T, qkv width]
-    attn: wgpu::Buffer,      // [T, heads head_dim]
-    moe: MoeScratch,         // router logits, routes, expert activations
-    last: wgpu::Buffer,      // [H] the last token's residual
-    last_norm: wgpu::Buffer, // [H]
+    x: wgpu::Buffer,    // [T, H] residual stream
+    h: wgpu::Buffer,    // [T, H] normed input, then the attention's output
+    qkv: wgpu::Buffer,  // [T, qkv width]
+    attn: wgpu::Buffer, // [T, heads head_dim]
+    moe: MoeScratch,    // router logits, routes, expert activations
+    last: LastRow,      // the last token's row, when generating
 }
 
 pub struct PhiMoe {
@@ -75,8 +74,7 @@ impl PhiMoe {
             qkv: floats("qkv", t * qkv_width)?,
             attn: floats("attn", t * c.num_heads * c.head_dim)?,
             moe: MoeScratch::new(gpu, &moe, t, h, c.intermediate_size)?,
-            last: floats("last", h)?,
-            last_norm: floats("last_norm", h)?,
+            last: LastRow::new(gpu, h)?,
         };
         let mask = match c.sliding_window {
             Some(window) if window > 0 => Mask::SlidingWindow(window),
@@ -116,15 +114,7 @@ impl CausalLm for PhiMoe {
         for (i, layer) in self.layers.iter().enumerate() {
             self.layer(r, layer, cache, i, pass.long_rope)?;
         }
-        if pass.all_logits {
-            self.norm.forward(r, &s.x, &s.h)?;
-            return self.lm_head.forward(r, &s.h, &io.logits);
-        }
-        // Generating: only the last token's logits.
-        r.copy_last_row(&s.x, &s.last, self.config.hidden_size);
-        r.tokens = 1;
-        self.norm.forward(r, &s.last, &s.last_norm)?;
-        self.lm_head.forward(r, &s.last_norm, &io.logits)
+        s.last.logits(r, &self.norm, &self.lm_head, &s.x, &s.h, &io.logits, pass.all_logits)
     }
 
     fn weight_gpu_bytes(&self) -> u64 {

@@ -110,19 +110,12 @@ impl Kernels {
         } else if tokens == 1 {
             let (shader, rows_per_wg) = match self.subgroups {
                 true => (&MATVEC_SUBGROUP, MATVEC_SUBGROUP_ROWS_PER_WG),
-                false => (&MATVEC, MATVEC.wg / self.tuning.matvec_lanes * self.tuning.matvec_rows_per_thread),
+                false => (&MATVEC, self.tuning.matvec_rows_per_wg(MATVEC.wg)),
             };
             (shader, self.grid(w.rows.div_ceil(rows_per_wg)))
         } else {
-            let t = &self.tuning;
-            let (shader, (tile_rows, tile_tokens)) = match t.matmul_registers {
-                true => (
-                    &MATMUL_REGISTERS,
-                    (
-                        t.matmul_wg_rows * t.matmul_rows_per_thread,
-                        MATMUL_REGISTERS.wg / t.matmul_wg_rows * t.matmul_tokens_per_thread,
-                    ),
-                ),
+            let (shader, (tile_rows, tile_tokens)) = match self.tuning.matmul_registers {
+                true => (&MATMUL_REGISTERS, self.tuning.register_tile(MATMUL_REGISTERS.wg)),
                 false => (&MATMUL_WORKGROUP, WORKGROUP_TILE),
             };
             let (row_tiles, token_tiles) = (w.rows.div_ceil(tile_rows), tokens.div_ceil(tile_tokens));

@@ -159,23 +159,15 @@ impl Kernels {
         };
         let variant = Variant { weights: Some(w.format), ..Default::default() };
         if tokens == 1 {
-            let rows_per_wg = MOE_MATVEC.wg / self.tuning.matvec_lanes * self.tuning.matvec_rows_per_thread;
-            let groups = [rows.div_ceil(rows_per_wg) as u32, pairs as u32, 1];
+            let groups = [rows.div_ceil(self.tuning.matvec_rows_per_wg(MOE_MATVEC.wg)) as u32, pairs as u32, 1];
             let buffers = [(1, x), (2, y), (3, routing.routes)];
             return Ok(self.dispatch(&MOE_MATVEC, variant, &params, &buffers, w.bind_entries(), groups));
         }
         need("expert_linear", "groups", routing.groups, experts * 8)?;
         need("expert_linear", "order", routing.order, pairs * 4)?;
         // An expert takes each token at most once: its pairs fill at most T slots.
-        let t = &self.tuning;
-        let (shader, (tile_rows, tile_tokens)) = match t.matmul_registers {
-            true => (
-                &MOE_MATMUL_REGISTERS,
-                (
-                    t.matmul_wg_rows * t.matmul_rows_per_thread,
-                    MOE_MATMUL_REGISTERS.wg / t.matmul_wg_rows * t.matmul_tokens_per_thread,
-                ),
-            ),
+        let (shader, (tile_rows, tile_tokens)) = match self.tuning.matmul_registers {
+            true => (&MOE_MATMUL_REGISTERS, self.tuning.register_tile(MOE_MATMUL_REGISTERS.wg)),
             false => (&MOE_MATMUL, WORKGROUP_TILE),
         };
         let (row_tiles, token_tiles) = (rows.div_ceil(tile_rows), tokens.div_ceil(tile_tokens));
