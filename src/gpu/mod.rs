@@ -136,6 +136,24 @@ impl Matrix {
                 layout.scales.len()
             )
         })?;
+        let matrix = Matrix::allocate(gpu, label, format, rows, cols)?;
+        if data_size as u64 == matrix.data_size {
+            gpu.queue.write_buffer(&matrix.buffer, 0, &layout.data);
+        } else {
+            let mut padded = layout.data.clone();
+            padded.resize(matrix.data_size as usize, 0);
+            gpu.queue.write_buffer(&matrix.buffer, 0, &padded);
+        }
+        if scales_size > 0 {
+            gpu.queue.write_buffer(&matrix.buffer, matrix.scales_offset, &layout.scales[..scales_size]);
+        }
+        Ok(matrix)
+    }
+
+    /// The buffer of a [rows, cols] matrix in `format`, uninitialised: the
+    /// payload, then the scales at an aligned offset.
+    fn allocate(gpu: &Gpu, label: &str, format: WeightFormat, rows: usize, cols: usize) -> Result<Matrix> {
+        let (data_size, scales_size) = quant::gpu_size(format, rows, cols);
         // The readers bind vec4 arrays: an odd-sized f32/f16 matrix gets a
         // zero tail up to 16 bytes.
         let bound_size = data_size.next_multiple_of(16);
@@ -143,18 +161,7 @@ impl Matrix {
         gpu.check_buffer_size(label, scales_size as u64)?;
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
         let scales_offset = (bound_size as u64).next_multiple_of(align);
-        let total = scales_offset + scales_size as u64;
-        let buffer = gpu.storage(label, total)?;
-        if data_size == bound_size {
-            gpu.queue.write_buffer(&buffer, 0, &layout.data);
-        } else {
-            let mut padded = layout.data.clone();
-            padded.resize(bound_size, 0);
-            gpu.queue.write_buffer(&buffer, 0, &padded);
-        }
-        if scales_size > 0 {
-            gpu.queue.write_buffer(&buffer, scales_offset, &layout.scales[..scales_size]);
-        }
+        let buffer = gpu.storage(label, scales_offset + scales_size as u64)?;
         Ok(Matrix {
             format,
             rows,
@@ -199,21 +206,7 @@ impl Matrix {
         // Whole rows of every part start on 4-byte boundaries (write_buffer's
         // alignment) when the rows per part are even.
         ensure_shape(rows.is_multiple_of(2), "matrix stack", || format!("{label}: {rows} rows per part is odd"))?;
-        let (data_size, scales_size) = quant::gpu_size(format, parts * rows, cols);
-        gpu.check_buffer_size(label, data_size as u64)?;
-        gpu.check_buffer_size(label, scales_size as u64)?;
-        let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
-        let scales_offset = (data_size as u64).next_multiple_of(align);
-        let buffer = gpu.storage(label, scales_offset + scales_size as u64)?;
-        Ok(Matrix {
-            format,
-            rows: parts * rows,
-            cols,
-            buffer,
-            data_size: data_size as u64,
-            scales_offset,
-            scales_size: scales_size as u64,
-        })
+        Matrix::allocate(gpu, label, format, parts * rows, cols)
     }
 
     /// Writes `count` whole rows in GPU layout at row `first` of a stack.
