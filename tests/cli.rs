@@ -1,4 +1,4 @@
-//! The `phi-web` command as other tools use it: convert, verify, logits,
+//! The `phi-web` command as other tools use it: convert, verify, inspect, logits,
 //! generate, and their errors (exit status 1 and a message, never a panic).
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -150,4 +150,28 @@ fn chat_keeps_the_conversation_and_survives_an_overlong_turn() {
         stderr.lines().filter_map(|l| l.split(" reused").next()?.rsplit(' ').next()?.parse().ok()).collect();
     assert!(reused.len() == 2 && reused[0] == 0 && reused[1] > 30, "{stderr}");
     assert!(stderr.contains("error: ") && stderr.contains("context holds 128"), "{stderr}");
+}
+
+/// A PhiMoE package: `inspect` reports its experts and the bytes a token
+/// reads; it chats through Phi-3.5's template (14 prompt ids, as HF's
+/// tokenizer encodes the rendered prompt: scripts/make_tiny_models.py).
+#[test]
+fn phimoe_package_is_inspected_and_chats() {
+    let out = root().join("target").join("test-scratch").join("cli-phimoe");
+    let _ = std::fs::remove_dir_all(&out);
+    let input = root().join("tests").join("data").join("tiny-phimoe");
+    let o = phi_web(&["convert", input.to_str().unwrap(), out.to_str().unwrap(), "--quant", "q8_0"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = phi_web(&["inspect", out.to_str().unwrap()]);
+    let report = text(&o.stdout);
+    assert!(report.contains("experts: 16 per layer, 2 per token (sparsemixer, jitter 0.01)"), "{report}");
+    assert!(report.contains("a token reads"), "{report}");
+    let prompt = "What is the capital of France?";
+    let o = phi_web(&["generate", out.to_str().unwrap(), "--chat", "--prompt", prompt, "--max-tokens", "4", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["stats"]["prompt_tokens"], 14);
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 4);
+    let o = phi_web(&["bench", "--only", "phi-4"]);
+    assert!(o.status.code() == Some(1) && text(&o.stderr).contains("the models are"), "{}", text(&o.stderr));
 }
