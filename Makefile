@@ -33,7 +33,7 @@ test-web: setup-browser models demo-models
 	@[ -d tests/web/node_modules/vite ] || npm ci --prefix tests/web --no-audit --no-fund
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 >/dev/null
 	./target/release/phi-web convert .models/all-MiniLM-L6-v2 target/web-models/minilm >/dev/null
-	./target/release/phi-web convert tests/data/tiny-phimoe target/web-models/phimoe --quant q8_0 >/dev/null
+	./target/release/phi-web convert tests/data/tiny-phimoe target/web-models/phimoe --quant q8_0 --shard-mb 0.05 >/dev/null
 	./tests/web/vite-build.sh
 	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web target/web-models/minilm target/web-models/phimoe
 	node tests/web/demo.mjs target/release/phi-web

@@ -29,6 +29,14 @@ export interface EngineOptions {
   kvCache?: "f16" | "q8" | "f32";
   /** Use neither shader-f16 nor subgroups. */
   portable?: boolean;
+  /**
+   * Bytes of weights the GPU may hold (0, the default: all of them). A
+   * mixture of experts (PhiMoE) over the budget keeps attention, norms and
+   * routers on the GPU, and a cache of each layer's experts: the others are
+   * read from browser storage when a token routes to them. A budget below
+   * the resident part plus two experts per layer is a MemoryBudgetError.
+   */
+  gpuMemoryBudget?: number;
 }
 
 export interface ChatMessage {
@@ -85,6 +93,8 @@ export interface EngineStats {
   prefill_tokens_per_s?: number;
   decode_tokens_per_s?: number;
   ttft_ms?: number;
+  /** The expert cache's work in the last request (models whose experts do not all fit the budget). */
+  experts?: ExpertCacheStats;
   /** GPU memory in storage buffers: weights, scratch, KV cache. */
   gpuBytes: number;
   /** Weight bytes read per generated token. */
@@ -98,7 +108,21 @@ export interface EngineStats {
   loadMs: number;
   networkBytes: number;
   shardsFromCache: number;
+  /** Ranges read back from browser storage after loading (an expert cache's misses). */
+  storageRangeReads: number;
   wasmMemoryBytes: number;
+}
+
+export interface ExpertCacheStats {
+  experts_per_layer: number;
+  /** Experts each layer keeps on the GPU. */
+  resident_per_layer: number;
+  /** One per layer, forward call and expert a token routes to. */
+  lookups: number;
+  hits: number;
+  hit_rate: number;
+  uploaded_bytes: number;
+  uploaded_bytes_per_token: number;
 }
 
 export interface EmbeddingRequest {

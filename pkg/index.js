@@ -114,17 +114,22 @@ let completionCounter = 0;
 
 /**
  * Loads a model package (its model.json URL) and returns an engine.
- * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, kvCache = "f16" | "q8" | "f32", portable }
+ * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, kvCache = "f16" | "q8" | "f32",
+ *   portable, gpuMemoryBudget (bytes of weights on the GPU; a mixture of experts over it caches its experts) }
  */
 export async function createEngine(modelUrl, options = {}) {
   const { onProgress, worker = true, cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false } = options;
+  const { gpuMemoryBudget = 0 } = options;
+  if (!(Number.isFinite(gpuMemoryBudget) && gpuMemoryBudget >= 0)) {
+    throw namedError("TypeError", `gpuMemoryBudget: ${gpuMemoryBudget} is not a number of bytes (0: no budget)`);
+  }
   if (!["cache-api", "opfs", "none"].includes(cache)) {
     throw namedError("TypeError", `cache: "${cache}" is not supported; use "cache-api", "opfs" or "none"`);
   }
   if (!["f16", "q8", "f32"].includes(kvCache)) {
     throw namedError("TypeError", `kvCache: "${kvCache}" is not supported; use "f16", "q8" or "f32"`);
   }
-  const load = () => startBackend(modelUrl, { worker, cache, contextLength, kvCache, portable }, onProgress);
+  const load = () => startBackend(modelUrl, { worker, cache, contextLength, kvCache, portable, gpuMemoryBudget }, onProgress);
   return new PhiEngine(await load(), modelUrl, load);
 }
 

@@ -53,6 +53,11 @@ class CacheApiStore {
   async has(url) {
     return Boolean(await (await this.open).match(url));
   }
+  /** `length` bytes at `offset` of the entry, read through a Blob slice (not the whole entry). */
+  async slice(url, offset, length) {
+    const response = await (await this.open).match(url);
+    return response ? new Uint8Array(await (await response.blob()).slice(offset, offset + length).arrayBuffer()) : undefined;
+  }
   async put(url, bytes) {
     await (await this.open).put(url, new Response(bytes, { headers: { "content-type": "application/octet-stream" } }));
   }
@@ -83,6 +88,10 @@ class OpfsStore {
   }
   async has(url) {
     return Boolean(await this.file(url));
+  }
+  async slice(url, offset, length) {
+    const handle = await this.file(url);
+    return handle ? new Uint8Array(await (await handle.getFile()).slice(offset, offset + length).arrayBuffer()) : undefined;
   }
   async put(url, bytes) {
     // Written under a temporary name and renamed, so a half-written file is never found.
@@ -186,6 +195,7 @@ export class ShardStore {
       networkBytes: 0,
     };
     this.done = new Set();
+    this.rangeReads = 0; // reads served from the store by range after loading
   }
 
   url(i) {
@@ -220,6 +230,15 @@ export class ShardStore {
 
   /** `length` bytes from (shard, offset), continuing into later shards. */
   async read(shard, offset, length) {
+    // A shard loaded (and verified) before and no longer in memory: an expert
+    // cache's miss after loading. Read just the range from the store.
+    if (this.done.has(shard) && !this.pending.has(shard) && offset + length <= this.shards[shard].bytes) {
+      const bytes = await this.store?.slice(this.url(shard), offset, length);
+      if (bytes?.length === length) {
+        this.rangeReads += 1;
+        return bytes;
+      }
+    }
     if (shard < this.shards.length && offset + length <= this.shards[shard].bytes) {
       return (await this.shard(shard)).subarray(offset, offset + length); // no copy: wasm copies it once
     }

@@ -270,6 +270,18 @@ pub struct ModelFigure {
     pub decode: Vec<DecodeFigure>,
     /// Decode tokens/s at the longest context ÷ at the shortest.
     pub decode_long_over_short: f64,
+    /// The expert cache over the timed decode steps (a budget under the experts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expert_cache: Option<ExpertCacheFigure>,
+}
+
+#[derive(Serialize)]
+pub struct ExpertCacheFigure {
+    pub experts_per_layer: usize,
+    pub resident_per_layer: usize,
+    /// Of the (layer, token, expert) lookups of the timed decode steps.
+    pub decode_hit_rate: f64,
+    pub decode_uploaded_bytes_per_token: f64,
 }
 
 #[derive(Serialize)]
@@ -314,6 +326,8 @@ pub struct ModelBench {
     /// attention reads every cached position either way).
     pub decode_contexts: Vec<usize>,
     pub decode_tokens: usize,
+    /// Bytes of weights the GPU may hold (a mixture of experts over it caches them).
+    pub gpu_memory: Option<u64>,
 }
 
 fn random_ids(n: usize, vocab: u64, seed: u64) -> Vec<u32> {
@@ -336,10 +350,18 @@ pub async fn model_figure(
     mut progress: impl FnMut(&str),
 ) -> Result<ModelFigure> {
     use crate::formats::package::Package;
-    use crate::model::{Decoder, Logits};
+    use crate::model::{Decoder, DecoderOptions, ExpertStats, Logits};
     let package = Package::open(dir)?;
     let before = gpu.storage_bytes();
-    let decoder = Decoder::load(gpu, kernels, &package, plan.context, crate::engine::PREFILL_CHUNK, plan.kv_cache)?;
+    let decoder = Decoder::load(
+        gpu,
+        kernels,
+        &package,
+        &DecoderOptions {
+            gpu_memory: plan.gpu_memory,
+            ..DecoderOptions::new(plan.context, crate::engine::PREFILL_CHUNK, plan.kv_cache)
+        },
+    )?;
     let total = gpu.storage_bytes() - before;
     let memory = decoder.memory();
     let vocab = decoder.config.vocab_size as u64;
@@ -362,6 +384,8 @@ pub async fn model_figure(
     }
 
     let mut decode = Vec::new();
+    // The expert cache over the timed steps only (not the prefills filling the KV cache).
+    let (mut decode_cache, mut decoded) = (ExpertStats::default(), 0);
     for &context in &plan.decode_contexts {
         progress(&format!("decode at {context} tokens of context"));
         if !plan.prompts.contains(&context) {
@@ -370,6 +394,7 @@ pub async fn model_figure(
             decoder.forward(gpu, kernels, &ids, context - ids.len(), Logits::Last).await?;
         }
         let mut next = 1;
+        let cache_before = decoder.expert_stats().unwrap_or_default();
         let start = Instant::now();
         for step in 0..plan.decode_tokens {
             // Greedy, as generation decodes it: the GPU picks the token.
@@ -377,6 +402,9 @@ pub async fn model_figure(
             next = decoder.greedy_in_sequence(gpu, kernels, &[next], pos, pos + 1).await?;
         }
         let per_token = start.elapsed().as_secs_f64() / plan.decode_tokens.max(1) as f64;
+        let cache_after = decoder.expert_stats().unwrap_or_default();
+        decode_cache.add(&cache_after.since(&cache_before));
+        decoded += plan.decode_tokens;
         let kv_read = decoder.kv_bytes_per_position() * (context + plan.decode_tokens / 2) as u64;
         let bytes = decoder.weight_bytes() + kv_read;
         let gbps = bytes as f64 / per_token / 1e9;
@@ -405,6 +433,12 @@ pub async fn model_figure(
         prefill,
         decode_long_over_short: rate(decode.last()) / rate(decode.first()),
         decode,
+        expert_cache: decoder.expert_stats().map(|stats| ExpertCacheFigure {
+            experts_per_layer: stats.experts_per_layer,
+            resident_per_layer: stats.resident_per_layer,
+            decode_hit_rate: decode_cache.hit_rate(),
+            decode_uploaded_bytes_per_token: decode_cache.uploaded_bytes as f64 / decoded.max(1) as f64,
+        }),
     })
 }
 
@@ -511,7 +545,7 @@ fn synthetic_package(
     shapes: Vec<(String, Vec<usize>)>,
 ) -> Result<()> {
     use crate::formats::package::{Chunk, Manifest, ShardWriter, TensorEntry, FORMAT, MANIFEST};
-    if crate::formats::package::Package::open(dir).is_ok() {
+    if crate::formats::package::Package::open(dir).is_ok_and(|p| p.manifest.tokenizer.is_some()) {
         return Ok(());
     }
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
@@ -554,12 +588,19 @@ fn synthetic_package(
         let chunk = Chunk { rows, shard, offset, payload_bytes: payload as u64, scales_bytes: scales as u64 };
         tensors.push(TensorEntry { name, format: format.name().into(), shape, chunks: vec![chunk] });
     }
+    let tokenizer = "tokenizer.json";
+    let vocab = synthetic_tokenizer(config.vocab_size);
+    std::fs::write(dir.join(tokenizer), vocab).map_err(|e| crate::Error::io(&dir.join(tokenizer), e))?;
     let manifest = Manifest {
         format: FORMAT.into(),
         name: name.into(),
         config,
-        tokenizer: None,
-        chat_template: None,
+        tokenizer: Some(tokenizer.into()),
+        // Phi-3's template, so a browser bench can chat with it.
+        chat_template: Some(
+            "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}<|assistant|>\n"
+                .into(),
+        ),
         bos_token: None,
         eos_token: None,
         stop_token_ids: vec![32000],
@@ -570,6 +611,24 @@ fn synthetic_package(
     };
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| crate::Error::format(MANIFEST, e.to_string()))?;
     std::fs::write(dir.join(MANIFEST), json).map_err(|e| crate::Error::io(&dir.join(MANIFEST), e))
+}
+
+/// A word-level tokenizer.json of `vocab` made-up words ("t0" is the unknown
+/// one): synthetic weights have no real vocabulary, but a chat needs one.
+fn synthetic_tokenizer(vocab: usize) -> String {
+    let words: serde_json::Map<String, serde_json::Value> = (0..vocab).map(|i| (format!("t{i}"), i.into())).collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" },
+        "post_processor": null,
+        "decoder": null,
+        "model": { "type": "WordLevel", "vocab": words, "unk_token": "t0" },
+    })
+    .to_string()
 }
 
 /// The report as the Markdown table the README carries: per model, prefill
@@ -591,8 +650,17 @@ pub fn markdown(report: &KernelReport) -> String {
         let fraction: Vec<String> =
             m.decode.iter().map(|d| format!("{:.1} %", 100.0 * d.fraction_of_cpu_bandwidth)).collect();
         let or_dash = |v: Vec<String>| if v.is_empty() { "—".to_string() } else { v.join(", ") };
+        let cache = m.expert_cache.as_ref().map_or(String::new(), |c| {
+            format!(
+                ", expert cache {}/{} per layer (decode hit rate {:.2}, {:.1} MB uploaded per token)",
+                c.resident_per_layer,
+                c.experts_per_layer,
+                c.decode_hit_rate,
+                c.decode_uploaded_bytes_per_token / 1e6
+            )
+        });
         out += &format!(
-            "| {} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
+            "| {}{cache} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
             m.model,
             m.context,
             m.kv_cache,

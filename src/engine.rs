@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
-use crate::model::Decoder;
+use crate::model::{Decoder, DecoderOptions};
 use crate::sampler::SamplingOptions;
 use crate::session::{self, GenerateOptions, Generation, Interrupt, Session};
 use crate::tokenizer::{Message, Tokenizer};
@@ -28,6 +28,9 @@ pub struct EngineOptions {
     pub context: usize,
     pub kv_cache: KvFormat,
     pub gpu: GpuOptions,
+    /// Bytes of weights the GPU may hold (`--gpu-memory`, `gpuMemoryBudget`);
+    /// None: all of them. A mixture of experts over budget caches its experts.
+    pub gpu_memory: Option<u64>,
 }
 
 /// One generation request: the OpenAI fields the engine itself needs, with
@@ -88,7 +91,13 @@ impl Engine {
             0 => max.min(DEFAULT_CONTEXT),
             n => n.min(max),
         };
-        let decoder = Decoder::load_from(&gpu, &kernels, source, context, PREFILL_CHUNK, options.kv_cache).await?;
+        let plan = DecoderOptions {
+            capacity: context,
+            max_tokens: PREFILL_CHUNK,
+            kv: options.kv_cache,
+            gpu_memory: options.gpu_memory,
+        };
+        let decoder = Decoder::load_from(&gpu, &kernels, source, &plan).await?;
         Ok(Engine {
             gpu,
             kernels,

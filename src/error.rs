@@ -43,6 +43,11 @@ pub enum Error {
     #[error("unsupported {what}; supported: {supported}")]
     Unsupported { what: String, supported: String },
 
+    /// A GPU memory budget that cannot hold the resident weights plus the
+    /// smallest expert cache (each layer's experts-per-token experts).
+    #[error("a GPU memory budget of {budget} bytes is too small: the resident weights take {resident} bytes and the smallest expert cache ({per_token} experts of {expert} bytes in each of {layers} layers) {cache} more; allow at least {needed} bytes", cache = layers * per_token * expert, needed = resident + layers * per_token * expert)]
+    GpuMemoryBudget { budget: u64, resident: u64, expert: u64, per_token: u64, layers: u64 },
+
     /// A model configuration that is missing a key or disagrees with the weights.
     #[error("model config: {message}")]
     Config { message: String },
@@ -63,6 +68,7 @@ impl Error {
             Error::Quant { .. } | Error::Io { .. } | Error::Format { .. } => "ModelFormatError",
             Error::Unsupported { .. } => "UnsupportedError",
             Error::Config { .. } => "ModelConfigError",
+            Error::GpuMemoryBudget { .. } => "MemoryBudgetError",
         }
     }
 

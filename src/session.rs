@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernels};
-use crate::model::{Decoder, Logits};
+use crate::model::{Decoder, ExpertStats, Logits};
 use crate::sampler::{Sampler, SamplingOptions};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -109,6 +109,28 @@ pub struct Stats {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub ttft_ms: f64,
+    /// What the expert cache did in this generation (a mixture of experts
+    /// whose experts do not all fit the GPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertUse>,
+}
+
+/// An expert cache's work over some tokens.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpertUse {
+    #[serde(flatten)]
+    pub counts: ExpertStats,
+    pub hit_rate: f64,
+    pub uploaded_bytes_per_token: f64,
+}
+
+impl ExpertUse {
+    /// What the decoder's caches did since `before`, over `tokens` forwarded tokens.
+    pub fn since(decoder: &Decoder, before: Option<ExpertStats>, tokens: usize) -> Option<ExpertUse> {
+        let counts = decoder.expert_stats()?.since(&before.unwrap_or_default());
+        let uploaded_bytes_per_token = counts.uploaded_bytes as f64 / tokens.max(1) as f64;
+        Some(ExpertUse { counts, hit_rate: counts.hit_rate(), uploaded_bytes_per_token })
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -156,6 +178,8 @@ pub async fn generate(
     session.cached.truncate(reuse);
 
     let start = now_secs();
+    let experts_before = decoder.expert_stats();
+    let mut forwarded = prompt.len() - reuse; // tokens through the model, for per-token figures
     let mut context: Vec<u32> = prompt.to_vec();
     let greedy = options.sampling.is_greedy();
     let prefilled = prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt, greedy).await?;
@@ -173,6 +197,7 @@ pub async fn generate(
                 prefill_tokens_per_s: computed as f64 / ttft.max(1e-9),
                 decode_tokens_per_s: 0.0,
                 ttft_ms: ttft * 1e3,
+                experts: ExpertUse::since(decoder, experts_before, computed),
             },
         });
     };
@@ -212,6 +237,7 @@ pub async fn generate(
         next = if needs_long(context.len()) && !session.long {
             // Crossing into LongRoPE's long factors: recompute the whole cache.
             session.cached.clear();
+            forwarded += context.len();
             match prefill(gpu, kernels, decoder, session, &context, 0, &options.interrupt, greedy).await? {
                 Some(next) => next,
                 None => {
@@ -220,6 +246,7 @@ pub async fn generate(
                 }
             }
         } else {
+            forwarded += 1;
             let result = forward_step(gpu, kernels, decoder, &[id], pos, pos + 1, greedy).await;
             session.cached.push(id);
             result.inspect_err(|_| session.reset())?
@@ -237,6 +264,7 @@ pub async fn generate(
             prefill_tokens_per_s: (prompt.len() - reuse) as f64 / ttft.max(1e-9),
             decode_tokens_per_s: decoded as f64 / decode_secs.max(1e-9),
             ttft_ms: ttft * 1e3,
+            experts: ExpertUse::since(decoder, experts_before, forwarded),
         },
     })
 }

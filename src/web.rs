@@ -13,7 +13,7 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use crate::engine::{self, EngineOptions, Request};
 use crate::error::Error;
-use crate::formats::package::{parse_manifest, Manifest, ShardSource};
+use crate::formats::package::{parse_manifest, ChunkReader, Manifest, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::model::Encoder;
 use crate::tokenizer::Tokenizer;
@@ -66,6 +66,11 @@ impl ShardSource for JsShards {
         }
         Ok(bytes.to_vec())
     }
+
+    fn reader(&self) -> Option<Rc<dyn ChunkReader>> {
+        let (manifest, read) = (self.manifest.clone(), self.read.clone());
+        Some(Rc::new(JsShards { manifest, read, failure: RefCell::new(None) }))
+    }
 }
 
 fn describe(value: &JsValue) -> String {
@@ -100,7 +105,9 @@ impl Engine {
     /// Loads a model. `manifest`: model.json's text; `tokenizer`: tokenizer.json's
     /// bytes; `read(shard, offset, length) → Promise<Uint8Array>`; `context_length`
     /// 0 means the model's maximum capped at 4096; `kv_cache` "f16", "q8" or
-    /// "f32"; `portable` avoids shader-f16 and subgroups.
+    /// "f32"; `portable` avoids shader-f16 and subgroups; `gpu_memory_budget`
+    /// bytes of weights on the GPU (0: all of them; a mixture of experts over
+    /// it caches its experts and reads the others through `read`).
     pub fn create(
         manifest: String,
         tokenizer: Vec<u8>,
@@ -108,6 +115,7 @@ impl Engine {
         context_length: u32,
         kv_cache: String,
         portable: bool,
+        gpu_memory_budget: f64,
     ) -> Promise {
         future_to_promise(async move {
             let kv_cache = KvFormat::parse(&kv_cache).ok_or_else(|| {
@@ -118,7 +126,12 @@ impl Engine {
             })?;
             let (manifest, tokenizer) = open(&manifest, &tokenizer)?;
             let shards = JsShards { manifest, read, failure: RefCell::new(None) };
-            let options = EngineOptions { context: context_length as usize, kv_cache, gpu: gpu_options(portable) };
+            let options = EngineOptions {
+                context: context_length as usize,
+                kv_cache,
+                gpu: gpu_options(portable),
+                gpu_memory: (gpu_memory_budget >= 1.0).then_some(gpu_memory_budget as u64),
+            };
             let engine = match engine::Engine::load(&shards, Some(tokenizer), &options).await {
                 Ok(engine) => engine,
                 Err(e) => return Err(shards.failure.take().unwrap_or_else(|| js_error(e))),

@@ -12,7 +12,7 @@ use common::env;
 use phi_web::convert::{convert, ConvertOptions};
 use phi_web::formats::package::Package;
 use phi_web::gpu::KvFormat;
-use phi_web::model::{Decoder, Logits};
+use phi_web::model::{Decoder, DecoderOptions, ExpertSizes, ExpertStats, Logits};
 use phi_web::quant::WeightFormat;
 
 fn root() -> PathBuf {
@@ -63,7 +63,7 @@ fn run_with(package: &Package, ids: &[u32], chunk: usize, kv: KvFormat) -> Vec<f
     let env = env();
     // One-by-one decoding after a 5-token prefill keeps max_tokens at 5, so the
     // 8-position sliding window of tiny-phi3 runs in a ring of 13 slots.
-    let decoder = Decoder::load(&env.gpu, &env.kernels, package, 128, chunk, kv).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, package, &DecoderOptions::new(128, chunk, kv)).unwrap();
     let mut logits = Vec::new();
     let mut pos = 0;
     while pos < ids.len() {
@@ -176,6 +176,85 @@ fn tiny_phimoe_gguf_matches_transformers() {
     assert!(err <= 2e-5, "max |logit error| {err}");
 }
 
+/// Logits of `ids` with `gpu_memory` bytes of weights on the GPU: `chunk`
+/// tokens per prefill call, then one by one; and the expert caches' figures.
+fn run_budgeted(
+    package: &Package,
+    ids: &[u32],
+    chunk: usize,
+    gpu_memory: Option<u64>,
+) -> (Vec<f32>, Option<ExpertStats>) {
+    let env = env();
+    let options = DecoderOptions { gpu_memory, ..DecoderOptions::new(128, chunk, KvFormat::F32) };
+    let decoder = Decoder::load(&env.gpu, &env.kernels, package, &options).unwrap();
+    let mut logits = Vec::new();
+    let mut pos = 0;
+    while pos < ids.len() {
+        let n = if pos == 0 { chunk.min(ids.len()) } else { 1 };
+        let sequence = &ids[pos..pos + n];
+        let call = decoder.forward_in_sequence(&env.gpu, &env.kernels, sequence, pos, ids.len(), Logits::All);
+        logits.extend(pollster::block_on(call).unwrap());
+        pos += n;
+    }
+    (logits, decoder.expert_stats())
+}
+
+/// A budget that leaves 2 or 5 of the 16 experts per layer on the GPU
+/// (forced evictions; prefill chunks that route to more experts than the
+/// cache holds run in rounds) gives the logits of every expert resident:
+/// the same kernels over slots instead of experts, so equal bit for bit.
+#[test]
+fn an_expert_cache_gives_the_logits_of_all_experts_resident() {
+    let long = golden_file("tiny-phimoe", "golden-long.json");
+    for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+        let package = package("tiny-phimoe", format);
+        let sizes = ExpertSizes::of(&package).unwrap();
+        assert_eq!((sizes.experts, sizes.layers), (16, 2));
+        for (ids, chunk) in [(&long.ids[..], 64), (&long.ids[..12], 5)] {
+            let (resident, none) = run_budgeted(&package, ids, chunk, None);
+            assert_eq!(none, None, "every expert fits: no cache");
+            for slots in [2, 5] {
+                let (cached, stats) = run_budgeted(&package, ids, chunk, Some(sizes.budget_for(slots)));
+                let stats = stats.expect("a budget under the experts caches them");
+                let misses = stats.lookups - stats.hits;
+                eprintln!(
+                    "expert cache | tiny-phimoe {}, {} tokens (prefill {chunk}), {slots} of 16 slots | max |logit diff| {:.1e}, {} lookups, hit rate {:.2}, {} bytes uploaded",
+                    format.name(),
+                    ids.len(),
+                    max_abs_diff(&cached, &resident),
+                    stats.lookups,
+                    stats.hit_rate(),
+                    stats.uploaded_bytes
+                );
+                assert_eq!(stats.resident_per_layer, slots);
+                assert!(misses > (2 * slots) as u64, "evictions were forced: {misses} misses");
+                assert_eq!(stats.uploaded_bytes, misses * sizes.expert);
+                assert!(cached == resident, "{slots} slots: the logits differ by {}", max_abs_diff(&cached, &resident));
+            }
+        }
+    }
+}
+
+/// A budget below the resident part plus two experts per layer is refused,
+/// naming both sizes.
+#[test]
+fn an_expert_budget_too_small_is_a_clear_error() {
+    let env = env();
+    let package = package("tiny-phimoe", WeightFormat::F32);
+    let sizes = ExpertSizes::of(&package).unwrap();
+    let budget = sizes.budget_for(2) - 1;
+    let options = DecoderOptions { gpu_memory: Some(budget), ..DecoderOptions::new(128, 8, KvFormat::F32) };
+    let Err(error) = Decoder::load(&env.gpu, &env.kernels, &package, &options) else {
+        panic!("a budget of {budget} bytes loaded");
+    };
+    let message = error.to_string();
+    eprintln!("{message}");
+    assert_eq!(error.js_name(), "MemoryBudgetError");
+    for figure in [budget, sizes.resident, 2 * 2 * sizes.expert, sizes.budget_for(2)] {
+        assert!(message.contains(&figure.to_string()), "{message} names {figure}");
+    }
+}
+
 /// Embedding and lm_head stored as row chunks (as Phi-4-mini's 200k-row
 /// vocabulary must be) give the same logits.
 #[test]
@@ -233,7 +312,7 @@ fn greedy_on_the_gpu_picks_the_logits_argmax() {
     let env = env();
     let g = golden("tiny-phi3");
     let package = package("tiny-phi3", WeightFormat::F32);
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 128, 5, KvFormat::F16).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 5, KvFormat::F16)).unwrap();
     let mut pos = 0;
     while pos < g.ids.len() {
         let n = if pos == 0 { 5 } else { 1 };
@@ -329,7 +408,7 @@ fn smollm2_reference() -> Smollm2Reference {
 fn smollm2_logits(ids: &[u32], kv: KvFormat) -> Vec<f32> {
     let env = env();
     let package = Package::open(smollm2_package()).unwrap();
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 128, 64, kv).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 64, kv)).unwrap();
     let mut logits = Vec::new();
     for (i, chunk) in ids.chunks(64).enumerate() {
         logits.extend(pollster::block_on(decoder.forward(&env.gpu, &env.kernels, chunk, i * 64, Logits::All)).unwrap());
@@ -407,7 +486,8 @@ fn smollm2_answers_and_samples_reproducibly() {
     let tokenizer =
         Tokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), &package.manifest).unwrap();
     let env = env();
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 256, 64, KvFormat::F16).unwrap();
+    let decoder =
+        Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(256, 64, KvFormat::F16)).unwrap();
     let run = |prompt: &str, sampling: SamplingOptions, max_tokens: usize| {
         let ids = tokenizer.encode(prompt).unwrap();
         let options = GenerateOptions {
@@ -473,8 +553,8 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
     let (decoder, fresh) = (
-        Decoder::load(&env.gpu, &env.kernels, &package, 128, 16, KvFormat::F16).unwrap(),
-        Decoder::load(&env.gpu, &env.kernels, &package, 128, 128, KvFormat::F16).unwrap(),
+        Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 16, KvFormat::F16)).unwrap(),
+        Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 128, KvFormat::F16)).unwrap(),
     );
     let fresh_logits =
         |ids: &[u32]| pollster::block_on(fresh.forward(&env.gpu, &env.kernels, ids, 0, Logits::Last)).unwrap();
@@ -558,7 +638,7 @@ fn an_interrupt_ends_prefill_between_chunks() {
     let package = package("tiny-phi3", WeightFormat::F32);
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 128, 8, KvFormat::F16).unwrap(); // 8-token prefill chunks
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 8, KvFormat::F16)).unwrap(); // 8-token prefill chunks
     let ids = golden("tiny-phi3").ids;
     let options = GenerateOptions { max_tokens: 4, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session| {
@@ -590,7 +670,7 @@ fn a_ring_kv_cache_reuses_only_keys_it_still_holds() {
     let package = package("tiny-phi3", WeightFormat::F32);
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, 128, 4, KvFormat::F16).unwrap();
+    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 4, KvFormat::F16)).unwrap();
     let ids = golden("tiny-phi3").ids; // 16 ids: positions 0..15 fill the 12 slots and wrap
     let options = GenerateOptions { max_tokens: 6, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session, prompt: &[u32]| {

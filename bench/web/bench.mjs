@@ -15,7 +15,7 @@
 // gets {"error": "..."} instead of figures.
 
 import { spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
@@ -36,12 +36,14 @@ const log = (s) => console.error(`web bench | ${s}`);
 // runs whose names start with a or b (phi_web, wllama, transformers_js_wasm, ...).
 const only = process.env.BENCH_PEERS;
 const selected = (name) =>
-  !only || (only === "none" ? name === "phi_web" : only.split(",").some((prefix) => name.startsWith(prefix)));
+  !only || (only === "none" ? name.startsWith("phi_web") : only.split(",").some((prefix) => name.startsWith(prefix)));
 
 const modules = `${root}bench/web/node_modules`;
+const moeDir = `${root}target/bench/synthetic-phi-mini-moe`;
 const mounts = [
   `/pkg=${root}pkg`,
   `/models=${models}`,
+  ...(existsSync(`${moeDir}/model.json`) ? [`/models/phi-mini-moe=${moeDir}`] : []),
   `/wllama=${modules}/@wllama/wllama/esm`,
   `/transformers=${modules}/@huggingface/transformers/dist`,
   `/ort=${modules}/onnxruntime-web/dist`,
@@ -113,6 +115,44 @@ if (selected("phi_web")) await attempt("phi_web", () =>
       text: reply.choices[0].message.content,
     };
   }, { question: QUESTION, newTokens: NEW_TOKENS }));
+
+// A synthetic Phi-mini-MoE (real widths, 8 of 32 layers, random q4_0; served
+// from target/bench once `phi-web bench` wrote it): decode with every
+// expert resident and with half of each layer's experts cached, whose misses
+// read Cache Storage. GB/s counts the active bytes a token reads.
+if (selected("phi_web_moe") && existsSync(`${moeDir}/model.json`)) await attempt("phi_web_moe", () =>
+  page.evaluate(async ({ newTokens }) => {
+    const url = "/models/phi-mini-moe/model.json";
+    const manifest = await (await fetch(url)).json();
+    const tensorBytes = (t) => t.chunks.reduce((n, c) => n + c.payload_bytes + c.scales_bytes, 0);
+    const isExpert = (t) => t.name.includes(".block_sparse_moe.experts.");
+    const resident = manifest.tensors.filter((t) => !isExpert(t)).reduce((n, t) => n + tensorBytes(t), 0);
+    const expert = manifest.tensors
+      .filter((t) => t.name.startsWith("model.layers.0.block_sparse_moe.experts.0."))
+      .reduce((n, t) => n + tensorBytes(t), 0);
+    const run = async (gpuMemoryBudget) => {
+      const engine = await phiWeb.createEngine(url, { contextLength: 256, gpuMemoryBudget });
+      const reply = await engine.chat.completions.create({
+        messages: [{ role: "user", content: "t1 t2 t3 t4 t5 t6 t7 t8" }],
+        max_tokens: newTokens,
+        temperature: 0,
+      });
+      const stats = await engine.stats();
+      engine.unload();
+      return {
+        prompt_tokens: reply.usage.prompt_tokens,
+        completion_tokens: reply.usage.completion_tokens,
+        prefill_tokens_per_s: stats.prefill_tokens_per_s,
+        decode_tokens_per_s: stats.decode_tokens_per_s,
+        active_bytes_per_token: stats.weightBytes,
+        effective_gbps: (stats.weightBytes * stats.decode_tokens_per_s) / 1e9,
+        gpu_bytes: stats.gpuBytes,
+        load_ms: stats.loadMs,
+        expert_cache: stats.experts,
+      };
+    };
+    return { all_resident: await run(0), half_cached: await run(resident + manifest.config.num_layers * 8 * expert) };
+  }, { newTokens: 4 }));
 
 // wllama: its wasm CPU build with 1 and 2 threads, and its WebGPU backend.
 const peers = [

@@ -9,8 +9,11 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
+use std::future::Future;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -204,6 +207,24 @@ pub trait ShardSource {
     fn tensor(&self, name: &str) -> Option<&TensorEntry> {
         self.manifest().tensors.iter().find(|t| t.name == name)
     }
+
+    /// A handle that reads chunks again after loading (the expert cache
+    /// uploads an expert on a miss); None where the source cannot.
+    fn reader(&self) -> Option<Rc<dyn ChunkReader>> {
+        None
+    }
+}
+
+/// Reads chunks in GPU layout after loading: a package's files natively, the
+/// browser's Cache Storage in wasm.
+pub trait ChunkReader {
+    fn read_chunk<'a>(&'a self, chunk: &'a Chunk) -> Pin<Box<dyn Future<Output = Result<GpuLayout>> + 'a>>;
+}
+
+impl<S: ShardSource> ChunkReader for S {
+    fn read_chunk<'a>(&'a self, chunk: &'a Chunk) -> Pin<Box<dyn Future<Output = Result<GpuLayout>> + 'a>> {
+        Box::pin(self.chunk_layout(chunk))
+    }
 }
 
 impl ShardSource for Package {
@@ -214,9 +235,14 @@ impl ShardSource for Package {
     async fn read_bytes(&self, shard: usize, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.read(shard, offset, len)
     }
+
+    fn reader(&self) -> Option<Rc<dyn ChunkReader>> {
+        Some(Rc::new(self.clone()))
+    }
 }
 
 /// A package on disk.
+#[derive(Clone)]
 pub struct Package {
     pub dir: PathBuf,
     pub manifest: Manifest,

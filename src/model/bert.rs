@@ -165,7 +165,7 @@ impl Encoder {
         };
         let mut r = Recorder::new(k, t, &s.step);
         self.forward(&mut r, &s)?;
-        gpu.submit(&r.finish());
+        gpu.submit(&r.finish_commands());
         let states = gpu.read_f32("encoder hidden states", &s.h, t * h).await?;
         Ok(self.pool(&states, batch))
     }

@@ -5,10 +5,15 @@
 //! (`phi3.rs`, ...) provides its weights and records its forward pass through
 //! [`CausalLm`]; `session.rs` drives any of them through [`Decoder`].
 
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
 use super::blocks::KvCache;
+use super::expert_cache::ExpertStats;
 use super::phi3::Phi3;
 use super::phimoe::PhiMoe;
-use super::recorder::Recorder;
+use super::recorder::{Recorder, Segment};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
@@ -25,6 +30,23 @@ pub(crate) trait CausalLm {
     fn weight_gpu_bytes(&self) -> u64;
     /// Bytes of weights one decode step reads (for bandwidth figures).
     fn weight_read_bytes(&self) -> u64;
+    /// Runs layer `layer`'s `Segment::Experts` (an architecture with an
+    /// expert cache records them).
+    fn run_experts<'a>(
+        &'a self,
+        _gpu: &'a Gpu,
+        layer: usize,
+        _tokens: usize,
+        _commands: &'a [Command],
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>> {
+        Box::pin(async move {
+            Err(Error::Gpu { context: "forward".into(), message: format!("layer {layer} has no expert cache") })
+        })
+    }
+    /// What the expert caches did so far (None without one).
+    fn expert_stats(&self) -> Option<ExpertStats> {
+        None
+    }
 }
 
 /// What a forward pass records besides its token count.
@@ -42,6 +64,27 @@ pub(crate) struct LoadPlan {
     pub max_tokens: usize,
     /// Positions the KV cache holds.
     pub capacity: usize,
+    /// Bytes of weights the GPU may hold (an expert cache keeps the rest off it).
+    pub gpu_memory: Option<u64>,
+}
+
+/// How to load a decoder.
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderOptions {
+    /// Positions the KV cache holds.
+    pub capacity: usize,
+    /// Tokens one forward call may carry (longer prompts are chunked by the caller).
+    pub max_tokens: usize,
+    pub kv: KvFormat,
+    /// Bytes of weights the GPU may hold; None: all of them. A mixture of
+    /// experts that does not fit keeps a cache of each layer's experts.
+    pub gpu_memory: Option<u64>,
+}
+
+impl DecoderOptions {
+    pub fn new(capacity: usize, max_tokens: usize, kv: KvFormat) -> DecoderOptions {
+        DecoderOptions { capacity, max_tokens, kv, gpu_memory: None }
+    }
 }
 
 /// The buffers a forward call reads and writes, outside the architecture.
@@ -99,9 +142,9 @@ pub struct Decoder {
     model: Box<dyn CausalLm>,
     io: DecoderIo,
     cache: KvCache,
-    /// Command lists already recorded, by shape: a decode step replays one
-    /// instead of creating bind groups and uniform buffers for every token.
-    recorded: std::sync::Mutex<Vec<(RecordKey, Vec<Command>)>>,
+    /// Passes already recorded, by shape: a decode step replays one instead
+    /// of creating bind groups and uniform buffers for every token.
+    recorded: std::sync::Mutex<Vec<(RecordKey, Rc<Vec<Segment>>)>>,
 }
 
 impl Decoder {
@@ -113,11 +156,9 @@ impl Decoder {
         gpu: &Gpu,
         kernels: &Kernels,
         package: &crate::formats::package::Package,
-        capacity: usize,
-        max_tokens: usize,
-        kv: KvFormat,
+        options: &DecoderOptions,
     ) -> Result<Decoder> {
-        pollster::block_on(Decoder::load_from(gpu, kernels, package, capacity, max_tokens, kv))
+        pollster::block_on(Decoder::load_from(gpu, kernels, package, options))
     }
 
     /// `load` from any shard source (the browser's cache in wasm), tensor by
@@ -126,10 +167,9 @@ impl Decoder {
         gpu: &Gpu,
         kernels: &Kernels,
         source: &impl ShardSource,
-        capacity: usize,
-        max_tokens: usize,
-        kv: KvFormat,
+        options: &DecoderOptions,
     ) -> Result<Decoder> {
+        let DecoderOptions { capacity, max_tokens, kv, gpu_memory } = *options;
         let config = source.manifest().config.clone();
         let kv_dim = config.num_kv_heads * config.head_dim;
         if !kv.supports(kv_dim) || (kv == KvFormat::Q8 && !config.head_dim.is_multiple_of(KvFormat::Q8_BLOCK)) {
@@ -142,7 +182,7 @@ impl Decoder {
             });
         }
         let t = max_tokens.max(1);
-        let plan = LoadPlan { max_tokens: t, capacity };
+        let plan = LoadPlan { max_tokens: t, capacity, gpu_memory };
         let model: Box<dyn CausalLm> = match config.architecture {
             Architecture::Phi3 | Architecture::Llama => Box::new(Phi3::load(gpu, source, &plan).await?),
             Architecture::PhiMoe => Box::new(PhiMoe::load(gpu, source, &plan).await?),
@@ -171,7 +211,7 @@ impl Decoder {
         // Warm up: record (and so compile the pipelines of) a decode step and
         // a full prefill chunk; nothing else compiles.
         for tokens in [1, t] {
-            decoder.with_recorded(kernels, RecordKey { tokens, long_rope: false, readout: Readout::Argmax }, |_| ())?;
+            decoder.recorded(kernels, RecordKey { tokens, long_rope: false, readout: Readout::Argmax })?;
         }
         gpu.check()?;
         Ok(decoder)
@@ -196,7 +236,7 @@ impl Decoder {
         sequence_len: usize,
         which: Logits,
     ) -> Result<Vec<f32>> {
-        self.submit(gpu, k, ids, pos, sequence_len, Readout::Logits(which))?;
+        self.submit(gpu, k, ids, pos, sequence_len, Readout::Logits(which)).await?;
         match which {
             Logits::Last => gpu.read_mapped_f32("logits", &self.io.logits_readback, self.config.vocab_size).await,
             Logits::All => gpu.read_f32("logits", &self.io.logits, ids.len() * self.config.vocab_size).await,
@@ -213,12 +253,12 @@ impl Decoder {
         pos: usize,
         sequence_len: usize,
     ) -> Result<u32> {
-        self.submit(gpu, k, ids, pos, sequence_len, Readout::Argmax)?;
+        self.submit(gpu, k, ids, pos, sequence_len, Readout::Argmax).await?;
         let token = gpu.read_mapped_u32("token", &self.io.token_readback, 1).await?;
         Ok(token[0])
     }
 
-    fn submit(
+    async fn submit(
         &self,
         gpu: &Gpu,
         k: &Kernels,
@@ -250,12 +290,20 @@ impl Decoder {
         gpu.queue.write_buffer(&self.io.ids, 0, bytemuck::cast_slice(ids));
         gpu.set_step(&self.io.step, pos as u32);
         let long_rope = self.config.uses_long_rope(sequence_len.max(pos + t));
-        self.with_recorded(k, RecordKey { tokens: t, long_rope, readout }, |list| gpu.submit(list))?;
+        let pass = self.recorded(k, RecordKey { tokens: t, long_rope, readout })?;
+        for segment in pass.iter() {
+            match segment {
+                Segment::Gpu(commands) => {
+                    gpu.submit(commands);
+                }
+                Segment::Experts { layer, commands } => self.model.run_experts(gpu, *layer, t, commands).await?,
+            }
+        }
         Ok(())
     }
 
-    /// Runs `f` on the command list for `key`, recorded on first use.
-    fn with_recorded<T>(&self, k: &Kernels, key: RecordKey, f: impl FnOnce(&[Command]) -> T) -> Result<T> {
+    /// The recorded pass for `key`, recorded on first use.
+    fn recorded(&self, k: &Kernels, key: RecordKey) -> Result<Rc<Vec<Segment>>> {
         let mut recorded = self.recorded.lock().map_err(|_| Error::Gpu {
             context: "forward".into(),
             message: "an earlier forward call panicked".into(),
@@ -263,16 +311,16 @@ impl Decoder {
         match recorded.iter().position(|(k, _)| *k == key) {
             Some(i) => recorded[..=i].rotate_right(1), // most recent first
             None => {
-                let list = self.record(k, key)?;
+                let pass = Rc::new(self.record(k, key)?);
                 recorded.truncate(RECORDED_MAX - 1);
-                recorded.insert(0, (key, list));
+                recorded.insert(0, (key, pass));
             }
         }
-        Ok(f(&recorded[0].1))
+        Ok(recorded[0].1.clone())
     }
 
     /// One forward call's commands: the architecture's pass, then the readout.
-    fn record(&self, k: &Kernels, key: RecordKey) -> Result<Vec<Command>> {
+    fn record(&self, k: &Kernels, key: RecordKey) -> Result<Vec<Segment>> {
         let mut r = Recorder::new(k, key.tokens, &self.io.step);
         let all_logits = key.readout == Readout::Logits(Logits::All);
         self.model.record(&mut r, &self.io, &self.cache, Pass { long_rope: key.long_rope, all_logits })?;
@@ -316,5 +364,10 @@ impl Decoder {
     /// Bytes of weights a decode step reads (for bandwidth figures).
     pub fn weight_bytes(&self) -> u64 {
         self.model.weight_read_bytes()
+    }
+
+    /// What the expert caches did so far (None when every expert is resident).
+    pub fn expert_stats(&self) -> Option<ExpertStats> {
+        self.model.expert_stats()
     }
 }

@@ -1,20 +1,23 @@
 //! Model architectures: shared blocks (`blocks.rs`) recorded through a
 //! `Recorder`, one file per family whose forward pass reads like the
 //! reference modeling code (`phi3.rs`: Phi-3/3.5/4 and Llama; `phimoe.rs`:
-//! Phi-3.5-MoE and its SlimMoE descendants, on the experts of `moe.rs`;
+//! Phi-3.5-MoE and its SlimMoE descendants, on the experts of `moe.rs`
+//! and, when they do not all fit, `expert_cache.rs`;
 //! `bert.rs`: sentence encoders), and the `Decoder` that drives any generating
 //! architecture (KV cache, recorded lists, readout).
 
 mod bert;
 mod blocks;
 mod decoder;
+mod expert_cache;
 mod moe;
 mod phi3;
 mod phimoe;
 mod recorder;
 
 pub use bert::Encoder;
-pub use decoder::{Decoder, DecoderMemory, Logits};
+pub use decoder::{Decoder, DecoderMemory, DecoderOptions, Logits};
+pub use expert_cache::{ExpertSizes, ExpertStats};
 
 use crate::error::{Error, Result};
 use crate::formats::package::{ShardSource, TensorEntry};

@@ -5,14 +5,18 @@
 //! the MLP. q, k and v are separate projections written side by side into
 //! one row, like Llama's.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use super::blocks::{Attention, Fused, KvCache, LastRow, Linear, Mask, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
+use super::expert_cache::{total_stats, ExpertSizes, ExpertStats};
 use super::moe::{MoeScratch, SparseMoe};
 use super::recorder::Recorder;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
-use crate::gpu::Gpu;
+use crate::gpu::{Command, Gpu};
 
 struct Layer {
     input_layernorm: Norm,
@@ -48,6 +52,7 @@ impl PhiMoe {
         let c = source.manifest().config.clone();
         let moe = c.moe.clone().ok_or_else(|| Error::Config { message: "a phimoe config without experts".into() })?;
         let (h, eps, norm) = (c.hidden_size, c.norm_eps, c.norm);
+        let slots = ExpertSizes::of(source)?.slots(gpu, plan.gpu_memory)?;
         let biased = async |name: &str| Linear::load(gpu, source, name, c.attention_bias).await;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -61,8 +66,15 @@ impl PhiMoe {
                 ]),
                 o_proj: biased(&p("self_attn.o_proj")).await?,
                 post_attention_layernorm: Norm::load(gpu, source, &p("post_attention_layernorm"), norm, h, eps).await?,
-                block_sparse_moe: SparseMoe::load(gpu, source, &p("block_sparse_moe"), &moe, h, c.intermediate_size)
-                    .await?,
+                block_sparse_moe: SparseMoe::load(
+                    gpu,
+                    source,
+                    &p("block_sparse_moe"),
+                    &moe,
+                    [h, c.intermediate_size],
+                    slots,
+                )
+                .await?,
             });
         }
         let t = plan.max_tokens;
@@ -103,7 +115,7 @@ impl PhiMoe {
         layer.o_proj.forward(r, &s.attn, &s.h)?;
         r.add(&s.x, &s.h, h)?;
         layer.post_attention_layernorm.forward(r, &s.x, &s.h)?;
-        layer.block_sparse_moe.forward(r, &s.h, &s.moe, &s.x)
+        layer.block_sparse_moe.forward(r, i, &s.h, &s.moe, &s.x)
     }
 }
 
@@ -127,6 +139,26 @@ impl CausalLm for PhiMoe {
             })
             .sum();
         layers + self.embed_tokens.gpu_bytes() + self.norm.gpu_bytes() + self.lm_head.gpu_bytes()
+    }
+
+    fn run_experts<'a>(
+        &'a self,
+        gpu: &'a Gpu,
+        layer: usize,
+        tokens: usize,
+        commands: &'a [Command],
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>> {
+        Box::pin(async move {
+            let layer = self
+                .layers
+                .get(layer)
+                .ok_or_else(|| Error::Gpu { context: "expert cache".into(), message: format!("no layer {layer}") })?;
+            layer.block_sparse_moe.run_cached(gpu, &self.scratch.moe, tokens, commands).await
+        })
+    }
+
+    fn expert_stats(&self) -> Option<ExpertStats> {
+        total_stats(self.layers.iter().map(|l| l.block_sparse_moe.cache_stats()))
     }
 
     /// The active bytes: attention, the router and two experts per layer.

@@ -5,6 +5,16 @@
 use crate::error::Result;
 use crate::gpu::{Command, Dispatch, Kernels};
 
+/// A piece of a recorded forward pass.
+pub enum Segment {
+    /// Commands submitted as they are.
+    Gpu(Vec<Command>),
+    /// The expert matrices of a layer whose experts are cached (`expert_cache.rs`):
+    /// the host reads the layer's routes, uploads the experts they miss and
+    /// submits these commands once per round of experts that fit the cache.
+    Experts { layer: usize, commands: Vec<Command> },
+}
+
 pub struct Recorder<'a> {
     pub kernels: &'a Kernels,
     /// Tokens of this forward call (rows of every activation buffer). The
@@ -13,11 +23,12 @@ pub struct Recorder<'a> {
     /// The Step uniform: the position of the first token.
     pub step: &'a wgpu::Buffer,
     commands: Vec<Command>,
+    segments: Vec<Segment>,
 }
 
 impl<'a> Recorder<'a> {
     pub fn new(kernels: &'a Kernels, tokens: usize, step: &'a wgpu::Buffer) -> Recorder<'a> {
-        Recorder { kernels, tokens, step, commands: Vec::new() }
+        Recorder { kernels, tokens, step, commands: Vec::new(), segments: Vec::new() }
     }
 
     pub fn push(&mut self, dispatch: Dispatch) {
@@ -42,7 +53,30 @@ impl<'a> Recorder<'a> {
         self.copy(x, (self.tokens as u64 - 1) * row, last, row);
     }
 
-    pub fn finish(self) -> Vec<Command> {
+    /// Records what `f` records as layer `layer`'s cached experts: a
+    /// [`Segment::Experts`] between what came before and what follows.
+    pub fn experts(&mut self, layer: usize, f: impl FnOnce(&mut Recorder<'a>) -> Result<()>) -> Result<()> {
+        let before = std::mem::take(&mut self.commands);
+        if !before.is_empty() {
+            self.segments.push(Segment::Gpu(before));
+        }
+        f(self)?;
+        let commands = std::mem::take(&mut self.commands);
+        self.segments.push(Segment::Experts { layer, commands });
+        Ok(())
+    }
+
+    /// The recorded pass, in order.
+    pub fn finish(mut self) -> Vec<Segment> {
+        if !self.commands.is_empty() {
+            self.segments.push(Segment::Gpu(self.commands));
+        }
+        self.segments
+    }
+
+    /// The recorded commands of a pass without cached experts (the encoder's).
+    pub fn finish_commands(self) -> Vec<Command> {
+        debug_assert!(self.segments.is_empty(), "a pass with cached experts needs finish()");
         self.commands
     }
 }

@@ -3,7 +3,8 @@
 // test`): node tests/web/e2e.mjs MODEL_DIR PHI_WEB_BINARY
 //
 // Checks: a greedy completion equals the native CLI's (SmolLM2, and a tiny
-// PhiMoE for the mixture-of-experts kernels); streamed content equals
+// PhiMoE for the mixture-of-experts kernels, with every expert resident
+// and through an expert cache under a gpuMemoryBudget); streamed content equals
 // the non-streamed; interrupt() and an AbortSignal stop a generation; a second
 // load fetches no shard bytes; a corrupted cached shard is refetched; a
 // corrupted shard or an HTML page on the server is an error naming the shard
@@ -321,6 +322,55 @@ try {
   assert.equal(moe.reply.usage.completion_tokens, nativeMoe.tokens.length);
   assert.equal(moe.reply.usage.prompt_tokens, nativeMoe.stats.prompt_tokens);
   figures.phimoe_decode_tokens_per_s = moe.stats.decode_tokens_per_s;
+
+  // A gpuMemoryBudget that leaves 3 of the 16 experts per layer on the GPU:
+  // misses read the experts back from Cache Storage by range (the package
+  // has 50 kB shards, more than the loader keeps in memory) and evict others.
+  step("a budget under the experts: an expert cache answers as every expert resident does");
+  const manifest = JSON.parse(readFileSync(`${phimoeDir}/model.json`, "utf8"));
+  const tensorBytes = (t) => t.chunks.reduce((n, c) => n + c.payload_bytes + c.scales_bytes, 0);
+  const isExpert = (t) => t.name.includes(".block_sparse_moe.experts.");
+  const resident = manifest.tensors.filter((t) => !isExpert(t)).reduce((n, t) => n + tensorBytes(t), 0);
+  const expert = manifest.tensors
+    .filter((t) => t.name.startsWith("model.layers.0.block_sparse_moe.experts.0."))
+    .reduce((n, t) => n + tensorBytes(t), 0);
+  const budget = resident + manifest.config.num_layers * 3 * expert + Math.floor(expert / 2);
+  const cached = await page.evaluate(
+    async ({ q, budget }) => {
+      const engine = await phiWeb.createEngine("/models/phimoe/model.json", { contextLength: 512, gpuMemoryBudget: budget });
+      const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: q }], max_tokens: 12, temperature: 0 });
+      const stats = await engine.stats();
+      await engine.unload();
+      let tooSmall;
+      try {
+        await phiWeb.createEngine("/models/phimoe/model.json", { contextLength: 512, gpuMemoryBudget: 1000 });
+      } catch (e) {
+        tooSmall = { name: e.name, message: e.message };
+      }
+      return { reply, stats, tooSmall };
+    },
+    { q: QUESTION, budget },
+  );
+  const nativeCached = JSON.parse(
+    execFileSync(phiWeb, ["generate", phimoeDir, "--chat", "--prompt", QUESTION, "--max-tokens", "12", "--context", "512", "--json", "--gpu-memory", String(budget / 1e6)], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }),
+  );
+  assert.equal(cached.reply.choices[0].message.content, nativeMoe.text);
+  assert.equal(nativeCached.text, nativeMoe.text);
+  const experts = cached.stats.experts;
+  assert.equal(experts.resident_per_layer, 3);
+  assert.equal(experts.experts_per_layer, 16);
+  assert.ok(experts.lookups - experts.hits > 2 * 3, `evictions were forced: ${JSON.stringify(experts)}`);
+  assert.equal(experts.uploaded_bytes, (experts.lookups - experts.hits) * expert);
+  assert.equal(nativeCached.stats.experts.hits, experts.hits, "the browser's cache did what the native one did");
+  assert.ok(cached.stats.storageRangeReads > 0, "misses were read from Cache Storage by range");
+  assert.equal(cached.tooSmall?.name, "MemoryBudgetError");
+  assert.match(cached.tooSmall.message, new RegExp(`resident weights take ${resident} bytes`));
+  figures.phimoe_cached_hit_rate = experts.hit_rate;
+  figures.phimoe_cached_uploaded_bytes_per_token = experts.uploaded_bytes_per_token;
+  figures.phimoe_cached_decode_tokens_per_s = cached.stats.decode_tokens_per_s;
 
   step("an embedding model: embeddings.create matches transformers, and chat is refused");
   const reference = JSON.parse(readFileSync(`${root}tests/data/minilm-reference.json`, "utf8")).sentences;

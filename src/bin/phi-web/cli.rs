@@ -8,6 +8,7 @@ use phi_web::bench::ModelBench;
 use phi_web::convert::{self, ConvertOptions, Eta};
 use phi_web::formats::package::Package;
 use phi_web::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
+use phi_web::model::ExpertSizes;
 use phi_web::quant::WeightFormat;
 
 const USAGE: &str = "\
@@ -18,6 +19,7 @@ commands:
                        GGUF file or Hugging Face folder -> phi-web package (model.json + shards)
   generate MODEL_DIR --prompt TEXT [--chat] [--system TEXT] [--max-tokens N] [--temperature T]
            [--top-p P] [--top-k K] [--repetition-penalty R] [--seed S] [--stop TEXT]... [--context N] [--kv-cache f16|q8] [--json]
+           [--gpu-memory MB]
                        generate text (raw prompt, or one user message through the chat template)
   chat MODEL_DIR [--system TEXT] [sampling options as for generate]
                        interactive chat with streaming output; each turn reuses the KV cache
@@ -39,6 +41,8 @@ commands:
 options:
   --portable           use neither shader-f16 nor subgroups (the path every device has)
   --no-verify          (generate, chat, logits) skip the sha256 check of the shards when loading
+  --gpu-memory MB      (generate, chat, logits) weights the GPU may hold; a mixture of experts over
+                       it keeps each layer's other experts in the package and caches the used ones
 ";
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -104,8 +108,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// Arguments after the command that are neither flags nor flag values.
 fn positionals(args: &[String]) -> Vec<&String> {
-    const WITH_VALUE: [&str; 21] = [
+    const WITH_VALUE: [&str; 22] = [
         "--quant",
+        "--gpu-memory",
         "--kv-cache",
         "--shard-mb",
         "--out",
@@ -161,17 +166,19 @@ fn convert(input: &Path, out: &Path, args: &[String]) -> Result<(), String> {
             Some(WeightFormat::parse(&q).ok_or_else(|| format!("--quant {q}: expected q4_0, q4_1, q8_0, f16 or f32"))?)
         }
     };
-    let shard_mb: u64 = match flag_value(args, "--shard-mb")? {
-        None => 64,
-        Some(v) => {
-            v.parse().ok().filter(|&v| v > 0).ok_or_else(|| format!("--shard-mb {v}: expected a positive integer"))?
-        }
+    let shard_mb: f64 = match flag_value(args, "--shard-mb")? {
+        None => 64.0,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|&v: &f64| v * 1048576.0 >= 1.0)
+            .ok_or_else(|| format!("--shard-mb {v}: expected a positive number of MiB"))?,
     };
     let context: usize = match flag_value(args, "--context")? {
         None => 4096,
         Some(v) => v.parse().map_err(|_| format!("--context {v}: expected an integer"))?,
     };
-    let options = ConvertOptions { quant, shard_bytes: shard_mb << 20, ..Default::default() };
+    let options = ConvertOptions { quant, shard_bytes: (shard_mb * 1048576.0) as u64, ..Default::default() };
     let eta = Eta::default();
     let mut line = ProgressLine::default();
     let result = convert::convert(input, out, &options, &mut |p| {
@@ -306,6 +313,7 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
         prompts,
         decode_contexts: vec![64, 2048],
         decode_tokens,
+        gpu_memory: None,
     };
     let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if want("smollm2") && gguf.exists() {
@@ -333,8 +341,14 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
         report.models.push(figure(dir, &plan)?);
         for kv_cache in KvFormat::ALL {
             eprintln!("  synthetic Phi-3-mini GPU memory at a 1k context, {} KV cache", kv_cache.name());
-            let plan =
-                ModelBench { context: 1024, kv_cache, prompts: vec![], decode_contexts: vec![], decode_tokens: 0 };
+            let plan = ModelBench {
+                context: 1024,
+                kv_cache,
+                prompts: vec![],
+                decode_contexts: vec![],
+                decode_tokens: 0,
+                gpu_memory: None,
+            };
             report.models.push(figure(dir, &plan)?);
         }
     }
@@ -346,6 +360,11 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
         eprintln!("  synthetic Phi-mini-MoE q4_0, 8 layers (writing it to {} once)", dir.display());
         phi_web::bench::synthetic_phi_mini_moe(dir, 8).map_err(|e| e.to_string())?;
         report.models.push(figure(dir, &decode_plan(vec![128], 4))?);
+        // Half of each layer's experts on the GPU: misses read the package.
+        let sizes = Package::open(dir).and_then(|p| ExpertSizes::of(&p)).map_err(|e| e.to_string())?;
+        eprintln!("  synthetic Phi-mini-MoE with an expert cache of 8 of 16 experts per layer");
+        let plan = ModelBench { gpu_memory: Some(sizes.budget_for(8)), ..decode_plan(vec![128], 16) };
+        report.models.push(figure(dir, &plan)?);
     }
     write_report(&report, out)
 }

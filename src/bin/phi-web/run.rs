@@ -36,7 +36,14 @@ fn load(dir: &Path, args: &[String], options: &GpuOptions, tokenizer: bool) -> R
         true => Some(load_tokenizer(dir, &package)?),
         false => None,
     };
-    let options = EngineOptions { context, kv_cache, gpu: options.clone() };
+    let gpu_memory = match flag_value(args, "--gpu-memory")? {
+        None => None,
+        Some(mb) => Some(
+            mb.parse::<f64>().ok().filter(|mb| *mb > 0.0).ok_or(format!("--gpu-memory {mb}: expected megabytes"))?,
+        ),
+    };
+    let gpu_memory = gpu_memory.map(|mb| (mb * 1e6) as u64);
+    let options = EngineOptions { context, kv_cache, gpu: options.clone(), gpu_memory };
     pollster::block_on(Engine::load(&package, tokenizer, &options)).map_err(|e| e.to_string())
 }
 
