@@ -62,6 +62,20 @@ const exportNote =
   `(top-1 agreement with transformers ${agreement("model.onnx")}), q4 = onnxruntime's MatMulNBits re-quantization ` +
   `of them (agreement ${agreement("model_q4.onnx")}; the embedding stays f32).`;
 
+// The mixture of experts in Chromium (no peer runs PhiMoE): resident and cached.
+const moe = web.phi_web_moe;
+const moeRun = (r) =>
+  `${r.decode_tokens_per_s?.toFixed(3)} tok/s decode (${r.effective_gbps?.toFixed(2)} GB/s over ` +
+  `${(r.active_bytes_per_token / 1e6).toFixed(0)} MB of active weights a token)`;
+const moeNote = !moe
+  ? "Synthetic Phi-mini-MoE in Chromium: not run."
+  : moe.error
+    ? `Synthetic Phi-mini-MoE in Chromium: ${moe.error}`
+    : `Synthetic Phi-mini-MoE (its widths, 8 of 32 layers, random q4_0) in Chromium: every expert resident ` +
+      `${moeRun(moe.all_resident)}; 8 of 16 experts per layer cached ${moeRun(moe.half_cached)}, hit rate ` +
+      `${moe.half_cached.expert_cache?.hit_rate?.toFixed(2)}, ` +
+      `${(moe.half_cached.expert_cache?.uploaded_bytes_per_token / 1e6).toFixed(1)} MB uploaded per token (prefill included).`;
+
 const adapter = native.adapter ?? "?";
 const text = [
   `SmolLM2-135M-Instruct (the Q4_1 GGUF; phi-web converts it losslessly). Native phi-web on ${adapter};`,
@@ -71,6 +85,8 @@ const text = [
   "| figure | phi-web | peer | phi-web ÷ peer |",
   "|---|---|---|---|",
   ...rows,
+  "",
+  moeNote,
   "",
 ].join("\n");
 writeFileSync(`${dir}/peers.md`, text);

@@ -138,12 +138,45 @@ def phimoe_models(wanted):
                       "PhimoeForCausalLM, 16 experts top-2, GQA 4/2, LongRoPE with short/long mscale 1.1/1.3, "
                       "sliding window 48, biases, f32", long_input=True)
         write_chat_tokenizer(folder, config.vocab_size)
+    if wanted("tiny-phimoe") or wanted("tiny-phimoe-q8_0"):
+        save_quantized_reference(OUT / "tiny-phimoe", "q8_0")
     if wanted("tiny-phimoe-mha"):
         torch.manual_seed(4)
         model = randomise(PhimoeForCausalLM(PhimoeConfig(**moe_common, num_key_value_heads=4, num_local_experts=4)))
         folder = save(model, "tiny-phimoe-mha", torch.float32,
                       "PhimoeForCausalLM, 4 experts top-2, MHA, no rope scaling, biases, f32")
         write_phimoe_gguf(model, folder / "model.gguf")
+
+
+def save_quantized_reference(folder, quant):
+    """Logits of the model in `folder` with the weights `phi-web convert
+    --quant q8_0` quantizes (matrices whose rows are whole 32-column blocks,
+    not the routers) rounded through gguf's Q8_0 and back: transformers on
+    the same weights the quantized package holds (golden-q8_0.json)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    qtype = {"q8_0": GGMLQuantizationType.Q8_0}[quant]
+    model = PhimoeForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and param.shape[1] % 32 == 0 and not name.endswith("block_sparse_moe.gate.weight"):
+                values = param.numpy().astype(np.float32)
+                rounded = quants.dequantize(quants.quantize(values, qtype), qtype).reshape(values.shape)
+                param.copy_(torch.from_numpy(rounded))
+        logits = model(torch.tensor([INPUT_IDS])).logits[0].float()
+    logits_file = f"logits-{quant}.f32"
+    (folder / logits_file).write_bytes(logits.numpy().astype("<f4").tobytes())
+    golden = {
+        "note": f"the model's matrices (not the routers) rounded through gguf's {quant.upper()} and back, as "
+                f"`phi-web convert --quant {quant}` stores them; f32 arithmetic",
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "input_ids": INPUT_IDS,
+        "logits_file": logits_file,
+        "logits_shape": list(logits.shape),
+    }
+    (folder / f"golden-{quant}.json").write_text(json.dumps(golden, indent=2) + "\n")
 
 
 # Phi-3.5-mini/MoE's chat template (tokenizer_config.json of the published models).

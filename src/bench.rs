@@ -393,13 +393,15 @@ pub async fn model_figure(
             let ids = random_ids(context.min(decoder.max_tokens), vocab, 3);
             decoder.forward(gpu, kernels, &ids, context - ids.len(), Logits::Last).await?;
         }
-        let mut next = 1;
+        // Greedy, as generation decodes it (the GPU picks the token), but fed
+        // random tokens: random weights' greedy output repeats one token, whose
+        // routing an expert cache would hit every time.
+        let feed = random_ids(plan.decode_tokens, vocab, 11 + context as u64);
         let cache_before = decoder.expert_stats().unwrap_or_default();
         let start = Instant::now();
-        for step in 0..plan.decode_tokens {
-            // Greedy, as generation decodes it: the GPU picks the token.
+        for (step, &id) in feed.iter().enumerate() {
             let pos = context + step;
-            next = decoder.greedy_in_sequence(gpu, kernels, &[next], pos, pos + 1).await?;
+            decoder.greedy_in_sequence(gpu, kernels, &[id], pos, pos + 1).await?;
         }
         let per_token = start.elapsed().as_secs_f64() / plan.decode_tokens.max(1) as f64;
         let cache_after = decoder.expert_stats().unwrap_or_default();
@@ -575,7 +577,9 @@ fn synthetic_package(
                 w.copy_from_slice(&(0.02 * unit - 0.01).to_le_bytes());
             }
         } else if format == WeightFormat::F32 {
-            layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&1.0f32.to_le_bytes()));
+            // Norm weights 1, biases 0 (a LayerNorm bias of 1 would route every token alike).
+            let value = if name.ends_with(".bias") { 0.0f32 } else { 1.0 };
+            layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&value.to_le_bytes()));
         } else {
             layout.data.chunks_exact_mut(8).for_each(|word| word.copy_from_slice(&next().to_le_bytes()));
             let scale = half::f16::from_f32(0.02).to_le_bytes();
