@@ -190,3 +190,16 @@ export interface CacheOption {
 export function listCachedModels(options?: CacheOption): Promise<CachedModel[]>;
 export function checkCachedModel(modelUrl: string, options?: CacheOption): Promise<CachedModel>;
 export function deleteCachedModel(modelUrl: string, options?: CacheOption): Promise<boolean>;
+
+/** A mixture of experts' weights by where they may live, from its parsed model.json. */
+export interface ExpertSizes {
+  /** Bytes that stay on the GPU whatever the budget (attention, norms, routers, embeddings, head). */
+  resident: number;
+  /** Bytes of one expert (its three projections). */
+  expert: number;
+  layers: number;
+  experts: number;
+  /** The gpuMemoryBudget that leaves `slots` experts of each layer on the GPU. */
+  budgetFor(slots: number): number;
+}
+export function expertSizes(manifest: object): ExpertSizes;

@@ -6,7 +6,7 @@
 
 import { namedError } from "./loader.js";
 
-export { listCachedModels, checkCachedModel, deleteCachedModel } from "./loader.js";
+export { listCachedModels, checkCachedModel, deleteCachedModel, expertSizes } from "./loader.js";
 
 /** The engine in a Web Worker: the same calls as the in-page engine, as messages. */
 class WorkerBackend {

@@ -350,6 +350,25 @@ export class ShardStore {
   }
 }
 
+/**
+ * A mixture of experts' weights by where they may live (model.json, parsed):
+ * {resident, expert, layers, experts, budgetFor(slots)} — bytes that stay on
+ * the GPU, bytes of one expert, and the `gpuMemoryBudget` that leaves `slots`
+ * experts per layer on the GPU (as src/model/expert_cache.rs computes it).
+ */
+export function expertSizes(manifest) {
+  const experts = manifest.config?.moe?.experts;
+  if (!experts) throw namedError("InputError", `${manifest.name ?? "this model"} is not a mixture of experts`);
+  const bytes = (t) => t.chunks.reduce((n, c) => n + c.payload_bytes + c.scales_bytes, 0);
+  const isExpert = (t) => t.name.includes(".block_sparse_moe.experts.");
+  const resident = manifest.tensors.filter((t) => !isExpert(t)).reduce((n, t) => n + bytes(t), 0);
+  const expert = manifest.tensors
+    .filter((t) => t.name.startsWith("model.layers.0.block_sparse_moe.experts.0."))
+    .reduce((n, t) => n + bytes(t), 0);
+  const layers = manifest.config.num_layers;
+  return { resident, expert, layers, experts, budgetFor: (slots) => resident + layers * slots * expert };
+}
+
 /** Models with a cached model.json: [{url, bytes, shardsCached, shardsTotal, complete}]. */
 export async function listCachedModels({ cache = "cache-api" } = {}) {
   const store = openStore(cache);

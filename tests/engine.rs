@@ -1,7 +1,9 @@
 //! The engine against Hugging Face transformers: logits of the tiny models in
 //! tests/data (f32 packages within 2e-5 with the f32 KV cache, within 1e-3
 //! per unit of the largest |logit| with the f16 one; quantized packages by
-//! top-1 agreement and KL divergence), and SmolLM2 answering a real question.
+//! top-1 agreement and KL divergence, and PhiMoE's q8_0 against transformers
+//! on the same q8_0 weights), the expert cache against every expert
+//! resident, and SmolLM2 answering a real question.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -172,7 +174,9 @@ fn tiny_phimoe_q8_0_matches_transformers_on_the_same_weights() {
         let logits = run_with(&package, &g.ids, chunk, KvFormat::F32);
         let err = max_abs_diff(&logits, &g.logits);
         let rows = g.ids.len();
-        let agree = (0..rows).filter(|r| argmax(&logits[r * g.vocab..][..g.vocab]) == argmax(&g.logits[r * g.vocab..][..g.vocab])).count();
+        let agree = (0..rows)
+            .filter(|r| argmax(&logits[r * g.vocab..][..g.vocab]) == argmax(&g.logits[r * g.vocab..][..g.vocab]))
+            .count();
         eprintln!("parity | tiny-phimoe q8_0 against transformers on the q8_0 weights, f32 KV cache, prefill {chunk} then decode | max |logit error| {err:.3e} | top-1 {agree}/{rows}");
         assert!(err <= 2e-5, "prefill {chunk}: max |logit error| {err}");
         assert_eq!(agree, rows, "prefill {chunk}: top-1");

@@ -124,12 +124,6 @@ if (selected("phi_web_moe") && existsSync(`${moeDir}/model.json`)) await attempt
   page.evaluate(async ({ newTokens }) => {
     const url = "/models/phi-mini-moe/model.json";
     const manifest = await (await fetch(url)).json();
-    const tensorBytes = (t) => t.chunks.reduce((n, c) => n + c.payload_bytes + c.scales_bytes, 0);
-    const isExpert = (t) => t.name.includes(".block_sparse_moe.experts.");
-    const resident = manifest.tensors.filter((t) => !isExpert(t)).reduce((n, t) => n + tensorBytes(t), 0);
-    const expert = manifest.tensors
-      .filter((t) => t.name.startsWith("model.layers.0.block_sparse_moe.experts.0."))
-      .reduce((n, t) => n + tensorBytes(t), 0);
     const run = async (gpuMemoryBudget) => {
       const engine = await phiWeb.createEngine(url, { contextLength: 256, gpuMemoryBudget });
       const reply = await engine.chat.completions.create({
@@ -151,7 +145,7 @@ if (selected("phi_web_moe") && existsSync(`${moeDir}/model.json`)) await attempt
         expert_cache: stats.experts,
       };
     };
-    return { all_resident: await run(0), half_cached: await run(resident + manifest.config.num_layers * 8 * expert) };
+    return { all_resident: await run(0), half_cached: await run(phiWeb.expertSizes(manifest).budgetFor(8)) };
   }, { newTokens: 4 }));
 
 // wllama: its wasm CPU build with 1 and 2 threads, and its WebGPU backend.

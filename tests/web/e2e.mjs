@@ -15,6 +15,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { expertSizes } from "../../pkg/loader.js";
 import { startServer } from "./server.mjs";
 
 const [modelDir, phiWeb, minilmDir, phimoeDir] = process.argv.slice(2);
@@ -327,14 +328,9 @@ try {
   // misses read the experts back from Cache Storage by range (the package
   // has 50 kB shards, more than the loader keeps in memory) and evict others.
   step("a budget under the experts: an expert cache answers as every expert resident does");
-  const manifest = JSON.parse(readFileSync(`${phimoeDir}/model.json`, "utf8"));
-  const tensorBytes = (t) => t.chunks.reduce((n, c) => n + c.payload_bytes + c.scales_bytes, 0);
-  const isExpert = (t) => t.name.includes(".block_sparse_moe.experts.");
-  const resident = manifest.tensors.filter((t) => !isExpert(t)).reduce((n, t) => n + tensorBytes(t), 0);
-  const expert = manifest.tensors
-    .filter((t) => t.name.startsWith("model.layers.0.block_sparse_moe.experts.0."))
-    .reduce((n, t) => n + tensorBytes(t), 0);
-  const budget = resident + manifest.config.num_layers * 3 * expert + Math.floor(expert / 2);
+  const sizes = expertSizes(JSON.parse(readFileSync(`${phimoeDir}/model.json`, "utf8")));
+  const { resident, expert } = sizes;
+  const budget = sizes.budgetFor(3) + Math.floor(expert / 2);
   const cached = await page.evaluate(
     async ({ q, budget }) => {
       const engine = await phiWeb.createEngine("/models/phimoe/model.json", { contextLength: 512, gpuMemoryBudget: budget });
