@@ -105,6 +105,16 @@ class LocalEngine {
     return result;
   }
 
+  /** Logits of token ids as one sequence: Float32Array [ids.length * vocab]. */
+  async logits(ids) {
+    if (this.embedding) throw namedError("InputError", `${this.model} is an embedding model: it has no logits`);
+    try {
+      return await this.engine.logits(Uint32Array.from(ids));
+    } catch (e) {
+      throw asError(e);
+    }
+  }
+
   /** Overlapping token windows of `text`: [{start, end, tokens}] (UTF-16 offsets). */
   chunk(text, { maxTokens = 128, overlap = 32 } = {}) {
     if (!this.embedding) throw namedError("InputError", `${this.model} is not an embedding model`);
@@ -143,6 +153,7 @@ class LocalEngine {
       networkBytes: this.load.networkBytes,
       shardsFromCache: this.load.shardsFromCache,
       storageRangeReads: this.load.store.rangeReads,
+      expertCache: this.embedding ? null : JSON.parse(this.engine.expertCache()),
       wasmMemoryBytes: wasmMemoryBytes(),
     };
   }

@@ -108,6 +108,8 @@ export interface EngineStats {
   loadMs: number;
   networkBytes: number;
   shardsFromCache: number;
+  /** The expert cache since loading (null when every expert is resident). */
+  expertCache: Omit<ExpertCacheStats, "hit_rate" | "uploaded_bytes_per_token"> | null;
   /** Ranges read back from browser storage after loading (an expert cache's misses). */
   storageRangeReads: number;
   wasmMemoryBytes: number;
@@ -156,6 +158,8 @@ export interface Engine {
   interrupt(): Promise<void>;
   /** Forgets the conversation's KV cache. */
   resetChat(): Promise<void>;
+  /** Logits of token ids as one sequence from position 0: ids.length rows of the vocabulary. Forgets the KV cache. */
+  logits(tokenIds: number[] | Uint32Array): Promise<Float32Array>;
   stats(): Promise<EngineStats>;
   /** Frees GPU memory and ends the worker. */
   unload(): Promise<void>;

@@ -52,6 +52,9 @@ class WorkerBackend {
   chunk(text, options) {
     return this.call({ type: "chunk", text, options });
   }
+  logits(ids) {
+    return this.call({ type: "logits", ids });
+  }
   interrupt() {
     return this.call({ type: "interrupt" });
   }
@@ -87,6 +90,9 @@ class PageBackend {
   }
   async chunk(text, options) {
     return this.engine.chunk(text, options);
+  }
+  logits(ids) {
+    return this.engine.logits(ids);
   }
   async interrupt() {
     this.engine.interrupt();
@@ -280,6 +286,18 @@ class PhiEngine {
   /** Forgets the conversation's KV cache. */
   resetChat() {
     return this.backend.resetChat();
+  }
+
+  /**
+   * Logits of `tokenIds` as one sequence from position 0: a Float32Array of
+   * tokenIds.length rows of the vocabulary (for checks and research; chat
+   * does not need it). Forgets the conversation's KV cache.
+   */
+  logits(tokenIds) {
+    if (!Array.isArray(tokenIds) && !ArrayBuffer.isView(tokenIds)) {
+      return Promise.reject(namedError("TypeError", "logits(tokenIds): expected an array of token ids"));
+    }
+    return this.backend.logits(Array.from(tokenIds));
   }
 
   /** {prefill_tokens_per_s, decode_tokens_per_s, ttft_ms, gpuBytes, wasmMemoryBytes, …} */

@@ -5,8 +5,8 @@ import { loadEngine } from "./core.js";
 
 let engine;
 
-function post(message) {
-  self.postMessage(message);
+function post(message, transfer = []) {
+  self.postMessage(message, transfer);
 }
 
 function errorMessage(id, e) {
@@ -32,6 +32,11 @@ self.onmessage = async ({ data }) => {
       case "embed":
         post({ id, type: "result", value: await engine.embed(data.input) });
         break;
+      case "logits": {
+        const value = await engine.logits(data.ids);
+        post({ id, type: "result", value }, [value.buffer]);
+        break;
+      }
       case "chunk":
         post({ id, type: "result", value: engine.chunk(data.text, data.options) });
         break;

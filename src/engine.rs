@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
-use crate::model::{Decoder, DecoderOptions};
+use crate::model::{Decoder, DecoderOptions, Logits};
 use crate::sampler::SamplingOptions;
 use crate::session::{self, GenerateOptions, Generation, Interrupt, Session};
 use crate::tokenizer::{Message, Tokenizer};
@@ -159,6 +159,33 @@ impl Engine {
         let options = self.generate_options(request);
         let d = &self.decoder;
         session::generate(&self.gpu, &self.kernels, d, &mut session, tokenizer, prompt, &options, on_text).await
+    }
+
+    /// Logits of `ids` as one sequence from position 0, [T, vocab] row-major
+    /// (in prefill chunks; LongRoPE as for the whole sequence). The KV cache
+    /// is overwritten, so the conversation's is forgotten.
+    #[allow(clippy::await_holding_refcell_ref)] // the session lock, as in `complete`
+    pub async fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.gpu.check()?;
+        let mut session = self.session.try_borrow_mut().map_err(|_| Error::Shape {
+            op: "logits",
+            message: "a generation is running on this engine; await it or interrupt() it".into(),
+        })?;
+        session.reset();
+        let d = &self.decoder;
+        if ids.is_empty() || ids.len() > d.capacity {
+            return Err(Error::Shape {
+                op: "logits",
+                message: format!("{} token ids; the context takes 1 to {}", ids.len(), d.capacity),
+            });
+        }
+        let mut rows = Vec::with_capacity(ids.len() * d.config.vocab_size);
+        for (i, chunk) in ids.chunks(d.max_tokens).enumerate() {
+            let pos = i * d.max_tokens;
+            let call = d.forward_in_sequence(&self.gpu, &self.kernels, chunk, pos, ids.len(), Logits::All);
+            rows.extend(call.await?);
+        }
+        Ok(rows)
     }
 
     /// Ends the running generation at its next token (finish_reason "abort").

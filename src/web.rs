@@ -165,6 +165,24 @@ impl Engine {
         })
     }
 
+    /// Logits of the token ids `ids` as one sequence from position 0: a
+    /// Float32Array [T * vocab], row-major. Forgets the conversation's KV cache.
+    pub fn logits(&self, ids: Vec<u32>) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let rows = inner.logits(&ids).await.map_err(js_error)?;
+            Ok(js_sys::Float32Array::from(&rows[..]).into())
+        })
+    }
+
+    /// JSON: what the expert caches did since loading ({experts_per_layer,
+    /// resident_per_layer, lookups, hits, uploaded_bytes}), or null when
+    /// every expert is resident.
+    #[wasm_bindgen(js_name = expertCache)]
+    pub fn expert_cache(&self) -> String {
+        serde_json::to_string(&self.inner.decoder.expert_stats()).unwrap_or_else(|_| "null".into())
+    }
+
     /// Ends the running generation at its next token (finish_reason "abort").
     pub fn interrupt(&self) {
         self.inner.interrupt();

@@ -18,7 +18,7 @@ import { chromium } from "playwright-core";
 import { expertSizes } from "../../pkg/loader.js";
 import { startServer } from "./server.mjs";
 
-const [modelDir, phiWeb, minilmDir, phimoeDir] = process.argv.slice(2);
+const [modelDir, phiWeb, minilmDir, phimoeDir, phimoeF32Dir] = process.argv.slice(2);
 const root = new URL("../..", import.meta.url).pathname;
 const QUESTION = "What is the capital of France?";
 const figures = {};
@@ -38,7 +38,8 @@ const nativeAnswer = (dir) =>
 const native = nativeAnswer(modelDir);
 const nativeMoe = nativeAnswer(phimoeDir);
 
-const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir, phimoe: phimoeDir } });
+const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir, phimoe: phimoeDir, "phimoe-f32": phimoeF32Dir },
+});
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: [
@@ -367,6 +368,44 @@ try {
   figures.phimoe_cached_hit_rate = experts.hit_rate;
   figures.phimoe_cached_uploaded_bytes_per_token = experts.uploaded_bytes_per_token;
   figures.phimoe_cached_decode_tokens_per_s = cached.stats.decode_tokens_per_s;
+
+  // engine.logits() on the f32 package with the f32 KV cache, against
+  // transformers: 16 tokens, and 80 (past the original context of 64: the
+  // long factors and long_mscale, two prefill chunks); then with 2 of the 16
+  // experts per layer cached, which must give the same logits bit for bit.
+  step("tiny PhiMoE's logits in Chromium match transformers', every expert resident and cached");
+  const golden = (file) => {
+    const meta = JSON.parse(readFileSync(`${root}tests/data/tiny-phimoe/${file}`, "utf8"));
+    const bytes = readFileSync(`${root}tests/data/tiny-phimoe/${meta.logits_file}`);
+    return { ids: meta.input_ids, logits: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) };
+  };
+  const goldens = [golden("golden.json"), golden("golden-long.json")];
+  const f32Sizes = expertSizes(JSON.parse(readFileSync(`${phimoeF32Dir}/model.json`, "utf8")));
+  const parity = await page.evaluate(
+    async ({ sequences, budget }) => {
+      const run = async (gpuMemoryBudget) => {
+        const engine = await phiWeb.createEngine("/models/phimoe-f32/model.json", { contextLength: 128, kvCache: "f32", gpuMemoryBudget });
+        const out = [];
+        for (const ids of sequences) out.push(Array.from(await engine.logits(ids)));
+        const stats = await engine.stats();
+        await engine.unload();
+        return { logits: out, expertCache: stats.expertCache };
+      };
+      return { resident: await run(0), cached: await run(budget) };
+    },
+    { sequences: goldens.map((g) => g.ids), budget: f32Sizes.budgetFor(2) },
+  );
+  const maxDiff = (a, b) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
+  goldens.forEach((g, i) => {
+    const err = maxDiff(parity.resident.logits[i], g.logits);
+    figures[`phimoe_f32_logit_error_${g.ids.length}_tokens`] = err;
+    assert.equal(parity.resident.logits[i].length, g.logits.length);
+    assert.ok(err <= 2e-5, `${g.ids.length} tokens: max |logit error| ${err} against transformers`);
+    assert.deepEqual(parity.cached.logits[i], parity.resident.logits[i], `${g.ids.length} tokens: the cache changes the logits`);
+  });
+  assert.equal(parity.resident.expertCache, null);
+  assert.equal(parity.cached.expertCache?.resident_per_layer, 2);
+  assert.ok(parity.cached.expertCache.lookups - parity.cached.expertCache.hits > 4, "evictions were forced");
 
   step("an embedding model: embeddings.create matches transformers, and chat is refused");
   const reference = JSON.parse(readFileSync(`${root}tests/data/minilm-reference.json`, "utf8")).sentences;

@@ -6,7 +6,6 @@ use std::path::Path;
 use phi_web::engine::{Engine, EngineOptions, Request, DEFAULT_CONTEXT};
 use phi_web::formats::package::Package;
 use phi_web::gpu::{GpuOptions, KvFormat};
-use phi_web::model::Logits;
 use phi_web::tokenizer::{Message, Tokenizer};
 
 use crate::cli::flag_value;
@@ -172,24 +171,11 @@ pub fn logits(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), S
         Some(v) => Some(v.parse().map_err(|_| format!("--top {v}: expected an integer"))?),
     };
     let engine = load(dir, args, options, false)?;
-    let (decoder, gpu, kernels) = (&engine.decoder, &engine.gpu, &engine.kernels);
-    if ids.len() > decoder.capacity {
-        return Err(format!(
-            "{} tokens exceed the context of {}; pass --context {}",
-            ids.len(),
-            engine.decoder.capacity,
-            ids.len()
-        ));
-    }
-    let vocab = decoder.config.vocab_size;
-    let mut rows: Vec<f32> = Vec::with_capacity(ids.len() * vocab);
-    for (i, chunk) in ids.chunks(decoder.max_tokens).enumerate() {
-        let pos = i * decoder.max_tokens;
-        rows.extend(
-            pollster::block_on(decoder.forward_in_sequence(gpu, kernels, chunk, pos, ids.len(), Logits::All))
-                .map_err(|e| e.to_string())?,
-        );
-    }
+    let vocab = engine.decoder.config.vocab_size;
+    let rows = pollster::block_on(engine.logits(&ids)).map_err(|e| match ids.len() > engine.decoder.capacity {
+        true => format!("{e}; pass --context {}", ids.len()),
+        false => e.to_string(),
+    })?;
     let out = match top {
         None => serde_json::json!({ "logits": rows.chunks(vocab).collect::<Vec<_>>() }),
         Some(k) => {
