@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
-use std::time::Instant;
 
 use crate::config::{Architecture, ModelConfig, Pooling, PoolingMode};
 use crate::error::{Error, Result};
@@ -719,29 +718,4 @@ fn finish(writer: Writer, mut manifest: Manifest, out_dir: &Path, warnings: Vec<
         warnings,
         config: manifest.config,
     })
-}
-
-/// Wall-clock helper for the CLI's progress line.
-pub struct Eta {
-    start: Instant,
-}
-
-impl Default for Eta {
-    fn default() -> Self {
-        Eta { start: Instant::now() }
-    }
-}
-
-impl Eta {
-    pub fn elapsed(&self) -> f64 {
-        self.start.elapsed().as_secs_f64()
-    }
-
-    /// "37.5 / 98.4 MB, 45.1 MB/s, ETA 1s".
-    pub fn line(&self, done: u64, total: u64) -> String {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
-        let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
-        format!("{:.1} / {:.1} MB, {:.1} MB/s, ETA {:.0}s", done as f64 / 1e6, total as f64 / 1e6, rate / 1e6, eta)
-    }
 }

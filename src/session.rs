@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
+// std's Instant panics in wasm32-unknown-unknown; web-time's is performance.now() there.
+use web_time::Instant;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernels};
@@ -57,20 +59,6 @@ impl Interrupt {
 
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Seconds since an arbitrary start (`std::time::Instant` panics in
-/// wasm32-unknown-unknown, so the browser uses `Date.now()`).
-fn now_secs() -> f64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        js_sys::Date::now() / 1e3
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
     }
 }
 
@@ -177,13 +165,13 @@ pub async fn generate(
     }
     session.cached.truncate(reuse);
 
-    let start = now_secs();
+    let start = Instant::now();
     let experts_before = decoder.expert_stats();
     let mut forwarded = prompt.len() - reuse; // tokens through the model, for per-token figures
     let mut context: Vec<u32> = prompt.to_vec();
     let greedy = options.sampling.is_greedy();
     let prefilled = prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt, greedy).await?;
-    let ttft = now_secs() - start;
+    let ttft = start.elapsed().as_secs_f64();
     let Some(mut next) = prefilled else {
         // Interrupted during the prompt: what was computed stays cached.
         let computed = session.cached.len() - reuse;
@@ -206,7 +194,7 @@ pub async fn generate(
     let mut detokenizer = Detokenizer::default();
     let (mut tokens, mut text) = (Vec::new(), String::new());
     let mut finish_reason = "length";
-    let decode_start = now_secs();
+    let decode_start = Instant::now();
     while tokens.len() < options.max_tokens {
         if options.interrupt.is_set() {
             finish_reason = "abort";
@@ -252,7 +240,7 @@ pub async fn generate(
             result.inspect_err(|_| session.reset())?
         };
     }
-    let decode_secs = now_secs() - decode_start;
+    let decode_secs = decode_start.elapsed().as_secs_f64();
     let decoded = tokens.len().saturating_sub(1).max(1);
     Ok(Generation {
         text,

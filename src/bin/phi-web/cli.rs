@@ -1,196 +1,425 @@
-//! Command dispatch and the commands that need more than a few lines.
+//! The command line: clap's derive parser (per-command help with examples,
+//! typed values, `help <command>`, shell completions), how a failure becomes
+//! an exit code, and the commands that need more than a few lines.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use phi_web::bench::ModelBench;
-use phi_web::convert::{self, ConvertOptions, Eta};
+use phi_web::convert::{self, ConvertOptions};
+use phi_web::engine::{Request, DEFAULT_CONTEXT};
 use phi_web::formats::package::Package;
 use phi_web::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use phi_web::model::ExpertSizes;
 use phi_web::quant::WeightFormat;
 
-const USAGE: &str = "\
-usage: phi-web <command> [options]
+const EXIT_CODES: &str = "\
+Exit codes: 0 success; 1 the command failed (the message starts with the
+error's kind, as JavaScript names it: ModelFormatError, GPUError, ...);
+2 bad usage (an unknown command or flag, a value that does not parse).";
 
-commands:
-  convert INPUT OUT_DIR [--quant q4_0|q4_1|q8_0|f16|f32] [--shard-mb 64] [--context N]
-                       GGUF file or Hugging Face folder -> phi-web package (model.json + shards)
-  generate MODEL_DIR --prompt TEXT [--chat] [--system TEXT] [--max-tokens N] [--temperature T]
-           [--top-p P] [--top-k K] [--repetition-penalty R] [--seed S] [--stop TEXT]... [--context N] [--kv-cache f16|q8] [--json]
-           [--gpu-memory MB]
-                       generate text (raw prompt, or one user message through the chat template)
-  chat MODEL_DIR [--system TEXT] [sampling options as for generate]
-                       interactive chat with streaming output; each turn reuses the KV cache
-  embed MODEL_DIR (--text TEXT | --file FILE)
-                       sentence embeddings (BERT-family package) as JSON: one embedding for
-                       --text, or one line with index and embedding per line of FILE
-  logits MODEL_DIR --tokens 1,2,3 [--top K]
-                       logits of one sequence as JSON, one row per position
-  verify DIR           check every shard's size and sha256, and the manifest's tensor table
-  inspect FILE|DIR     metadata and tensors of a GGUF file, a Hugging Face folder or a package
-  info                 the GPU adapter, its features and limits as JSON
-  bench [--out FILE] [--long] [--kernels-only] [--only smollm2|phi3-mini|phi-mini-moe]
-                       benchmark the kernels, SmolLM2, a synthetic Phi-3-mini and Phi-mini-MoE; JSON on
-                       stdout (and in FILE); --long adds the 1024-token Phi-3-mini prefill
-  serve ROOT [--mount /PREFIX=DIR]... [--port N] [--host ADDR]
-                       static server for a page using phi-web: application/wasm, COOP/COEP,
-                       range requests, no listings; port from --port, $PORT or 8080
+#[derive(Parser)]
+#[command(name = "phi-web", version, about = "Phi models on WebGPU: convert, run, serve and benchmark them", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Use neither shader-f16 nor subgroups (the path every device has).
+    #[arg(long, global = true)]
+    portable: bool,
+    #[command(subcommand)]
+    command: Command,
+}
 
-options:
-  --portable           use neither shader-f16 nor subgroups (the path every device has)
-  --no-verify          (generate, chat, logits) skip the sha256 check of the shards when loading
-  --gpu-memory MB      (generate, chat, logits) weights the GPU may hold; a mixture of experts over
-                       it keeps each layer's other experts in the package and caches the used ones
-";
+#[derive(Subcommand)]
+enum Command {
+    /// GGUF file or Hugging Face folder -> phi-web package (model.json + shards).
+    #[command(after_help = "Examples:\n  phi-web convert Phi-3.5-mini-instruct-Q4_0.gguf phi-3.5-mini/\n  \
+                            phi-web convert ~/hf/Phi-3-mini-4k-instruct phi-3-mini/ --quant q4_0")]
+    Convert(ConvertArgs),
+    /// Generate text: the prompt raw, or with --chat one user message through the chat template.
+    #[command(
+        after_help = "Examples:\n  phi-web generate smollm2/ --chat --prompt \"What is the capital of France?\"\n  \
+                            phi-web generate smollm2/ --prompt \"Once upon a time\" --max-tokens 64 --json"
+    )]
+    Generate(GenerateArgs),
+    /// Interactive chat, streamed; each turn reuses the KV cache (/reset, /exit).
+    #[command(after_help = "Example:\n  phi-web chat smollm2/ --system \"Answer in one sentence.\"")]
+    Chat(ChatArgs),
+    /// Sentence embeddings (BERT-family package) as JSON lines.
+    #[command(
+        after_help = "Examples:\n  phi-web embed minilm/ --text \"A sentence\"\n  phi-web embed minilm/ --file lines.txt"
+    )]
+    Embed(EmbedArgs),
+    /// Logits of one sequence as JSON, one row per position.
+    #[command(after_help = "Example:\n  phi-web logits smollm2/ --tokens 1,2,3 --top 5")]
+    Logits(LogitsArgs),
+    /// Check every shard's size and sha256, and the manifest's tensor table.
+    #[command(after_help = "Example:\n  phi-web verify smollm2/")]
+    Verify {
+        /// A package folder.
+        dir: PathBuf,
+    },
+    /// Metadata and tensors of a GGUF file, a Hugging Face folder or a package.
+    #[command(after_help = "Example:\n  phi-web inspect model.gguf")]
+    Inspect {
+        /// A GGUF file, a Hugging Face folder or a package folder.
+        path: PathBuf,
+    },
+    /// The GPU adapter, its features and limits as JSON.
+    Info,
+    /// Benchmark the kernels, SmolLM2, a synthetic Phi-3-mini and Phi-mini-MoE (JSON on stdout).
+    #[command(
+        after_help = "Examples:\n  phi-web bench --kernels-only\n  phi-web bench --only phi-mini-moe --out target/bench/moe.json"
+    )]
+    Bench(BenchArgs),
+    /// Static server for a page using phi-web: application/wasm, COOP/COEP, ranges, no listings.
+    #[command(
+        after_help = "Example:\n  phi-web serve web --mount /pkg=pkg --mount /models=target/demo/models --port 8080"
+    )]
+    Serve(ServeArgs),
+    /// A shell completion script on stdout.
+    #[command(
+        after_help = "Example:\n  phi-web completions bash > ~/.local/share/bash-completion/completions/phi-web"
+    )]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let portable = args.iter().any(|a| a == "--portable");
-    let gpu_options = GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() };
-    let positional: Vec<&String> = positionals(args);
-    match args.first().map(String::as_str) {
-        Some("convert") => match positional.as_slice() {
-            [input, out] => convert(Path::new(input), Path::new(out), args),
-            _ => Err(format!("convert needs INPUT and OUT_DIR\n\n{USAGE}")),
-        },
-        Some("generate") => match positional.as_slice() {
-            [dir] => crate::run::generate(Path::new(dir), args, &gpu_options),
-            _ => Err(format!("generate needs a package folder\n\n{USAGE}")),
-        },
-        Some("chat") => match positional.as_slice() {
-            [dir] => crate::run::chat(Path::new(dir), args, &gpu_options),
-            _ => Err(format!("chat needs a package folder\n\n{USAGE}")),
-        },
-        Some("embed") => match positional.as_slice() {
-            [dir] => crate::embed::embed(Path::new(dir), args, &gpu_options),
-            _ => Err(format!("embed needs a package folder\n\n{USAGE}")),
-        },
-        Some("logits") => match positional.as_slice() {
-            [dir] => crate::run::logits(Path::new(dir), args, &gpu_options),
-            _ => Err(format!("logits needs a package folder\n\n{USAGE}")),
-        },
-        Some("verify") => match positional.as_slice() {
-            [dir] => verify(Path::new(dir)),
-            _ => Err(format!("verify needs a package folder\n\n{USAGE}")),
-        },
-        Some("inspect") => match positional.as_slice() {
-            [path] => {
-                let text = crate::inspect::inspect(Path::new(path)).map_err(|e| e.to_string())?;
-                // A closed pipe (`| head`) is not an error worth a panic.
-                let _ = std::io::stdout().write_all(text.as_bytes());
-                Ok(())
-            }
-            _ => Err(format!("inspect needs a GGUF file, a Hugging Face folder or a package\n\n{USAGE}")),
-        },
-        Some("info") => info(&gpu_options),
-        Some("bench") => bench(&gpu_options, flag_value(args, "--out")?, args),
-        Some("serve") => match positional.as_slice() {
-            [root] => {
-                let port = match flag_value(args, "--port")?.or_else(|| std::env::var("PORT").ok()) {
-                    None => 8080,
-                    Some(p) => p.parse().map_err(|_| format!("port {p}: expected a number from 0 to 65535"))?,
-                };
-                let host = flag_value(args, "--host")?.unwrap_or_else(|| "127.0.0.1".into());
-                let mounts = flag_values(args, "--mount");
-                crate::serve::serve(Path::new(root), &mounts, &host, port)
-            }
-            _ => Err(format!("serve needs the folder to serve at /\n\n{USAGE}")),
-        },
-        Some("help") | Some("--help") | Some("-h") => {
-            print!("{USAGE}");
+#[derive(Args)]
+struct ConvertArgs {
+    /// A GGUF file, or a Hugging Face folder (config.json, safetensors, tokenizer.json).
+    input: PathBuf,
+    /// The package folder to write.
+    out_dir: PathBuf,
+    /// Matrix format (default: q4_0 for Hugging Face folders, the GGUF's own types, f16 for BERT).
+    #[arg(long, value_parser = parse_quant)]
+    quant: Option<WeightFormat>,
+    /// Shard size in MiB (fractions too).
+    #[arg(long, value_name = "MIB", default_value_t = 64.0, value_parser = parse_positive)]
+    shard_mb: f64,
+    /// Context the summary's KV-cache figure is computed for.
+    #[arg(long, default_value_t = 4096)]
+    context: usize,
+}
+
+/// How a generating model is loaded.
+#[derive(Args)]
+pub struct LoadArgs {
+    /// Positions of context to allocate (capped at the model's maximum).
+    #[arg(long, default_value_t = DEFAULT_CONTEXT)]
+    pub context: usize,
+    /// How the KV cache stores keys and values.
+    #[arg(long, default_value = "f16", value_parser = parse_kv_cache)]
+    pub kv_cache: KvFormat,
+    /// Skip the sha256 check of the shards when loading.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Weights the GPU may hold, in MB; a mixture of experts over it caches its experts.
+    #[arg(long, value_name = "MB", value_parser = parse_positive)]
+    pub gpu_memory: Option<f64>,
+}
+
+/// Sampling and stopping; what is left out is `Request`'s default.
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// New tokens at most.
+    #[arg(long, value_name = "N", default_value_t = Request::default().max_tokens)]
+    pub max_tokens: usize,
+    /// 0 is greedy (the GPU picks each token).
+    #[arg(long, default_value_t = Request::default().temperature)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = Request::default().top_p)]
+    pub top_p: f32,
+    /// 0 keeps every token.
+    #[arg(long, default_value_t = Request::default().top_k)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = Request::default().repetition_penalty)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = Request::default().seed)]
+    pub seed: u64,
+    /// Stop at this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// A system message (with --chat, or in chat).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+}
+
+impl SamplingArgs {
+    pub fn request(&self) -> Request {
+        Request {
+            messages: Vec::new(),
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A package folder (phi-web convert writes one).
+    pub dir: PathBuf,
+    /// The prompt: raw text (special tokens recognised), or with --chat the user's message.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: String,
+    /// Send the prompt as one user message through the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Print {"text", "tokens", "finish_reason", "stats"} instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    /// A package folder (phi-web convert writes one).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct EmbedInput {
+    /// One text.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// One text per line.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// An encoder package folder (e.g. all-MiniLM-L6-v2 converted).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub input: EmbedInput,
+}
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    /// A package folder (phi-web convert writes one).
+    pub dir: PathBuf,
+    /// Token ids, comma-separated.
+    #[arg(long, value_name = "1,2,3", value_parser = parse_token_ids)]
+    pub tokens: TokenIds,
+    /// Print each row's K largest logits as [id, logit] instead of the whole row.
+    #[arg(long, value_name = "K")]
+    pub top: Option<usize>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Clone)]
+pub struct TokenIds(pub Vec<u32>);
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Also write the JSON here (and the Markdown table beside it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Add the 1024-token Phi-3-mini prefill (tens of minutes on a CPU adapter).
+    #[arg(long)]
+    long: bool,
+    /// Only the kernels.
+    #[arg(long)]
+    kernels_only: bool,
+    /// One model only.
+    #[arg(long, value_enum)]
+    only: Option<BenchModel>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchModel {
+    Smollm2,
+    Phi3Mini,
+    PhiMiniMoe,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The folder served at /.
+    root: PathBuf,
+    /// Serve DIR under /PREFIX (repeatable).
+    #[arg(long = "mount", value_name = "/PREFIX=DIR")]
+    mounts: Vec<String>,
+    /// 0 picks a free port.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+fn parse_quant(name: &str) -> Result<WeightFormat, String> {
+    WeightFormat::parse(name).ok_or_else(|| "expected q4_0, q4_1, q8_0, f16 or f32".into())
+}
+
+fn parse_kv_cache(name: &str) -> Result<KvFormat, String> {
+    KvFormat::parse(name).ok_or_else(|| "expected f16, q8 or f32".into())
+}
+
+fn parse_positive(value: &str) -> Result<f64, String> {
+    value.parse().ok().filter(|v: &f64| *v > 0.0 && v.is_finite()).ok_or_else(|| "expected a positive number".into())
+}
+
+fn parse_token_ids(list: &str) -> Result<TokenIds, String> {
+    let ids = list.split(',').map(|t| t.trim().parse().map_err(|_| format!("`{t}` is not a token id")));
+    ids.collect::<Result<_, _>>().map(TokenIds)
+}
+
+/// Why a command failed; `main` prints it and exits with 1.
+pub enum Failure {
+    /// A phi-web error keeps its kind.
+    Engine(phi_web::Error),
+    Message(String),
+}
+
+impl From<phi_web::Error> for Failure {
+    fn from(e: phi_web::Error) -> Failure {
+        Failure::Engine(e)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Message(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::Message(message.into())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Engine(e) => write!(f, "{}: {e}", e.js_name()),
+            Failure::Message(message) => f.write_str(message),
+        }
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+/// Parses the arguments (clap exits with 2 on bad usage, 0 for --help) and
+/// runs the command.
+pub fn run() -> Outcome {
+    let cli = Cli::parse();
+    let gpu = GpuOptions { allow_f16: !cli.portable, allow_subgroups: !cli.portable, ..Default::default() };
+    match cli.command {
+        Command::Convert(args) => convert(&args),
+        Command::Generate(args) => crate::run::generate(&args, &gpu),
+        Command::Chat(args) => crate::run::chat(&args, &gpu),
+        Command::Embed(args) => crate::embed::embed(&args, &gpu),
+        Command::Logits(args) => crate::run::logits(&args, &gpu),
+        Command::Verify { dir } => verify(&dir),
+        Command::Inspect { path } => {
+            let text = crate::inspect::inspect(&path)?;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(text.as_bytes());
             Ok(())
         }
-        Some(other) => Err(format!("unknown command '{other}'\n\n{USAGE}")),
-        None => Err(USAGE.to_string()),
-    }
-}
-
-/// Arguments after the command that are neither flags nor flag values.
-fn positionals(args: &[String]) -> Vec<&String> {
-    const WITH_VALUE: [&str; 22] = [
-        "--quant",
-        "--gpu-memory",
-        "--kv-cache",
-        "--shard-mb",
-        "--out",
-        "--context",
-        "--prompt",
-        "--system",
-        "--max-tokens",
-        "--temperature",
-        "--top-p",
-        "--top-k",
-        "--seed",
-        "--repetition-penalty",
-        "--stop",
-        "--tokens",
-        "--top",
-        "--mount",
-        "--port",
-        "--host",
-        "--text",
-        "--file",
-    ];
-    let mut out = Vec::new();
-    let mut skip = false;
-    for a in args.iter().skip(1) {
-        if skip {
-            skip = false;
-        } else if WITH_VALUE.contains(&a.as_str()) {
-            skip = true;
-        } else if !a.starts_with("--") {
-            out.push(a);
+        Command::Info => info(&gpu),
+        Command::Bench(args) => bench(&gpu, &args),
+        Command::Serve(args) => Ok(crate::serve::serve(&args.root, &args.mounts, &args.host, args.port)?),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "phi-web", &mut std::io::stdout());
+            Ok(())
         }
     }
-    out
 }
 
-/// The values after every `--flag` (a repeatable flag).
-pub fn flag_values(args: &[String], flag: &str) -> Vec<String> {
-    args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].clone()).collect()
+/// Progress of a long step on stderr: an indicatif bar on a terminal, and
+/// elsewhere (CI logs) a plain line every 5 seconds.
+pub struct Progress {
+    bar: ProgressBar,
+    what: &'static str,
+    terminal: bool,
+    last_line: Option<Instant>,
 }
 
-/// The value after `--flag`, if the flag is present.
-pub fn flag_value(args: &[String], flag: &str) -> Result<Option<String>, String> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(None),
-        Some(i) => args.get(i + 1).cloned().map(Some).ok_or_else(|| format!("{flag} needs a value")),
+impl Progress {
+    /// `total` bytes of work.
+    pub fn bytes(what: &'static str, total: u64) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let target = if terminal { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(Some(total), target);
+        let template =
+            "{prefix} {wide_msg} {bar:30} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}";
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar.set_prefix(what);
+        Progress { bar, what, terminal, last_line: None }
+    }
+
+    /// `done` bytes so far; `detail` names the current piece (a tensor).
+    pub fn update(&mut self, done: u64, detail: &str) {
+        let detail = if detail.is_empty() { "done" } else { detail };
+        self.bar.set_position(done);
+        if self.terminal {
+            self.bar.set_message(detail.to_string());
+            return;
+        }
+        let finished = Some(done) == self.bar.length();
+        if finished || self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            self.last_line = Some(Instant::now());
+            let mb = |b: u64| b as f64 / 1e6;
+            let (total, rate) = (self.bar.length().unwrap_or(done), self.bar.per_sec() / 1e6);
+            eprintln!(
+                "{} {detail}: {:.1} / {:.1} MB, {rate:.1} MB/s, ETA {}s",
+                self.what,
+                mb(done),
+                mb(total),
+                self.bar.eta().as_secs()
+            );
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.bar.elapsed()
     }
 }
 
-fn convert(input: &Path, out: &Path, args: &[String]) -> Result<(), String> {
-    let quant = match flag_value(args, "--quant")? {
-        None => None,
-        Some(q) => {
-            Some(WeightFormat::parse(&q).ok_or_else(|| format!("--quant {q}: expected q4_0, q4_1, q8_0, f16 or f32"))?)
-        }
-    };
-    let shard_mb: f64 = match flag_value(args, "--shard-mb")? {
-        None => 64.0,
-        Some(v) => v
-            .parse()
-            .ok()
-            .filter(|&v: &f64| v * 1048576.0 >= 1.0)
-            .ok_or_else(|| format!("--shard-mb {v}: expected a positive number of MiB"))?,
-    };
-    let context: usize = match flag_value(args, "--context")? {
-        None => 4096,
-        Some(v) => v.parse().map_err(|_| format!("--context {v}: expected an integer"))?,
-    };
-    let options = ConvertOptions { quant, shard_bytes: (shard_mb * 1048576.0) as u64, ..Default::default() };
-    let eta = Eta::default();
-    let mut line = ProgressLine::default();
+fn convert(args: &ConvertArgs) -> Outcome {
+    let (input, out) = (args.input.as_path(), args.out_dir.as_path());
+    let options =
+        ConvertOptions { quant: args.quant, shard_bytes: (args.shard_mb * 1048576.0) as u64, ..Default::default() };
+    let mut progress: Option<Progress> = None;
     let result = convert::convert(input, out, &options, &mut |p| {
-        line.update(&format!("converting {}: {}", p.tensor, eta.line(p.done, p.total)), p.done == p.total);
+        progress.get_or_insert_with(|| Progress::bytes("converting", p.total)).update(p.done, p.tensor);
     });
-    line.finish();
-    let summary = result.map_err(|e| e.to_string())?;
+    let elapsed = progress.as_ref().map_or(Duration::ZERO, |p| {
+        p.finish();
+        p.elapsed()
+    });
+    let summary = result?;
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
     let c = &summary.config;
-    let kv = c.kv_bytes_per_token() as u64 * context as u64;
+    let kv = c.kv_bytes_per_token() as u64 * args.context as u64;
     println!("converted {} -> {}", input.display(), out.display());
     println!(
         "  architecture   {:?}, {} layers, hidden {}, vocab {}",
@@ -204,22 +433,21 @@ fn convert(input: &Path, out: &Path, args: &[String]) -> Result<(), String> {
     println!("  bytes          {:.1} MB in {} shards", summary.total_bytes as f64 / 1e6, summary.shards);
     println!("  max |error|    {:.3e} against the source (0 = bit-exact)", summary.max_abs_error);
     println!(
-        "  GPU memory     {:.1} MB weights + {:.1} MB f16 KV cache at {context} tokens",
+        "  GPU memory     {:.1} MB weights + {:.1} MB f16 KV cache at {} tokens",
         summary.total_bytes as f64 / 1e6,
-        kv as f64 / 1e6
+        kv as f64 / 1e6,
+        args.context
     );
-    println!("  time           {:.1}s", eta.elapsed());
+    println!("  time           {:.1}s", elapsed.as_secs_f64());
     Ok(())
 }
 
-fn verify(dir: &Path) -> Result<(), String> {
-    let package = Package::open(dir).map_err(|e| e.to_string())?;
-    let total = package.total_bytes();
-    let eta = Eta::default();
-    let mut line = ProgressLine::default();
-    let result = package.verify(|done| line.update(&format!("verifying: {}", eta.line(done, total)), done == total));
-    line.finish();
-    let checked = result.map_err(|e| e.to_string())?;
+fn verify(dir: &Path) -> Outcome {
+    let package = Package::open(dir)?;
+    let mut progress = Progress::bytes("verifying", package.total_bytes());
+    let result = package.verify(|done| progress.update(done, "shards"));
+    progress.finish();
+    let checked = result?;
     println!(
         "ok: {} shards, {checked} bytes, {} tensors match {}",
         package.manifest.shards.len(),
@@ -229,41 +457,8 @@ fn verify(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A progress line on stderr: redrawn in place on a terminal, otherwise
-/// printed every few seconds (logs stay readable).
-struct ProgressLine {
-    last: Option<Instant>,
-    terminal: bool,
-    drawn: bool,
-}
-
-impl Default for ProgressLine {
-    fn default() -> Self {
-        ProgressLine { last: None, terminal: std::io::stderr().is_terminal(), drawn: false }
-    }
-}
-
-impl ProgressLine {
-    fn update(&mut self, text: &str, last: bool) {
-        let every = if self.terminal { Duration::from_millis(100) } else { Duration::from_secs(5) };
-        if !last && self.last.is_some_and(|t| t.elapsed() < every) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let mut stderr = std::io::stderr();
-        let _ = if self.terminal { write!(stderr, "\r\x1b[2K{text}") } else { writeln!(stderr, "{text}") };
-        self.drawn = true;
-    }
-
-    fn finish(&self) {
-        if self.terminal && self.drawn {
-            eprintln!();
-        }
-    }
-}
-
-fn info(options: &GpuOptions) -> Result<(), String> {
-    let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
+fn info(options: &GpuOptions) -> Outcome {
+    let gpu = pollster::block_on(Gpu::new(options))?;
     let l = &gpu.limits;
     let info = serde_json::json!({
         "adapter": gpu.adapter.name,
@@ -284,28 +479,21 @@ fn info(options: &GpuOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(), String> {
-    let only = flag_value(args, "--only")?;
-    let models = ["smollm2", "phi3-mini", "phi-mini-moe"];
-    if let Some(name) = only.as_deref().filter(|name| !models.contains(name)) {
-        return Err(format!("--only {name}: the models are {}", models.join(", ")));
-    }
-    let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
+fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
+    let gpu = pollster::block_on(Gpu::new(options))?;
     let kernels = Kernels::new(&gpu);
     eprintln!("benchmarking on {}", gpu.adapter);
-    let mut report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))
-        .map_err(|e| e.to_string())?;
-    if args.iter().any(|a| a == "--kernels-only") {
-        return write_report(&report, out);
+    let mut report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))?;
+    if args.kernels_only {
+        return write_report(&report, args.out.as_deref());
     }
     // End to end: SmolLM2 (converted from .models when present), a synthetic
     // Phi-3-mini and a synthetic Phi-mini-MoE (random q4_0 weights, the real
     // shapes); `--only NAME` runs one of them.
-    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let want = |model: BenchModel| args.only.is_none_or(|o| o == model);
     let cpu = report.cpu_read_gbps_all_threads;
     let figure = |dir: &Path, plan: &ModelBench| {
         pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, plan, cpu, |s| eprintln!("    {s}")))
-            .map_err(|e| e.to_string())
     };
     let decode_plan = |prompts: Vec<usize>, decode_tokens: usize| ModelBench {
         context: 4096,
@@ -316,24 +504,24 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
         gpu_memory: None,
     };
     let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if want("smollm2") && gguf.exists() {
+    if want(BenchModel::Smollm2) && gguf.exists() {
         eprintln!("  SmolLM2 end to end");
         let dir = Path::new("target/bench/smollm2");
-        convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {}).map_err(|e| e.to_string())?;
+        convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {})?;
         let plan = decode_plan(vec![128, 1024], 16);
         report.models.push(figure(dir, &plan)?);
         eprintln!("  SmolLM2 with an 8-bit KV cache");
         let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
         report.models.push(figure(dir, &plan)?);
-    } else if want("smollm2") {
+    } else if want(BenchModel::Smollm2) {
         eprintln!("  SmolLM2 skipped: run `make models`");
     }
-    if want("phi3-mini") {
+    if want(BenchModel::Phi3Mini) {
         let dir = Path::new("target/bench/synthetic-phi3-mini");
         eprintln!("  synthetic Phi-3-mini q4_0 (writing it to {} once)", dir.display());
-        phi_web::bench::synthetic_phi3_mini(dir).map_err(|e| e.to_string())?;
+        phi_web::bench::synthetic_phi3_mini(dir)?;
         // A 1024-token Phi-3-mini prefill takes tens of minutes on a CPU adapter.
-        let prompts = if args.iter().any(|a| a == "--long") { vec![128, 1024] } else { vec![128] };
+        let prompts = if args.long { vec![128, 1024] } else { vec![128] };
         let plan = decode_plan(prompts, 4);
         report.models.push(figure(dir, &plan)?);
         eprintln!("  synthetic Phi-3-mini with an 8-bit KV cache");
@@ -352,35 +540,35 @@ fn bench(options: &GpuOptions, out: Option<String>, args: &[String]) -> Result<(
             report.models.push(figure(dir, &plan)?);
         }
     }
-    if want("phi-mini-moe") {
+    if want(BenchModel::PhiMiniMoe) {
         // Phi-mini-MoE's widths, 8 of its 32 layers (1.2 GB instead of 4.3):
         // decode GB/s counts the active bytes (attention, routers, two
         // experts per layer, lm_head), the floor of what a token must read.
         let dir = Path::new("target/bench/synthetic-phi-mini-moe");
         eprintln!("  synthetic Phi-mini-MoE q4_0, 8 layers (writing it to {} once)", dir.display());
-        phi_web::bench::synthetic_phi_mini_moe(dir, 8).map_err(|e| e.to_string())?;
+        phi_web::bench::synthetic_phi_mini_moe(dir, 8)?;
         report.models.push(figure(dir, &decode_plan(vec![128], 4))?);
         // Half of each layer's experts on the GPU: misses read the package.
-        let sizes = Package::open(dir).and_then(|p| ExpertSizes::of(&p)).map_err(|e| e.to_string())?;
+        let sizes = ExpertSizes::of(&Package::open(dir)?)?;
         eprintln!("  synthetic Phi-mini-MoE with an expert cache of 8 of 16 experts per layer");
         let plan = ModelBench { gpu_memory: Some(sizes.budget_for(8)), ..decode_plan(vec![128], 16) };
         report.models.push(figure(dir, &plan)?);
     }
-    write_report(&report, out)
+    write_report(&report, args.out.as_deref())
 }
 
 /// The benchmark JSON on stdout and, with --out, in a file.
-fn write_report(report: &phi_web::bench::KernelReport, out: Option<String>) -> Result<(), String> {
+fn write_report(report: &phi_web::bench::KernelReport, out: Option<&Path>) -> Outcome {
     let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     println!("{json}");
     if let Some(path) = out {
-        if let Some(dir) = Path::new(&path).parent() {
+        if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        std::fs::write(&path, json + "\n").map_err(|e| format!("{path}: {e}"))?;
-        let table = Path::new(&path).with_extension("md");
+        std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        let table = path.with_extension("md");
         std::fs::write(&table, phi_web::bench::markdown(report)).map_err(|e| format!("{}: {e}", table.display()))?;
-        eprintln!("wrote {path} and {}", table.display());
+        eprintln!("wrote {} and {}", path.display(), table.display());
     }
     Ok(())
 }

@@ -9,35 +9,39 @@ use phi_web::gpu::{Gpu, GpuOptions, Kernels};
 use phi_web::model::Encoder;
 use phi_web::tokenizer::Tokenizer;
 
-use crate::cli::flag_value;
+use crate::cli::{EmbedArgs, Outcome};
 
 /// Texts embedded per GPU batch when reading a file.
 const BATCH: usize = 64;
 
-pub fn embed(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
-    let texts: Vec<String> = match (flag_value(args, "--text")?, flag_value(args, "--file")?) {
-        (Some(text), None) => vec![text],
-        (None, Some(file)) => {
-            std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?.lines().map(String::from).collect()
-        }
-        _ => return Err("embed needs exactly one of --text TEXT or --file FILE (one text per line)".into()),
+pub fn embed(args: &EmbedArgs, options: &GpuOptions) -> Outcome {
+    let dir: &Path = &args.dir;
+    // clap lets exactly one of --text and --file through.
+    let texts: Vec<String> = match (&args.input.text, &args.input.file) {
+        (Some(text), _) => vec![text.clone()],
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| format!("{}: {e}", file.display()))?
+            .lines()
+            .map(String::from)
+            .collect(),
+        (None, None) => return Err("embed needs --text TEXT or --file FILE".into()),
     };
-    let package = Package::open(dir).map_err(|e| e.to_string())?;
+    let package = Package::open(dir)?;
     let file = package.manifest.tokenizer.as_ref().ok_or("this package has no tokenizer")?;
     let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
-    let tokenizer = Tokenizer::from_bytes(&bytes, &package.manifest).map_err(|e| e.to_string())?;
-    let gpu = pollster::block_on(Gpu::new(options)).map_err(|e| e.to_string())?;
+    let tokenizer = Tokenizer::from_bytes(&bytes, &package.manifest)?;
+    let gpu = pollster::block_on(Gpu::new(options))?;
     let kernels = Kernels::new(&gpu);
-    let encoder = pollster::block_on(Encoder::load_from(&gpu, &package, 4096)).map_err(|e| e.to_string())?;
+    let encoder = pollster::block_on(Encoder::load_from(&gpu, &package, 4096))?;
 
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
-    let single = flag_value(args, "--text")?.is_some();
+    let single = args.input.text.is_some();
     let mut tokens = 0;
     for (batch_index, batch) in texts.chunks(BATCH).enumerate() {
-        let ids = tokenizer.encode_for_embedding(batch, encoder.max_seq_length()).map_err(|e| e.to_string())?;
+        let ids = tokenizer.encode_for_embedding(batch, encoder.max_seq_length())?;
         tokens += ids.iter().map(Vec::len).sum::<usize>();
-        let vectors = pollster::block_on(encoder.embed(&gpu, &kernels, &ids)).map_err(|e| e.to_string())?;
+        let vectors = pollster::block_on(encoder.embed(&gpu, &kernels, &ids))?;
         for (i, embedding) in vectors.into_iter().enumerate() {
             let line = if single {
                 serde_json::json!({ "embedding": embedding })

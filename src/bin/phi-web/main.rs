@@ -17,11 +17,11 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match cli::run(&args) {
+    // Bad usage exits with 2 inside cli::run (clap); a failed command with 1.
+    match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("phi-web: {message}");
+        Err(failure) => {
+            eprintln!("phi-web: {failure}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,99 +1,66 @@
-//! `phi-web generate` and `phi-web logits`: the engine from the command line.
+//! `phi-web generate`, `chat` and `logits`: the engine from the command line.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use phi_web::engine::{Engine, EngineOptions, Request, DEFAULT_CONTEXT};
+use phi_web::engine::{Engine, EngineOptions};
 use phi_web::formats::package::Package;
-use phi_web::gpu::{GpuOptions, KvFormat};
+use phi_web::gpu::GpuOptions;
 use phi_web::tokenizer::{Message, Tokenizer};
 
-use crate::cli::flag_value;
-
-fn parse<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
-    match flag_value(args, flag)? {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| format!("{flag} {v}: not a valid value")),
-    }
-}
+use crate::cli::{ChatArgs, Failure, GenerateArgs, LoadArgs, LogitsArgs, Outcome};
 
 /// Opens and (unless `--no-verify`) hash-checks the package, then loads it
 /// (with its tokenizer when `tokenizer`).
-fn load(dir: &Path, args: &[String], options: &GpuOptions, tokenizer: bool) -> Result<Engine, String> {
-    let context: usize = parse(args, "--context", DEFAULT_CONTEXT)?;
-    let kv_cache = match flag_value(args, "--kv-cache")? {
-        None => KvFormat::default(),
-        Some(name) => KvFormat::parse(&name).ok_or(format!("--kv-cache {name}: expected f16, q8 or f32"))?,
-    };
-    let package = Package::open(dir).map_err(|e| e.to_string())?;
-    if !args.iter().any(|a| a == "--no-verify") {
-        package
-            .verify(|_| {})
-            .map_err(|e| format!("{e}\n(convert the model again, or pass --no-verify to skip this check)"))?;
+fn load(dir: &Path, args: &LoadArgs, options: &GpuOptions, tokenizer: bool) -> Result<Engine, Failure> {
+    let package = Package::open(dir)?;
+    if !args.no_verify {
+        package.verify(|_| {}).map_err(|e| {
+            format!("{}: {e}\n(convert the model again, or pass --no-verify to skip this check)", e.js_name())
+        })?;
     }
     let tokenizer = match tokenizer {
         true => Some(load_tokenizer(dir, &package)?),
         false => None,
     };
-    let gpu_memory = match flag_value(args, "--gpu-memory")? {
-        None => None,
-        Some(mb) => Some(
-            mb.parse::<f64>().ok().filter(|mb| *mb > 0.0).ok_or(format!("--gpu-memory {mb}: expected megabytes"))?,
-        ),
+    let options = EngineOptions {
+        context: args.context,
+        kv_cache: args.kv_cache,
+        gpu: options.clone(),
+        gpu_memory: args.gpu_memory.map(|mb| (mb * 1e6) as u64),
     };
-    let gpu_memory = gpu_memory.map(|mb| (mb * 1e6) as u64);
-    let options = EngineOptions { context, kv_cache, gpu: options.clone(), gpu_memory };
-    pollster::block_on(Engine::load(&package, tokenizer, &options)).map_err(|e| e.to_string())
+    Ok(pollster::block_on(Engine::load(&package, tokenizer, &options))?)
 }
 
-fn load_tokenizer(dir: &Path, package: &Package) -> Result<Tokenizer, String> {
+fn load_tokenizer(dir: &Path, package: &Package) -> Result<Tokenizer, Failure> {
     let manifest = &package.manifest;
     let file =
         manifest.tokenizer.as_ref().ok_or("this package has no tokenizer: it can compute logits but not generate")?;
     let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
-    Tokenizer::from_bytes(&bytes, manifest).map_err(|e| e.to_string())
+    Ok(Tokenizer::from_bytes(&bytes, manifest)?)
 }
 
-/// Sampling and stopping from the flags shared by `generate` and `chat`;
-/// what a flag leaves out is `Request`'s default.
-fn request(args: &[String]) -> Result<Request, String> {
-    let d = Request::default();
-    Ok(Request {
-        messages: Vec::new(),
-        max_tokens: parse(args, "--max-tokens", d.max_tokens)?,
-        temperature: parse(args, "--temperature", d.temperature)?,
-        top_k: parse(args, "--top-k", d.top_k)?,
-        top_p: parse(args, "--top-p", d.top_p)?,
-        repetition_penalty: parse(args, "--repetition-penalty", d.repetition_penalty)?,
-        seed: parse(args, "--seed", d.seed)?,
-        stop: crate::cli::flag_values(args, "--stop"),
-    })
-}
-
-pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
-    let prompt = flag_value(args, "--prompt")?.ok_or("generate needs --prompt TEXT")?;
-    let chat = args.iter().any(|a| a == "--chat");
-    let json = args.iter().any(|a| a == "--json");
-    let engine = load(dir, args, options, true)?;
-    let mut request = request(args)?;
+pub fn generate(args: &GenerateArgs, options: &GpuOptions) -> Outcome {
+    let engine = load(&args.dir, &args.load, options, true)?;
+    let mut request = args.sampling.request();
     let mut stdout = std::io::stdout();
+    let json = args.json;
     let on_text = |delta: &str| {
         if !json {
             let _ = stdout.write_all(delta.as_bytes());
             let _ = stdout.flush();
         }
     };
-    let result = if chat {
-        if let Some(system) = flag_value(args, "--system")? {
-            request.messages.push(Message::new("system", &system));
+    let result = if args.chat {
+        if let Some(system) = &args.sampling.system {
+            request.messages.push(Message::new("system", system));
         }
-        request.messages.push(Message::new("user", &prompt));
+        request.messages.push(Message::new("user", &args.prompt));
         pollster::block_on(engine.chat(&request, on_text))
     } else {
-        let ids = engine.tokenizer().and_then(|t| t.encode(&prompt)).map_err(|e| e.to_string())?;
+        let ids = engine.tokenizer().and_then(|t| t.encode(&args.prompt))?;
         pollster::block_on(engine.complete(&ids, &request, on_text))
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     if json {
         println!("{}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
     } else {
@@ -104,10 +71,10 @@ pub fn generate(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(),
 
 /// `phi-web chat`: one line per user turn, the reply streamed; the session
 /// keeps the conversation's KV cache so each turn prefills only what is new.
-pub fn chat(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
-    let engine = load(dir, args, options, true)?;
-    let mut request = request(args)?;
-    let system = flag_value(args, "--system")?;
+pub fn chat(args: &ChatArgs, options: &GpuOptions) -> Outcome {
+    let (dir, engine) = (&args.dir, load(&args.dir, &args.load, options, true)?);
+    let mut request = args.sampling.request();
+    let system = &args.sampling.system;
     let fresh = || system.iter().map(|s| Message::new("system", s)).collect::<Vec<_>>();
     request.messages = fresh();
     let interactive = std::io::stdin().is_terminal();
@@ -160,21 +127,13 @@ pub fn chat(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), Str
     }
 }
 
-pub fn logits(dir: &Path, args: &[String], options: &GpuOptions) -> Result<(), String> {
-    let tokens = flag_value(args, "--tokens")?.ok_or("logits needs --tokens 1,2,3")?;
-    let ids: Vec<u32> = tokens
-        .split(',')
-        .map(|t| t.trim().parse().map_err(|_| format!("--tokens: `{t}` is not a token id")))
-        .collect::<Result<_, _>>()?;
-    let top: Option<usize> = match flag_value(args, "--top")? {
-        None => None,
-        Some(v) => Some(v.parse().map_err(|_| format!("--top {v}: expected an integer"))?),
-    };
-    let engine = load(dir, args, options, false)?;
+pub fn logits(args: &LogitsArgs, options: &GpuOptions) -> Outcome {
+    let (ids, top) = (&args.tokens.0, args.top);
+    let engine = load(&args.dir, &args.load, options, false)?;
     let vocab = engine.decoder.config.vocab_size;
-    let rows = pollster::block_on(engine.logits(&ids)).map_err(|e| match ids.len() > engine.decoder.capacity {
-        true => format!("{e}; pass --context {}", ids.len()),
-        false => e.to_string(),
+    let rows = pollster::block_on(engine.logits(ids)).map_err(|e| match ids.len() > engine.decoder.capacity {
+        true => Failure::Message(format!("{}: {e}; pass --context {}", e.js_name(), ids.len())),
+        false => Failure::Engine(e),
     })?;
     let out = match top {
         None => serde_json::json!({ "logits": rows.chunks(vocab).collect::<Vec<_>>() }),
