@@ -61,11 +61,13 @@ pkg:
 	./scripts/build-pkg.sh
 
 # The chat and RAG demo (web/) on http://127.0.0.1:8080/ (PORT= overrides),
-# with the npm package under /pkg/, converted models under /models/ and pdf.js
-# under /vendor/pdfjs/.
+# with the npm package under /pkg/, converted models under /models/, and pdf.js,
+# markdown-it and highlight.js under /vendor/.
 demo: models demo-models
 	./target/release/phi-web serve web --mount /pkg=pkg --mount /models=target/demo/models \
-		--mount /vendor/pdfjs=web/node_modules/pdfjs-dist/build
+		--mount /vendor/pdfjs=web/node_modules/pdfjs-dist/build \
+		--mount /vendor/markdown-it=web/node_modules/markdown-it/dist/browser \
+		--mount /vendor/highlightjs=web/node_modules/@highlightjs/cdn-assets
 
 # What the demo serves, built: the wasm package, the default chat and
 # embedding models, pdf.js for the RAG page.
@@ -75,9 +77,8 @@ demo-models:
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/demo/models/smollm2-135m-instruct >/dev/null
 	./target/release/phi-web convert .models/all-MiniLM-L6-v2 target/demo/models/all-minilm-l6-v2 >/dev/null
-	@# `npm install` (it keeps the lock file as it is): `npm ci` rejects this lock
-	@# because pdf.js's optional @napi-rs/canvas platform packages are not in it.
-	@[ -d web/node_modules/pdfjs-dist ] || npm install --prefix web --no-audit --no-fund
+	@[ -d web/node_modules/pdfjs-dist ] && [ -d web/node_modules/markdown-it ] && [ -d web/node_modules/@highlightjs ] || \
+		npm install --prefix web --no-audit --no-fund
 
 setup-native:
 	@./scripts/setup-native.sh

@@ -58,17 +58,53 @@ function step(name) {
   console.log(`demo | ${name}`);
 }
 
-step("model output is rendered as Markdown with every bit of HTML escaped");
-const hostile = renderMarkdown(
-  '<script>alert(1)</script> **bold** <img src=x onerror="alert(2)">\n\n```html\n<b>"code"</b>\n```\n- a `<i>`\n- *b*',
-);
-assert.ok(!/<(script|img|b|i)[\s>]/.test(hostile), hostile);
-assert.match(hostile, /&lt;script&gt;alert\(1\)&lt;\/script&gt; <strong>bold<\/strong> &lt;img src=x onerror=&quot;alert\(2\)&quot;&gt;/);
-assert.match(hostile, /<pre><code data-language="html">&lt;b&gt;&quot;code&quot;&lt;\/b&gt;<\/code><\/pre>/);
-assert.match(hostile, /<ul><li>a <code>&lt;i&gt;<\/code><\/li><li><em>b<\/em><\/li><\/ul>/);
-assert.equal(renderMarkdown("```js\nunfinished"), '<pre><code data-language="js">unfinished</code></pre>');
+// Markdown that tries everything a model answer (or a document quoted in one)
+// could carry to run code; nothing of it may reach the DOM as markup.
+const HOSTILE = [
+  '<script>alert(1)</script> **bold** <img src=x onerror="alert(2)">',
+  "[click](javascript:alert(3)) [data](data:text/html,<script>alert(4)</script>) [ok](https://example.com/a?b=1)",
+  '<a href="https://x" onclick="alert(5)">x</a> <div onmouseover=alert(6)>hover</div> &lt;script&gt; &#60;img src=x onerror=alert(7)&#62;',
+  "![pixel](https://tracker.example/p.png) <svg onload=alert(8)> <iframe src=javascript:alert(9)>",
+  '```html\n<b onclick="alert(10)">"code"</b>\n```',
+  "[ref]: javascript:alert(11)\n\n[ref] JAVASCRIPT:alert(12) <javascript:alert(13)>",
+].join("\n\n");
+const CANNED = [
+  "Here is how the two runtimes compare:",
+  "",
+  "| runtime | backend | decode tok/s |",
+  "|---|---|---:|",
+  "| phi-web | WebGPU | 42.0 |",
+  "| wllama | wasm | 17.5 |",
+  "",
+  "```python",
+  "def tokens_per_second(tokens, seconds):",
+  '    """Decode speed."""',
+  "    return tokens / seconds",
+  "```",
+  "",
+  "See [the README](https://github.com/) for **more**.",
+].join("\n");
 
-const mounts = ["/pkg=pkg", "/models=target/demo/models", "/vendor/pdfjs=web/node_modules/pdfjs-dist/build"];
+step("model output is rendered by markdown-it: tables, highlighted code, http(s) links only, no raw HTML");
+const hostile = renderMarkdown(HOSTILE);
+assert.ok(!/<(script|img|svg|iframe|div|b)[\s>]/i.test(hostile), hostile);
+assert.ok(!/<[^>]*\son\w+\s*=/i.test(hostile), `an event-handler attribute: ${hostile}`);
+assert.ok(!/href="(?!https?:)/i.test(hostile), `a link that is not http(s): ${hostile}`);
+assert.match(hostile, /&lt;script&gt;alert\(1\)&lt;\/script&gt; <strong>bold<\/strong> &lt;img src=x onerror=&quot;alert\(2\)&quot;&gt;/);
+assert.match(hostile, /<a href="https:\/\/example.com\/a\?b=1" target="_blank" rel="noopener noreferrer">ok<\/a>/);
+assert.match(hostile, /&lt;script&gt; &lt;img src=x onerror=alert\(7\)&gt;/, "entities stay text");
+const rich = renderMarkdown(CANNED);
+assert.match(rich, /<table>[\s\S]*<th>runtime<\/th>[\s\S]*<td>phi-web<\/td>[\s\S]*<td style="text-align:right">42.0<\/td>/);
+assert.match(rich, /<pre><code class="language-python"><span class="hljs-keyword">def<\/span> <span class="hljs-title function_">tokens_per_second<\/span>/);
+assert.equal(renderMarkdown("```js\nunfinished"), '<pre><code class="language-js">unfinished</code></pre>\n', "an open fence streams");
+
+const mounts = [
+  "/pkg=pkg",
+  "/models=target/demo/models",
+  "/vendor/pdfjs=web/node_modules/pdfjs-dist/build",
+  "/vendor/markdown-it=web/node_modules/markdown-it/dist/browser",
+  "/vendor/highlightjs=web/node_modules/@highlightjs/cdn-assets",
+];
 const server = spawn(phiWeb, ["serve", "web", ...mounts.flatMap((m) => ["--mount", m]), "--port", "0"], {
   cwd: root,
   stdio: ["ignore", "pipe", "inherit"],
@@ -134,6 +170,45 @@ try {
   assert.match(options[0].label, /^SmolLM2 135M Instruct · 97 MB · ~\d+ MB GPU$/, options[0].label);
   assert.equal(options[0].disabled, false);
   assert.ok(options.slice(1).every((o) => o.disabled && /not available/.test(o.label)), JSON.stringify(options));
+
+  step("in the page: a canned answer shows a table and highlighted code; hostile Markdown runs nothing");
+  const dom = await page.evaluate(
+    async ({ canned, hostile }) => {
+      window.alerted = [];
+      window.alert = (x) => window.alerted.push(x);
+      const { renderMarkdown } = await import("/markdown.js");
+      const chat = document.getElementById("chat");
+      const messages = [canned, hostile].map((text) => {
+        const div = document.createElement("div");
+        div.className = "message assistant";
+        div.innerHTML = renderMarkdown(text);
+        chat.append(div);
+        return div;
+      });
+      document.getElementById("empty-chat").hidden = true;
+      await new Promise((resolve) => setTimeout(resolve, 300)); // onerror / onload would have fired
+      const all = messages.flatMap((m) => [...m.querySelectorAll("*")]);
+      return {
+        executable: all.filter((e) => /^(SCRIPT|IMG|SVG|IFRAME|OBJECT|EMBED)$/i.test(e.tagName)).length,
+        handlers: all.filter((e) => [...e.attributes].some((a) => a.name.startsWith("on"))).length,
+        badLinks: all.filter((e) => e.tagName === "A" && !/^https?:/.test(e.getAttribute("href"))).length,
+        tables: messages[0].querySelectorAll("table td").length,
+        highlighted: getComputedStyle(messages[0].querySelector(".hljs-keyword")).color,
+        plain: getComputedStyle(messages[0].querySelector("pre code")).color,
+        alerted: window.alerted,
+      };
+    },
+    { canned: CANNED, hostile: HOSTILE },
+  );
+  assert.deepEqual({ executable: dom.executable, handlers: dom.handlers, badLinks: dom.badLinks, alerted: dom.alerted },
+    { executable: 0, handlers: 0, badLinks: 0, alerted: [] });
+  assert.equal(dom.tables, 6);
+  assert.notEqual(dom.highlighted, dom.plain, "keywords are coloured by the highlight.js theme");
+  await page.locator(".message.assistant").first().screenshot({ path: `${artifacts}/demo-markdown.png` });
+  await page.evaluate(() => {
+    document.querySelectorAll(".message").forEach((m) => m.remove());
+    document.getElementById("empty-chat").hidden = false;
+  });
 
   step("Load shows progress and ends ready, naming the adapter");
   const cold = await loadModel();
