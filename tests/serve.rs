@@ -1,5 +1,6 @@
 //! `phi-web serve` over real sockets: MIME types, COOP/COEP, range requests,
-//! no listings, nothing outside the served folders.
+//! ETags and caching, no listings, nothing outside the served folders, and
+//! hundreds of concurrent range requests.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,8 +20,9 @@ impl Drop for Server {
     }
 }
 
-fn site() -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-site");
+/// The test site in its own folder per test (tests run in parallel).
+fn site(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-site-{name}"));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("web/empty")).unwrap();
     std::fs::create_dir_all(root.join("models/tiny")).unwrap();
@@ -30,6 +32,8 @@ fn site() -> PathBuf {
     let shard: Vec<u8> = (0..=255u8).collect();
     std::fs::write(root.join("models/tiny/shard-00000.bin"), shard).unwrap();
     std::fs::write(root.join("secret.txt"), "outside the served folders").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(root.join("secret.txt"), root.join("web/link-out.txt")).unwrap();
     root
 }
 
@@ -65,7 +69,7 @@ fn request(path: &str, extra: &str) -> String {
 
 #[test]
 fn serves_what_a_phi_web_page_needs() {
-    let root = site();
+    let root = site("basics");
     let server = start(&root);
 
     let (status, headers, body) = get(&server, &request("/", ""));
@@ -98,7 +102,9 @@ fn serves_what_a_phi_web_page_needs() {
     assert!(body.is_empty());
 
     // No listings, nothing outside the served folders, only GET and HEAD.
-    for path in ["/empty/", "/models/", "/../secret.txt", "/%2e%2e/secret.txt", "/models/../secret.txt", "/nope"] {
+    let escapes =
+        ["/../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E%2Fsecret.txt", "/models/../secret.txt", "/link-out.txt"];
+    for path in ["/empty/", "/models/", "/nope", "/%00", "/a%5c..%5csecret.txt"].iter().chain(&escapes) {
         let (status, _, _) = get(&server, &request(path, ""));
         assert_eq!(status, "HTTP/1.1 404 Not Found", "{path}");
     }
@@ -112,4 +118,62 @@ fn serves_what_a_phi_web_page_needs() {
     stream.read_to_end(&mut bytes).unwrap();
     let text = String::from_utf8(bytes).unwrap();
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+}
+
+/// A reload revalidates: the ETag comes back as If-None-Match and gets 304
+/// with no body; shards are immutable, pages revalidate every time.
+#[test]
+fn etags_and_caching() {
+    let root = site("etags");
+    let server = start(&root);
+    let (status, headers, _) = get(&server, &request("/", ""));
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(headers.contains("cache-control: no-cache"), "{headers}");
+    let etag = headers.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().to_string();
+    let (status, headers, body) = get(&server, &request("/", &format!("if-none-match: {etag}\r\n")));
+    assert_eq!(status, "HTTP/1.1 304 Not Modified");
+    assert!(body.is_empty() && headers.contains("cross-origin-embedder-policy: require-corp"), "{headers}");
+    let (status, _, _) = get(&server, &request("/", "if-none-match: \"other\"\r\n"));
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (_, headers, _) = get(&server, &request("/models/tiny/shard-00000.bin", ""));
+    assert!(headers.contains("cache-control: public, max-age=31536000, immutable"), "{headers}");
+}
+
+/// Load: 400 range requests from 200 connections at once on loopback, each
+/// answered with its own bytes, within a bound.
+#[test]
+fn hundreds_of_concurrent_range_requests_are_all_answered() {
+    let root = site("load");
+    let server = std::sync::Arc::new(start(&root));
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                // Two requests on one keep-alive connection.
+                let (a, b) = (i % 200, (i * 7) % 250);
+                let mut stream = TcpStream::connect(&server.address).unwrap();
+                let ranges = format!(
+                    "GET /models/tiny/shard-00000.bin HTTP/1.1\r\nhost: x\r\nrange: bytes={a}-{}\r\n\r\n\
+                     GET /models/tiny/shard-00000.bin HTTP/1.1\r\nhost: x\r\nrange: bytes={b}-{}\r\nconnection: close\r\n\r\n",
+                    a + 5,
+                    b + 5
+                );
+                stream.write_all(ranges.as_bytes()).unwrap();
+                let mut response = Vec::new();
+                stream.read_to_end(&mut response).unwrap();
+                let text = String::from_utf8_lossy(&response).to_string();
+                let expected = |start: usize| (start as u8..=start as u8 + 5).collect::<Vec<u8>>();
+                assert_eq!(text.matches("HTTP/1.1 206 Partial Content").count(), 2, "{text}");
+                for start in [a, b] {
+                    assert!(response.windows(6).any(|w| w == expected(start)), "bytes {start}..: {text}");
+                }
+            })
+        })
+        .collect();
+    let answered = threads.into_iter().map(|t| t.join()).filter(Result::is_ok).count();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("serve load | 200 connections, 400 range requests on loopback | {answered} answered in {seconds:.2} s");
+    assert_eq!(answered, 200, "every connection got both answers");
+    assert!(seconds < 60.0, "{seconds} s");
 }

@@ -1,21 +1,35 @@
-//! `phi-web serve`: a small static file server for the demo and for trying a
-//! package locally. What a browser running phi-web needs from a server:
-//! `application/wasm` for the .wasm (streaming compilation), COOP/COEP headers
-//! (cross-origin isolation: precise timers and memory measurement), single
-//! HTTP range requests, and no directory listings. Only files under the served
-//! folders are reachable — `..` and symlinks pointing outside are refused.
+//! `phi-web serve`: a static file server for the demo and for trying a
+//! package locally, on hyper (HTTP/1.1, keep-alive) and tokio. What a browser
+//! running phi-web needs from a server: `application/wasm` for the .wasm
+//! (streaming compilation), COOP/COEP headers (cross-origin isolation:
+//! precise timers and memory measurement), single HTTP range requests, ETags
+//! (a reload revalidates with If-None-Match and gets 304), shards marked
+//! immutable, and no directory listings. Only files under the served folders
+//! are reachable — `..`, encoded or not, and symlinks pointing outside are
+//! refused.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 
 /// URL prefix → folder, longest prefix first.
 struct Site {
     mounts: Vec<(String, PathBuf)>,
 }
+
+/// Bytes a body chunk carries when a file is streamed.
+const CHUNK: usize = 256 << 10;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 pub fn serve(root: &Path, mounts: &[String], host: &str, port: u16) -> Result<(), String> {
     let mut site = vec![("/".to_string(), root.to_path_buf())];
@@ -30,133 +44,164 @@ pub fn serve(root: &Path, mounts: &[String], host: &str, port: u16) -> Result<()
     site.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     let site = Arc::new(Site { mounts: site });
 
-    let listener = TcpListener::bind((host, port)).map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
-    // Not println!: a closed stdout must not stop the server.
-    let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "phi-web serve: http://{address}/ (Ctrl+C stops)");
-    for (prefix, dir) in &site.mounts {
-        let _ = writeln!(stdout, "  {prefix} -> {}", dir.display());
-    }
-    let _ = stdout.flush();
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let site = site.clone();
-        std::thread::spawn(move || {
-            let _ = connection(&site, stream);
-        });
-    }
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_io().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host, port))
+            .await
+            .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+        let address: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Not println!: a closed stdout must not stop the server.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "phi-web serve: http://{address}/ (Ctrl+C stops)");
+        for (prefix, dir) in &site.mounts {
+            let _ = writeln!(stdout, "  {prefix} -> {}", dir.display());
+        }
+        let _ = stdout.flush();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let site = site.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let site = site.clone();
+                    async move { Ok::<_, Infallible>(respond(&site, &request).await) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    })
 }
 
-/// One keep-alive connection: requests until the client closes it or idles.
-fn connection(site: &Site, stream: TcpStream) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    loop {
-        let Some(request) = read_request(&mut reader)? else { return Ok(()) };
-        let keep_alive = respond(site, &request, &mut out)?;
-        out.flush()?;
-        if !keep_alive {
-            return Ok(());
-        }
+/// The response to one request (GET and HEAD only).
+async fn respond(site: &Site, request: &Request<hyper::body::Incoming>) -> Response<Body> {
+    let head = request.method() == Method::HEAD;
+    if request.method() != Method::GET && !head {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
-}
-
-struct Request {
-    method: String,
-    path: String,
-    range: Option<String>,
-    close: bool,
-}
-
-/// The request line and the headers we use; None at end of stream.
-fn read_request(reader: &mut impl BufRead) -> std::io::Result<Option<Request>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let version = parts.next().unwrap_or("");
-    let mut request = Request { method, path: target, range: None, close: version == "HTTP/1.0" };
-    let mut header_bytes = 0;
-    loop {
-        let mut header = String::new();
-        let n = reader.read_line(&mut header)?;
-        header_bytes += n;
-        if n == 0 || header_bytes > 64 * 1024 {
-            return Ok(None);
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            return Ok(Some(request));
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "range" => request.range = Some(value.to_string()),
-                "connection" => request.close = value.eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Writes the response; returns whether the connection stays open.
-fn respond(site: &Site, request: &Request, out: &mut impl Write) -> std::io::Result<bool> {
-    let head = request.method == "HEAD";
-    if request.method != "GET" && !head {
-        status_only(
-            out,
-            "405 Method Not Allowed",
-            "only GET and HEAD\n",
-            &[("allow", "GET, HEAD".into())],
-            request.close,
-        )?;
-        return Ok(!request.close);
-    }
-    let Some(file) = site.resolve(&request.path) else {
-        status_only(out, "404 Not Found", "not found\n", &[], request.close)?;
-        return Ok(!request.close);
+    let Some(file) = site.resolve(request.uri().path()) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    let Ok(mut handle) = File::open(&file) else {
-        status_only(out, "404 Not Found", "not found\n", &[], request.close)?;
-        return Ok(!request.close);
+    let Ok(metadata) = std::fs::metadata(&file) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    let size = handle.metadata()?.len();
-    let (status, start, len) = match request.range.as_deref().map(|r| parse_range(r, size)) {
-        None => ("200 OK", 0, size),
-        Some(Some((start, end))) => ("206 Partial Content", start, end - start + 1),
+    let size = metadata.len();
+    let modified = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let etag = format!("\"{size:x}-{:x}\"", modified.map_or(0, |d| d.as_nanos()));
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    if header(header::IF_NONE_MATCH).is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        file_headers(&mut response, &file, &etag);
+        return response;
+    }
+    let (status, start, len) = match header(header::RANGE).map(|r| parse_range(r, size)) {
+        None => (StatusCode::OK, 0, size),
+        Some(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         Some(None) => {
-            let range = [("content-range", format!("bytes */{size}"))];
-            status_only(out, "416 Range Not Satisfiable", "range not satisfiable\n", &range, request.close)?;
-            return Ok(!request.close);
+            let mut response = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+            insert(&mut response, header::CONTENT_RANGE, format!("bytes */{size}"));
+            return response;
         }
     };
-    let mut headers = vec![
-        ("content-type", content_type(&file).to_string()),
-        ("content-length", len.to_string()),
-        ("accept-ranges", "bytes".into()),
-    ];
-    if status.starts_with("206") {
-        headers.push(("content-range", format!("bytes {start}-{}/{size}", start + len - 1)));
+    let body = if head { empty() } else { file_body(file.clone(), start, len) };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    file_headers(&mut response, &file, &etag);
+    insert(&mut response, header::CONTENT_LENGTH, len.to_string());
+    if status == StatusCode::PARTIAL_CONTENT {
+        insert(&mut response, header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", start + len - 1));
     }
-    write_head(out, status, &headers, request.close)?;
-    if !head {
-        handle.seek(SeekFrom::Start(start))?;
-        std::io::copy(&mut handle.take(len), out)?;
+    response
+}
+
+/// `len` bytes of `file` from `start`, read in chunks on tokio's blocking
+/// threads as the client takes them (a shard is never in memory whole).
+fn file_body(file: PathBuf, start: u64, len: u64) -> Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Frame<Bytes>>>(2);
+    tokio::task::spawn_blocking(move || {
+        let read = || -> std::io::Result<()> {
+            let mut handle = std::fs::File::open(&file)?;
+            handle.seek(SeekFrom::Start(start))?;
+            let mut left = len;
+            while left > 0 {
+                let mut chunk = vec![0u8; (left as usize).min(CHUNK)];
+                handle.read_exact(&mut chunk)?;
+                left -= chunk.len() as u64;
+                if sender.blocking_send(Ok(Frame::data(Bytes::from(chunk)))).is_err() {
+                    return Ok(()); // the client went away
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = read() {
+            let _ = sender.blocking_send(Err(e));
+        }
+    });
+    let frames = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|frame| (frame, receiver))
+    });
+    StreamBody::new(frames).boxed()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    insert(&mut response, header::CONTENT_TYPE, "text/plain; charset=utf-8".into());
+    common_headers(&mut response);
+    response
+}
+
+fn insert(response: &mut Response<Body>, name: header::HeaderName, value: String) {
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(name, value);
     }
-    Ok(!request.close)
+}
+
+/// A file's type, validator and caching: shards (`shard-*.bin`) never change
+/// under their name, so they are immutable; everything else revalidates (an
+/// edited page shows at once, answered by 304 when it did not change).
+fn file_headers(response: &mut Response<Body>, file: &Path, etag: &str) {
+    insert(response, header::CONTENT_TYPE, content_type(file).into());
+    insert(response, header::ETAG, etag.into());
+    insert(response, header::ACCEPT_RANGES, "bytes".into());
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let shard = name.starts_with("shard-") && name.ends_with(".bin");
+    let cache = if shard { "public, max-age=31536000, immutable" } else { "no-cache" };
+    insert(response, header::CACHE_CONTROL, cache.into());
+    common_headers(response);
+}
+
+/// Cross-origin isolation (COOP/COEP), and CORP so other isolated origins may
+/// load the files.
+fn common_headers(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-embedder-policy", "require-corp"),
+        ("cross-origin-resource-policy", "cross-origin"),
+        ("access-control-allow-origin", "*"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-cache"));
 }
 
 impl Site {
     /// The file a URL path names, if it lies inside a served folder. A
     /// directory means its index.html; there are no listings.
     fn resolve(&self, target: &str) -> Option<PathBuf> {
-        let path = percent_decode(target.split(['?', '#']).next()?)?;
+        let path = percent_encoding::percent_decode_str(target).decode_utf8().ok()?;
+        if path.contains('\0') || path.contains('\\') {
+            return None;
+        }
         if !path.starts_with('/') {
             return None;
         }
@@ -200,24 +245,6 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let decoded = String::from_utf8(out).ok()?;
-    (!decoded.contains('\0') && !decoded.contains('\\')).then_some(decoded)
-}
-
 fn content_type(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
         "html" => "text/html; charset=utf-8",
@@ -232,38 +259,6 @@ fn content_type(path: &Path) -> &'static str {
         "pdf" => "application/pdf",
         _ => "application/octet-stream",
     }
-}
-
-fn write_head(out: &mut impl Write, status: &str, headers: &[(&str, String)], close: bool) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    // Cross-origin isolation, and revalidation so an edited page shows at once
-    // (model shards are cached by phi-web itself, not by HTTP).
-    head.push_str("cross-origin-opener-policy: same-origin\r\n");
-    head.push_str("cross-origin-embedder-policy: require-corp\r\n");
-    head.push_str("cross-origin-resource-policy: cross-origin\r\n");
-    head.push_str("access-control-allow-origin: *\r\n");
-    head.push_str("x-content-type-options: nosniff\r\n");
-    head.push_str("cache-control: no-cache\r\n");
-    head.push_str(if close { "connection: close\r\n" } else { "connection: keep-alive\r\n" });
-    head.push_str("\r\n");
-    out.write_all(head.as_bytes())
-}
-
-fn status_only(
-    out: &mut impl Write,
-    status: &str,
-    body: &str,
-    extra: &[(&str, String)],
-    close: bool,
-) -> std::io::Result<()> {
-    let mut headers = vec![("content-type", "text/plain; charset=utf-8".to_string())];
-    headers.push(("content-length", body.len().to_string()));
-    headers.extend(extra.iter().cloned());
-    write_head(out, status, &headers, close)?;
-    out.write_all(body.as_bytes())
 }
 
 #[cfg(test)]
