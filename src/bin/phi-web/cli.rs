@@ -483,7 +483,9 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
     let gpu = pollster::block_on(Gpu::new(options))?;
     let kernels = Kernels::new(&gpu);
     eprintln!("benchmarking on {}", gpu.adapter);
-    let mut report = pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |stage| eprintln!("  {stage}")))?;
+    let stages = Stages::new();
+    let mut report =
+        pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |s| stages.log(&format!("  {s}"))))?;
     if args.kernels_only {
         return write_report(&report, args.out.as_deref());
     }
@@ -493,7 +495,9 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
     let want = |model: BenchModel| args.only.is_none_or(|o| o == model);
     let cpu = report.cpu_read_gbps_all_threads;
     let figure = |dir: &Path, plan: &ModelBench| {
-        pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, plan, cpu, |s| eprintln!("    {s}")))
+        pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, plan, cpu, |s| {
+            stages.log(&format!("    {s}"))
+        }))
     };
     let decode_plan = |prompts: Vec<usize>, decode_tokens: usize| ModelBench {
         context: 4096,
@@ -505,30 +509,30 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
     };
     let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if want(BenchModel::Smollm2) && gguf.exists() {
-        eprintln!("  SmolLM2 end to end");
+        stages.log("  SmolLM2 end to end");
         let dir = Path::new("target/bench/smollm2");
         convert::convert(gguf, dir, &ConvertOptions::default(), &mut |_| {})?;
         let plan = decode_plan(vec![128, 1024], 16);
         report.models.push(figure(dir, &plan)?);
-        eprintln!("  SmolLM2 with an 8-bit KV cache");
+        stages.log("  SmolLM2 with an 8-bit KV cache");
         let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
         report.models.push(figure(dir, &plan)?);
     } else if want(BenchModel::Smollm2) {
-        eprintln!("  SmolLM2 skipped: run `make models`");
+        stages.log("  SmolLM2 skipped: run `make models`");
     }
     if want(BenchModel::Phi3Mini) {
         let dir = Path::new("target/bench/synthetic-phi3-mini");
-        eprintln!("  synthetic Phi-3-mini q4_0 (writing it to {} once)", dir.display());
+        stages.log(&format!("  synthetic Phi-3-mini q4_0 (writing it to {} once)", dir.display()));
         phi_web::bench::synthetic_phi3_mini(dir)?;
         // A 1024-token Phi-3-mini prefill takes tens of minutes on a CPU adapter.
         let prompts = if args.long { vec![128, 1024] } else { vec![128] };
         let plan = decode_plan(prompts, 4);
         report.models.push(figure(dir, &plan)?);
-        eprintln!("  synthetic Phi-3-mini with an 8-bit KV cache");
+        stages.log("  synthetic Phi-3-mini with an 8-bit KV cache");
         let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
         report.models.push(figure(dir, &plan)?);
         for kv_cache in KvFormat::ALL {
-            eprintln!("  synthetic Phi-3-mini GPU memory at a 1k context, {} KV cache", kv_cache.name());
+            stages.log(&format!("  synthetic Phi-3-mini GPU memory at a 1k context, {} KV cache", kv_cache.name()));
             let plan = ModelBench {
                 context: 1024,
                 kv_cache,
@@ -545,16 +549,53 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
         // decode GB/s counts the active bytes (attention, routers, two
         // experts per layer, lm_head), the floor of what a token must read.
         let dir = Path::new("target/bench/synthetic-phi-mini-moe");
-        eprintln!("  synthetic Phi-mini-MoE q4_0, 8 layers (writing it to {} once)", dir.display());
+        stages.log(&format!("  synthetic Phi-mini-MoE q4_0, 8 layers (writing it to {} once)", dir.display()));
         phi_web::bench::synthetic_phi_mini_moe(dir, 8)?;
         report.models.push(figure(dir, &decode_plan(vec![128], 4))?);
         // Half of each layer's experts on the GPU: misses read the package.
         let sizes = ExpertSizes::of(&Package::open(dir)?)?;
-        eprintln!("  synthetic Phi-mini-MoE with an expert cache of 8 of 16 experts per layer");
+        stages.log("  synthetic Phi-mini-MoE with an expert cache of 8 of 16 experts per layer");
         let plan = ModelBench { gpu_memory: Some(sizes.budget_for(8)), ..decode_plan(vec![128], 16) };
         report.models.push(figure(dir, &plan)?);
     }
+    stages.finish();
     write_report(&report, args.out.as_deref())
+}
+
+/// The bench's stages on stderr: on a terminal each is logged above a spinner
+/// that names the running one with its elapsed time; elsewhere a line each.
+struct Stages {
+    spinner: Option<ProgressBar>,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            let spinner = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+                spinner.set_style(style);
+            }
+            spinner.enable_steady_tick(Duration::from_millis(120));
+            spinner
+        });
+        Stages { spinner }
+    }
+
+    fn log(&self, stage: &str) {
+        match &self.spinner {
+            Some(spinner) => {
+                spinner.println(stage);
+                spinner.set_message(stage.trim().to_string());
+            }
+            None => eprintln!("{stage}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(spinner) = &self.spinner {
+            spinner.finish_and_clear();
+        }
+    }
 }
 
 /// The benchmark JSON on stdout and, with --out, in a file.
