@@ -373,16 +373,17 @@ try {
   // transformers: 16 tokens, and 80 (past the original context of 64: the
   // long factors and long_mscale, two prefill chunks); then with 2 of the 16
   // experts per layer cached, which must give the same logits bit for bit.
-  step("tiny PhiMoE's logits in Chromium match transformers', every expert resident and cached");
+  step("tiny PhiMoE's logits in Chromium match transformers' (f32 and q8_0), every expert resident and cached");
   const golden = (file) => {
     const meta = JSON.parse(readFileSync(`${root}tests/data/tiny-phimoe/${file}`, "utf8"));
     const bytes = readFileSync(`${root}tests/data/tiny-phimoe/${meta.logits_file}`);
     return { ids: meta.input_ids, logits: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) };
   };
   const goldens = [golden("golden.json"), golden("golden-long.json")];
+  const goldenQ8 = golden("golden-q8_0.json"); // transformers on the q8_0 package's own weights
   const f32Sizes = expertSizes(JSON.parse(readFileSync(`${phimoeF32Dir}/model.json`, "utf8")));
   const parity = await page.evaluate(
-    async ({ sequences, budget }) => {
+    async ({ sequences, budget, q8Ids }) => {
       const run = async (gpuMemoryBudget) => {
         const engine = await phiWeb.createEngine("/models/phimoe-f32/model.json", { contextLength: 128, kvCache: "f32", gpuMemoryBudget });
         const out = [];
@@ -391,9 +392,12 @@ try {
         await engine.unload();
         return { logits: out, expertCache: stats.expertCache };
       };
-      return { resident: await run(0), cached: await run(budget) };
+      const q8 = await phiWeb.createEngine("/models/phimoe/model.json", { contextLength: 128, kvCache: "f32" });
+      const q8Logits = Array.from(await q8.logits(q8Ids));
+      await q8.unload();
+      return { resident: await run(0), cached: await run(budget), q8Logits };
     },
-    { sequences: goldens.map((g) => g.ids), budget: f32Sizes.budgetFor(2) },
+    { sequences: goldens.map((g) => g.ids), budget: f32Sizes.budgetFor(2), q8Ids: goldenQ8.ids },
   );
   const maxDiff = (a, b) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
   goldens.forEach((g, i) => {
@@ -402,6 +406,16 @@ try {
     assert.equal(parity.resident.logits[i].length, g.logits.length);
     assert.ok(err <= 2e-5, `${g.ids.length} tokens: max |logit error| ${err} against transformers`);
     assert.deepEqual(parity.cached.logits[i], parity.resident.logits[i], `${g.ids.length} tokens: the cache changes the logits`);
+  });
+  // The q8_0 package (the chat steps' one) against transformers on its weights: every top-1.
+  const vocab = goldenQ8.logits.length / goldenQ8.ids.length;
+  const argmax = (row) => row.reduce((best, x, i) => (x > row[best] ? i : best), 0);
+  const q8Error = maxDiff(parity.q8Logits, goldenQ8.logits);
+  figures.phimoe_q8_0_logit_error = q8Error;
+  assert.ok(q8Error <= 2e-5, `q8_0: max |logit error| ${q8Error} against transformers on the q8_0 weights`);
+  goldenQ8.ids.forEach((_, r) => {
+    const row = (a) => Array.from(a.slice(r * vocab, (r + 1) * vocab));
+    assert.equal(argmax(row(parity.q8Logits)), argmax(row(goldenQ8.logits)), `q8_0 top-1 at position ${r}`);
   });
   assert.equal(parity.resident.expertCache, null);
   assert.equal(parity.cached.expertCache?.resident_per_layer, 2);
