@@ -93,7 +93,8 @@ impl Engine {
         };
         let plan = DecoderOptions {
             capacity: context,
-            max_tokens: PREFILL_CHUNK,
+            // A context shorter than a prefill chunk takes chunks of its own length.
+            max_tokens: PREFILL_CHUNK.min(context.max(1)),
             kv: options.kv_cache,
             gpu_memory: options.gpu_memory,
         };

@@ -38,6 +38,13 @@ fn logits_prints_one_row_per_token() {
     let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,17,300", "--top", "2"]);
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["top"][2].as_array().unwrap().len(), 2);
+    // A context shorter than a prefill chunk prefills in chunks of its length: the same logits.
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,17,300", "--context", "3"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let short: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(short["logits"].as_array().unwrap().len(), 3);
+    let o = phi_web(&["logits", dir.to_str().unwrap(), "--tokens", "1,17,300", "--context", "2"]);
+    assert!(o.status.code() == Some(1) && text(&o.stderr).contains("pass --context 3"), "{}", text(&o.stderr));
 }
 
 /// `--kv-cache f32` leaves only f32 arithmetic: transformers' logits within
