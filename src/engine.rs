@@ -93,8 +93,7 @@ impl Engine {
         };
         let plan = DecoderOptions {
             capacity: context,
-            // A context shorter than a prefill chunk takes chunks of its own length.
-            max_tokens: PREFILL_CHUNK.min(context.max(1)),
+            max_tokens: PREFILL_CHUNK,
             kv: options.kv_cache,
             gpu_memory: options.gpu_memory,
         };

@@ -73,7 +73,7 @@ pub(crate) struct LoadPlan {
 pub struct DecoderOptions {
     /// Positions the KV cache holds.
     pub capacity: usize,
-    /// Tokens one forward call may carry (longer prompts are chunked by the caller).
+    /// Tokens one forward call may carry, at most `capacity` (longer prompts are chunked by the caller).
     pub max_tokens: usize,
     pub kv: KvFormat,
     /// Bytes of weights the GPU may hold; None: all of them. A mixture of
@@ -181,7 +181,8 @@ impl Decoder {
                 ),
             });
         }
-        let t = max_tokens.max(1);
+        // A context shorter than a call's tokens takes calls of its own length.
+        let t = max_tokens.clamp(1, capacity.max(1));
         let plan = LoadPlan { max_tokens: t, capacity, gpu_memory };
         let model: Box<dyn CausalLm> = match config.architecture {
             Architecture::Phi3 | Architecture::Llama => Box::new(Phi3::load(gpu, source, &plan).await?),
