@@ -69,13 +69,17 @@ class LocalEngine {
     this.last = undefined;
   }
 
-  /** request: OpenAI fields; onDelta(text) per piece; resolves {text, tokens, finish_reason, stats}. */
+  /**
+   * request: OpenAI fields; onDelta(text) per piece of text, or
+   * onDelta({index, id?, type?, function}) per piece of a tool call;
+   * resolves {text, tokens, finish_reason, tool_calls?, stats}.
+   */
   async generate(request, onDelta) {
     if (this.embedding) {
       throw namedError("InputError", `${this.model} is an embedding model: use engine.embeddings.create({ input })`);
     }
     // Absent fields (undefined or null) take the engine's defaults (src/engine.rs: Request).
-    const fields = ["messages", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop"];
+    const fields = ["messages", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "response_format", "tools", "tool_choice"];
     const body = Object.fromEntries(fields.filter((f) => request[f] != null).map((f) => [f, request[f]]));
     if (body.stop != null) body.stop = [].concat(body.stop);
     let result;

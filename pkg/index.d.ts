@@ -39,9 +39,62 @@ export interface EngineOptions {
   gpuMemoryBudget?: number;
 }
 
-export interface ChatMessage {
-  role: "system" | "user" | "assistant";
-  content: string;
+export type ChatMessage =
+  | { role: "system" | "user"; content: string }
+  /** An assistant turn; one that called tools has `tool_calls` (and content null). */
+  | { role: "assistant"; content: string | null; tool_calls?: ToolCall[] }
+  /** A tool's result, for the call with id `tool_call_id`. */
+  | { role: "tool"; tool_call_id: string; content: string };
+
+/** A JSON Schema (draft 2020-12 keywords; what llguidance enforces). */
+export type JSONSchema = Record<string, unknown>;
+
+/**
+ * The answer's shape, enforced token by token (constrained decoding):
+ * "json_object" any JSON object; "json_schema" JSON valid against `schema`
+ * (`strict: true`: a keyword that cannot be enforced is an InputError;
+ * otherwise it is ignored); "grammar" a Lark grammar in llguidance's syntax
+ * (`start: "yes" | "no"`, regexes as `/[0-9]+/`, `%json { schema }`).
+ * JSON comes compact, without free whitespace.
+ */
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | { type: "json_schema"; json_schema: { name?: string; description?: string; schema: JSONSchema; strict?: boolean } }
+  | { type: "grammar"; grammar: string };
+
+export interface Tool {
+  type: "function";
+  function: {
+    /** 1 to 64 of a-z, A-Z, 0-9, _ and -. */
+    name: string;
+    description?: string;
+    /** A JSON Schema of the arguments object (default: no arguments). */
+    parameters?: JSONSchema;
+  };
+}
+
+/**
+ * "auto" (default): the model answers in text or calls one tool; "required":
+ * it calls one of the tools; a named function: it calls that one; "none": the
+ * tools are left out of the prompt and the answer is text.
+ */
+export type ToolChoice = "auto" | "none" | "required" | { type: "function"; function: { name: string } };
+
+export interface ToolCall {
+  /** "call_" and 24 hex digits. */
+  id: string;
+  type: "function";
+  /** `arguments`: a JSON text valid against the tool's parameters. */
+  function: { name: string; arguments: string };
+}
+
+/** A streamed piece of a tool call: the first has id, type and name; the rest add to `arguments`. */
+export interface ToolCallDelta {
+  index: number;
+  id?: string;
+  type?: "function";
+  function: { name?: string; arguments: string };
 }
 
 export interface ChatCompletionRequest {
@@ -54,12 +107,21 @@ export interface ChatCompletionRequest {
   repetition_penalty?: number;
   seed?: number;
   stop?: string | string[];
+  /** Constrain the answer to JSON or a grammar (not together with tools). */
+  response_format?: ResponseFormat;
+  /** Functions the model may call (one call per answer). */
+  tools?: Tool[];
+  tool_choice?: ToolChoice;
   stream?: boolean;
   signal?: AbortSignal;
 }
 
-/** "stop": a stop token or string; "length": max_tokens or the context; "abort": interrupt(). */
-export type FinishReason = "stop" | "length" | "abort";
+/**
+ * "stop": a stop token or string, or a grammar that admits nothing more;
+ * "length": max_tokens or the context (a constrained answer may then be
+ * unfinished); "abort": interrupt(); "tool_calls": the answer is a tool call.
+ */
+export type FinishReason = "stop" | "length" | "abort" | "tool_calls";
 
 export interface Usage {
   prompt_tokens: number;
@@ -72,7 +134,12 @@ export interface ChatCompletion {
   object: "chat.completion";
   created: number;
   model: string;
-  choices: { index: number; message: { role: "assistant"; content: string }; finish_reason: FinishReason }[];
+  choices: {
+    index: number;
+    /** content is null when the answer is a tool call. */
+    message: { role: "assistant"; content: string | null; tool_calls?: ToolCall[] };
+    finish_reason: FinishReason;
+  }[];
   usage: Usage;
 }
 
@@ -81,7 +148,11 @@ export interface ChatCompletionChunk {
   object: "chat.completion.chunk";
   created: number;
   model: string;
-  choices: { index: number; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null }[];
+  choices: {
+    index: number;
+    delta: { role?: "assistant"; content?: string | null; tool_calls?: ToolCallDelta[] };
+    finish_reason: FinishReason | null;
+  }[];
   /** On the last chunk. */
   usage?: Usage;
 }
@@ -93,6 +164,9 @@ export interface EngineStats {
   prefill_tokens_per_s?: number;
   decode_tokens_per_s?: number;
   ttft_ms?: number;
+  /** Grammar masks computed in the last request (a constrained answer), and their mean cost in ms. */
+  masks?: number;
+  mask_ms?: number;
   /** The expert cache's work in the last request (models whose experts do not all fit the budget). */
   experts?: ExpertCacheStats;
   /** GPU memory in storage buffers: weights, scratch, KV cache. */

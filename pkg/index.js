@@ -228,7 +228,7 @@ class PhiEngine {
         object: "chat.completion",
         created,
         model: this.model,
-        choices: [{ index: 0, message: { role: "assistant", content: result.text }, finish_reason: result.finish_reason }],
+        choices: [{ index: 0, message: message(result), finish_reason: result.finish_reason }],
         usage: usage(result),
       };
     }
@@ -263,7 +263,9 @@ class PhiEngine {
         yield chunk({ role: "assistant", content: "" }, null);
         for (;;) {
           if (queue.length) {
-            yield chunk({ content: queue.shift() }, null);
+            // Text comes as a string, a piece of a tool call as an object.
+            const delta = queue.shift();
+            yield chunk(typeof delta === "string" ? { content: delta } : { tool_calls: [delta] }, null);
             continue;
           }
           if (ended) break;
@@ -309,6 +311,12 @@ class PhiEngine {
   unload() {
     return this.backend.unload();
   }
+}
+
+/** The assistant message of a result: its text, or its tool calls (content null, as OpenAI's). */
+function message(result) {
+  if (result.tool_calls?.length) return { role: "assistant", content: null, tool_calls: result.tool_calls };
+  return { role: "assistant", content: result.text };
 }
 
 function usage(result) {

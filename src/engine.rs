@@ -3,7 +3,7 @@
 //! defaults, the prefill chunk and the default context cap live here once;
 //! `web.rs` and `src/bin/phi-web/run.rs` only translate their inputs.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 
 use serde::Deserialize;
 
@@ -13,6 +13,8 @@ use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::model::{Decoder, DecoderOptions, Logits};
 use crate::sampler::SamplingOptions;
 use crate::session::{self, GenerateOptions, Generation, Interrupt, Session};
+use crate::structured::tools::{render_messages, Delta, Tool, ToolChoice, ToolPlan, ToolStream};
+use crate::structured::{Constraint, Grammars, ResponseFormat};
 use crate::tokenizer::{Message, Tokenizer};
 
 /// Tokens per prefill call (longer prompts run in chunks of this many).
@@ -46,6 +48,11 @@ pub struct Request {
     pub repetition_penalty: f32,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// The answer's shape: JSON (any object, or a schema) or a Lark grammar.
+    pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call (chat only).
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
 }
 
 impl Default for Request {
@@ -60,6 +67,9 @@ impl Default for Request {
             repetition_penalty: s.repetition_penalty,
             seed: s.seed,
             stop: Vec::new(),
+            response_format: None,
+            tools: Vec::new(),
+            tool_choice: None,
         }
     }
 }
@@ -75,6 +85,8 @@ pub struct Engine {
     /// (a second one at the same time gets an error, not a panic).
     session: RefCell<Session>,
     interrupt: Interrupt,
+    /// The vocabulary for constrained decoding, built on first use.
+    grammars: OnceCell<Grammars>,
 }
 
 impl Engine {
@@ -106,6 +118,7 @@ impl Engine {
             stop_token_ids: source.manifest().stop_token_ids.clone(),
             session: RefCell::new(Session::new()),
             interrupt: Interrupt::default(),
+            grammars: OnceCell::new(),
         })
     }
 
@@ -132,23 +145,84 @@ impl Engine {
         }
     }
 
+    /// The constrained-decoding vocabulary (built on the first request that needs it).
+    pub fn grammars(&self) -> Result<&Grammars> {
+        if let Some(grammars) = self.grammars.get() {
+            return Ok(grammars);
+        }
+        let tokenizer = self.tokenizer()?;
+        let eos = self.stop_token_ids.first().copied().or_else(|| tokenizer.eos_token_id()).ok_or_else(|| {
+            Error::Config { message: "the model has no stop token, so a constrained answer could not end".into() }
+        })?;
+        let grammars = Grammars::from_tokenizer_json(&tokenizer.to_json()?, eos)?;
+        Ok(self.grammars.get_or_init(|| grammars))
+    }
+
+    /// The constraint `request.response_format` asks for, if any.
+    fn format_constraint(&self, request: &Request) -> Result<Option<Constraint>> {
+        match &request.response_format {
+            None | Some(ResponseFormat::Text) => Ok(None),
+            Some(format) => self.grammars()?.response_format(format),
+        }
+    }
+
     /// Answers `request.messages` through the model's chat template; the KV
-    /// cache of the previous request's shared prefix is reused.
-    pub async fn chat(&self, request: &Request, on_text: impl FnMut(&str)) -> Result<Generation> {
+    /// cache of the previous request's shared prefix is reused. `on_delta`
+    /// receives the answer's text, or the pieces of its tool call.
+    pub async fn chat(&self, request: &Request, mut on_delta: impl FnMut(Delta)) -> Result<Generation> {
         if request.messages.is_empty() {
             return Err(Error::Shape { op: "request", message: "messages is empty".into() });
         }
         let tokenizer = self.tokenizer()?;
-        let prompt = tokenizer.apply_chat_template(&request.messages)?;
-        self.complete(&tokenizer.encode(&prompt)?, request, on_text).await
+        let plan = ToolPlan::new(&request.tools, request.tool_choice.as_ref())?;
+        let messages = render_messages(&request.messages, plan.as_ref())?;
+        let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages)?)?;
+        let Some(plan) = plan else {
+            let constraint = self.format_constraint(request)?;
+            return self.run(&prompt, request, constraint, |text| on_delta(Delta::Text(text))).await;
+        };
+        if !matches!(request.response_format, None | Some(ResponseFormat::Text)) {
+            let message = "response_format together with tools is not supported yet; ask for the call's arguments \
+                           through the tool's parameters, or for JSON without tools"
+                .into();
+            return Err(Error::Shape { op: "request", message });
+        }
+        let constraint = plan.constraint(self.grammars()?)?;
+        let mut stream = ToolStream::default();
+        let mut result = self.run(&prompt, request, Some(constraint), |text| stream.push(text, &mut on_delta)).await?;
+        stream.finish(&mut on_delta);
+        if let Some(call) = stream.call() {
+            result.tool_calls.push(call);
+            result.text.clear();
+            if result.finish_reason == "stop" {
+                result.finish_reason = "tool_calls";
+            }
+        }
+        Ok(result)
     }
 
-    /// Continues the token ids `prompt` (no template); `request.messages` is unused.
+    /// Continues the token ids `prompt` (no template; `request.response_format`
+    /// applies, tools do not); `request.messages` is unused.
+    pub async fn complete(&self, prompt: &[u32], request: &Request, on_text: impl FnMut(&str)) -> Result<Generation> {
+        if !request.tools.is_empty() {
+            let message = "tools need a chat (messages through the chat template), not a raw prompt".into();
+            return Err(Error::Shape { op: "request", message });
+        }
+        let constraint = self.format_constraint(request)?;
+        self.run(prompt, request, constraint, on_text).await
+    }
+
     // The session's RefMut is held across awaits on purpose: it is the "one
     // generation at a time" lock, and a second call gets an error from
     // try_borrow_mut, never a panic.
     #[allow(clippy::await_holding_refcell_ref)]
-    pub async fn complete(&self, prompt: &[u32], request: &Request, on_text: impl FnMut(&str)) -> Result<Generation> {
+    async fn run(
+        &self,
+        prompt: &[u32],
+        request: &Request,
+        mut constraint: Option<Constraint>,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
         self.gpu.check()?;
         let tokenizer = self.tokenizer()?;
         let mut session = self.session.try_borrow_mut().map_err(|_| Error::Shape {
@@ -157,8 +231,8 @@ impl Engine {
         })?;
         self.interrupt.clear();
         let options = self.generate_options(request);
-        let d = &self.decoder;
-        session::generate(&self.gpu, &self.kernels, d, &mut session, tokenizer, prompt, &options, on_text).await
+        let (d, c) = (&self.decoder, constraint.as_mut());
+        session::generate(&self.gpu, &self.kernels, d, &mut session, tokenizer, prompt, &options, c, on_text).await
     }
 
     /// Logits of `ids` as one sequence from position 0, [T, vocab] row-major

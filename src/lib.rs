@@ -7,7 +7,7 @@
 //! ([`gpu::Kernels`], one WGSL file per op and weight format), quantization
 //! ([`quant`]), model packages ([`formats`], [`convert`]), the decoder
 //! ([`model::Decoder`]), tokenizer, sampler and the generate loop
-//! ([`session`]), and in wasm the JavaScript bindings (`web`).
+//! ([`session`]), constrained decoding and tool calls ([`structured`]), and in wasm the JavaScript bindings (`web`).
 //! Non-goals: training, a general tensor runtime, non-Phi-like architectures
 //! beyond the Llama family used for testing and BERT encoders for retrieval.
 
@@ -24,6 +24,7 @@ pub mod model;
 pub mod quant;
 pub mod sampler;
 pub mod session;
+pub mod structured;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

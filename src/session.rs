@@ -8,6 +8,7 @@
 //! `prepare_inputs_for_generation`, the first time a sequence crosses that
 //! point the whole cache is recomputed with the long factors.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernels};
 use crate::model::{Decoder, ExpertStats, Logits};
 use crate::sampler::{Sampler, SamplingOptions};
+use crate::structured::Constraint;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 #[derive(Clone, Debug)]
@@ -101,6 +103,11 @@ pub struct Stats {
     /// whose experts do not all fit the GPU).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experts: Option<ExpertUse>,
+    /// Grammar masks computed (a constrained answer) and their mean cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_ms: Option<f64>,
 }
 
 /// An expert cache's work over some tokens.
@@ -125,14 +132,18 @@ impl ExpertUse {
 pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,
-    /// "stop" (a stop token or string), "length" (max tokens or context) or
-    /// "abort" (interrupted).
+    /// "stop" (a stop token or string, or a finished grammar), "length"
+    /// (max tokens or context), "abort" (interrupted) or "tool_calls".
     pub finish_reason: &'static str,
+    /// The calls the answer made (then `text` is empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::structured::tools::ToolCall>,
     pub stats: Stats,
 }
 
 /// Generates from `prompt` (token ids); `on_text` receives each text delta
-/// as it is decoded.
+/// as it is decoded. With a `constraint`, every token is sampled from the
+/// logits its grammar allows, and the answer ends when the grammar does.
 #[allow(clippy::too_many_arguments)]
 pub async fn generate(
     gpu: &Gpu,
@@ -142,6 +153,7 @@ pub async fn generate(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
+    mut constraint: Option<&mut Constraint>,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     if prompt.is_empty() {
@@ -169,8 +181,12 @@ pub async fn generate(
     let experts_before = decoder.expert_stats();
     let mut forwarded = prompt.len() - reuse; // tokens through the model, for per-token figures
     let mut context: Vec<u32> = prompt.to_vec();
-    let greedy = options.sampling.is_greedy();
-    let prefilled = prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt, greedy).await?;
+    // A grammar masks the logits, so they are read back even when greedy.
+    let greedy = options.sampling.is_greedy() && constraint.is_none();
+    let mask_error = Cell::new(None);
+    let during = || prepare_mask(&mut constraint, &mask_error);
+    let prefilled =
+        prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt, greedy, during).await?;
     let ttft = start.elapsed().as_secs_f64();
     let Some(mut next) = prefilled else {
         // Interrupted during the prompt: what was computed stays cached.
@@ -186,7 +202,10 @@ pub async fn generate(
                 decode_tokens_per_s: 0.0,
                 ttft_ms: ttft * 1e3,
                 experts: ExpertUse::since(decoder, experts_before, computed),
+                masks: None,
+                mask_ms: None,
             },
+            tool_calls: Vec::new(),
         });
     };
 
@@ -200,9 +219,17 @@ pub async fn generate(
             finish_reason = "abort";
             break;
         }
+        if let Some(e) = mask_error.take() {
+            return Err(e);
+        }
         let id = match &mut next {
             Next::Token(id) => *id,
-            Next::Logits(logits) => sampler.sample(logits, &context),
+            Next::Logits(logits) => {
+                if let Some(c) = constraint.as_deref_mut() {
+                    c.apply(logits)?;
+                }
+                sampler.sample(logits, &context)
+            }
         };
         tokens.push(id);
         context.push(id);
@@ -212,12 +239,19 @@ pub async fn generate(
         }
         let delta = detokenizer.push(tokenizer, id)?;
         text.push_str(&delta);
+        if let Some(c) = constraint.as_deref_mut() {
+            c.commit(id, &text)?;
+        }
         if let Some(at) = options.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
             text.truncate(at);
             finish_reason = "stop";
             break;
         }
         on_text(&delta);
+        if constraint.as_deref().is_some_and(Constraint::is_finished) {
+            finish_reason = "stop"; // the grammar admits nothing more
+            break;
+        }
         let pos = context.len() - 1;
         if tokens.len() == options.max_tokens || pos >= decoder.capacity {
             break; // finish_reason stays "length"
@@ -226,7 +260,8 @@ pub async fn generate(
             // Crossing into LongRoPE's long factors: recompute the whole cache.
             session.cached.clear();
             forwarded += context.len();
-            match prefill(gpu, kernels, decoder, session, &context, 0, &options.interrupt, greedy).await? {
+            let during = || prepare_mask(&mut constraint, &mask_error);
+            match prefill(gpu, kernels, decoder, session, &context, 0, &options.interrupt, greedy, during).await? {
                 Some(next) => next,
                 None => {
                     finish_reason = "abort";
@@ -235,17 +270,20 @@ pub async fn generate(
             }
         } else {
             forwarded += 1;
-            let result = forward_step(gpu, kernels, decoder, &[id], pos, pos + 1, greedy).await;
+            let during = || prepare_mask(&mut constraint, &mask_error);
+            let result = forward_step(gpu, kernels, decoder, &[id], pos, pos + 1, greedy, during).await;
             session.cached.push(id);
             result.inspect_err(|_| session.reset())?
         };
     }
     let decode_secs = decode_start.elapsed().as_secs_f64();
     let decoded = tokens.len().saturating_sub(1).max(1);
+    let (masks, mask_ms) = constraint.as_deref().map(Constraint::mask_stats).unzip();
     Ok(Generation {
         text,
         tokens,
         finish_reason,
+        tool_calls: Vec::new(),
         stats: Stats {
             prompt_tokens: prompt.len(),
             cached_tokens: reuse,
@@ -253,8 +291,18 @@ pub async fn generate(
             decode_tokens_per_s: decoded as f64 / decode_secs.max(1e-9),
             ttft_ms: ttft * 1e3,
             experts: ExpertUse::since(decoder, experts_before, forwarded),
+            masks,
+            mask_ms,
         },
     })
+}
+
+/// Computes the constraint's next mask (while the GPU runs); an error waits
+/// in `error` until the step that needs the mask.
+fn prepare_mask(constraint: &mut Option<&mut Constraint>, error: &Cell<Option<Error>>) {
+    if let Some(Err(e)) = constraint.as_deref_mut().map(Constraint::prepare) {
+        error.set(Some(e));
+    }
 }
 
 /// What a forward call hands the sampler: the logits, or on greedy steps
@@ -264,7 +312,9 @@ enum Next {
     Token(u32),
 }
 
-/// One forward call of `ids` at `pos` in a sequence of `sequence_len` tokens.
+/// One forward call of `ids` at `pos` in a sequence of `sequence_len`
+/// tokens; `during` runs on the CPU while the GPU computes.
+#[allow(clippy::too_many_arguments)]
 async fn forward_step(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -273,10 +323,17 @@ async fn forward_step(
     pos: usize,
     sequence_len: usize,
     greedy: bool,
+    during: impl FnOnce(),
 ) -> Result<Next> {
     Ok(match greedy {
-        true => Next::Token(decoder.greedy_in_sequence(gpu, kernels, ids, pos, sequence_len).await?),
-        false => Next::Logits(decoder.forward_in_sequence(gpu, kernels, ids, pos, sequence_len, Logits::Last).await?),
+        true => {
+            during(); // nothing to mask on the greedy path
+            Next::Token(decoder.greedy_in_sequence(gpu, kernels, ids, pos, sequence_len).await?)
+        }
+        false => {
+            let logits = decoder.forward_while(gpu, kernels, ids, pos, sequence_len, Logits::Last, during);
+            Next::Logits(logits.await?)
+        }
     })
 }
 
@@ -293,16 +350,20 @@ async fn prefill(
     from: usize,
     interrupt: &Interrupt,
     greedy: bool,
+    during: impl FnOnce(),
 ) -> Result<Option<Next>> {
     // Every chunk uses the factors of the whole sequence's length.
     session.long = decoder.config.uses_long_rope(tokens.len());
     let mut next = None;
     let mut pos = from;
+    let mut during = Some(during); // with the first chunk
     for chunk in tokens[from..].chunks(decoder.max_tokens) {
         if interrupt.is_set() {
             return Ok(None);
         }
-        let result = forward_step(gpu, kernels, decoder, chunk, pos, tokens.len(), greedy).await;
+        let once = during.take();
+        let during = move || once.into_iter().for_each(|f| f());
+        let result = forward_step(gpu, kernels, decoder, chunk, pos, tokens.len(), greedy, during).await;
         next = Some(result.inspect_err(|_| session.reset())?);
         pos += chunk.len();
         session.cached.extend_from_slice(chunk);

@@ -6,17 +6,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::formats::package::Manifest;
+use crate::structured::tools::ToolCall;
 
+/// A chat message, OpenAI-shaped: an assistant's may carry `tool_calls`
+/// (its `content` then null), a `tool` message answers one by `tool_call_id`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
     }
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A piece of a text for retrieval: [start, end) in UTF-16 code units.
@@ -121,6 +133,17 @@ impl Tokenizer {
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tokenizer_error)
+    }
+
+    /// tokenizer.json as a JSON document (for the constrained-decoding vocabulary).
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        let text = self.inner.to_string(false).map_err(tokenizer_error)?;
+        serde_json::from_str(&text).map_err(tokenizer_error)
+    }
+
+    /// The id of the end-of-sequence token the manifest names, if any.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.inner.token_to_id(&self.eos_token)
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::formats::package::{parse_manifest, ChunkReader, Manifest, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::model::Encoder;
+use crate::structured::tools::Delta;
 use crate::tokenizer::Tokenizer;
 
 #[wasm_bindgen(start)]
@@ -147,20 +148,31 @@ impl Engine {
     }
 
     /// Runs one chat request (JSON, OpenAI-shaped: messages, max_tokens,
-    /// temperature, top_p, top_k, repetition_penalty, seed, stop; absent
-    /// fields take `engine::Request`'s defaults). `on_text` receives each
-    /// text delta. Resolves to JSON {text, tokens, finish_reason, stats}.
+    /// temperature, top_p, top_k, repetition_penalty, seed, stop,
+    /// response_format, tools, tool_choice; absent fields take
+    /// `engine::Request`'s defaults). `on_text` receives each text delta (a
+    /// string) or tool-call delta (an object). Resolves to JSON {text,
+    /// tokens, finish_reason, tool_calls, stats}.
     /// The KV cache of the previous request's shared prefix is reused.
     pub fn generate(&self, request: String, on_text: Function) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let request: Request =
                 serde_json::from_str(&request).map_err(|e| input_error(format!("malformed request: {e}")))?;
-            let on_text = |delta: &str| {
+            let on_delta = |delta: Delta| {
+                // Text as a string, a tool call's piece as an object in the
+                // shape of OpenAI's delta.tool_calls[i].
+                let value = match delta {
+                    Delta::Text(text) => JsValue::from_str(text),
+                    Delta::ToolCall(call) => serde_json::to_string(call)
+                        .ok()
+                        .and_then(|json| js_sys::JSON::parse(&json).ok())
+                        .unwrap_or(JsValue::NULL),
+                };
                 // A throwing callback must not break the generation.
-                let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(delta));
+                let _ = on_text.call1(&JsValue::NULL, &value);
             };
-            let result = inner.chat(&request, on_text).await.map_err(js_error)?;
+            let result = inner.chat(&request, on_delta).await.map_err(js_error)?;
             serde_json::to_string(&result).map(JsValue::from).map_err(|e| input_error(e.to_string()))
         })
     }

@@ -177,6 +177,47 @@ fn generate_ends_at_a_stop_string() {
     assert!(text(&o.stderr).contains("invalid value 'x' for '--repetition-penalty"), "{}", text(&o.stderr));
 }
 
+/// `generate --grammar / --json-schema / --json-object`: stdout is exactly the
+/// constrained answer; a bad schema is an InputError (exit 1) before anything
+/// is generated; two formats at once are a usage error (exit 2).
+#[test]
+fn generate_holds_the_answer_to_a_grammar_or_schema() {
+    let dir = smollm2().to_str().unwrap();
+    let scratch = root().join("target").join("test-scratch").join("cli-structured");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let file = |name: &str, body: &str| {
+        let path = scratch.join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let grammar = file("answer.lark", "start: (\"yes\" | \"no\") \".\"\n");
+    let base = ["generate", dir, "--chat", "--prompt", "Is the sky blue?", "--context", "128"];
+    let o = phi_web(&[&base[..], &["--grammar", &grammar, "--max-tokens", "8"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(["yes.\n", "no.\n"].contains(&text(&o.stdout).as_str()), "{:?}", text(&o.stdout));
+
+    let schema = file("answer.json", r#"{"type": "object", "properties": {"sky": {"enum": ["blue", "green"]}}, "required": ["sky"], "additionalProperties": false}"#);
+    let o = phi_web(&[&base[..], &["--json-schema", &schema, "--max-tokens", "16"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let answer: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    assert!(["blue", "green"].contains(&answer["sky"].as_str().unwrap()), "{answer}");
+
+    let o = phi_web(&[&base[..], &["--json-object", "--max-tokens", "8"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(serde_json::from_str::<serde_json::Value>(text(&o.stdout).trim()).unwrap().is_object());
+    let o = phi_web(&[&base[..], &["--json-schema", &schema, "--max-tokens", "2"]].concat());
+    assert!(o.status.success() && text(&o.stdout).starts_with('{'), "{}", text(&o.stdout));
+    assert!(text(&o.stderr).contains("finish_reason \"length\""), "{}", text(&o.stderr));
+
+    let bad = file("bad.json", r#"{"type": "objekt"}"#);
+    let o = phi_web(&[&base[..], &["--json-schema", &bad]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).starts_with("phi-web: InputError:") && text(&o.stderr).contains("objekt"), "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty());
+    let o = phi_web(&[&base[..], &["--json-schema", &bad, "--grammar", &grammar]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
 /// `phi-web chat` on SmolLM2: two turns streamed, the second reusing the first's
 /// KV cache; a turn that outgrows the context is an error the chat survives.
 #[test]

@@ -530,6 +530,7 @@ fn smollm2_answers_and_samples_reproducibly() {
             &tokenizer,
             &ids,
             &options,
+            None,
             |d| streamed.push_str(d),
         ))
         .unwrap();
@@ -597,6 +598,7 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
             &tokenizer,
             &context,
             &options,
+            None,
             |_| {},
         ))
         .unwrap();
@@ -666,8 +668,18 @@ fn an_interrupt_ends_prefill_between_chunks() {
     let ids = golden("tiny-phi3").ids;
     let options = GenerateOptions { max_tokens: 4, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session| {
-        pollster::block_on(generate(&env.gpu, &env.kernels, &decoder, session, &tokenizer, &ids, &options, |_| {}))
-            .unwrap()
+        pollster::block_on(generate(
+            &env.gpu,
+            &env.kernels,
+            &decoder,
+            session,
+            &tokenizer,
+            &ids,
+            &options,
+            None,
+            |_| {},
+        ))
+        .unwrap()
     };
     let mut session = Session::new();
     options.interrupt.set();
@@ -698,8 +710,18 @@ fn a_ring_kv_cache_reuses_only_keys_it_still_holds() {
     let ids = golden("tiny-phi3").ids; // 16 ids: positions 0..15 fill the 12 slots and wrap
     let options = GenerateOptions { max_tokens: 6, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session, prompt: &[u32]| {
-        pollster::block_on(generate(&env.gpu, &env.kernels, &decoder, session, &tokenizer, prompt, &options, |_| {}))
-            .unwrap()
+        pollster::block_on(generate(
+            &env.gpu,
+            &env.kernels,
+            &decoder,
+            session,
+            &tokenizer,
+            prompt,
+            &options,
+            None,
+            |_| {},
+        ))
+        .unwrap()
     };
     let mut session = Session::new();
     let first = run(&mut session, &ids);

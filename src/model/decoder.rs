@@ -237,7 +237,25 @@ impl Decoder {
         sequence_len: usize,
         which: Logits,
     ) -> Result<Vec<f32>> {
+        self.forward_while(gpu, k, ids, pos, sequence_len, which, || {}).await
+    }
+
+    /// `forward_in_sequence`, running `during` on the CPU once the pass is
+    /// submitted and before its logits are read (the next token's grammar
+    /// mask is computed while the GPU works).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn forward_while(
+        &self,
+        gpu: &Gpu,
+        k: &Kernels,
+        ids: &[u32],
+        pos: usize,
+        sequence_len: usize,
+        which: Logits,
+        during: impl FnOnce(),
+    ) -> Result<Vec<f32>> {
         self.submit(gpu, k, ids, pos, sequence_len, Readout::Logits(which)).await?;
+        during();
         match which {
             Logits::Last => gpu.read_mapped_f32("logits", &self.io.logits_readback, self.config.vocab_size).await,
             Logits::All => gpu.read_f32("logits", &self.io.logits, ids.len() * self.config.vocab_size).await,

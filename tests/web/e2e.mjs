@@ -8,12 +8,16 @@
 // the non-streamed; interrupt() and an AbortSignal stop a generation; a second
 // load fetches no shard bytes; a corrupted cached shard is refetched; a
 // corrupted shard or an HTML page on the server is an error naming the shard
-// that leaves nothing in the cache; OPFS works as the cache too; the package bundled by Vite from its npm
+// that leaves nothing in the cache; JSON-schema and grammar answers are valid
+// (ajv) and equal the native CLI's, tool calls validate and stream as returned; OPFS works as the cache too; the package bundled by Vite from its npm
 // tarball (tests/web/vite-build.sh) loads too. Prints figures as JSON at the end.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
 import { chromium } from "playwright-core";
 import { expertSizes } from "../../pkg/loader.js";
 import { startServer } from "./server.mjs";
@@ -37,6 +41,43 @@ const nativeAnswer = (dir) =>
   );
 const native = nativeAnswer(modelDir);
 const nativeMoe = nativeAnswer(phimoeDir);
+
+// A schema the browser and the native CLI answer through, and a validator
+// that is not the library that produced the answers.
+const PERSON = {
+  type: "object",
+  properties: {
+    name: { type: "string", maxLength: 20 },
+    age: { type: "integer", minimum: 0, maximum: 120 },
+    hobbies: { type: "array", items: { type: "string", maxLength: 16 }, minItems: 1, maxItems: 3 },
+    role: { enum: ["student", "teacher", "engineer"] },
+  },
+  required: ["name", "age", "role"],
+  additionalProperties: false,
+};
+const PERSON_QUESTION = "Describe Ada, a 36-year-old engineer who likes chess.";
+const schemaFile = join(mkdtempSync(join(tmpdir(), "phi-web-e2e-")), "person.json");
+writeFileSync(schemaFile, JSON.stringify(PERSON));
+const nativePerson = JSON.parse(
+  execFileSync(phiWeb, ["generate", modelDir, "--chat", "--prompt", PERSON_QUESTION, "--max-tokens", "80", "--context", "512", "--json-schema", schemaFile, "--json"], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "ignore"],
+  }),
+);
+const ajv = new Ajv({ strict: true });
+const WEATHER = {
+  type: "function",
+  function: {
+    name: "get_weather",
+    description: "The weather in a city today.",
+    parameters: {
+      type: "object",
+      properties: { city: { type: "string", maxLength: 30 }, unit: { enum: ["celsius", "fahrenheit"] } },
+      required: ["city", "unit"],
+      additionalProperties: false,
+    },
+  },
+};
 
 const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir, phimoe: phimoeDir, "phimoe-f32": phimoeF32Dir },
 });
@@ -112,6 +153,95 @@ try {
   assert.equal(streamed.chunks.at(-1).choices[0].finish_reason, native.finish_reason);
   assert.equal(streamed.chunks[0].object, "chat.completion.chunk");
   assert.ok(streamed.stats.cached_tokens > 30, `cached_tokens ${streamed.stats.cached_tokens}`);
+
+  step("response_format: a JSON schema's answer validates (ajv) and equals the native CLI's; a grammar admits only its words");
+  const structured = await page.evaluate(
+    async ({ schema, question }) => {
+      const person = await engine.chat.completions.create({
+        messages: [{ role: "user", content: question }],
+        max_tokens: 80,
+        response_format: { type: "json_schema", json_schema: { name: "person", schema, strict: true } },
+      });
+      const stats = await engine.stats();
+      const grammar = 'start: answer "."\nanswer: "yes" | "no" | "maybe later"';
+      const words = [];
+      for (const q of ["Is the sky blue?", "Can pigs fly?"]) {
+        const r = await engine.chat.completions.create({
+          messages: [{ role: "user", content: q }],
+          max_tokens: 8,
+          response_format: { type: "grammar", grammar },
+        });
+        words.push(r.choices[0].message.content);
+      }
+      const object = await engine.chat.completions.create({
+        messages: [{ role: "user", content: "A JSON object about a cat, please." }],
+        max_tokens: 48,
+        response_format: { type: "json_object" },
+      });
+      const errors = [];
+      for (const response_format of [
+        { type: "json_schema", json_schema: { schema: { type: "strnig" } } },
+        { type: "grammar", grammar: "start: undefined_rule" },
+        { type: "yaml" },
+      ]) {
+        try {
+          await engine.chat.completions.create({ messages: [{ role: "user", content: "hi" }], response_format });
+          errors.push("no error");
+        } catch (e) {
+          errors.push(`${e.name}: ${e.message}`);
+        }
+      }
+      return { person, stats, words, object, errors };
+    },
+    { schema: PERSON, question: PERSON_QUESTION },
+  );
+  const person = structured.person.choices[0];
+  assert.equal(person.finish_reason, "stop", person.message.content);
+  assert.ok(ajv.validate(PERSON, JSON.parse(person.message.content)), `${person.message.content}: ${ajv.errorsText()}`);
+  assert.equal(person.message.content, nativePerson.text, "the browser's constrained answer is the native CLI's");
+  assert.ok(structured.stats.masks >= nativePerson.tokens.length - 1, `${structured.stats.masks} masks`);
+  figures.mask_ms_smollm2 = structured.stats.mask_ms;
+  for (const word of structured.words) assert.ok(["yes.", "no.", "maybe later."].includes(word), word);
+  const object = structured.object.choices[0];
+  if (object.finish_reason === "stop") assert.equal(typeof JSON.parse(object.message.content), "object");
+  else assert.ok(object.finish_reason === "length" && object.message.content.startsWith("{"), object.message.content);
+  assert.match(structured.errors[0], /^InputError: .*strnig/);
+  assert.match(structured.errors[1], /^InputError: .*undefined_rule/);
+  assert.match(structured.errors[2], /^InputError: .*yaml/);
+
+  step("tools: a required call validates, streams as it is returned, and tool_choice \"none\" gives text");
+  const tools = await page.evaluate(async (tool) => {
+    const messages = [{ role: "user", content: "What's the weather in Paris?" }];
+    const request = { messages, tools: [tool], tool_choice: "required", max_tokens: 60 };
+    const whole = await engine.chat.completions.create(request);
+    const chunks = [];
+    for await (const chunk of await engine.chat.completions.create({ ...request, stream: true })) chunks.push(chunk);
+    const call = whole.choices[0].message.tool_calls?.[0];
+    const followUp = [
+      ...messages,
+      whole.choices[0].message,
+      { role: "tool", tool_call_id: call?.id, content: JSON.stringify({ celsius: 21, sky: "clear" }) },
+    ];
+    const answer = await engine.chat.completions.create({ messages: followUp, tools: [tool], tool_choice: "none", max_tokens: 20 });
+    return { whole, chunks, answer };
+  }, WEATHER);
+  const called = tools.whole.choices[0];
+  assert.equal(called.finish_reason, "tool_calls");
+  assert.equal(called.message.content, null);
+  const [call] = called.message.tool_calls;
+  assert.equal(call.type, "function");
+  assert.equal(call.function.name, "get_weather");
+  assert.ok(ajv.validate(WEATHER.function.parameters, JSON.parse(call.function.arguments)), `${call.function.arguments}: ${ajv.errorsText()}`);
+  const deltas = tools.chunks.flatMap((c) => c.choices[0].delta.tool_calls ?? []);
+  assert.ok(deltas.length > 2, `${deltas.length} tool-call deltas`);
+  assert.match(deltas[0].id, /^call_[0-9a-f]{24}$/);
+  assert.equal(deltas[0].function.name, call.function.name);
+  assert.equal(deltas.map((d) => d.function.arguments).join(""), call.function.arguments, "streamed arguments = returned arguments");
+  assert.equal(tools.chunks.at(-1).choices[0].finish_reason, "tool_calls");
+  assert.ok(tools.chunks.every((c) => !c.choices[0].delta.content));
+  const answer = tools.answer.choices[0];
+  assert.ok(answer.message.content.length > 0 && !answer.message.tool_calls, JSON.stringify(answer));
+  figures.tool_call_arguments = call.function.arguments;
 
   step("interrupt() stops a generation mid-stream");
   const interrupted = await page.evaluate(async () => {

@@ -15,6 +15,7 @@ use phi_web::formats::package::Package;
 use phi_web::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use phi_web::model::ExpertSizes;
 use phi_web::quant::WeightFormat;
+use phi_web::structured::{JsonSchema, ResponseFormat};
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 the command failed (the message starts with the
@@ -146,11 +147,48 @@ pub struct SamplingArgs {
     /// A system message (with --chat, or in chat).
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+/// The answer's shape: at most one of these (constrained decoding).
+#[derive(Args)]
+#[group(multiple = false)]
+pub struct FormatArgs {
+    /// Answer with JSON valid against this JSON schema (a file).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+    /// Answer in this Lark grammar (llguidance's syntax; a file).
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<PathBuf>,
+    /// Answer with any JSON object (--json prints the result as JSON instead).
+    #[arg(long)]
+    pub json_object: bool,
+}
+
+impl FormatArgs {
+    /// The request's response_format, the files read.
+    pub fn response_format(&self) -> Result<Option<ResponseFormat>, Failure> {
+        let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
+        if let Some(path) = &self.json_schema {
+            let schema = serde_json::from_str(&read(path)?).map_err(|e| phi_web::Error::Shape {
+                op: "--json-schema",
+                message: format!("{}: not JSON: {e}", path.display()),
+            })?;
+            let json_schema = JsonSchema { name: None, schema, strict: true };
+            return Ok(Some(ResponseFormat::JsonSchema { json_schema }));
+        }
+        if let Some(path) = &self.grammar {
+            return Ok(Some(ResponseFormat::Grammar { grammar: read(path)? }));
+        }
+        Ok(self.json_object.then_some(ResponseFormat::JsonObject))
+    }
 }
 
 impl SamplingArgs {
-    pub fn request(&self) -> Request {
-        Request {
+    pub fn request(&self) -> Result<Request, Failure> {
+        Ok(Request {
+            response_format: self.format.response_format()?,
             messages: Vec::new(),
             max_tokens: self.max_tokens,
             temperature: self.temperature,
@@ -159,7 +197,8 @@ impl SamplingArgs {
             repetition_penalty: self.repetition_penalty,
             seed: self.seed,
             stop: self.stop.clone(),
-        }
+            ..Request::default()
+        })
     }
 }
 
@@ -239,7 +278,7 @@ struct BenchArgs {
     /// Only the kernels.
     #[arg(long)]
     kernels_only: bool,
-    /// One model only.
+    /// One model (or the structured-output figures) only.
     #[arg(long, value_enum)]
     only: Option<BenchModel>,
 }
@@ -249,6 +288,8 @@ enum BenchModel {
     Smollm2,
     Phi3Mini,
     PhiMiniMoe,
+    /// Constrained decoding: mask cost per token, decode with ÷ without a schema.
+    Structured,
 }
 
 #[derive(Args)]
@@ -479,6 +520,39 @@ fn info(options: &GpuOptions) -> Outcome {
     Ok(())
 }
 
+/// Mask cost on SmolLM2's vocabulary and Phi-4-mini's (o200k, from the npm
+/// package js-tiktoken in tests/web), and SmolLM2's decode with ÷ without a schema.
+fn structured_bench(stages: &Stages) -> Result<phi_web::bench::structured::StructuredReport, Failure> {
+    use phi_web::bench::structured as s;
+    let mut report = s::StructuredReport { masks: Vec::new(), decode: None };
+    let smollm2 = Path::new("target/bench/smollm2");
+    let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.exists() {
+        if !smollm2.join("model.json").exists() {
+            convert::convert(gguf, smollm2, &ConvertOptions::default(), &mut |_| {})?;
+        }
+        stages.log("  grammar masks on SmolLM2's vocabulary");
+        let (tokens, eos) = s::package_vocabulary(smollm2)?;
+        report.masks.push(s::mask_figure("SmolLM2 (byte-level BPE)", &tokens, eos)?);
+    }
+    let o200k = Path::new("tests/web/node_modules/js-tiktoken/dist/ranks/o200k_base.js");
+    if o200k.exists() {
+        stages.log("  grammar masks on Phi-4-mini's vocabulary (o200k)");
+        let (tokens, eos) = s::o200k_vocabulary(o200k)?;
+        report.masks.push(s::mask_figure("Phi-4-mini (o200k)", &tokens, eos)?);
+    } else {
+        stages.log(&format!(
+            "  Phi-4-mini's vocabulary skipped: {} is missing (npm ci --prefix tests/web)",
+            o200k.display()
+        ));
+    }
+    if gguf.exists() {
+        stages.log("  SmolLM2 decode with and without a JSON schema");
+        report.decode = Some(s::constrained_decode(smollm2, 48)?);
+    }
+    Ok(report)
+}
+
 fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
     let gpu = pollster::block_on(Gpu::new(options))?;
     let kernels = Kernels::new(&gpu);
@@ -557,6 +631,9 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
         stages.log("  synthetic Phi-mini-MoE with an expert cache of 8 of 16 experts per layer");
         let plan = ModelBench { gpu_memory: Some(sizes.budget_for(8)), ..decode_plan(vec![128], 16) };
         report.models.push(figure(dir, &plan)?);
+    }
+    if want(BenchModel::Structured) {
+        report.structured = Some(structured_bench(&stages)?);
     }
     stages.finish();
     write_report(&report, args.out.as_deref())

@@ -6,6 +6,7 @@ use std::path::Path;
 use phi_web::engine::{Engine, EngineOptions};
 use phi_web::formats::package::Package;
 use phi_web::gpu::GpuOptions;
+use phi_web::structured::tools::Delta;
 use phi_web::tokenizer::{Message, Tokenizer};
 
 use crate::cli::{ChatArgs, Failure, GenerateArgs, LoadArgs, LogitsArgs, Outcome};
@@ -42,10 +43,10 @@ fn load_tokenizer(dir: &Path, package: &Package) -> Result<Tokenizer, Failure> {
 
 pub fn generate(args: &GenerateArgs, options: &GpuOptions) -> Outcome {
     let engine = load(&args.dir, &args.load, options, true)?;
-    let mut request = args.sampling.request();
+    let mut request = args.sampling.request()?;
     let mut stdout = std::io::stdout();
     let json = args.json;
-    let on_text = |delta: &str| {
+    let mut on_text = |delta: &str| {
         if !json {
             let _ = stdout.write_all(delta.as_bytes());
             let _ = stdout.flush();
@@ -56,7 +57,11 @@ pub fn generate(args: &GenerateArgs, options: &GpuOptions) -> Outcome {
             request.messages.push(Message::new("system", system));
         }
         request.messages.push(Message::new("user", &args.prompt));
-        pollster::block_on(engine.chat(&request, on_text))
+        pollster::block_on(engine.chat(&request, |delta| {
+            if let Delta::Text(text) = delta {
+                on_text(text)
+            }
+        }))
     } else {
         let ids = engine.tokenizer().and_then(|t| t.encode(&args.prompt))?;
         pollster::block_on(engine.complete(&ids, &request, on_text))
@@ -66,6 +71,9 @@ pub fn generate(args: &GenerateArgs, options: &GpuOptions) -> Outcome {
     } else {
         println!();
     }
+    if result.finish_reason == "length" && request.response_format.is_some() {
+        eprintln!("phi-web: the answer reached --max-tokens before its structure closed (finish_reason \"length\")");
+    }
     Ok(())
 }
 
@@ -73,7 +81,7 @@ pub fn generate(args: &GenerateArgs, options: &GpuOptions) -> Outcome {
 /// keeps the conversation's KV cache so each turn prefills only what is new.
 pub fn chat(args: &ChatArgs, options: &GpuOptions) -> Outcome {
     let (dir, engine) = (&args.dir, load(&args.dir, &args.load, options, true)?);
-    let mut request = args.sampling.request();
+    let mut request = args.sampling.request()?;
     let system = &args.sampling.system;
     let fresh = || system.iter().map(|s| Message::new("system", s)).collect::<Vec<_>>();
     request.messages = fresh();
@@ -105,8 +113,10 @@ pub fn chat(args: &ChatArgs, options: &GpuOptions) -> Outcome {
             text => request.messages.push(Message::new("user", text)),
         }
         let result = pollster::block_on(engine.chat(&request, |delta| {
-            let _ = stdout.write_all(delta.as_bytes());
-            let _ = stdout.flush();
+            if let Delta::Text(text) = delta {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
         }));
         println!();
         match result {

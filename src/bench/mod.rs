@@ -3,6 +3,8 @@
 //! bandwidth measured in the same run, so that the ratio means something on
 //! a shared, noisy machine.
 
+pub mod structured;
+
 use std::time::Instant;
 
 use serde::Serialize;
@@ -25,6 +27,9 @@ pub struct KernelReport {
     pub cpu_read_gbps_all_threads: f64,
     pub threads: usize,
     pub kernels: Vec<KernelFigure>,
+    /// Constrained decoding's cost (`phi-web bench --only structured`, and the full run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structured: Option<structured::StructuredReport>,
 }
 
 #[derive(Serialize)]
@@ -197,6 +202,7 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         cpu_read_gbps_all_threads: cpu_all,
         threads,
         kernels: figures,
+        structured: None,
     })
 }
 
@@ -677,6 +683,9 @@ pub fn markdown(report: &KernelReport) -> String {
             or_dash(fraction),
             if m.decode.len() > 1 { format!("{:.2}", m.decode_long_over_short) } else { "—".into() },
         );
+    }
+    if let Some(s) = &report.structured {
+        out += &structured::markdown(s);
     }
     out += "\n| kernel | shape | GB/s | ÷ memory bandwidth |\n|---|---|---|---|\n";
     for k in &report.kernels {
