@@ -196,7 +196,10 @@ fn generate_holds_the_answer_to_a_grammar_or_schema() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(["yes.\n", "no.\n"].contains(&text(&o.stdout).as_str()), "{:?}", text(&o.stdout));
 
-    let schema = file("answer.json", r#"{"type": "object", "properties": {"sky": {"enum": ["blue", "green"]}}, "required": ["sky"], "additionalProperties": false}"#);
+    let schema = file(
+        "answer.json",
+        r#"{"type": "object", "properties": {"sky": {"enum": ["blue", "green"]}}, "required": ["sky"], "additionalProperties": false}"#,
+    );
     let o = phi_web(&[&base[..], &["--json-schema", &schema, "--max-tokens", "16"]].concat());
     assert!(o.status.success(), "{}", text(&o.stderr));
     let answer: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
@@ -212,7 +215,11 @@ fn generate_holds_the_answer_to_a_grammar_or_schema() {
     let bad = file("bad.json", r#"{"type": "objekt"}"#);
     let o = phi_web(&[&base[..], &["--json-schema", &bad]].concat());
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).starts_with("phi-web: InputError:") && text(&o.stderr).contains("objekt"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).starts_with("phi-web: InputError:") && text(&o.stderr).contains("objekt"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(o.stdout.is_empty());
     let o = phi_web(&[&base[..], &["--json-schema", &bad, "--grammar", &grammar]].concat());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
