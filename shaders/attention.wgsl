@@ -10,6 +10,14 @@
 // k_scales4, load_v4, kv_row_words and the cache bindings 3 and 4) come from
 // a kv_{f16,q8,f32}.wgsl reader concatenated in front of this file.
 //
+// Block-sparse attention (Phi-3-small, SPARSE): query head h at position p
+// (block q = p / block) sees key block k <= q when q - k < local_blocks or
+// (k + h * head_step + 1) % vert_stride == 0, within the causal mask. A
+// workgroup walks only the key blocks some head of its group sees — the
+// stripes of its heads, then its local blocks — as one "logical" key
+// sequence (sparse_key maps an index to a position), and masks per head;
+// splits divide that sequence, so decode reads none of the hidden blocks.
+//
 // On CPU adapters every load is a per-lane gather, so each thread scores four
 // keys per read of q and the reductions run once per 4 WG keys (1.3x faster
 // than one key per thread on lavapipe).
@@ -24,6 +32,10 @@ struct Params {
     splits: u32,     // workgroups along the key sequence
     scale: f32,      // softmax scale, usually 1/sqrt(head_dim)
     slots: u32,      // positions the caches hold: key j is in slot j % slots
+    block: u32,        // SPARSE: positions per block
+    local_blocks: u32, // SPARSE: a query's own block and the ones before it that every head sees
+    vert_stride: u32,  // SPARSE: and every vert_stride-th block ...
+    head_step: u32,    // SPARSE: ... shifted by h * head_step for query head h
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -42,6 +54,8 @@ const MAX_GROUP: u32 = 8u;      // query heads per KV head
 // The group size when the pipeline is specialised for one (1: multi-head
 // attention, whose loops over the group then compile away); 0: from Params.
 override GROUP: u32 = 0u;
+// Block-sparse pattern (Params block .. head_step); false: every earlier key.
+override SPARSE: bool = false;
 const MAX_Q_QUADS: u32 = 256u;  // group * head_dim / 4
 // Thread lid accumulates V dims 4 lid .. 4 lid + 3 of every query head of
 // the group, so head_dim <= 4 * WG.
@@ -71,6 +85,67 @@ fn k_dot4(row: vec4<u32>, first: u32, head_dim: u32, kv_dim: u32, group: u32) ->
         }
     }
     return total;
+}
+
+// The keys a workgroup's query heads see, in block-sparse attention: blocks
+// below `local_first` whose index mod vert_stride is one of the group's
+// `count` stripe residues (ascending), then every key from local_first * block.
+struct SparseKeys {
+    local_first: u32,  // the first block every head sees
+    remote_keys: u32,  // keys in the stripes below it
+    count: u32,        // distinct residues
+    residues: array<u32, MAX_GROUP>,
+}
+
+// Head h's stripes are the blocks k with k ≡ -(1 + h * head_step) (mod vert_stride).
+fn stripe_residue(h: u32) -> u32 {
+    return (p.vert_stride - (1u + h * p.head_step) % p.vert_stride) % p.vert_stride;
+}
+
+fn sparse_keys(pos: u32, first_head: u32, group: u32) -> SparseKeys {
+    var s: SparseKeys;
+    let q = pos / p.block;
+    s.local_first = select(0u, q + 1u - p.local_blocks, q + 1u > p.local_blocks);
+    // The group's residues in ascending order, each once (group <= MAX_GROUP).
+    var last = 0u;
+    for (var n = 0u; n < group; n++) {
+        var next = p.vert_stride;  // the smallest residue above the last one taken
+        for (var g = 0u; g < group; g++) {
+            let r = stripe_residue(first_head + g);
+            if ((n == 0u || r > last) && r < next) {
+                next = r;
+            }
+        }
+        if (next == p.vert_stride) {
+            break;
+        }
+        s.residues[s.count] = next;
+        s.count += 1u;
+        last = next;
+    }
+    let periods = s.local_first / p.vert_stride;
+    var blocks = periods * s.count;
+    for (var i = 0u; i < s.count; i++) {
+        blocks += u32(s.residues[i] < s.local_first % p.vert_stride);
+    }
+    s.remote_keys = blocks * p.block;
+    return s;
+}
+
+// The position of logical key i.
+fn sparse_key(s: SparseKeys, i: u32) -> u32 {
+    if (i >= s.remote_keys) {
+        return s.local_first * p.block + (i - s.remote_keys);
+    }
+    let b = i / p.block;
+    let k = b / s.count * p.vert_stride + s.residues[b % s.count];
+    return k * p.block + i % p.block;
+}
+
+// Whether query head h sees the keys at positions j (all <= its query).
+fn sparse_sees(h: u32, j: vec4<u32>, local_first: u32) -> vec4<bool> {
+    let k = j / p.block;
+    return (k >= vec4<u32>(local_first)) | ((k + h * p.head_step + 1u) % p.vert_stride == vec4<u32>(0u));
 }
 
 // Per-query maxima (or sums) over the workgroup of the threads' `v`.
@@ -105,12 +180,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let row_words = kv_row_words(kv_dim);
     let head_first = kvh * p.head_dim;  // this KV head's first dim in a cache row
 
+    // Keys are indexed 0 .. n_keys: positions, or SPARSE's logical keys.
+    var n_keys = pos + 1u;
+    var total = kv_len;
+    var visible: SparseKeys;
+    if (SPARSE) {
+        visible = sparse_keys(pos, kvh * group, group);
+        n_keys = visible.remote_keys + pos + 1u - visible.local_first * p.block;
+        total = n_keys;
+    }
     // This split's keys, clipped to the causal and sliding-window range. A
     // split takes at least two chunks: below that, the fixed cost of a split
     // (loading the queries, its partial result, merging it) outweighs its keys.
-    let split_len = max(((kv_len + p.splits - 1u) / p.splits + CHUNK - 1u) / CHUNK * CHUNK, 2u * CHUNK);
+    let split_len = max(((total + p.splits - 1u) / p.splits + CHUNK - 1u) / CHUNK * CHUNK, 2u * CHUNK);
     var k_begin = split * split_len;
-    let k_end = min(k_begin + split_len, pos + 1u);
+    let k_end = min(k_begin + split_len, n_keys);
     if (p.window > 0u && pos + 1u > p.window) {
         k_begin = max(k_begin, pos + 1u - p.window);
     }
@@ -143,23 +227,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     for (var c = k_begin; c < k_end; c += CHUNK) {
         // Thread lid scores keys c + 4 lid .. c + 4 lid + 3 against every query.
-        let j = c + 4u * lid + vec4<u32>(0u, 1u, 2u, 3u);
-        let in_range = j < vec4<u32>(k_end);
+        let i = c + 4u * lid + vec4<u32>(0u, 1u, 2u, 3u);
+        let in_range = i < vec4<u32>(k_end);
+        var j = i;
+        if (SPARSE) {
+            j = vec4<u32>(sparse_key(visible, i.x), sparse_key(visible, i.y), sparse_key(visible, i.z),
+                          sparse_key(visible, i.w));
+        }
         let row = (j % p.slots) * row_words;
         var score: array<vec4<f32>, MAX_GROUP>;
         if (in_range.x) {
             score = k_dot4(row, head_first, p.head_dim, kv_dim, group);
         }
         var local: array<f32, MAX_GROUP>;
+        var seen: array<vec4<bool>, MAX_GROUP>;  // the keys each query head sees
         for (var g = 0u; g < group; g++) {
-            score[g] = select(vec4<f32>(NEG_BIG), score[g], in_range);
+            seen[g] = in_range;
+            if (SPARSE) {
+                seen[g] = in_range & sparse_sees(kvh * group + g, j, visible.local_first);
+            }
+            score[g] = select(vec4<f32>(NEG_BIG), score[g], seen[g]);
             local[g] = max(max(score[g].x, score[g].y), max(score[g].z, score[g].w));
         }
         let chunk_max = reduce_group(local, lid, group, true);
         var correction: array<f32, MAX_GROUP>;
         for (var g = 0u; g < group; g++) {
             let m_new = max(m[g], chunk_max[g]);
-            let prob = select(vec4<f32>(0.0), exp(score[g] - m_new), in_range);
+            let prob = select(vec4<f32>(0.0), exp(score[g] - m_new), seen[g]);
             probs[g * WG + lid] = prob;
             local[g] = prob.x + prob.y + prob.z + prob.w;
             correction[g] = exp(m[g] - m_new);

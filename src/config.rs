@@ -17,19 +17,21 @@ pub enum Architecture {
     Llama,
     /// PhimoeForCausalLM: Phi-3.5-MoE, Phi-mini-MoE, Phi-tiny-MoE.
     PhiMoe,
+    /// Phi3SmallForCausalLM (remote code): Phi-3-small-8k and -128k.
+    Phi3Small,
     /// BERT-family sentence encoders (retrieval).
     Bert,
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static str =
-        "phi3 (Phi3ForCausalLM), phimoe (PhimoeForCausalLM), llama (LlamaForCausalLM), bert (BertModel)";
+    pub const SUPPORTED: &'static str = "phi3 (Phi3ForCausalLM), phimoe (PhimoeForCausalLM), phi3small \
+        (Phi3SmallForCausalLM), llama (LlamaForCausalLM), bert (BertModel)";
 
     /// The normalisation this architecture's blocks use.
     pub fn norm(self) -> NormKind {
         match self {
             Architecture::Phi3 | Architecture::Llama => NormKind::Rms,
-            Architecture::Bert | Architecture::PhiMoe => NormKind::Layer,
+            Architecture::Bert | Architecture::PhiMoe | Architecture::Phi3Small => NormKind::Layer,
         }
     }
 
@@ -38,6 +40,7 @@ impl Architecture {
             "phi3" | "Phi3ForCausalLM" => Ok(Self::Phi3),
             "llama" | "LlamaForCausalLM" => Ok(Self::Llama),
             "phimoe" | "PhimoeForCausalLM" | "PhiMoEForCausalLM" => Ok(Self::PhiMoe),
+            "phi3small" | "Phi3SmallForCausalLM" => Ok(Self::Phi3Small),
             "bert" | "BertModel" | "BertForMaskedLM" => Ok(Self::Bert),
             other => {
                 Err(Error::Unsupported { what: format!("architecture {other}"), supported: Self::SUPPORTED.into() })
@@ -56,6 +59,9 @@ pub enum Activation {
     Gelu,
     /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
+    /// Phi-3-small's gated quick-GELU: a·sigmoid(1.702·a)·(b + 1) of the
+    /// clamped halves (the converter de-interleaves them).
+    Gegelu,
 }
 
 impl Activation {
@@ -64,9 +70,10 @@ impl Activation {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu" => Ok(Activation::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_tanh" => Ok(Activation::GeluTanh),
+            "gegelu" => Ok(Activation::Gegelu),
             other => Err(Error::Unsupported {
                 what: format!("activation `{other}`"),
-                supported: "silu, gelu, gelu_new / gelu_pytorch_tanh".into(),
+                supported: "silu, gelu, gelu_new / gelu_pytorch_tanh, gegelu".into(),
             }),
         }
     }
@@ -119,6 +126,51 @@ pub struct Moe {
     pub router_jitter: f32,
 }
 
+/// Phi-3-small's block-sparse attention pattern (`blocksparse_*`): query
+/// block q of head h sees key block k <= q when q − k < `local_blocks` or
+/// (k + h·head_step + 1) % `vert_stride` == 0, within the token-level causal mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockSparse {
+    /// Positions per block.
+    pub block: usize,
+    pub local_blocks: usize,
+    pub vert_stride: usize,
+    /// How far each query head's stripes shift (0: every head alike,
+    /// `blocksparse_homo_head_pattern`; else max(1, vert_stride / heads)).
+    pub head_step: usize,
+}
+
+impl BlockSparse {
+    /// Whether query head `head` at position `query` sees the key at `key`.
+    pub fn sees(&self, head: usize, query: usize, key: usize) -> bool {
+        let (q, k) = (query / self.block, key / self.block);
+        key <= query && (q - k < self.local_blocks || (k + head * self.head_step + 1).is_multiple_of(self.vert_stride))
+    }
+}
+
+/// Phi-3-small's muP multipliers, activation limit, sparse layers and unused ids.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phi3SmallExtras {
+    /// Multiplies the embeddings (`mup_embedding_multiplier`).
+    pub embedding_multiplier: f32,
+    /// Divides the logits (`mup_width_multiplier`).
+    pub width_multiplier: f32,
+    /// gegelu clamps its gate to ≤ limit and its linear half to ±limit.
+    pub gegelu_limit: Option<f32>,
+    pub blocksparse: BlockSparse,
+    /// Layer i is dense when (i + 1) % n == 0 (0: every layer block-sparse).
+    pub dense_every_n_layers: usize,
+    /// Ids whose logits are the f32 minimum (`dummy_token_indices`).
+    pub dummy_token_ids: Vec<u32>,
+}
+
+impl Phi3SmallExtras {
+    /// Whether layer `layer` attends densely.
+    pub fn dense_layer(&self, layer: usize) -> bool {
+        self.dense_every_n_layers > 0 && (layer + 1).is_multiple_of(self.dense_every_n_layers)
+    }
+}
+
 /// PhiMoE's `router_jitter_noise` (every published model; GGUF has no key for it).
 pub const DEFAULT_ROUTER_JITTER: f32 = 0.01;
 
@@ -157,6 +209,13 @@ pub struct ModelConfig {
     /// How an encoder's token states become one sentence vector (encoders only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooling: Option<Pooling>,
+    /// The softmax scale when it is not 1/sqrt(head_dim) (Phi-3-small's muP:
+    /// mup_attn_multiplier / head_dim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_scale: Option<f32>,
+    /// Phi-3-small only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi3small: Option<Phi3SmallExtras>,
 }
 
 /// How an encoder's token states become one vector.
@@ -221,6 +280,63 @@ fn token_ids(json: Option<&Json>) -> Vec<u32> {
     }
 }
 
+/// Phi3SmallConfig.intermediate_size: `ff_intermediate_size`, else
+/// ff_dim_multiplier · (hidden / 3) · 2, rounded up to 256 with `gegelu_pad_to_256`.
+fn phi3small_intermediate_size(json: &Json, hidden: usize) -> Result<usize> {
+    if let Some(size) = key(json, "ff_intermediate_size").and_then(Json::as_u64) {
+        return Ok(size as usize);
+    }
+    let multiplier = key(json, "ff_dim_multiplier").and_then(Json::as_u64).ok_or_else(|| Error::Config {
+        message: "a phi3small config needs ff_intermediate_size or ff_dim_multiplier".into(),
+    })? as usize;
+    let size = multiplier * (hidden / 3) * 2;
+    Ok(match key(json, "gegelu_pad_to_256").and_then(Json::as_bool).unwrap_or(true) {
+        true => size.next_multiple_of(256),
+        false => size,
+    })
+}
+
+/// Phi-3-small's muP, gegelu and block-sparse settings (Phi3SmallConfig's defaults where absent).
+fn phi3small_extras(json: &Json, heads: usize) -> Result<Phi3SmallExtras> {
+    let number = |name: &str, default: f64| key(json, name).and_then(Json::as_f64).unwrap_or(default);
+    let count = |name: &str, default: u64| key(json, name).and_then(Json::as_u64).unwrap_or(default) as usize;
+    if (number("rope_position_scale", 1.0) - 1.0).abs() > f64::EPSILON {
+        return Err(Error::Unsupported {
+            what: format!("rope_position_scale {}", number("rope_position_scale", 1.0)),
+            supported: "1.0 (every published Phi-3-small)".into(),
+        });
+    }
+    let (block, vert_stride) = (count("blocksparse_block_size", 64), count("blocksparse_vert_stride", 8));
+    let kernel_block = count("blocksparse_triton_kernel_block_size", block as u64);
+    if block == 0 || vert_stride == 0 || kernel_block != block {
+        return Err(Error::Config {
+            message: format!(
+                "blocksparse block {block}, kernel block {kernel_block} and vertical stride {vert_stride} must be \
+                 positive and the blocks equal"
+            ),
+        });
+    }
+    let homo = key(json, "blocksparse_homo_head_pattern").and_then(Json::as_bool).unwrap_or(false);
+    // multiplied, not used alone: a mup multiplier of 0 means "off" in the reference.
+    let multiplier = |name: &str, default: f64| match number(name, default) {
+        m if m > 0.0 => m as f32,
+        _ => 1.0,
+    };
+    Ok(Phi3SmallExtras {
+        embedding_multiplier: multiplier("mup_embedding_multiplier", 10.0),
+        width_multiplier: multiplier("mup_width_multiplier", 8.0),
+        gegelu_limit: key(json, "gegelu_limit").and_then(Json::as_f64).map(|v| v as f32),
+        blocksparse: BlockSparse {
+            block,
+            local_blocks: count("blocksparse_num_local_blocks", 16),
+            vert_stride,
+            head_step: if homo { 0 } else { (vert_stride / heads).max(1) },
+        },
+        dense_every_n_layers: count("dense_attention_every_n_layers", 0),
+        dummy_token_ids: token_ids(key(json, "dummy_token_indices")),
+    })
+}
+
 impl ModelConfig {
     /// Whether a sequence of `len` tokens uses LongRoPE's long factors (at
     /// every position, as transformers does once it exceeds the original context).
@@ -272,9 +388,9 @@ impl ModelConfig {
                 let number = |name: &str| key(r, name).and_then(Json::as_f64).map(|f| f as f32);
                 let computed = number("attention_factor")
                     .unwrap_or_else(|| default_attention_factor(max_position_embeddings, original));
-                // PhiMoE scales by its configured mscales instead of the computed factor.
+                // PhiMoE and Phi-3-small scale by their configured mscales instead of the computed factor.
                 let (attention_factor, long_attention_factor) = match architecture {
-                    Architecture::PhiMoe => {
+                    Architecture::PhiMoe | Architecture::Phi3Small => {
                         (number("short_mscale").unwrap_or(computed), Some(number("long_mscale").unwrap_or(computed)))
                     }
                     _ => (computed, None),
@@ -295,10 +411,25 @@ impl ModelConfig {
                 })
             }
         };
+        let phi3small = match architecture {
+            Architecture::Phi3Small => Some(phi3small_extras(json, num_heads)?),
+            _ => None,
+        };
+        let small = phi3small.is_some();
+        let intermediate_size = match small {
+            true => phi3small_intermediate_size(json, hidden_size)?,
+            false => required_usize(json, "intermediate_size")?,
+        };
+        let attention_scale = match small && key(json, "mup_use_scaling").and_then(Json::as_bool).unwrap_or(true) {
+            true => {
+                Some(key(json, "mup_attn_multiplier").and_then(Json::as_f64).unwrap_or(1.0) as f32 / head_dim as f32)
+            }
+            false => None,
+        };
         let config = ModelConfig {
             architecture,
             hidden_size,
-            intermediate_size: required_usize(json, "intermediate_size")?,
+            intermediate_size,
             num_layers: required_usize(json, "num_hidden_layers")?,
             num_heads,
             num_kv_heads,
@@ -308,12 +439,17 @@ impl ModelConfig {
             max_position_embeddings,
             norm_eps: key(json, "rms_norm_eps")
                 .or_else(|| key(json, "layer_norm_eps"))
+                .or_else(|| key(json, "layer_norm_epsilon"))
                 .and_then(Json::as_f64)
                 .unwrap_or(1e-5) as f32,
-            rope_theta: rope_key("rope_theta").and_then(Json::as_f64).unwrap_or(10_000.0) as f32,
+            rope_theta: rope_key("rope_theta")
+                .or_else(|| key(json, "rope_embedding_base"))
+                .and_then(Json::as_f64)
+                .unwrap_or(10_000.0) as f32,
             longrope,
             sliding_window: key(json, "sliding_window").and_then(Json::as_u64).map(|v| v as usize),
-            tie_word_embeddings: key(json, "tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+            // PretrainedConfig's default is tied; Phi-3-small's config relies on it.
+            tie_word_embeddings: key(json, "tie_word_embeddings").and_then(Json::as_bool).unwrap_or(small),
             activation: Activation::parse(key(json, "hidden_act").and_then(Json::as_str).unwrap_or("silu"))?,
             norm: architecture.norm(),
             bos_token_id: key(json, "bos_token_id").and_then(Json::as_u64).map(|v| v as u32),
@@ -331,6 +467,8 @@ impl ModelConfig {
                 _ => None,
             },
             pooling: None,
+            attention_scale,
+            phi3small,
         };
         config.validate()?;
         Ok(config)
@@ -409,6 +547,8 @@ impl ModelConfig {
                 _ => None,
             },
             pooling: None,
+            attention_scale: None,
+            phi3small: None,
         };
         config.validate()?;
         Ok(config)

@@ -64,6 +64,10 @@ enum Source<'a> {
     Gguf(GgmlType, Vec<u8>),
     /// A safetensors tensor read slab by slab.
     Safetensors(&'a safetensors::Tensor, File),
+    /// A safetensors matrix whose stored row r is source row `order[r]`.
+    Rows(&'a safetensors::Tensor, File, Vec<usize>),
+    /// Values already in memory (a reordered vector).
+    Values(Vec<f32>),
 }
 
 /// Converts `input` (GGUF file or HF folder) into a package in `out_dir`.
@@ -196,7 +200,43 @@ fn slab(
             let values = tensor.read_f32_range(file, start * cols, count * cols)?;
             requantize(format, &values)
         }
+        Source::Rows(tensor, file, order) => {
+            let mut values = Vec::with_capacity(count * cols);
+            for &row in &order[start..start + count] {
+                values.extend(tensor.read_f32_range(file, row * cols, cols)?);
+            }
+            requantize(format, &values)
+        }
+        Source::Values(values) => requantize(format, &values[start * cols..(start + count) * cols]),
     }
+}
+
+/// How a Phi-3-small checkpoint tensor is stored: its runtime name and, for
+/// the fused projections, the source rows in runtime order — qkv from groups
+/// per KV head (`group` query heads, K, V) to Q | K | V, and up_proj's
+/// interleaved (gelu, linear) pairs to the gelu half then the linear half.
+/// None: not stored (lm_head when tied).
+fn phi3small_layout(config: &ModelConfig, name: &str, rows: usize) -> Option<(String, Option<Vec<usize>>)> {
+    if name == "lm_head.weight" && config.tie_word_embeddings {
+        return None;
+    }
+    if let Some(rest) = name.strip_prefix("model.final_layernorm.") {
+        return Some((format!("model.norm.{rest}"), None));
+    }
+    let (d, kv) = (config.head_dim, config.num_kv_heads);
+    let group = config.num_heads / kv;
+    if name.contains(".self_attn.query_key_value.") {
+        let first = |g: usize, j: usize| (g * (group + 2) + j) * d;
+        let q = (0..config.num_heads).flat_map(|h| first(h / group, h % group)..first(h / group, h % group) + d);
+        let k = (0..kv).flat_map(|g| first(g, group)..first(g, group) + d);
+        let v = (0..kv).flat_map(|g| first(g, group + 1)..first(g, group + 1) + d);
+        return Some((name.replace(".query_key_value.", ".qkv_proj."), Some(q.chain(k).chain(v).collect())));
+    }
+    if name.contains(".mlp.up_proj.") {
+        let order = (0..rows).step_by(2).chain((1..rows).step_by(2)).collect();
+        return Some((name.replace(".up_proj.", ".gate_up_proj."), Some(order)));
+    }
+    Some((name.replace(".self_attn.dense.", ".self_attn.o_proj."), None))
 }
 
 /// Quantizes `values` on every core (in whole blocks) and packs them for the GPU.
@@ -523,6 +563,9 @@ fn check_shape(config: &ModelConfig, name: &str, shape: &[usize]) -> Result<()> 
         "self_attn.o_proj.bias" => Some(vec![h]),
         "lm_head.bias" => Some(vec![config.vocab_size]),
         "self_attn.qkv_proj.weight" => Some(vec![q + 2 * kv, h]),
+        "self_attn.qkv_proj.bias" => Some(vec![q + 2 * kv]),
+        "mlp.gate_up_proj.bias" => Some(vec![2 * i]),
+        "mlp.down_proj.bias" => Some(vec![h]),
         "self_attn.q_proj.weight" => Some(vec![q, h]),
         "self_attn.q_proj.bias" => Some(vec![q]),
         "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => Some(vec![kv, h]),
@@ -606,7 +649,11 @@ fn convert_hf(
     if config.architecture == Architecture::Bert {
         config.pooling = Some(sentence_pooling(&config, &read_json, &mut warnings)?);
     }
-    config.tie_word_embeddings = config.architecture != Architecture::Bert && !tensors.contains_key("lm_head.weight");
+    // Phi-3-small ties by its config even where a checkpoint keeps a copy of lm_head.
+    if config.architecture != Architecture::Phi3Small {
+        config.tie_word_embeddings =
+            config.architecture != Architecture::Bert && !tensors.contains_key("lm_head.weight");
+    }
     if let Some(embed) = tensors.get("model.embed_tokens.weight") {
         check_shape(&config, &embed.name, &embed.shape)?;
     }
@@ -626,7 +673,14 @@ fn convert_hf(
             warnings.push(format!("skipped {dtype} buffer {} (not a weight)", tensor.name));
             continue;
         }
-        check_shape(&config, &tensor.name, &tensor.shape)?;
+        let (name, order) = match config.architecture {
+            Architecture::Phi3Small => match phi3small_layout(&config, &tensor.name, tensor.shape[0]) {
+                Some(layout) => layout,
+                None => continue,
+            },
+            _ => (tensor.name.clone(), None),
+        };
+        check_shape(&config, &name, &tensor.shape)?;
         let format = match tensor.shape.len() {
             1 => WeightFormat::F32,
             2 if is_router(&tensor.name) => WeightFormat::F32,
@@ -638,8 +692,16 @@ fn convert_hf(
                 })
             }
         };
-        let file = File::open(&tensor.file).map_err(|e| Error::io(&tensor.file, e))?;
-        writer.tensor(&tensor.name, &tensor.shape, format, Source::Safetensors(tensor, file))?;
+        let mut file = File::open(&tensor.file).map_err(|e| Error::io(&tensor.file, e))?;
+        let source = match order {
+            None => Source::Safetensors(tensor, file),
+            Some(order) if tensor.shape.len() == 2 => Source::Rows(tensor, file, order),
+            Some(order) => {
+                let values = tensor.read_f32_range(&mut file, 0, tensor.shape[0])?;
+                Source::Values(order.iter().map(|&i| values[i]).collect())
+            }
+        };
+        writer.tensor(&name, &tensor.shape, format, source)?;
     }
     progress(Progress { done: total, total, tensor: "" });
 

@@ -177,6 +177,7 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
             scale: 0.1,
             splits: AttentionShape::default_splits(1, capacity, heads, gpu.tuning),
             kv_format,
+            sparse: None,
         };
         let cache_bytes = (capacity * kv_format.row_bytes(heads * head_dim)) as u64;
         let (k, v) = (gpu.storage("k", cache_bytes)?, gpu.storage("v", cache_bytes)?);
@@ -537,6 +538,8 @@ fn synthetic_config(
         bos_token_id: Some(1),
         eos_token_ids: vec![32000],
         pooling: None,
+        attention_scale: None,
+        phi3small: None,
         attention_bias: false,
         lm_head_bias: false,
         moe: None,

@@ -120,6 +120,8 @@ pub struct AttentionShape {
     /// Workgroups along the key sequence (flash-decoding splits).
     pub splits: usize,
     pub kv_format: KvFormat,
+    /// Phi-3-small's block-sparse pattern (no window with it); None: dense.
+    pub sparse: Option<crate::config::BlockSparse>,
 }
 
 impl AttentionShape {

@@ -8,7 +8,7 @@
 
 use super::recorder::Recorder;
 use super::{entry, upload_vector};
-use crate::config::{ModelConfig, NormKind};
+use crate::config::{BlockSparse, ModelConfig, NormKind};
 use crate::error::Result;
 use crate::formats::package::ShardSource;
 use crate::gpu::{
@@ -43,6 +43,12 @@ impl Linear {
             false => None,
         };
         Ok(Linear { rows, cols, chunks, bias })
+    }
+
+    /// The same matrices with `bias` [rows] (Phi-3-small's tied lm_head and
+    /// its dummy-token bias): the GPU buffers are shared, not copied.
+    pub fn with_bias(&self, bias: wgpu::Buffer) -> Linear {
+        Linear { rows: self.rows, cols: self.cols, chunks: self.chunks.clone(), bias: Some(bias) }
     }
 
     /// y [T, rows] = x [T, cols] W^T (+ b).
@@ -132,10 +138,29 @@ impl Norm {
         cols: usize,
         eps: f32,
     ) -> Result<Norm> {
-        let weight = upload_vector(gpu, source, &format!("{name}.weight")).await?;
+        Norm::load_scaled(gpu, source, name, kind, cols, eps, 1.0).await
+    }
+
+    /// `load` with weight and bias multiplied by `scale`: the norm's output
+    /// times `scale` (Phi-3-small's logits ÷ mup_width_multiplier, folded in).
+    pub async fn load_scaled(
+        gpu: &Gpu,
+        source: &impl ShardSource,
+        name: &str,
+        kind: NormKind,
+        cols: usize,
+        eps: f32,
+        scale: f32,
+    ) -> Result<Norm> {
+        let vector = async |name: String| -> Result<wgpu::Buffer> {
+            let mut values = source.tensor_f32(entry(source, &name)?).await?;
+            values.iter_mut().for_each(|v| *v *= scale);
+            gpu.storage_with(&name, bytemuck::cast_slice(&values))
+        };
+        let weight = vector(format!("{name}.weight")).await?;
         let bias = match kind {
             NormKind::Rms => None,
-            NormKind::Layer => Some(upload_vector(gpu, source, &format!("{name}.bias")).await?),
+            NormKind::Layer => Some(vector(format!("{name}.bias")).await?),
         };
         Ok(Norm { weight, bias, cols, eps })
     }
@@ -293,6 +318,8 @@ pub enum Mask {
     Causal,
     /// The last `n` positions (Phi-3-mini-4k: 2047).
     SlidingWindow(usize),
+    /// Phi-3-small's local blocks and per-head vertical stripes.
+    BlockSparse(BlockSparse),
 }
 
 /// Scaled dot-product attention of fused QKV rows over the KV cache: appends
@@ -317,14 +344,18 @@ impl Attention {
             q_stride: (c.num_heads + 2 * c.num_kv_heads) * d,
             slots: 0,
             window: match mask {
-                Mask::Causal => 0,
                 Mask::SlidingWindow(n) => n,
+                Mask::Causal | Mask::BlockSparse(_) => 0,
             },
-            scale: 1.0 / (d as f32).sqrt(),
+            scale: c.attention_scale.unwrap_or(1.0 / (d as f32).sqrt()),
             // Prefill runs one split of T queries, decode many splits of one:
             // scratch for whichever is more.
             splits: max_tokens.max(decode_splits),
             kv_format: KvFormat::F16,
+            sparse: match mask {
+                Mask::BlockSparse(pattern) => Some(pattern),
+                _ => None,
+            },
         };
         let scratch = AttentionScratch::new(gpu, &shape)?;
         Ok(Attention { shape, decode_splits, scratch })
@@ -368,10 +399,20 @@ impl Attention {
     }
 }
 
-/// The gated MLP: down(silu(gate(x)) * up(x)), gate and up side by side.
+/// The gated MLP: down(act(gate(x), up(x))), gate and up side by side.
 pub struct Mlp {
     pub gate_up: Fused, // [2 I, H], gate first
     pub down: Linear,   // [H, I]
+    pub gate: Gate,
+}
+
+/// How a gated MLP joins its halves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Gate {
+    /// silu(gate) · up (Phi-3, Llama).
+    Silu,
+    /// Phi-3-small's gegelu: quick_gelu(min(a, limit)) · (clamp(b, ±limit) + 1).
+    Gegelu { limit: Option<f32> },
 }
 
 /// The MLP's activations for T tokens.
@@ -391,10 +432,13 @@ impl MlpScratch {
 }
 
 impl Mlp {
-    /// y [T, H] = down(silu(gate) * up) of x [T, H].
+    /// y [T, H] = down(act(gate, up)) of x [T, H].
     pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, s: &MlpScratch, y: &wgpu::Buffer) -> Result<()> {
         self.gate_up.forward(r, x, &s.gate_up)?;
-        let d = r.kernels.silu_mul(&s.gate_up, &s.act, r.tokens, self.down.cols)?;
+        let d = match self.gate {
+            Gate::Silu => r.kernels.silu_mul(&s.gate_up, &s.act, r.tokens, self.down.cols)?,
+            Gate::Gegelu { limit } => r.kernels.gegelu(&s.gate_up, &s.act, r.tokens, self.down.cols, limit)?,
+        };
         r.push(d);
         self.down.forward(r, &s.act, y)
     }

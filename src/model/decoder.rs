@@ -12,6 +12,7 @@ use std::rc::Rc;
 use super::blocks::KvCache;
 use super::expert_cache::ExpertStats;
 use super::phi3::Phi3;
+use super::phi3small::Phi3Small;
 use super::phimoe::PhiMoe;
 use super::recorder::{Recorder, Segment};
 use crate::config::{Architecture, ModelConfig};
@@ -187,10 +188,11 @@ impl Decoder {
         let model: Box<dyn CausalLm> = match config.architecture {
             Architecture::Phi3 | Architecture::Llama => Box::new(Phi3::load(gpu, source, &plan).await?),
             Architecture::PhiMoe => Box::new(PhiMoe::load(gpu, source, &plan).await?),
+            Architecture::Phi3Small => Box::new(Phi3Small::load(gpu, source, &plan).await?),
             Architecture::Bert => {
                 return Err(Error::Unsupported {
                     what: "bert as a generating model".into(),
-                    supported: "phi3, phimoe, llama".into(),
+                    supported: "phi3, phimoe, phi3small, llama".into(),
                 })
             }
         };

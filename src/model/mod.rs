@@ -2,7 +2,8 @@
 //! `Recorder`, one file per family whose forward pass reads like the
 //! reference modeling code (`phi3.rs`: Phi-3/3.5/4 and Llama; `phimoe.rs`:
 //! Phi-3.5-MoE and its SlimMoE descendants, on the experts of `moe.rs`
-//! and, when they do not all fit, `expert_cache.rs`;
+//! and, when they do not all fit, `expert_cache.rs`; `phi3small.rs`:
+//! Phi-3-small's dense and block-sparse layers;
 //! `bert.rs`: sentence encoders), and the `Decoder` that drives any generating
 //! architecture (KV cache, recorded lists, readout).
 
@@ -12,6 +13,7 @@ mod decoder;
 mod expert_cache;
 mod moe;
 mod phi3;
+mod phi3small;
 mod phimoe;
 mod recorder;
 

@@ -4,7 +4,7 @@
 //! Llama's keep q/k/v and gate/up apart, and are written side by side into
 //! the same activation rows.
 
-use super::blocks::{Attention, Fused, KvCache, LastRow, Linear, Mask, Mlp, MlpScratch, Norm, Rope};
+use super::blocks::{Attention, Fused, Gate, KvCache, LastRow, Linear, Mask, Mlp, MlpScratch, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::recorder::Recorder;
 use crate::config::{Architecture, ModelConfig};
@@ -69,7 +69,7 @@ impl Phi3 {
                 o_proj: linear(&p("self_attn.o_proj")).await?,
                 post_attention_layernorm: Norm::load(gpu, source, &p("post_attention_layernorm"), c.norm, h, eps)
                     .await?,
-                mlp: Mlp { gate_up, down: linear(&p("mlp.down_proj")).await? },
+                mlp: Mlp { gate_up, down: linear(&p("mlp.down_proj")).await?, gate: Gate::Silu },
             });
         }
         let embed_tokens = linear("model.embed_tokens").await?;

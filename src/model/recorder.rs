@@ -47,6 +47,13 @@ impl<'a> Recorder<'a> {
         Ok(())
     }
 
+    /// x *= s over rows of `width`.
+    pub fn scale(&mut self, x: &wgpu::Buffer, width: usize, s: f32) -> Result<()> {
+        let d = self.kernels.scale(x, self.tokens * width, s)?;
+        self.push(d);
+        Ok(())
+    }
+
     /// Copies the last token's row of x [T, width] (f32) into `last` [width].
     pub fn copy_last_row(&mut self, x: &wgpu::Buffer, last: &wgpu::Buffer, width: usize) {
         let row = (width * 4) as u64;

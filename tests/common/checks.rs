@@ -2,14 +2,18 @@
 //! lavapipe) and the browser tests (tests/browser.rs, on Chromium's WebGPU):
 //! each runs a kernel on seeded random inputs and compares it with a scalar
 //! f64 reference, with an explicit tolerance. Matrix, norm and element-wise
-//! checks here; RoPE, KV cache and attention in checks/attention.rs; the
+//! checks here; RoPE, KV cache and attention in checks/attention.rs,
+//! Phi-3-small's block-sparse attention in checks/blocksparse.rs; the
 //! mixture-of-experts kernels in checks/moe.rs.
 
 mod attention;
+mod blocksparse;
 mod moe;
 
 #[allow(unused_imports)] // each test binary uses part of the checks
 pub use attention::*;
+#[allow(unused_imports)]
+pub use blocksparse::*;
 #[allow(unused_imports)]
 pub use moe::*;
 use phi_web::gpu::{Bias, GeluKind, Matrix, OutputSlice};
@@ -221,6 +225,34 @@ pub async fn silu_mul_over_fused_gate_up(env: &Env) {
         }
     }
     assert_close_rel("silu_mul", &env.read_f32(&out, tokens * inter).await, &expected, 1e-6, 1e-5);
+}
+
+pub async fn gegelu_clamps_and_gates(env: &Env) {
+    let (tokens, inter) = (19, 130);
+    let gu = Rng::new(4).vec(tokens * 2 * inter, -12.0, 12.0);
+    let (x, out) = (env.upload_f32("gate_up", &gu), env.zeros("out", tokens * inter));
+    for limit in [Some(2.0f32), None] {
+        env.run(&[&env.kernels.gegelu(&x, &out, tokens, inter, limit).unwrap()]);
+        let l = limit.map_or(f64::MAX, f64::from);
+        let mut expected = vec![0.0; tokens * inter];
+        for t in 0..tokens {
+            for i in 0..inter {
+                let a = (gu[t * 2 * inter + i] as f64).min(l);
+                let b = (gu[t * 2 * inter + inter + i] as f64).clamp(-l, l);
+                expected[t * inter + i] = a / (1.0 + (-1.702 * a).exp()) * (b + 1.0);
+            }
+        }
+        assert_close_rel("gegelu", &env.read_f32(&out, tokens * inter).await, &expected, 1e-6, 1e-5);
+    }
+}
+
+pub async fn scale_in_place(env: &Env) {
+    let values = Rng::new(5).vec(1000, -3.0, 3.0);
+    let x = env.upload_f32("x", &values);
+    env.run(&[&env.kernels.scale(&x, 999, 10.0).unwrap()]);
+    let expected: Vec<f64> =
+        values.iter().enumerate().map(|(i, &v)| v as f64 * if i < 999 { 10.0 } else { 1.0 }).collect();
+    assert_close_rel("scale", &env.read_f32(&x, 1000).await, &expected, 0.0, 1e-7);
 }
 
 /// erf in f64: Taylor series near 0, continued fraction for erfc beyond.

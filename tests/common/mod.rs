@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses part of it
 
 pub mod checks;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod models;
 
 use phi_web::gpu::{Dispatch, Gpu, GpuOptions, Kernels};
 

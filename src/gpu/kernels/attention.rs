@@ -49,6 +49,10 @@ struct AttentionParams {
     splits: u32,
     scale: f32,
     slots: u32,
+    block: u32,
+    local_blocks: u32,
+    vert_stride: u32,
+    head_step: u32,
     _pad: [u32; 3],
 }
 
@@ -193,6 +197,19 @@ impl Kernels {
         need("attention", "scratch partials", &scratch.acc, slots * s.head_dim * 4)?;
         need("attention", "scratch stats", &scratch.ml, slots * 8)?;
         need("attention", "out", out, s.tokens * s.heads * s.head_dim * 4)?;
+        if let Some(b) = &s.sparse {
+            ensure_shape(b.block > 0 && b.local_blocks > 0 && b.vert_stride > 0 && s.window == 0, "attention", || {
+                format!(
+                    "block-sparse attention needs positive block ({}), local blocks ({}) and vertical stride ({}), \
+                     and no window",
+                    b.block, b.local_blocks, b.vert_stride
+                )
+            })?;
+        }
+        // The shader adds h * head_step + 1 for every query head h.
+        u32_of("attention", "heads x head_step", s.heads * s.sparse.map_or(0, |b| b.head_step) + 1)?;
+        let sparse =
+            s.sparse.unwrap_or(crate::config::BlockSparse { block: 1, local_blocks: 1, vert_stride: 1, head_step: 0 });
         let params = AttentionParams {
             tokens: u32_of("attention", "tokens", s.tokens)?,
             heads: u32_of("attention", "heads", s.heads)?,
@@ -203,11 +220,20 @@ impl Kernels {
             splits: u32_of("attention", "splits", s.splits)?,
             scale: s.scale,
             slots: u32_of("attention", "slots", s.slots)?,
+            block: u32_of("attention", "block", sparse.block)?,
+            local_blocks: u32_of("attention", "local_blocks", sparse.local_blocks)?,
+            vert_stride: u32_of("attention", "vert_stride", sparse.vert_stride)?,
+            head_step: u32_of("attention", "head_step", sparse.head_step)?,
             _pad: [0; 3],
         };
         // Multi-head attention gets a pipeline specialised for groups of one
         // (its loops over the group compile away: 25 % faster on lavapipe).
-        let variant = Variant { kv: Some(s.kv_format), group: (group == 1) as u32, ..Default::default() };
+        let variant = Variant {
+            kv: Some(s.kv_format),
+            group: (group == 1) as u32,
+            sparse: s.sparse.is_some(),
+            ..Default::default()
+        };
         let split_pass = self.dispatch(
             &ATTENTION,
             variant,

@@ -1,9 +1,9 @@
-//! Element-wise and row-wise kernels: SiLU·mul, GELU, the residual add,
-//! softmax and argmax (greedy decoding's pick on the GPU).
+//! Element-wise and row-wise kernels: SiLU·mul, gegelu, GELU, the residual
+//! add, scaling, softmax and argmax (greedy decoding's pick on the GPU).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need, u32_of, Kernels, Variant, ADD, ARGMAX, GELU, SILU_MUL, SOFTMAX};
+use super::{need, u32_of, Kernels, Variant, ADD, ARGMAX, GEGELU, GELU, SCALE, SILU_MUL, SOFTMAX};
 use crate::error::Result;
 use crate::gpu::shapes::GeluKind;
 use crate::gpu::Dispatch;
@@ -14,6 +14,25 @@ use crate::gpu::Dispatch;
 struct SiluMulParams {
     tokens: u32,
     intermediate: u32,
+    _pad: [u32; 2],
+}
+
+/// gegelu.wgsl: `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GegeluParams {
+    tokens: u32,
+    intermediate: u32,
+    limit: f32,
+    _pad: u32,
+}
+
+/// scale.wgsl: `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ScaleParams {
+    n: u32,
+    s: f32,
     _pad: [u32; 2],
 }
 
@@ -52,6 +71,36 @@ impl Kernels {
         };
         let groups = self.grid_for(&SILU_MUL, tokens * intermediate);
         Ok(self.dispatch(&SILU_MUL, Variant::default(), &params, &[(1, gate_up), (2, out)], vec![], groups))
+    }
+
+    /// out [T, I] = gegelu(gate, linear) with gate_up [T, 2I] (gate first)
+    /// and both clamped by `limit` (None: not clamped).
+    pub fn gegelu(
+        &self,
+        gate_up: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        tokens: usize,
+        intermediate: usize,
+        limit: Option<f32>,
+    ) -> Result<Dispatch> {
+        need("gegelu", "gate_up", gate_up, tokens * intermediate * 8)?;
+        need("gegelu", "out", out, tokens * intermediate * 4)?;
+        let params = GegeluParams {
+            tokens: u32_of("gegelu", "tokens", tokens)?,
+            intermediate: u32_of("gegelu", "intermediate", intermediate)?,
+            // f32::MAX, not infinity: WGSL may assume no infinities.
+            limit: limit.unwrap_or(f32::MAX),
+            _pad: 0,
+        };
+        let groups = self.grid_for(&GEGELU, tokens * intermediate);
+        Ok(self.dispatch(&GEGELU, Variant::default(), &params, &[(1, gate_up), (2, out)], vec![], groups))
+    }
+
+    /// x *= s over the first `n` values.
+    pub fn scale(&self, x: &wgpu::Buffer, n: usize, s: f32) -> Result<Dispatch> {
+        need("scale", "x", x, n * 4)?;
+        let params = ScaleParams { n: u32_of("scale", "n", n)?, s, _pad: [0; 2] };
+        Ok(self.dispatch(&SCALE, Variant::default(), &params, &[(1, x)], vec![], self.grid_for(&SCALE, n)))
     }
 
     /// GELU in place on the first `n` values of `x`.

@@ -99,6 +99,8 @@ static ATTENTION: Shader = shader!("attention", 64, [], Knobs::Attention);
 static ATTENTION_COMBINE: Shader = shader!("attention_combine", 64, [], Knobs::None);
 static ENCODER_ATTENTION: Shader = shader!("encoder_attention", 64, [REDUCE], Knobs::None);
 static SILU_MUL: Shader = shader!("silu_mul", 256, [], Knobs::None);
+static GEGELU: Shader = shader!("gegelu", 256, [], Knobs::None);
+static SCALE: Shader = shader!("scale", 256, [], Knobs::None);
 static GELU: Shader = shader!("gelu", 256, [], Knobs::None);
 static ADD: Shader = shader!("add", 256, [], Knobs::None);
 static SOFTMAX: Shader = shader!("softmax", 256, [REDUCE], Knobs::None);
@@ -123,6 +125,8 @@ struct Variant {
     group: u32,
     /// The entry point, when not `main` (gelu_erf, gelu_tanh).
     entry: Option<&'static str>,
+    /// attention: the block-sparse pattern (`override SPARSE`).
+    sparse: bool,
 }
 
 fn weights_reader(format: WeightFormat) -> &'static str {
@@ -235,8 +239,14 @@ impl Kernels {
                 push(&t.matmul_constants());
                 constants.push(("WG_ROWS", t.matmul_wg_rows as f64));
             }
-            Knobs::Attention if variant.group > 0 => constants.push(("GROUP", variant.group as f64)),
-            Knobs::Attention => {}
+            Knobs::Attention => {
+                if variant.group > 0 {
+                    constants.push(("GROUP", variant.group as f64));
+                }
+                if variant.sparse {
+                    constants.push(("SPARSE", 1.0));
+                }
+            }
         }
         push(shader.source);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {

@@ -3,6 +3,7 @@
 //! attention, against f64 references.
 
 use half::f16;
+use phi_web::config::BlockSparse;
 use phi_web::gpu::{AttentionScratch, AttentionShape, KvAppendShape, KvFormat, RopeShape};
 
 use super::super::{assert_close, assert_close_rel, Env, Rng};
@@ -230,23 +231,25 @@ fn encode_kv_row(format: KvFormat, values: &[f32]) -> (Vec<u8>, Vec<f64>) {
     }
 }
 
-struct Case {
-    name: &'static str,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    tokens: usize,
-    pos0: usize,
-    window: usize,
-    splits: usize,
+pub(super) struct Case {
+    pub name: &'static str,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub tokens: usize,
+    pub pos0: usize,
+    pub window: usize,
+    pub splits: usize,
     /// Keep only the last window + tokens positions, in a ring (key j in slot j % slots).
-    ring: bool,
-    kv: KvFormat,
+    pub ring: bool,
+    pub kv: KvFormat,
+    /// Block-sparse pattern (no window with it).
+    pub sparse: Option<BlockSparse>,
 }
 
 /// Checks attention of `tokens` queries at positions pos0.. over a cache of
 /// pos0 + tokens random keys and values, stored as `c.kv`.
-async fn check_attention(env: &Env, c: &Case, seed: u64) {
+pub(super) async fn check_attention(env: &Env, c: &Case, seed: u64) {
     let kv_len = c.pos0 + c.tokens;
     let capacity = kv_len + 3;
     let slots = if c.ring { c.window + c.tokens } else { capacity };
@@ -271,6 +274,7 @@ async fn check_attention(env: &Env, c: &Case, seed: u64) {
         scale,
         splits: c.splits,
         kv_format: c.kv,
+        sparse: c.sparse,
     };
     // The cache as the GPU holds it: position p in slot p % slots (the ring
     // keeps only the last `slots` positions).
@@ -300,8 +304,10 @@ async fn check_attention(env: &Env, c: &Case, seed: u64) {
         for h in 0..c.heads {
             let kvh = h / group;
             let qh = &qv[t * q_stride + h * c.head_dim..][..c.head_dim];
-            let scores: Vec<f64> = (first..=pos)
-                .map(|j| {
+            let seen: Vec<usize> = (first..=pos).filter(|&j| c.sparse.is_none_or(|b| b.sees(h, pos, j))).collect();
+            let scores: Vec<f64> = seen
+                .iter()
+                .map(|&j| {
                     let kj = &k_rows[j].1[kvh * c.head_dim..][..c.head_dim];
                     qh.iter().zip(kj).map(|(a, b)| *a as f64 * b).sum::<f64>() * scale as f64
                 })
@@ -310,7 +316,7 @@ async fn check_attention(env: &Env, c: &Case, seed: u64) {
             let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let total: f64 = weights.iter().sum();
             for d in 0..c.head_dim {
-                let acc: f64 = (first..=pos).zip(&weights).map(|(j, w)| w * v_rows[j].1[kvh * c.head_dim + d]).sum();
+                let acc: f64 = seen.iter().zip(&weights).map(|(&j, w)| w * v_rows[j].1[kvh * c.head_dim + d]).sum();
                 expected[(t * c.heads + h) * c.head_dim + d] = acc / total;
             }
         }
@@ -334,6 +340,7 @@ pub async fn attention_decode_single_key(env: &Env) {
             splits: 4,
             ring: false,
             kv: KvFormat::F16,
+            sparse: None,
         },
         1,
     )
@@ -354,6 +361,7 @@ pub async fn attention_decode_long_context_split(env: &Env) {
             splits: 16,
             ring: false,
             kv: KvFormat::F16,
+            sparse: None,
         },
         2,
     )
@@ -374,6 +382,7 @@ pub async fn attention_decode_one_split_long_context(env: &Env) {
             splits: 1,
             ring: false,
             kv: KvFormat::F16,
+            sparse: None,
         },
         3,
     )
@@ -394,6 +403,7 @@ pub async fn attention_decode_sliding_window(env: &Env) {
             splits: 12,
             ring: false,
             kv: KvFormat::F16,
+            sparse: None,
         },
         4,
     )
@@ -414,6 +424,7 @@ pub async fn attention_decode_sliding_window_ring(env: &Env) {
             splits: 12,
             ring: true,
             kv: KvFormat::F16,
+            sparse: None,
         },
         7,
     )
@@ -434,6 +445,7 @@ pub async fn attention_prefill_from_empty_cache(env: &Env) {
             splits: 1,
             ring: false,
             kv: KvFormat::F16,
+            sparse: None,
         },
         5,
     )
@@ -454,6 +466,7 @@ pub async fn attention_prefill_after_a_prefix_with_window(env: &Env) {
             splits: 2,
             ring: false,
             kv: KvFormat::F16,
+            sparse: None,
         },
         6,
     )
@@ -474,6 +487,7 @@ pub async fn attention_prefill_with_window_in_a_ring(env: &Env) {
             splits: 2,
             ring: true,
             kv: KvFormat::F16,
+            sparse: None,
         },
         8,
     )
@@ -494,6 +508,7 @@ pub async fn attention_decode_long_context_q8_cache(env: &Env) {
             splits: 16,
             ring: false,
             kv: KvFormat::Q8,
+            sparse: None,
         },
         9,
     )
@@ -514,6 +529,7 @@ pub async fn attention_prefill_with_window_in_a_q8_ring(env: &Env) {
             splits: 2,
             ring: true,
             kv: KvFormat::Q8,
+            sparse: None,
         },
         10,
     )
@@ -532,6 +548,7 @@ pub async fn attention_rejects_bad_head_grouping(env: &Env) {
         scale: 0.125,
         splits: 1,
         kv_format: KvFormat::F16,
+        sparse: None,
     };
     let buf = env.zeros("buf", 4096);
     let scratch = AttentionScratch::new(&env.gpu, &shape).unwrap();
@@ -592,6 +609,7 @@ pub async fn attention_decode_long_context_f32_cache(env: &Env) {
             splits: 4,
             ring: false,
             kv: KvFormat::F32,
+            sparse: None,
         },
         11,
     )
@@ -613,6 +631,7 @@ pub async fn attention_prefill_with_window_in_an_f32_ring(env: &Env) {
             splits: 1,
             ring: true,
             kv: KvFormat::F32,
+            sparse: None,
         },
         12,
     )
