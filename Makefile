@@ -13,6 +13,7 @@ test: lint test-native test-browser test-web
 
 # Every kernel and device test on the native adapter (lavapipe here).
 test-native: setup-native models
+	@[ -d tests/web/node_modules/js-tiktoken ] || npm ci --prefix tests/web --no-audit --no-fund
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web info
 	$(CARGO) test --release

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgmlType, Gguf, TensorInfo};
 use crate::formats::kquant;
 use crate::formats::package::{Chunk, Manifest, Shard, ShardWriter, TensorEntry, FORMAT, MANIFEST, MAX_CHUNK_BYTES};
-use crate::formats::safetensors;
+use crate::formats::{safetensors, tiktoken};
 use crate::quant::{self, GpuLayout, WeightFormat, BLOCK};
 
 #[derive(Clone, Debug)]
@@ -705,9 +705,18 @@ fn convert_hf(
     }
     progress(Progress { done: total, total, tensor: "" });
 
+    let tiktoken = input.join("cl100k_base.tiktoken");
     let tokenizer = if input.join("tokenizer.json").exists() {
         std::fs::copy(input.join("tokenizer.json"), out_dir.join("tokenizer.json"))
             .map_err(|e| Error::io(&out_dir.join("tokenizer.json"), e))?;
+        Some("tokenizer.json".to_string())
+    } else if config.architecture == Architecture::Phi3Small && tiktoken.exists() {
+        // Phi-3-small ships tiktoken ranks and its special tokens in Python.
+        let text = std::fs::read_to_string(&tiktoken).map_err(|e| Error::io(&tiktoken, e))?;
+        let ranks = tiktoken::parse_tiktoken(&text, "cl100k_base.tiktoken")?;
+        let json = tiktoken::tokenizer_json(&ranks, tiktoken::CL100K_PATTERN, &tiktoken::phi3small_special_tokens())?;
+        let path = out_dir.join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).map_err(|e| Error::io(&path, e))?;
         Some("tokenizer.json".to_string())
     } else {
         warnings.push("no tokenizer.json: the package can compute logits but not chat".into());
@@ -716,7 +725,9 @@ fn convert_hf(
     let tokenizer_config = read_json("tokenizer_config.json")?;
     let token_text = |key: &str| -> Option<String> {
         let v = tokenizer_config.as_ref()?.get(key)?;
-        v.as_str().map(String::from).or_else(|| v.get("content")?.as_str().map(String::from))
+        let text = v.as_str().map(String::from).or_else(|| v.get("content")?.as_str().map(String::from));
+        // Phi-3-small's tokenizer class sets both to <|endoftext|> in code.
+        text.or_else(|| (config.architecture == Architecture::Phi3Small).then(|| "<|endoftext|>".to_string()))
     };
     let chat_template = tokenizer_config.as_ref().and_then(|t| t.get("chat_template")).and_then(|t| match t {
         serde_json::Value::String(s) => Some(s.clone()),
@@ -728,6 +739,11 @@ fn convert_hf(
         _ => None,
     });
     let mut stop_token_ids = config.eos_token_ids.clone();
+    // Phi-3-small's chat turns end in <|end|>, which its config does not list.
+    if config.architecture == Architecture::Phi3Small && tokenizer.is_some() {
+        let end = tiktoken::phi3small_special_tokens().into_iter().find(|(t, _)| t == "<|end|>").map(|(_, id)| id);
+        stop_token_ids.extend(end.filter(|id| !stop_token_ids.contains(id)));
+    }
     if let Some(generation) = read_json("generation_config.json")? {
         for id in generation
             .get("eos_token_id")

@@ -61,3 +61,50 @@ fn tiny_phi3small_q8_0_matches_the_reference_on_the_same_weights() {
         assert_eq!(agree, g.ids.len(), "prefill {chunk}: top-1 against the f32 reference");
     }
 }
+
+/// The published configs (key layout of the hub files, tests/data/phi3small-configs):
+/// the 8k model and the 128k model with its LongRoPE ("su") factors and mscales.
+#[test]
+fn published_phi3small_configs_load() {
+    use phi_web::config::{Architecture, BlockSparse, ModelConfig, NormKind};
+    let read = |name: &str| -> serde_json::Value {
+        let path = common::models::root().join("tests/data/phi3small-configs").join(name);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    for (file, max_position) in [("phi3small-8k.json", 8192), ("phi3small-128k.json", 131072)] {
+        let c = ModelConfig::from_hf(&read(file)).unwrap();
+        assert_eq!(
+            (c.architecture, c.norm, c.max_position_embeddings),
+            (Architecture::Phi3Small, NormKind::Layer, max_position)
+        );
+        assert_eq!(
+            (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size),
+            (4096, 32, 8, 128, 14336)
+        );
+        assert_eq!((c.rope_theta, c.norm_eps, c.tie_word_embeddings), (1e6, 1e-5, true));
+        assert_eq!(c.attention_scale, Some(1.0 / 128.0), "mup_attn_multiplier / head_dim");
+        let extras = c.phi3small.as_ref().unwrap();
+        assert_eq!(extras.blocksparse, BlockSparse { block: 64, local_blocks: 16, vert_stride: 8, head_step: 1 });
+        assert_eq!(
+            (extras.embedding_multiplier, extras.width_multiplier, extras.gegelu_limit),
+            (10.0, 8.0, Some(20.0))
+        );
+        let dense: Vec<usize> = (0..c.num_layers).filter(|&i| extras.dense_layer(i)).collect();
+        assert_eq!(dense, (1..32).step_by(2).collect::<Vec<_>>(), "layers 2, 4, ... are dense");
+        assert_eq!(extras.dummy_token_ids.len(), 91);
+        assert_eq!(c.kv_bytes_per_token(), 128 << 10, "128 KiB of f16 K and V per token");
+        match (file, &c.longrope) {
+            ("phi3small-8k.json", None) => {}
+            ("phi3small-128k.json", Some(l)) => {
+                assert_eq!((l.original_max_position_embeddings, l.short_factor.len()), (8192, 64));
+                assert_eq!((l.attention_factor(false), l.attention_factor(true)), (1.0, 1.1902380714238083));
+            }
+            (file, other) => panic!("{file}: longrope {other:?}"),
+        }
+    }
+    // A position scale other than 1 (no published model) is refused, not guessed.
+    let mut scaled = read("phi3small-8k.json");
+    scaled["rope_position_scale"] = 2.0.into();
+    let err = ModelConfig::from_hf(&scaled).unwrap_err().to_string();
+    assert!(err.contains("rope_position_scale"), "{err}");
+}

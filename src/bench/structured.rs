@@ -116,20 +116,9 @@ pub fn package_vocabulary(dir: &Path) -> Result<(Vec<Vec<u8>>, u32)> {
 /// "<char> <first rank> <base64 token> …"), with its special tokens as
 /// 0xFF-marked placeholders from 199999 up and `<|end|>` (200020) the stop token.
 pub fn o200k_vocabulary(ranks_js: &Path) -> Result<(Vec<Vec<u8>>, u32)> {
-    let text = std::fs::read_to_string(ranks_js).map_err(|e| Error::io(ranks_js, e))?;
-    let bad = |m: &str| Error::format(ranks_js.display(), m.to_string());
-    let json = text.trim().strip_prefix("export default").ok_or_else(|| bad("not an ES module of ranks"))?;
-    let json = json.trim().trim_end_matches(';');
-    let ranks: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
-    let lines = ranks["bpe_ranks"].as_str().ok_or_else(|| bad("no bpe_ranks"))?;
     let mut tokens = vec![Vec::new(); 200_064];
-    for line in lines.lines().filter(|l| !l.is_empty()) {
-        let mut fields = line.split(' ').skip(1);
-        let first: usize = fields.next().and_then(|f| f.parse().ok()).ok_or_else(|| bad("a line without a rank"))?;
-        for (i, token) in fields.enumerate() {
-            let slot = tokens.get_mut(first + i).ok_or_else(|| bad("a rank past 200064"))?;
-            *slot = base64(token).ok_or_else(|| bad("a token that is not base64"))?;
-        }
+    for (token, rank) in crate::formats::tiktoken::parse_js_tiktoken(ranks_js)? {
+        *tokens.get_mut(rank as usize).ok_or_else(|| Error::format(ranks_js.display(), "a rank past 200064"))? = token;
     }
     for (id, token) in tokens.iter_mut().enumerate().skip(199_999) {
         let name = match id {
@@ -140,24 +129,6 @@ pub fn o200k_vocabulary(ranks_js: &Path) -> Result<(Vec<Vec<u8>>, u32)> {
         *token = [&[0xFF][..], name.as_bytes()].concat();
     }
     Ok((tokens, 200_020))
-}
-
-fn base64(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let digits: Vec<u8> = text.bytes().take_while(|&c| c != b'=').map(value).collect::<Option<_>>()?;
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &d)| n | (d as u32) << (18 - 6 * i));
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    Some(out)
 }
 
 /// SmolLM2 decoding `tokens` tokens greedily, free and held to a schema whose
@@ -212,15 +183,4 @@ pub fn markdown(report: &StructuredReport) -> String {
         );
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_decodes() {
-        assert_eq!(super::base64("IQ==").unwrap(), b"!");
-        assert_eq!(super::base64("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(super::base64("YWJj").unwrap(), b"abc");
-        assert!(super::base64("*").is_none());
-    }
 }

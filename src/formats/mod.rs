@@ -1,8 +1,9 @@
-//! File formats: the two we import (GGUF, safetensors) and the one the
-//! runtime loads (the phi-web package).
+//! File formats: the ones we import (GGUF, safetensors, tiktoken
+//! vocabularies) and the one the runtime loads (the phi-web package).
 
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod kquant;
 pub mod package;
 pub mod safetensors;
+pub mod tiktoken;
