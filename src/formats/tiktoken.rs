@@ -91,7 +91,8 @@ pub fn tokenizer_json(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &[(Stri
     let text = |bytes: &[u8]| -> String { bytes.iter().map(|&b| unicode[b as usize]).collect() };
     let vocab: serde_json::Map<String, Value> = ranks.iter().map(|(t, r)| (text(t), json!(r))).collect();
     // (token rank, left rank, right rank, left, right) for every split of every token.
-    let mut merges: Vec<(u32, u32, u32, &[u8], &[u8])> = Vec::new();
+    type Merge<'a> = (u32, u32, u32, &'a [u8], &'a [u8]);
+    let mut merges: Vec<Merge> = Vec::new();
     for (token, rank) in ranks {
         for i in 1..token.len() {
             let (left, right) = token.split_at(i);
