@@ -28,7 +28,8 @@ test-browser: setup-browser
 # The npm package in Chromium (WebGPU on SwiftShader) through playwright-core:
 # SmolLM2 served locally, loaded, cached, chatted with, and a tiny PhiMoE
 # answering as the native CLI does and matching transformers' logits, with
-# every expert resident and through the expert cache (tests/web/e2e.mjs);
+# every expert resident and through the expert cache, and a tiny Phi-3-small
+# matching its reference's logits (tests/web/e2e.mjs);
 # then the demo page served by `phi-web serve`, used as a person would
 # (tests/web/demo.mjs; screenshots in target/test-artifacts/).
 test-web: setup-browser models demo-models
@@ -37,9 +38,11 @@ test-web: setup-browser models demo-models
 	./target/release/phi-web convert .models/all-MiniLM-L6-v2 target/web-models/minilm >/dev/null
 	./target/release/phi-web convert tests/data/tiny-phimoe target/web-models/phimoe --quant q8_0 --shard-mb 0.05 >/dev/null
 	./target/release/phi-web convert tests/data/tiny-phimoe target/web-models/phimoe-f32 --quant f32 >/dev/null
+	./target/release/phi-web convert tests/data/tiny-phi3small target/web-models/phi3small --quant q8_0 >/dev/null
+	./target/release/phi-web convert tests/data/tiny-phi3small target/web-models/phi3small-f32 --quant f32 >/dev/null
 	./tests/web/vite-build.sh
 	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web target/web-models/minilm target/web-models/phimoe \
-		target/web-models/phimoe-f32
+		target/web-models/phimoe-f32 target/web-models/phi3small target/web-models/phi3small-f32
 	node tests/web/demo.mjs target/release/phi-web
 
 lint:

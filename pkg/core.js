@@ -16,7 +16,7 @@ function asError(e) {
 
 export async function loadEngine(
   modelUrl,
-  { cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false, gpuMemoryBudget = 0, onProgress = () => {} } = {},
+  { cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false, gpuMemoryBudget = 0, prefillChunk = 0, onProgress = () => {} } = {},
 ) {
   if (typeof navigator === "undefined" || !navigator.gpu) {
     throw namedError("NoWebGPUError", "this browser has no WebGPU (navigator.gpu is missing); use a recent Chrome or Edge, or enable WebGPU");
@@ -37,7 +37,7 @@ export async function loadEngine(
   try {
     engine = embedding
       ? await Embedder.create(JSON.stringify(manifest), tokenizer, read, portable)
-      : await Engine.create(JSON.stringify(manifest), tokenizer, read, contextLength, kvCache, portable, gpuMemoryBudget);
+      : await Engine.create(JSON.stringify(manifest), tokenizer, read, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk);
   } catch (e) {
     throw asError(e);
   }

@@ -37,6 +37,11 @@ export interface EngineOptions {
    * the resident part plus two experts per layer is a MemoryBudgetError.
    */
   gpuMemoryBudget?: number;
+  /**
+   * Tokens per forward pass while reading a prompt (0, the default: 64).
+   * Activation memory grows with it; 1 reads the prompt token by token.
+   */
+  prefillChunk?: number;
 }
 
 export type ChatMessage =

@@ -121,13 +121,17 @@ let completionCounter = 0;
 /**
  * Loads a model package (its model.json URL) and returns an engine.
  * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, kvCache = "f16" | "q8" | "f32",
- *   portable, gpuMemoryBudget (bytes of weights on the GPU; a mixture of experts over it caches its experts) }
+ *   portable, gpuMemoryBudget (bytes of weights on the GPU; a mixture of experts over it caches its experts),
+ *   prefillChunk (tokens per prefill step, 0: 64) }
  */
 export async function createEngine(modelUrl, options = {}) {
   const { onProgress, worker = true, cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false } = options;
-  const { gpuMemoryBudget = 0 } = options;
+  const { gpuMemoryBudget = 0, prefillChunk = 0 } = options;
   if (!(Number.isFinite(gpuMemoryBudget) && gpuMemoryBudget >= 0)) {
     throw namedError("TypeError", `gpuMemoryBudget: ${gpuMemoryBudget} is not a number of bytes (0: no budget)`);
+  }
+  if (!(Number.isInteger(prefillChunk) && prefillChunk >= 0 && prefillChunk <= 4096)) {
+    throw namedError("TypeError", `prefillChunk: ${prefillChunk} is not a whole number of tokens from 0 (the default, 64) to 4096`);
   }
   if (!["cache-api", "opfs", "none"].includes(cache)) {
     throw namedError("TypeError", `cache: "${cache}" is not supported; use "cache-api", "opfs" or "none"`);
@@ -135,7 +139,7 @@ export async function createEngine(modelUrl, options = {}) {
   if (!["f16", "q8", "f32"].includes(kvCache)) {
     throw namedError("TypeError", `kvCache: "${kvCache}" is not supported; use "f16", "q8" or "f32"`);
   }
-  const load = () => startBackend(modelUrl, { worker, cache, contextLength, kvCache, portable, gpuMemoryBudget }, onProgress);
+  const load = () => startBackend(modelUrl, { worker, cache, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk }, onProgress);
   return new PhiEngine(await load(), modelUrl, load);
 }
 

@@ -13,7 +13,8 @@ see PHI.md on the reference's misaligned `return_dense` mask).
 
 Writes tests/data/tiny-phi3small/: config.json and model.safetensors (f16) in the
 hub's layout (fused query_key_value grouped per KV head, interleaved
-up_proj, dense/final_layernorm names), golden.json + logits.f32 (f32
+up_proj, dense/final_layernorm names), a 512-id chat vocabulary
+(tokenizer.json), golden.json + logits.f32 (f32
 weights) and golden-q8_0.json + logits-q8_0.f32 (the matrices rounded
 through gguf's Q8_0, as `phi-web convert --quant q8_0` stores them), and a
 tokenizer_config.json with the published chat template.
@@ -58,8 +59,9 @@ CONFIG = {
     "mup_width_multiplier": 8.0,
     "mup_embedding_multiplier": 10.0,
     "mup_attn_multiplier": 2.0,
-    "bos_token_id": 100,
-    "eos_token_id": 101,
+    # <|endoftext|> in the tiny chat vocabulary (make_tiny_models.write_chat_tokenizer).
+    "bos_token_id": 6,
+    "eos_token_id": 6,
     "dummy_token_indices": [0, 7, 255, 511],
     "tie_word_embeddings": True,
     "torch_dtype": "float16",
@@ -215,6 +217,10 @@ def main():
     self_check(CONFIG, w)
     (OUT / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
     save_file({k: v.half().contiguous() for k, v in w.items()}, str(OUT / "model.safetensors"))
+    # A 512-id byte-level vocabulary with the chat tokens, so that the tiny
+    # model chats in tests/web/e2e.mjs; then Phi-3-small's own template.
+    from make_tiny_models import write_chat_tokenizer
+    write_chat_tokenizer(OUT, CONFIG["vocab_size"])
     tokenizer_config = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}
     (OUT / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     with torch.no_grad():

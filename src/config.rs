@@ -146,6 +146,20 @@ impl BlockSparse {
         let (q, k) = (query / self.block, key / self.block);
         key <= query && (q - k < self.local_blocks || (k + head * self.head_step + 1).is_multiple_of(self.vert_stride))
     }
+
+    /// Keys the attention kernel reads for the query at `query` for the
+    /// `group` query heads from `first_head` (one KV head): those some head of
+    /// the group sees, counted as attention.wgsl's `sparse_keys` counts them.
+    pub fn keys_read(&self, first_head: usize, group: usize, query: usize) -> usize {
+        let local_first = (query / self.block + 1).saturating_sub(self.local_blocks);
+        let residue = |h: usize| (self.vert_stride - (1 + h * self.head_step) % self.vert_stride) % self.vert_stride;
+        let mut residues: Vec<usize> = (first_head..first_head + group).map(residue).collect();
+        residues.sort_unstable();
+        residues.dedup();
+        let partial = residues.iter().filter(|&&r| r < local_first % self.vert_stride).count();
+        let remote_blocks = local_first / self.vert_stride * residues.len() + partial;
+        remote_blocks * self.block + query + 1 - local_first * self.block
+    }
 }
 
 /// Phi-3-small's muP multipliers, activation limit, sparse layers and unused ids.
@@ -630,5 +644,32 @@ impl ModelConfig {
     /// Bytes of f16 K and V per token of context.
     pub fn kv_bytes_per_token(&self) -> usize {
         2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BlockSparse;
+
+    /// The kernel's count of the keys it reads is the keys some head of the group sees.
+    #[test]
+    fn keys_read_are_the_keys_some_head_of_the_group_sees() {
+        for (block, local_blocks, vert_stride, head_step, group) in
+            [(64, 16, 8, 1, 4), (4, 2, 3, 1, 2), (4, 1, 3, 1, 8), (8, 2, 16, 4, 1), (8, 3, 5, 0, 4)]
+        {
+            let b = BlockSparse { block, local_blocks, vert_stride, head_step };
+            for first_head in (0..16).step_by(group) {
+                for query in (0..3000).step_by(37).chain([0, block - 1, block, 16 * block]) {
+                    let seen = (0..=query)
+                        .filter(|&key| (first_head..first_head + group).any(|h| b.sees(h, query, key)))
+                        .count();
+                    assert_eq!(
+                        b.keys_read(first_head, group, query),
+                        seen,
+                        "{b:?} heads {first_head}+{group} at {query}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -741,7 +741,7 @@ fn convert_hf(
     let mut stop_token_ids = config.eos_token_ids.clone();
     // Phi-3-small's chat turns end in <|end|>, which its config does not list.
     if config.architecture == Architecture::Phi3Small && tokenizer.is_some() {
-        let end = tiktoken::phi3small_special_tokens().into_iter().find(|(t, _)| t == "<|end|>").map(|(_, id)| id);
+        let end = added_token_id(&out_dir.join("tokenizer.json"), "<|end|>")?;
         stop_token_ids.extend(end.filter(|id| !stop_token_ids.contains(id)));
     }
     if let Some(generation) = read_json("generation_config.json")? {
@@ -773,6 +773,19 @@ fn convert_hf(
         shards: Vec::new(),
     };
     finish(writer, manifest, out_dir, warnings)
+}
+
+/// The id of added token `content` in a tokenizer.json, if it has one.
+fn added_token_id(path: &Path, content: &str) -> Result<Option<u32>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(path.display(), format!("malformed JSON: {e}")))?;
+    let added = json.get("added_tokens").and_then(|a| a.as_array()).map(Vec::as_slice).unwrap_or_default();
+    Ok(added
+        .iter()
+        .find(|t| t.get("content").and_then(|c| c.as_str()) == Some(content))
+        .and_then(|t| t.get("id")?.as_u64())
+        .map(|id| id as u32))
 }
 
 fn finish(writer: Writer, mut manifest: Manifest, out_dir: &Path, warnings: Vec<String>) -> Result<ConvertSummary> {

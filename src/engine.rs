@@ -33,6 +33,10 @@ pub struct EngineOptions {
     /// Bytes of weights the GPU may hold (`--gpu-memory`, `gpuMemoryBudget`);
     /// None: all of them. A mixture of experts over budget caches its experts.
     pub gpu_memory: Option<u64>,
+    /// Tokens per forward call while prefilling (`prefillChunk`); 0 =
+    /// [`PREFILL_CHUNK`]. Activation scratch grows with it; 1 prefills token
+    /// by token, as decoding does.
+    pub prefill_chunk: usize,
 }
 
 /// One generation request: the OpenAI fields the engine itself needs, with
@@ -105,7 +109,10 @@ impl Engine {
         };
         let plan = DecoderOptions {
             capacity: context,
-            max_tokens: PREFILL_CHUNK,
+            max_tokens: match options.prefill_chunk {
+                0 => PREFILL_CHUNK,
+                n => n,
+            },
             kv: options.kv_cache,
             gpu_memory: options.gpu_memory,
         };

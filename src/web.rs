@@ -108,7 +108,9 @@ impl Engine {
     /// 0 means the model's maximum capped at 4096; `kv_cache` "f16", "q8" or
     /// "f32"; `portable` avoids shader-f16 and subgroups; `gpu_memory_budget`
     /// bytes of weights on the GPU (0: all of them; a mixture of experts over
-    /// it caches its experts and reads the others through `read`).
+    /// it caches its experts and reads the others through `read`);
+    /// `prefill_chunk` tokens per prefill call (0: 64).
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         manifest: String,
         tokenizer: Vec<u8>,
@@ -117,6 +119,7 @@ impl Engine {
         kv_cache: String,
         portable: bool,
         gpu_memory_budget: f64,
+        prefill_chunk: u32,
     ) -> Promise {
         future_to_promise(async move {
             let kv_cache = KvFormat::parse(&kv_cache).ok_or_else(|| {
@@ -132,6 +135,7 @@ impl Engine {
                 kv_cache,
                 gpu: gpu_options(portable),
                 gpu_memory: (gpu_memory_budget >= 1.0).then_some(gpu_memory_budget as u64),
+                prefill_chunk: prefill_chunk as usize,
             };
             let engine = match engine::Engine::load(&shards, Some(tokenizer), &options).await {
                 Ok(engine) => engine,

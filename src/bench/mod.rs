@@ -3,6 +3,7 @@
 //! bandwidth measured in the same run, so that the ratio means something on
 //! a shared, noisy machine.
 
+pub mod phi3small;
 pub mod structured;
 
 use std::time::Instant;
@@ -30,6 +31,9 @@ pub struct KernelReport {
     /// Constrained decoding's cost (`phi-web bench --only structured`, and the full run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub structured: Option<structured::StructuredReport>,
+    /// KV bytes per decode token in Phi-3-small's dense and block-sparse layers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocksparse_kv_read: Vec<phi3small::KvReadFigure>,
 }
 
 #[derive(Serialize)]
@@ -204,6 +208,7 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         threads,
         kernels: figures,
         structured: None,
+        blocksparse_kv_read: Vec::new(),
     })
 }
 
@@ -414,7 +419,7 @@ pub async fn model_figure(
         let cache_after = decoder.expert_stats().unwrap_or_default();
         decode_cache.add(&cache_after.since(&cache_before));
         decoded += plan.decode_tokens;
-        let kv_read = decoder.kv_bytes_per_position() * (context + plan.decode_tokens / 2) as u64;
+        let kv_read = decoder.kv_bytes_read(context + plan.decode_tokens / 2);
         let bytes = decoder.weight_bytes() + kv_read;
         let gbps = bytes as f64 / per_token / 1e9;
         decode.push(DecodeFigure {
@@ -509,7 +514,7 @@ pub fn synthetic_phi_mini_moe(dir: &std::path::Path, layers: usize) -> Result<()
 }
 
 /// A decoder config with Phi-3's defaults; `heads` = [heads, kv heads, head_dim].
-fn synthetic_config(
+pub(crate) fn synthetic_config(
     architecture: crate::config::Architecture,
     hidden_size: usize,
     intermediate_size: usize,
@@ -549,7 +554,7 @@ fn synthetic_config(
 /// Writes a package of `shapes` into `dir` (skipped when a complete one is
 /// already there): random q4_0 matrices, random f32 routers (so tokens spread
 /// over the experts), vectors of ones.
-fn synthetic_package(
+pub(crate) fn synthetic_package(
     dir: &std::path::Path,
     name: &str,
     config: crate::config::ModelConfig,
@@ -689,6 +694,19 @@ pub fn markdown(report: &KernelReport) -> String {
     }
     if let Some(s) = &report.structured {
         out += &structured::markdown(s);
+    }
+    if !report.blocksparse_kv_read.is_empty() {
+        out += "\n| Phi-3-small, KV read per decode token | dense layer | block-sparse layer | sparse ÷ dense |\n|---|---|---|---|\n";
+        for f in &report.blocksparse_kv_read {
+            out += &format!(
+                "| context {}, {} KV | {:.2} MB | {:.2} MB | {:.2} |\n",
+                f.context,
+                f.kv_cache,
+                f.dense_layer_bytes as f64 / 1e6,
+                f.sparse_layer_bytes as f64 / 1e6,
+                f.sparse_over_dense
+            );
+        }
     }
     out += "\n| kernel | shape | GB/s | ÷ memory bandwidth |\n|---|---|---|---|\n";
     for k in &report.kernels {

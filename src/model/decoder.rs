@@ -371,10 +371,22 @@ impl Decoder {
         self.cache.slots >= self.capacity || from + self.cache.slots + 1 >= written + window
     }
 
-    /// KV-cache bytes one position takes over all layers (K and V).
-    pub fn kv_bytes_per_position(&self) -> u64 {
+    /// KV-cache bytes a decode step at position `pos` reads over all layers:
+    /// every position up to it in dense layers, in Phi-3-small's block-sparse
+    /// ones the positions some query head of each KV head's group sees.
+    pub fn kv_bytes_read(&self, pos: usize) -> u64 {
         let c = &self.config;
-        (c.num_layers * 2 * self.cache.format.row_bytes(c.num_kv_heads * c.head_dim)) as u64
+        let head_bytes = 2 * self.cache.format.row_bytes(c.num_kv_heads * c.head_dim) / c.num_kv_heads;
+        let group = c.num_heads / c.num_kv_heads;
+        let layer_keys = |layer: usize| -> usize {
+            match &c.phi3small {
+                Some(s) if !s.dense_layer(layer) => {
+                    (0..c.num_kv_heads).map(|g| s.blocksparse.keys_read(g * group, group, pos)).sum()
+                }
+                _ => c.num_kv_heads * (pos + 1),
+            }
+        };
+        (0..c.num_layers).map(|l| (layer_keys(l) * head_bytes) as u64).sum()
     }
 
     /// How the KV cache stores keys and values.

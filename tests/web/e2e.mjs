@@ -22,7 +22,7 @@ import { chromium } from "playwright-core";
 import { expertSizes } from "../../pkg/loader.js";
 import { startServer } from "./server.mjs";
 
-const [modelDir, phiWeb, minilmDir, phimoeDir, phimoeF32Dir] = process.argv.slice(2);
+const [modelDir, phiWeb, minilmDir, phimoeDir, phimoeF32Dir, phi3smallDir, phi3smallF32Dir] = process.argv.slice(2);
 const root = new URL("../..", import.meta.url).pathname;
 const QUESTION = "What is the capital of France?";
 const figures = {};
@@ -79,7 +79,16 @@ const WEATHER = {
   },
 };
 
-const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir, phimoe: phimoeDir, "phimoe-f32": phimoeF32Dir },
+const server = await startServer({
+  root,
+  models: {
+    smollm2: modelDir,
+    minilm: minilmDir,
+    phimoe: phimoeDir,
+    "phimoe-f32": phimoeF32Dir,
+    phi3small: phi3smallDir,
+    "phi3small-f32": phi3smallF32Dir,
+  },
 });
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
@@ -533,6 +542,50 @@ try {
   assert.equal(parity.resident.expertCache, null);
   assert.equal(parity.cached.expertCache?.resident_per_layer, 2);
   assert.ok(parity.cached.expertCache.lookups - parity.cached.expertCache.hits > 4, "evictions were forced");
+
+  // tests/data/tiny-phi3small against scripts/make_tiny_phi3small.py's
+  // reference: dense and block-sparse layers over 40 tokens (ten blocks),
+  // read whole, in chunks of 5 and token by token (the decode path), with
+  // the f32 and q8 KV caches; and the q8_0 package on its own weights.
+  step("tiny Phi-3-small's logits in Chromium match the reference: prefill, chunks and token by token; f32 and q8 KV; q8_0 weights");
+  const smallGolden = (file) => {
+    const meta = JSON.parse(readFileSync(`${root}tests/data/tiny-phi3small/${file}`, "utf8"));
+    const bytes = readFileSync(`${root}tests/data/tiny-phi3small/${meta.logits_file}`);
+    return { ids: meta.input_ids, logits: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) };
+  };
+  const [small, smallQ8] = [smallGolden("golden.json"), smallGolden("golden-q8_0.json")];
+  const runs = [
+    ["f32 package, f32 KV, one prefill", "phi3small-f32", { kvCache: "f32" }],
+    ["f32 package, f32 KV, chunks of 5", "phi3small-f32", { kvCache: "f32", prefillChunk: 5 }],
+    ["f32 package, f32 KV, token by token", "phi3small-f32", { kvCache: "f32", prefillChunk: 1 }],
+    ["f32 package, q8 KV, chunks of 5", "phi3small-f32", { kvCache: "q8", prefillChunk: 5 }],
+    ["q8_0 package, f32 KV, chunks of 5", "phi3small", { kvCache: "f32", prefillChunk: 5 }],
+  ];
+  const smallLogits = await page.evaluate(
+    async ({ runs, ids }) => {
+      const out = [];
+      for (const [, model, options] of runs) {
+        const engine = await phiWeb.createEngine(`/models/${model}/model.json`, { contextLength: 64, ...options });
+        out.push(Array.from(await engine.logits(ids)));
+        await engine.unload();
+      }
+      return out;
+    },
+    { runs, ids: small.ids },
+  );
+  const smallVocab = small.logits.length / small.ids.length;
+  const top1 = (a, b) =>
+    small.ids.filter((_, r) => argmax(Array.from(a.slice(r * smallVocab, (r + 1) * smallVocab))) === argmax(Array.from(b.slice(r * smallVocab, (r + 1) * smallVocab)))).length;
+  const largest = small.logits.reduce((m, x) => (x > -1e30 ? Math.max(m, Math.abs(x)) : m), 1);
+  runs.forEach(([name, model, options], i) => {
+    const reference = model === "phi3small" ? smallQ8 : small;
+    const err = maxDiff(smallLogits[i], reference.logits);
+    // As natively (tests/phi3small.rs): f32 arithmetic, or q8's rounding of keys and values.
+    const bound = options.kvCache === "q8" ? 8e-3 * largest : 2e-5;
+    figures[`phi3small_logit_error_${name.replaceAll(/[^a-z0-9]+/g, "_")}`] = err;
+    assert.ok(err <= bound, `${name}: max |logit error| ${err} > ${bound}`);
+    assert.equal(top1(smallLogits[i], small.logits), small.ids.length, `${name}: top-1 against the f32 reference`);
+  });
 
   step("an embedding model: embeddings.create matches transformers, and chat is refused");
   const reference = JSON.parse(readFileSync(`${root}tests/data/minilm-reference.json`, "utf8")).sentences;

@@ -69,7 +69,7 @@ enum Command {
     },
     /// The GPU adapter, its features and limits as JSON.
     Info,
-    /// Benchmark the kernels, SmolLM2, a synthetic Phi-3-mini and Phi-mini-MoE (JSON on stdout).
+    /// Benchmark the kernels, SmolLM2, a synthetic Phi-3-mini, Phi-mini-MoE and Phi-3-small (JSON on stdout).
     #[command(
         after_help = "Examples:\n  phi-web bench --kernels-only\n  phi-web bench --only phi-mini-moe --out target/bench/moe.json"
     )]
@@ -288,6 +288,8 @@ enum BenchModel {
     Smollm2,
     Phi3Mini,
     PhiMiniMoe,
+    /// A synthetic Phi-3-small (4 of 32 layers), published and all-dense, at 2k and 8k of context.
+    Phi3Small,
     /// Constrained decoding: mask cost per token, decode with ÷ without a schema.
     Structured,
 }
@@ -631,6 +633,32 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
         stages.log("  synthetic Phi-mini-MoE with an expert cache of 8 of 16 experts per layer");
         let plan = ModelBench { gpu_memory: Some(sizes.budget_for(8)), ..decode_plan(vec![128], 16) };
         report.models.push(figure(dir, &plan)?);
+    }
+    if want(BenchModel::Phi3Small) {
+        // Phi-3-small's widths, 4 of its 32 layers (two block-sparse, two
+        // dense; 0.7 GB instead of 4.2), and the same weights all dense:
+        // decode at 2k and 8k with each KV cache, GPU memory at 8k.
+        let (dir, dense) =
+            (Path::new("target/bench/synthetic-phi3-small"), Path::new("target/bench/synthetic-phi3-small-dense"));
+        stages.log(&format!("  synthetic Phi-3-small q4_0, 4 layers (writing it to {} once)", dir.display()));
+        phi_web::bench::phi3small::synthetic_phi3_small(dir, dense, 4)?;
+        for kv_cache in [KvFormat::F16, KvFormat::Q8] {
+            for (dir, what) in [(dir, "as published"), (dense, "every layer dense")] {
+                stages.log(&format!("  synthetic Phi-3-small, {what}, {} KV cache", kv_cache.name()));
+                let plan = ModelBench {
+                    context: 8192,
+                    kv_cache,
+                    prompts: if kv_cache == KvFormat::F16 { vec![128] } else { vec![] },
+                    decode_contexts: vec![2048, 8000],
+                    decode_tokens: 4,
+                    gpu_memory: None,
+                };
+                report.models.push(figure(dir, &plan)?);
+            }
+            for context in [2048, 8000] {
+                report.blocksparse_kv_read.push(phi_web::bench::phi3small::kv_read(context, kv_cache));
+            }
+        }
     }
     if want(BenchModel::Structured) {
         report.structured = Some(structured_bench(&stages)?);

@@ -29,6 +29,7 @@ fn load(dir: &Path, args: &LoadArgs, options: &GpuOptions, tokenizer: bool) -> R
         kv_cache: args.kv_cache,
         gpu: options.clone(),
         gpu_memory: args.gpu_memory.map(|mb| (mb * 1e6) as u64),
+        prefill_chunk: 0,
     };
     Ok(pollster::block_on(Engine::load(&package, tokenizer, &options))?)
 }
