@@ -192,6 +192,32 @@ fn inv_freq(config: &ModelConfig, factors: Option<&[f32]>) -> Vec<f32> {
         .collect()
 }
 
+/// A dense decoder's activations for up to `t` tokens per forward call
+/// (Phi-3 and Llama, Phi-3-small).
+pub struct DecoderScratch {
+    pub x: wgpu::Buffer,    // [T, H] residual stream
+    pub h: wgpu::Buffer,    // [T, H] normed input, then the block's output
+    pub qkv: wgpu::Buffer,  // [T, (heads + 2 kv_heads) head_dim]
+    pub attn: wgpu::Buffer, // [T, heads head_dim]
+    pub mlp: MlpScratch,    // [T, 2 I], [T, I]
+    pub last: LastRow,      // the last token's row, when generating
+}
+
+impl DecoderScratch {
+    pub fn new(gpu: &Gpu, c: &ModelConfig, t: usize) -> Result<DecoderScratch> {
+        let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
+        let h = c.hidden_size;
+        Ok(DecoderScratch {
+            x: floats("x", t * h)?,
+            h: floats("h", t * h)?,
+            qkv: floats("qkv", t * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim)?,
+            attn: floats("attn", t * c.num_heads * c.head_dim)?,
+            mlp: MlpScratch::new(gpu, t, c.intermediate_size)?,
+            last: LastRow::new(gpu, h)?,
+        })
+    }
+}
+
 /// Scratch for the logits of the last position only (generating): its
 /// residual row and that row normed, [H] each.
 pub struct LastRow {

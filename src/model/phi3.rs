@@ -4,7 +4,7 @@
 //! Llama's keep q/k/v and gate/up apart, and are written side by side into
 //! the same activation rows.
 
-use super::blocks::{Attention, Fused, Gate, KvCache, LastRow, Linear, Mask, Mlp, MlpScratch, Norm, Rope};
+use super::blocks::{Attention, DecoderScratch, Fused, Gate, KvCache, Linear, Mask, Mlp, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::recorder::Recorder;
 use crate::config::{Architecture, ModelConfig};
@@ -20,16 +20,6 @@ struct Layer {
     mlp: Mlp,
 }
 
-/// Activations for up to `max_tokens` tokens per forward call.
-struct Scratch {
-    x: wgpu::Buffer,    // [T, H] residual stream
-    h: wgpu::Buffer,    // [T, H] normed input, then the block's output
-    qkv: wgpu::Buffer,  // [T, qkv width]
-    attn: wgpu::Buffer, // [T, heads head_dim]
-    mlp: MlpScratch,    // [T, 2 I], [T, I]
-    last: LastRow,      // the last token's row, when generating
-}
-
 pub struct Phi3 {
     config: ModelConfig,
     embed_tokens: Linear, // [vocab, H]
@@ -38,7 +28,7 @@ pub struct Phi3 {
     lm_head: Option<Linear>, // [vocab, H]; None = tied to the embedding
     rope: Rope,
     attention: Attention,
-    scratch: Scratch,
+    scratch: DecoderScratch,
 }
 
 impl Phi3 {
@@ -79,16 +69,7 @@ impl Phi3 {
         };
         let norm = Norm::load(gpu, source, "model.norm", c.norm, h, eps).await?;
         let t = plan.max_tokens;
-        let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
-        let qkv_width = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
-        let scratch = Scratch {
-            x: floats("x", t * h)?,
-            h: floats("h", t * h)?,
-            qkv: floats("qkv", t * qkv_width)?,
-            attn: floats("attn", t * c.num_heads * c.head_dim)?,
-            mlp: MlpScratch::new(gpu, t, c.intermediate_size)?,
-            last: LastRow::new(gpu, h)?,
-        };
+        let scratch = DecoderScratch::new(gpu, &c, t)?;
         let mask = match c.sliding_window {
             Some(window) if window > 0 => Mask::SlidingWindow(window),
             _ => Mask::Causal,

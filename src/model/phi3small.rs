@@ -8,7 +8,7 @@
 //! de-interleaves up_proj (gate half, linear half), so the blocks stay the
 //! ones every architecture uses.
 
-use super::blocks::{Attention, Fused, Gate, KvCache, LastRow, Linear, Mask, Mlp, MlpScratch, Norm, Rope};
+use super::blocks::{Attention, DecoderScratch, Fused, Gate, KvCache, Linear, Mask, Mlp, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::recorder::Recorder;
 use crate::config::{ModelConfig, Phi3SmallExtras};
@@ -26,16 +26,6 @@ struct Layer {
     sparse: bool,
 }
 
-/// Activations for up to `max_tokens` tokens per forward call.
-struct Scratch {
-    x: wgpu::Buffer,    // [T, H] residual stream
-    h: wgpu::Buffer,    // [T, H] normed input, then the block's output
-    qkv: wgpu::Buffer,  // [T, qkv width]
-    attn: wgpu::Buffer, // [T, heads head_dim]
-    mlp: MlpScratch,    // [T, 2 I], [T, I]
-    last: LastRow,      // the last token's row, when generating
-}
-
 pub struct Phi3Small {
     config: ModelConfig,
     extras: Phi3SmallExtras,
@@ -50,7 +40,7 @@ pub struct Phi3Small {
     rope: Rope,
     dense_attention: Attention,
     sparse_attention: Attention,
-    scratch: Scratch,
+    scratch: DecoderScratch,
 }
 
 impl Phi3Small {
@@ -95,16 +85,7 @@ impl Phi3Small {
         }
         let lm_head = embed_tokens.with_bias(gpu.storage_with("dummy tokens", bytemuck::cast_slice(&dummy))?);
         let t = plan.max_tokens;
-        let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
-        let qkv_width = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
-        let scratch = Scratch {
-            x: floats("x", t * h)?,
-            h: floats("h", t * h)?,
-            qkv: floats("qkv", t * qkv_width)?,
-            attn: floats("attn", t * c.num_heads * c.head_dim)?,
-            mlp: MlpScratch::new(gpu, t, c.intermediate_size)?,
-            last: LastRow::new(gpu, h)?,
-        };
+        let scratch = DecoderScratch::new(gpu, &c, t)?;
         Ok(Phi3Small {
             rope: Rope::new(gpu, &c)?,
             dense_attention: Attention::new(gpu, &c, Mask::Causal, t, plan.capacity)?,
