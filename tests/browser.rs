@@ -48,6 +48,7 @@ browser_tests!(
     linear_into_slices_of_a_fused_buffer,
     embedding_every_format,
     wrong_shapes_are_errors_not_out_of_bounds_reads,
+    matrix_chunk_at_the_binding_limit,
     rms_norm_rows,
     layer_norm_rows,
     silu_mul_over_fused_gate_up,

@@ -560,7 +560,7 @@ pub(crate) fn synthetic_package(
     config: crate::config::ModelConfig,
     shapes: Vec<(String, Vec<usize>)>,
 ) -> Result<()> {
-    use crate::formats::package::{Chunk, Manifest, ShardWriter, TensorEntry, FORMAT, MANIFEST};
+    use crate::formats::package::{Chunk, Manifest, ShardWriter, TensorEntry, FORMAT, MANIFEST, MAX_CHUNK_BYTES};
     if crate::formats::package::Package::open(dir).is_ok_and(|p| p.manifest.tokenizer.is_some()) {
         return Ok(());
     }
@@ -575,7 +575,6 @@ pub(crate) fn synthetic_package(
         state
     };
     for (name, shape) in shapes {
-        let (shard, offset) = writer.position();
         let router = name.ends_with("block_sparse_moe.gate.weight");
         let (format, rows, cols) = match shape[..] {
             [n] => (WeightFormat::F32, 1, n),
@@ -583,28 +582,37 @@ pub(crate) fn synthetic_package(
             [rows, cols] => (WeightFormat::Q4_0, rows, cols),
             _ => return Err(crate::Error::Config { message: format!("synthetic tensor {name}: shape {shape:?}") }),
         };
-        let (payload, scales) = quant::gpu_size(format, rows, cols);
-        let mut layout = GpuLayout { data: vec![0u8; payload], scales: Vec::with_capacity(scales) };
-        if router {
-            for w in layout.data.chunks_exact_mut(4) {
-                let unit = (next() >> 40) as f32 / (1u64 << 24) as f32;
-                w.copy_from_slice(&(0.02 * unit - 0.01).to_le_bytes());
+        // Row chunks a GPU binding can hold, as `convert` writes them (an
+        // even row count keeps 2-byte scales aligned).
+        let row_payload = quant::gpu_size(format, 1, cols).0.max(1) as u64;
+        let chunk_rows = ((MAX_CHUNK_BYTES / row_payload) as usize).max(2) & !1;
+        let mut chunks = Vec::new();
+        for first in (0..rows).step_by(chunk_rows) {
+            let n = chunk_rows.min(rows - first);
+            let (shard, offset) = writer.position();
+            let (payload, scales) = quant::gpu_size(format, n, cols);
+            let mut layout = GpuLayout { data: vec![0u8; payload], scales: Vec::with_capacity(scales) };
+            if router {
+                for w in layout.data.chunks_exact_mut(4) {
+                    let unit = (next() >> 40) as f32 / (1u64 << 24) as f32;
+                    w.copy_from_slice(&(0.02 * unit - 0.01).to_le_bytes());
+                }
+            } else if format == WeightFormat::F32 {
+                // Norm weights 1, biases 0 (a LayerNorm bias of 1 would route every token alike).
+                let value = if name.ends_with(".bias") { 0.0f32 } else { 1.0 };
+                layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&value.to_le_bytes()));
+            } else {
+                layout.data.chunks_exact_mut(8).for_each(|word| word.copy_from_slice(&next().to_le_bytes()));
+                let scale = half::f16::from_f32(0.02).to_le_bytes();
+                while layout.scales.len() < scales {
+                    layout.scales.extend_from_slice(&scale);
+                }
             }
-        } else if format == WeightFormat::F32 {
-            // Norm weights 1, biases 0 (a LayerNorm bias of 1 would route every token alike).
-            let value = if name.ends_with(".bias") { 0.0f32 } else { 1.0 };
-            layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&value.to_le_bytes()));
-        } else {
-            layout.data.chunks_exact_mut(8).for_each(|word| word.copy_from_slice(&next().to_le_bytes()));
-            let scale = half::f16::from_f32(0.02).to_le_bytes();
-            while layout.scales.len() < scales {
-                layout.scales.extend_from_slice(&scale);
-            }
+            writer.write(&layout.data)?;
+            writer.write(&layout.scales)?;
+            chunks.push(Chunk { rows: n, shard, offset, payload_bytes: payload as u64, scales_bytes: scales as u64 });
         }
-        writer.write(&layout.data)?;
-        writer.write(&layout.scales)?;
-        let chunk = Chunk { rows, shard, offset, payload_bytes: payload as u64, scales_bytes: scales as u64 };
-        tensors.push(TensorEntry { name, format: format.name().into(), shape, chunks: vec![chunk] });
+        tensors.push(TensorEntry { name, format: format.name().into(), shape, chunks });
     }
     let tokenizer = "tokenizer.json";
     let vocab = synthetic_tokenizer(config.vocab_size);

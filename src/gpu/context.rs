@@ -220,13 +220,33 @@ impl Gpu {
     pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         let size = size.max(4).next_multiple_of(4);
         self.check_buffer_size(label, size)?;
+        Ok(self.unchecked_storage(label, size))
+    }
+
+    /// A zeroed storage buffer of `size` bytes that is only ever bound in
+    /// ranges (a matrix: payload, then scales), each of which the caller
+    /// has checked against maxStorageBufferBindingSize: the whole may exceed it.
+    pub fn ranged_storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        let size = size.max(4).next_multiple_of(4);
+        if size > self.limits.max_buffer_size {
+            return Err(Error::GpuLimit {
+                what: label.into(),
+                needed: size,
+                limit: self.limits.max_buffer_size,
+                limit_name: "maxBufferSize",
+            });
+        }
+        Ok(self.unchecked_storage(label, size))
+    }
+
+    fn unchecked_storage(&self, label: &str, size: u64) -> wgpu::Buffer {
         self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
-        }))
+        })
     }
 
     /// A storage buffer holding `bytes` (padded to a multiple of 4).

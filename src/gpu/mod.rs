@@ -161,7 +161,9 @@ impl Matrix {
         gpu.check_buffer_size(label, scales_size as u64)?;
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
         let scales_offset = (bound_size as u64).next_multiple_of(align);
-        let buffer = gpu.storage(label, scales_offset + scales_size as u64)?;
+        // Payload and scales are bound apart, each within the binding limit
+        // (checked above): a 128 MiB q4_0 chunk and its scales share a buffer.
+        let buffer = gpu.ranged_storage(label, scales_offset + scales_size as u64)?;
         Ok(Matrix {
             format,
             rows,

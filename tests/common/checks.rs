@@ -149,6 +149,32 @@ pub async fn wrong_shapes_are_errors_not_out_of_bounds_reads(env: &Env) {
     assert!(err.to_string().contains("maxBufferSize"), "{err}");
 }
 
+/// The largest row chunk `convert` writes (128 MiB of q4_0 payload, WebGPU's
+/// default binding limit) and its 16 MiB of scales share one buffer, bound as
+/// two ranges: it loads and multiplies (Phi-3-small's and Phi-4's embeddings
+/// come in such chunks).
+pub async fn matrix_chunk_at_the_binding_limit(env: &Env) {
+    use phi_web::formats::package::MAX_CHUNK_BYTES;
+    let limit = MAX_CHUNK_BYTES.min(env.gpu.limits.max_storage_buffer_binding_size);
+    let cols = 4096;
+    let (row_payload, row_scales) = quant::gpu_size(WeightFormat::Q4_0, 1, cols);
+    let rows = (limit as usize / row_payload) & !1;
+    // Every weight is its block's scale (nibble 9 = +1); row r's scale is (r % 7 + 1) / 8.
+    let data = vec![0x99u8; rows * row_payload];
+    let scales: Vec<u8> = (0..rows)
+        .flat_map(|r| std::iter::repeat_n(half::f16::from_f32((r % 7 + 1) as f32 / 8.0), row_scales / 2))
+        .flat_map(|d| d.to_le_bytes())
+        .collect();
+    let layout = quant::GpuLayout { data, scales };
+    let w = Matrix::upload(&env.gpu, "chunk", WeightFormat::Q4_0, rows, cols, &layout).unwrap();
+    assert!(w.gpu_bytes() > limit, "payload and scales {} in one buffer", w.gpu_bytes());
+    let (x, y) = (env.upload_f32("x", &vec![1.0; cols]), env.zeros("y", rows));
+    env.run(&[&env.kernels.matvec(&w, &x, &y).unwrap()]);
+    let got = env.read_f32(&y, rows).await;
+    let expected: Vec<f64> = (0..rows).map(|r| (cols / 8 * (r % 7 + 1)) as f64).collect();
+    assert_close_rel(&format!("q4_0 [{rows}, {cols}] chunk"), &got, &expected, 0.0, 0.0);
+}
+
 // ---- norms, activations, residual add, softmax, argmax
 
 fn to_f64(v: &[f32]) -> Vec<f64> {

@@ -650,7 +650,7 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
                     kv_cache,
                     prompts: if kv_cache == KvFormat::F16 { vec![128] } else { vec![] },
                     decode_contexts: vec![2048, 8000],
-                    decode_tokens: 4,
+                    decode_tokens: 8,
                     gpu_memory: None,
                 };
                 report.models.push(figure(dir, &plan)?);
