@@ -3,7 +3,8 @@
 //! 32: every second one dense, as published) and the same weights with every
 //! layer dense, decoded at 2k and 8k of context with the f16 and q8 KV
 //! caches; and the KV bytes one decode token reads in a dense and in a
-//! block-sparse layer (the kernel's own count, `BlockSparse::keys_read`).
+//! block-sparse layer (the kernel's own count, `BlockSparse::keys_read`),
+//! with the time its attention kernels take in each.
 
 use std::path::Path;
 
@@ -12,7 +13,7 @@ use serde::Serialize;
 use super::{synthetic_config, synthetic_package};
 use crate::config::{Architecture, BlockSparse, ModelConfig, NormKind, Phi3SmallExtras};
 use crate::error::{Error, Result};
-use crate::gpu::KvFormat;
+use crate::gpu::{AttentionScratch, AttentionShape, Gpu, Kernels, KvFormat};
 
 /// Phi-3-small-8k's block-sparse pattern and muP settings.
 const PATTERN: BlockSparse = BlockSparse { block: 64, local_blocks: 16, vert_stride: 8, head_step: 1 };
@@ -25,6 +26,10 @@ pub struct KvReadFigure {
     pub dense_layer_bytes: u64,
     pub sparse_layer_bytes: u64,
     pub sparse_over_dense: f64,
+    /// One decode token's attention kernels (split pass and combine) in each.
+    pub dense_attention_ms: f64,
+    pub sparse_attention_ms: f64,
+    pub time_sparse_over_dense: f64,
 }
 
 /// The config of `layers` Phi-3-small layers; `dense_every` 2 as published, 1: all dense.
@@ -94,18 +99,50 @@ pub fn synthetic_phi3_small(dir: &Path, dense_dir: &Path, layers: usize) -> Resu
     std::fs::write(&path, manifest.to_string()).map_err(|e| Error::io(&path, e))
 }
 
-/// KV bytes a decode token at `context` reads per layer, dense and block-sparse.
-pub fn kv_read(context: usize, kv: KvFormat) -> KvReadFigure {
-    let (kv_heads, group, head_dim) = (8, 4, 128);
+/// One decode token's attention at `context` in a dense and in a
+/// block-sparse layer (Phi-3-small's heads, 32 / 8 x 128): the KV bytes each
+/// reads (the kernel's own count) and the time each takes.
+pub fn kv_read(gpu: &Gpu, kernels: &Kernels, context: usize, kv: KvFormat) -> Result<KvReadFigure> {
+    let (heads, kv_heads, head_dim) = (32, 8, 128);
+    let group = heads / kv_heads;
     let head_bytes = 2 * kv.row_bytes(kv_heads * head_dim) / kv_heads; // K and V of one head
     let dense = (kv_heads * (context + 1) * head_bytes) as u64;
     let keys: usize = (0..kv_heads).map(|g| PATTERN.keys_read(g * group, group, context)).sum();
     let sparse = (keys * head_bytes) as u64;
-    KvReadFigure {
+
+    let capacity = context + 1;
+    let cache_bytes = (capacity * kv.row_bytes(kv_heads * head_dim)) as u64;
+    let (k, v) = (gpu.storage("k", cache_bytes)?, gpu.storage("v", cache_bytes)?);
+    let q_floats = (heads + 2 * kv_heads) * head_dim; // a fused QKV row
+    let (q, out) = (gpu.storage("q", 4 * q_floats as u64)?, gpu.storage("out", (4 * heads * head_dim) as u64)?);
+    let step = gpu.step_buffer(context as u32);
+    let mut seconds = [0.0; 2];
+    for (sparse, time) in [None, Some(PATTERN)].into_iter().zip(&mut seconds) {
+        let shape = AttentionShape {
+            tokens: 1,
+            heads,
+            kv_heads,
+            head_dim,
+            q_stride: q_floats,
+            slots: capacity,
+            window: 0,
+            scale: 1.0 / 128.0,
+            splits: AttentionShape::default_splits(1, capacity, kv_heads, gpu.tuning),
+            kv_format: kv,
+            sparse,
+        };
+        let scratch = AttentionScratch::new(gpu, &shape)?;
+        let [split_pass, combine] = kernels.attention(&step, &q, &k, &v, &scratch, &out, &shape)?;
+        *time = super::time_dispatches(gpu, &[&split_pass, &combine], 5, 3)?;
+    }
+    Ok(KvReadFigure {
         context,
         kv_cache: kv.name(),
         dense_layer_bytes: dense,
         sparse_layer_bytes: sparse,
         sparse_over_dense: sparse as f64 / dense as f64,
-    }
+        dense_attention_ms: seconds[0] * 1e3,
+        sparse_attention_ms: seconds[1] * 1e3,
+        time_sparse_over_dense: seconds[1] / seconds[0],
+    })
 }

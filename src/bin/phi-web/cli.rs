@@ -656,7 +656,7 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
                 report.models.push(figure(dir, &plan)?);
             }
             for context in [2048, 8000] {
-                report.blocksparse_kv_read.push(phi_web::bench::phi3small::kv_read(context, kv_cache));
+                report.blocksparse_kv_read.push(phi_web::bench::phi3small::kv_read(&gpu, &kernels, context, kv_cache)?);
             }
         }
     }
