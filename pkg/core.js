@@ -109,6 +109,15 @@ class LocalEngine {
     return result;
   }
 
+  /** Token ids of `text` (special tokens written in it are recognised): a Uint32Array. */
+  tokenize(text) {
+    try {
+      return this.engine.tokenize(text);
+    } catch (e) {
+      throw asError(e);
+    }
+  }
+
   /** Logits of token ids as one sequence: Float32Array [ids.length * vocab]. */
   async logits(ids) {
     if (this.embedding) throw namedError("InputError", `${this.model} is an embedding model: it has no logits`);

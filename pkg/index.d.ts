@@ -237,6 +237,8 @@ export interface Engine {
   interrupt(): Promise<void>;
   /** Forgets the conversation's KV cache. */
   resetChat(): Promise<void>;
+  /** Token ids of `text` as a prompt is encoded: special tokens in it recognised, no bos, no chat template. */
+  tokenize(text: string): Promise<Uint32Array>;
   /** Logits of token ids as one sequence from position 0: ids.length rows of the vocabulary. Forgets the KV cache. */
   logits(tokenIds: number[] | Uint32Array): Promise<Float32Array>;
   stats(): Promise<EngineStats>;

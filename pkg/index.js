@@ -55,6 +55,9 @@ class WorkerBackend {
   logits(ids) {
     return this.call({ type: "logits", ids });
   }
+  tokenize(text) {
+    return this.call({ type: "tokenize", text });
+  }
   interrupt() {
     return this.call({ type: "interrupt" });
   }
@@ -93,6 +96,9 @@ class PageBackend {
   }
   logits(ids) {
     return this.engine.logits(ids);
+  }
+  async tokenize(text) {
+    return this.engine.tokenize(text);
   }
   async interrupt() {
     this.engine.interrupt();
@@ -292,6 +298,18 @@ class PhiEngine {
   /** Forgets the conversation's KV cache. */
   resetChat() {
     return this.backend.resetChat();
+  }
+
+  /**
+   * Token ids of `text` as the engine encodes a prompt: special tokens written
+   * in the text (`<|user|>`, `<|im_start|>` …) are recognised, no bos is
+   * added, no chat template applied. Resolves to a Uint32Array.
+   */
+  tokenize(text) {
+    if (typeof text !== "string") {
+      return Promise.reject(namedError("TypeError", "tokenize(text): expected a string"));
+    }
+    return this.backend.tokenize(text);
   }
 
   /**

@@ -37,6 +37,11 @@ self.onmessage = async ({ data }) => {
         post({ id, type: "result", value }, [value.buffer]);
         break;
       }
+      case "tokenize": {
+        const value = engine.tokenize(data.text);
+        post({ id, type: "result", value }, [value.buffer]);
+        break;
+      }
       case "chunk":
         post({ id, type: "result", value: engine.chunk(data.text, data.options) });
         break;

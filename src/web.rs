@@ -181,6 +181,12 @@ impl Engine {
         })
     }
 
+    /// Token ids of `text` as a prompt is encoded (special tokens written in
+    /// the text are recognised; no bos is added): a Uint32Array.
+    pub fn tokenize(&self, text: String) -> Result<Vec<u32>, JsValue> {
+        self.inner.tokenizer().and_then(|t| t.encode(&text)).map_err(js_error)
+    }
+
     /// Logits of the token ids `ids` as one sequence from position 0: a
     /// Float32Array [T * vocab], row-major. Forgets the conversation's KV cache.
     pub fn logits(&self, ids: Vec<u32>) -> Promise {
@@ -283,6 +289,11 @@ impl Embedder {
             let json = serde_json::json!({ "embeddings": embeddings, "tokens": tokens });
             Ok(JsValue::from(json.to_string()))
         })
+    }
+
+    /// Token ids of `text` without the model's [CLS] / [SEP]: a Uint32Array.
+    pub fn tokenize(&self, text: String) -> Result<Vec<u32>, JsValue> {
+        self.inner.tokenizer.encode(&text).map_err(js_error)
     }
 
     /// Splits `text` into overlapping windows of at most `max_tokens` tokens:

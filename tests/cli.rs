@@ -1,5 +1,5 @@
 //! The `phi-web` command as other tools use it: convert, verify, inspect, logits,
-//! generate, and their errors (exit status 1 and a message, never a panic).
+//! tokenize, generate, and their errors (exit status 1 and a message, never a panic).
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::PathBuf;
@@ -156,6 +156,29 @@ fn smollm2() -> &'static PathBuf {
         assert!(o.status.success(), "{}", text(&o.stderr));
         dir
     })
+}
+
+/// `tokenize`: SmolLM2's ids of a chat turn, its special tokens one id each
+/// (their ids in the tokenizer.json), and the ids decode back to the text; a
+/// package without a tokenizer is an error.
+#[test]
+fn tokenize_prints_the_prompt_ids() {
+    let dir = smollm2();
+    let turn = "<|im_start|>user\nCafé  au lait, 1234 ☕<|im_end|>\n";
+    let o = phi_web(&["tokenize", dir.to_str().unwrap(), "--text", turn]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<u32> = json["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let vocab = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let id = |token: &str| vocab.token_to_id(token).unwrap();
+    assert_eq!((ids[0], ids[ids.len() - 2]), (id("<|im_start|>"), id("<|im_end|>")), "{ids:?}");
+    assert!(ids.len() > 8, "{ids:?}");
+    assert_eq!(vocab.decode(&ids, false).unwrap(), turn);
+
+    let bare = converted("tokenize", "f32");
+    let o = phi_web(&["tokenize", bare.to_str().unwrap(), "--text", "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no tokenizer"), "{}", text(&o.stderr));
 }
 
 /// `generate --stop TEXT --repetition-penalty R`: the text ends before the stop

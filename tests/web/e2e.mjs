@@ -150,6 +150,18 @@ try {
   figures.decode_tokens_per_s = greedyStats.decode_tokens_per_s;
   figures.ttft_ms = greedyStats.ttft_ms;
 
+  step("tokenize(text) gives the native CLI's ids, special tokens included; a non-string is a TypeError");
+  const TURN = "<|im_start|>user\nCafé  au lait, 1234 ☕ 東京<|im_end|>\n";
+  const nativeIds = JSON.parse(execFileSync(phiWeb, ["tokenize", modelDir, "--text", TURN], { encoding: "utf8" })).ids;
+  const tokenized = await page.evaluate(async (text) => {
+    const ids = await engine.tokenize(text);
+    const refused = await engine.tokenize(42).then(() => "resolved", (e) => e.name);
+    return { ids: Array.from(ids), isUint32: ids instanceof Uint32Array, refused };
+  }, TURN);
+  assert.deepEqual(tokenized.ids, nativeIds);
+  assert.ok(tokenized.isUint32 && nativeIds.length > 10, `${nativeIds}`);
+  assert.equal(tokenized.refused, "TypeError");
+
   step("streamed content equals the non-streamed, and the prompt's cache is reused");
   const streamed = await page.evaluate(async (q) => {
     const chunks = [];
@@ -398,10 +410,12 @@ try {
     const engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, worker: false, onProgress: sample });
     sample();
     const stats = await engine.stats();
+    const ids = Array.from(await engine.tokenize("<|im_start|>user\nhi"));
     await engine.unload();
-    return { stats, peakHeap };
+    return { stats, peakHeap, ids };
   });
   assert.equal(inPage.stats.shardsFromCache, 2);
+  assert.deepEqual(inPage.ids, JSON.parse(execFileSync(phiWeb, ["tokenize", modelDir, "--text", "<|im_start|>user\nhi"], { encoding: "utf8" })).ids);
   figures.in_page_peak_js_heap_bytes = inPage.peakHeap;
   figures.in_page_wasm_memory_bytes = inPage.stats.wasmMemoryBytes;
 

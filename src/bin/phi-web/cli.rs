@@ -55,6 +55,9 @@ enum Command {
     /// Logits of one sequence as JSON, one row per position.
     #[command(after_help = "Example:\n  phi-web logits smollm2/ --tokens 1,2,3 --top 5")]
     Logits(LogitsArgs),
+    /// Token ids of a text as JSON, as a prompt is encoded (no GPU needed).
+    #[command(after_help = "Example:\n  phi-web tokenize phi-3-mini/ --text '<|user|>\\nHello<|end|>'")]
+    Tokenize(TokenizeArgs),
     /// Check every shard's size and sha256, and the manifest's tensor table.
     #[command(after_help = "Example:\n  phi-web verify smollm2/")]
     Verify {
@@ -264,6 +267,16 @@ pub struct LogitsArgs {
     pub load: LoadArgs,
 }
 
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// A package folder with a tokenizer.
+    pub dir: PathBuf,
+    /// The text; special tokens written in it (<|user|>, <|end|>, ...) are
+    /// recognised, no bos is added and no chat template applied.
+    #[arg(long)]
+    pub text: String,
+}
+
 #[derive(Clone)]
 pub struct TokenIds(pub Vec<u32>);
 
@@ -372,6 +385,7 @@ pub fn run() -> Outcome {
         Command::Chat(args) => crate::run::chat(&args, &gpu),
         Command::Embed(args) => crate::embed::embed(&args, &gpu),
         Command::Logits(args) => crate::run::logits(&args, &gpu),
+        Command::Tokenize(args) => crate::run::tokenize(&args),
         Command::Verify { dir } => verify(&dir),
         Command::Inspect { path } => {
             let text = crate::inspect::inspect(&path)?;

@@ -1,4 +1,4 @@
-//! `phi-web generate`, `chat` and `logits`: the engine from the command line.
+//! `phi-web generate`, `chat`, `logits` and `tokenize`: the engine from the command line.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -9,7 +9,7 @@ use phi_web::gpu::GpuOptions;
 use phi_web::structured::tools::Delta;
 use phi_web::tokenizer::{Message, Tokenizer};
 
-use crate::cli::{ChatArgs, Failure, GenerateArgs, LoadArgs, LogitsArgs, Outcome};
+use crate::cli::{ChatArgs, Failure, GenerateArgs, LoadArgs, LogitsArgs, Outcome, TokenizeArgs};
 
 /// Opens and (unless `--no-verify`) hash-checks the package, then loads it
 /// (with its tokenizer when `tokenizer`).
@@ -162,5 +162,13 @@ pub fn logits(args: &LogitsArgs, options: &GpuOptions) -> Outcome {
         }
     };
     let _ = std::io::stdout().write_all(format!("{out}\n").as_bytes());
+    Ok(())
+}
+
+/// `phi-web tokenize`: {"ids": [...]} on stdout, from the package's tokenizer alone.
+pub fn tokenize(args: &TokenizeArgs) -> Outcome {
+    let package = Package::open(&args.dir)?;
+    let ids = load_tokenizer(&args.dir, &package)?.encode(&args.text)?;
+    let _ = std::io::stdout().write_all(format!("{}\n", serde_json::json!({ "ids": ids })).as_bytes());
     Ok(())
 }
