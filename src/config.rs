@@ -160,6 +160,13 @@ impl BlockSparse {
         let remote_blocks = local_first / self.vert_stride * residues.len() + partial;
         remote_blocks * self.block + query + 1 - local_first * self.block
     }
+
+    /// Keys one block-sparse layer reads for the query at `query`, summed
+    /// over its `kv_heads` KV heads, each serving `heads / kv_heads` query heads.
+    pub fn layer_keys_read(&self, heads: usize, kv_heads: usize, query: usize) -> usize {
+        let group = heads / kv_heads;
+        (0..kv_heads).map(|g| self.keys_read(g * group, group, query)).sum()
+    }
 }
 
 /// Phi-3-small's muP multipliers, activation limit, sparse layers and unused ids.

@@ -704,20 +704,7 @@ pub fn markdown(report: &KernelReport) -> String {
         out += &structured::markdown(s);
     }
     if !report.blocksparse_kv_read.is_empty() {
-        out += "\n| Phi-3-small, one decode token's attention | KV read, dense layer | block-sparse layer | sparse ÷ dense | kernel time, dense | block-sparse | sparse ÷ dense |\n|---|---|---|---|---|---|---|\n";
-        for f in &report.blocksparse_kv_read {
-            out += &format!(
-                "| context {}, {} KV | {:.2} MB | {:.2} MB | {:.2} | {:.2} ms | {:.2} ms | {:.2} |\n",
-                f.context,
-                f.kv_cache,
-                f.dense_layer_bytes as f64 / 1e6,
-                f.sparse_layer_bytes as f64 / 1e6,
-                f.sparse_over_dense,
-                f.dense_attention_ms,
-                f.sparse_attention_ms,
-                f.time_sparse_over_dense
-            );
-        }
+        out += &phi3small::markdown(&report.blocksparse_kv_read);
     }
     out += "\n| kernel | shape | GB/s | ÷ memory bandwidth |\n|---|---|---|---|\n";
     for k in &report.kernels {

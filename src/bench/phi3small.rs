@@ -104,11 +104,9 @@ pub fn synthetic_phi3_small(dir: &Path, dense_dir: &Path, layers: usize) -> Resu
 /// reads (the kernel's own count) and the time each takes.
 pub fn kv_read(gpu: &Gpu, kernels: &Kernels, context: usize, kv: KvFormat) -> Result<KvReadFigure> {
     let (heads, kv_heads, head_dim) = (32, 8, 128);
-    let group = heads / kv_heads;
     let head_bytes = 2 * kv.row_bytes(kv_heads * head_dim) / kv_heads; // K and V of one head
     let dense = (kv_heads * (context + 1) * head_bytes) as u64;
-    let keys: usize = (0..kv_heads).map(|g| PATTERN.keys_read(g * group, group, context)).sum();
-    let sparse = (keys * head_bytes) as u64;
+    let sparse = (PATTERN.layer_keys_read(heads, kv_heads, context) * head_bytes) as u64;
 
     let capacity = context + 1;
     let cache_bytes = (capacity * kv.row_bytes(kv_heads * head_dim)) as u64;
@@ -145,4 +143,23 @@ pub fn kv_read(gpu: &Gpu, kernels: &Kernels, context: usize, kv: KvFormat) -> Re
         sparse_attention_ms: seconds[1] * 1e3,
         time_sparse_over_dense: seconds[1] / seconds[0],
     })
+}
+
+/// The figures as the Markdown table `phi-web bench` writes beside its JSON.
+pub fn markdown(figures: &[KvReadFigure]) -> String {
+    let mut out = String::from("\n| Phi-3-small, one decode token's attention | KV read, dense layer | block-sparse layer | sparse ÷ dense | kernel time, dense | block-sparse | sparse ÷ dense |\n|---|---|---|---|---|---|---|\n");
+    for f in figures {
+        out += &format!(
+            "| context {}, {} KV | {:.2} MB | {:.2} MB | {:.2} | {:.2} ms | {:.2} ms | {:.2} |\n",
+            f.context,
+            f.kv_cache,
+            f.dense_layer_bytes as f64 / 1e6,
+            f.sparse_layer_bytes as f64 / 1e6,
+            f.sparse_over_dense,
+            f.dense_attention_ms,
+            f.sparse_attention_ms,
+            f.time_sparse_over_dense
+        );
+    }
+    out
 }

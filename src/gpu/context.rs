@@ -196,14 +196,7 @@ impl Gpu {
     /// Fails with a readable error if `size` bytes exceed what one buffer or
     /// one storage binding may hold on this device.
     pub fn check_buffer_size(&self, what: &str, size: u64) -> Result<()> {
-        if size > self.limits.max_buffer_size {
-            return Err(Error::GpuLimit {
-                what: what.into(),
-                needed: size,
-                limit: self.limits.max_buffer_size,
-                limit_name: "maxBufferSize",
-            });
-        }
+        self.check_max_buffer_size(what, size)?;
         let binding = self.limits.max_storage_buffer_binding_size;
         if size > binding {
             return Err(Error::GpuLimit {
@@ -214,6 +207,18 @@ impl Gpu {
             });
         }
         Ok(())
+    }
+
+    fn check_max_buffer_size(&self, what: &str, size: u64) -> Result<()> {
+        match size > self.limits.max_buffer_size {
+            true => Err(Error::GpuLimit {
+                what: what.into(),
+                needed: size,
+                limit: self.limits.max_buffer_size,
+                limit_name: "maxBufferSize",
+            }),
+            false => Ok(()),
+        }
     }
 
     /// A zeroed storage buffer of `size` bytes (rounded up to 4).
@@ -228,14 +233,7 @@ impl Gpu {
     /// has checked against maxStorageBufferBindingSize: the whole may exceed it.
     pub fn ranged_storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         let size = size.max(4).next_multiple_of(4);
-        if size > self.limits.max_buffer_size {
-            return Err(Error::GpuLimit {
-                what: label.into(),
-                needed: size,
-                limit: self.limits.max_buffer_size,
-                limit_name: "maxBufferSize",
-            });
-        }
+        self.check_max_buffer_size(label, size)?;
         Ok(self.unchecked_storage(label, size))
     }
 

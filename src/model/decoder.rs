@@ -377,14 +377,9 @@ impl Decoder {
     pub fn kv_bytes_read(&self, pos: usize) -> u64 {
         let c = &self.config;
         let head_bytes = 2 * self.cache.format.row_bytes(c.num_kv_heads * c.head_dim) / c.num_kv_heads;
-        let group = c.num_heads / c.num_kv_heads;
-        let layer_keys = |layer: usize| -> usize {
-            match &c.phi3small {
-                Some(s) if !s.dense_layer(layer) => {
-                    (0..c.num_kv_heads).map(|g| s.blocksparse.keys_read(g * group, group, pos)).sum()
-                }
-                _ => c.num_kv_heads * (pos + 1),
-            }
+        let layer_keys = |layer: usize| match &c.phi3small {
+            Some(s) if !s.dense_layer(layer) => s.blocksparse.layer_keys_read(c.num_heads, c.num_kv_heads, pos),
+            _ => c.num_kv_heads * (pos + 1),
         };
         (0..c.num_layers).map(|l| (layer_keys(l) * head_bytes) as u64).sum()
     }
