@@ -575,18 +575,23 @@ try {
     ["f32 package, q8 KV, chunks of 5", "phi3small-f32", { kvCache: "q8", prefillChunk: 5 }],
     ["q8_0 package, f32 KV, chunks of 5", "phi3small", { kvCache: "f32", prefillChunk: 5 }],
   ];
-  const smallLogits = await page.evaluate(
+  const { out: smallLogits, gpuBytes: smallGpuBytes, refused: badChunk } = await page.evaluate(
     async ({ runs, ids }) => {
-      const out = [];
+      const [out, gpuBytes] = [[], []];
       for (const [, model, options] of runs) {
         const engine = await phiWeb.createEngine(`/models/${model}/model.json`, { contextLength: 64, ...options });
         out.push(Array.from(await engine.logits(ids)));
+        gpuBytes.push((await engine.stats()).gpuBytes);
         await engine.unload();
       }
-      return out;
+      const refused = await phiWeb.createEngine("/models/phi3small/model.json", { prefillChunk: 5000 }).then(() => "loaded", (e) => e.name);
+      return { out, gpuBytes, refused };
     },
     { runs, ids: small.ids },
   );
+  // prefillChunk sizes the activation scratch: token by token holds less than 64 at a time.
+  assert.ok(smallGpuBytes[2] < smallGpuBytes[0], `prefillChunk 1: ${smallGpuBytes[2]} GPU bytes, default: ${smallGpuBytes[0]}`);
+  assert.equal(badChunk, "TypeError");
   const smallVocab = small.logits.length / small.ids.length;
   const top1 = (a, b) =>
     small.ids.filter((_, r) => argmax(Array.from(a.slice(r * smallVocab, (r + 1) * smallVocab))) === argmax(Array.from(b.slice(r * smallVocab, (r + 1) * smallVocab)))).length;
