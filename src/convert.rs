@@ -462,10 +462,19 @@ fn convert_gguf(
     let token = |key: &str| {
         gguf.get(key).and_then(|v| v.as_u64()).and_then(|id| tokens.get(id as usize)).map(|s| s.to_string())
     };
+    let mut stop_token_ids = config.eos_token_ids.clone();
     let tokenizer = match crate::formats::gguf_tokenizer::tokenizer_json(&gguf) {
         Ok(json) => {
             let path = out_dir.join("tokenizer.json");
             std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+            // Chat turns end in <|end|> (Phi-3, Phi-4-mini) or <|im_end|> (Phi-4, ChatML).
+            for end in END_OF_TURN {
+                if let Some(id) = added_token_id(&path, end)? {
+                    if !stop_token_ids.contains(&id) {
+                        stop_token_ids.push(id);
+                    }
+                }
+            }
             Some("tokenizer.json".to_string())
         }
         Err(e) => {
@@ -474,17 +483,28 @@ fn convert_gguf(
         }
     };
     let name = gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or("model").to_string();
+    let file_name = input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let chat_template = match gguf.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        Some(template) => Some(template.to_string()),
+        None => {
+            let published = crate::chat_templates::published(&name).or(crate::chat_templates::published(&file_name));
+            if published.is_some() {
+                warnings.push(format!("no chat template in the GGUF: the one published for {name} is used"));
+            }
+            published.map(String::from)
+        }
+    };
     let quantization = describe_quantization(options, "kept from GGUF; Q4_K → q4_1, Q6_K → q8_0");
     let manifest = Manifest {
         format: FORMAT.into(),
         name,
         tokenizer,
-        chat_template: gguf.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
+        chat_template,
         bos_token: token("tokenizer.ggml.bos_token_id"),
         eos_token: token("tokenizer.ggml.eos_token_id"),
-        stop_token_ids: config.eos_token_ids.clone(),
+        stop_token_ids,
         quantization,
-        source: input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        source: file_name,
         config,
         tensors: Vec::new(),
         shards: Vec::new(),
@@ -774,6 +794,9 @@ fn convert_hf(
     };
     finish(writer, manifest, out_dir, warnings)
 }
+
+/// Tokens that end a chat turn where a vocabulary has them.
+const END_OF_TURN: [&str; 3] = ["<|end|>", "<|im_end|>", "<|endoftext|>"];
 
 /// The id of added token `content` in a tokenizer.json, if it has one.
 fn added_token_id(path: &Path, content: &str) -> Result<Option<u32>> {

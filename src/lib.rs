@@ -13,6 +13,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+pub mod chat_templates;
 pub mod config;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;

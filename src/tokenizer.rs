@@ -156,20 +156,26 @@ impl Tokenizer {
             .chat_template
             .as_deref()
             .ok_or_else(|| Error::Config { message: "this model has no chat template; use a raw prompt".into() })?;
-        let mut env = minijinja::Environment::new();
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
-        let render_error = |e: minijinja::Error| Error::Config { message: format!("chat template: {e}") };
-        env.add_template("chat", template).map_err(render_error)?;
-        let context = minijinja::context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-        };
-        env.get_template("chat").and_then(|t| t.render(context)).map_err(render_error)
+        render_chat_template(template, messages, &self.bos_token, &self.eos_token)
     }
+}
+
+/// Renders a Jinja chat template (Hugging Face's conventions: `messages`,
+/// `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`).
+pub fn render_chat_template(template: &str, messages: &[Message], bos_token: &str, eos_token: &str) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+    });
+    let render_error = |e: minijinja::Error| Error::Config { message: format!("chat template: {e}") };
+    env.add_template("chat", template).map_err(render_error)?;
+    let context = minijinja::context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    };
+    env.get_template("chat").and_then(|t| t.render(context)).map_err(render_error)
 }
 
 /// Turns a stream of token ids into text deltas. Decodes a short window of

@@ -16,101 +16,9 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A minimal GGUF writer for synthetic files.
-#[derive(Default)]
-struct GgufBuilder {
-    kv: Vec<(String, u32, Vec<u8>)>,
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
-}
-
-fn gguf_string(s: &str) -> Vec<u8> {
-    let mut out = (s.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(s.as_bytes());
-    out
-}
-
-impl GgufBuilder {
-    fn string(mut self, key: &str, value: &str) -> Self {
-        self.kv.push((key.into(), 8, gguf_string(value)));
-        self
-    }
-
-    fn u32(mut self, key: &str, value: u32) -> Self {
-        self.kv.push((key.into(), 4, value.to_le_bytes().to_vec()));
-        self
-    }
-
-    fn f32(mut self, key: &str, value: f32) -> Self {
-        self.kv.push((key.into(), 6, value.to_le_bytes().to_vec()));
-        self
-    }
-
-    fn tensor(mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> Self {
-        self.tensors.push((name.into(), dims.to_vec(), type_id, data));
-        self
-    }
-
-    /// A tiny but complete llama model: 1 layer, hidden 32, vocab 8, all F32.
-    fn tiny_llama(arch: &str) -> Self {
-        let f32s = |n: usize| vec![0u8; n * 4];
-        let mut b = GgufBuilder::default()
-            .string("general.architecture", arch)
-            .u32(&format!("{arch}.embedding_length"), 32)
-            .u32(&format!("{arch}.feed_forward_length"), 64)
-            .u32(&format!("{arch}.block_count"), 1)
-            .u32(&format!("{arch}.attention.head_count"), 2)
-            .u32(&format!("{arch}.attention.head_count_kv"), 1)
-            .u32(&format!("{arch}.context_length"), 128)
-            .u32(&format!("{arch}.vocab_size"), 8)
-            .f32(&format!("{arch}.rope.freq_base"), 10000.0);
-        b = b
-            .tensor("token_embd.weight", &[32, 8], 0, f32s(256))
-            .tensor("output_norm.weight", &[32], 0, f32s(32))
-            .tensor("blk.0.attn_norm.weight", &[32], 0, f32s(32))
-            .tensor("blk.0.attn_q.weight", &[32, 32], 0, f32s(1024))
-            .tensor("blk.0.attn_k.weight", &[32, 16], 0, f32s(512))
-            .tensor("blk.0.attn_v.weight", &[32, 16], 0, f32s(512))
-            .tensor("blk.0.attn_output.weight", &[32, 32], 0, f32s(1024))
-            .tensor("blk.0.ffn_norm.weight", &[32], 0, f32s(32))
-            .tensor("blk.0.ffn_gate.weight", &[32, 64], 0, f32s(2048))
-            .tensor("blk.0.ffn_up.weight", &[32, 64], 0, f32s(2048))
-            .tensor("blk.0.ffn_down.weight", &[64, 32], 0, f32s(2048));
-        b
-    }
-
-    fn build(&self) -> Vec<u8> {
-        let mut out = b"GGUF".to_vec();
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.kv.len() as u64).to_le_bytes());
-        for (key, type_id, payload) in &self.kv {
-            out.extend(gguf_string(key));
-            out.extend_from_slice(&type_id.to_le_bytes());
-            out.extend_from_slice(payload);
-        }
-        let mut offset = 0u64;
-        for (name, dims, type_id, data) in &self.tensors {
-            out.extend(gguf_string(name));
-            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-            dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
-            out.extend_from_slice(&type_id.to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            offset += (data.len() as u64).next_multiple_of(32);
-        }
-        out.resize(out.len().next_multiple_of(32), 0);
-        for (_, _, _, data) in &self.tensors {
-            out.extend_from_slice(data);
-            out.resize(out.len().next_multiple_of(32), 0);
-        }
-        out
-    }
-
-    fn write(&self, name: &str) -> PathBuf {
-        let path = scratch(name);
-        std::fs::write(&path, self.build()).unwrap();
-        path
-    }
-}
+#[path = "support/gguf_builder.rs"]
+mod gguf_builder;
+use gguf_builder::GgufBuilder;
 
 fn open_err(bytes: &[u8], name: &str) -> String {
     let path = scratch(name);
@@ -128,7 +36,7 @@ fn convert_err(path: &Path) -> String {
 
 #[test]
 fn the_synthetic_model_itself_converts() {
-    let path = GgufBuilder::tiny_llama("llama").write("good.gguf");
+    let path = GgufBuilder::tiny_llama("llama").write(&scratch("good.gguf"));
     let out = scratch("good-out");
     let summary = convert(&path, &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
     assert_eq!(summary.tensors, 11);
@@ -156,11 +64,13 @@ fn truncated_files_name_the_tensor() {
 
 #[test]
 fn unknown_types_and_architectures_are_named() {
-    let path = GgufBuilder::tiny_llama("llama").tensor("blk.0.extra.weight", &[32, 2], 6, vec![0; 44]).write("q5.gguf");
+    let path = GgufBuilder::tiny_llama("llama")
+        .tensor("blk.0.extra.weight", &[32, 2], 6, vec![0; 44])
+        .write(&scratch("q5.gguf"));
     let err = convert_err(&path);
     assert!(err.contains("Q5_0") && err.contains("blk.0.extra.weight") && err.contains("supported: F32"), "{err}");
 
-    let path = GgufBuilder::tiny_llama("gpt2").write("gpt2.gguf");
+    let path = GgufBuilder::tiny_llama("gpt2").write(&scratch("gpt2.gguf"));
     let err = convert_err(&path);
     assert!(err.contains("architecture gpt2") && err.contains("phi3") && err.contains("llama"), "{err}");
 }
@@ -169,7 +79,7 @@ fn unknown_types_and_architectures_are_named() {
 fn shape_disagreeing_with_config_is_named() {
     let mut b = GgufBuilder::tiny_llama("llama");
     b.tensors[0] = ("token_embd.weight".into(), vec![32, 9], 0, vec![0; 32 * 9 * 4]);
-    let err = convert_err(&b.write("shape.gguf"));
+    let err = convert_err(&b.write(&scratch("shape.gguf")));
     assert!(err.contains("model.embed_tokens.weight") && err.contains("[9, 32]") && err.contains("[8, 32]"), "{err}");
 }
 
@@ -177,7 +87,7 @@ fn shape_disagreeing_with_config_is_named() {
 fn missing_config_keys_are_named() {
     let mut b = GgufBuilder::tiny_llama("llama");
     b.kv.retain(|(k, _, _)| k != "llama.block_count");
-    let err = convert_err(&b.write("no-blocks.gguf"));
+    let err = convert_err(&b.write(&scratch("no-blocks.gguf")));
     assert!(err.contains("llama.block_count"), "{err}");
 }
 
@@ -218,7 +128,7 @@ fn malformed_manifests_are_errors() {
 
 /// A valid manifest to mutate, from the synthetic model.
 fn good_manifest(tag: &str) -> String {
-    let path = GgufBuilder::tiny_llama("llama").write(&format!("manifest-{tag}.gguf"));
+    let path = GgufBuilder::tiny_llama("llama").write(&scratch(&format!("manifest-{tag}.gguf")));
     let out = scratch(&format!("manifest-{tag}-out"));
     convert(&path, &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
     std::fs::read_to_string(out.join("model.json")).unwrap()
@@ -359,7 +269,7 @@ fn phi3_gguf_maps_fused_tensors_and_longrope() {
         .tensor("blk.0.ffn_norm.weight", &[32], 0, f32s(32))
         .tensor("blk.0.ffn_up.weight", &[32, 128], 0, f32s(4096))
         .tensor("blk.0.ffn_down.weight", &[64, 32], 0, f32s(2048));
-    let path = b.write("phi3.gguf");
+    let path = b.write(&scratch("phi3.gguf"));
     let out = scratch("phi3-out");
     let summary = convert(&path, &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
     let c = &summary.config;
@@ -400,20 +310,21 @@ fn tiny_phimoe(experts: u32, used: u32, stacked: u64) -> GgufBuilder {
 fn phimoe_expert_counts_are_checked() {
     let out = scratch("phimoe-out");
     let summary =
-        convert(&tiny_phimoe(4, 2, 4).write("phimoe.gguf"), &out, &ConvertOptions::default(), &mut |_| {}).unwrap();
+        convert(&tiny_phimoe(4, 2, 4).write(&scratch("phimoe.gguf")), &out, &ConvertOptions::default(), &mut |_| {})
+            .unwrap();
     // 8 attention and norm tensors, the router, 3 projections x 4 experts.
     assert_eq!(summary.tensors, 21);
     let package = phi_web::formats::package::Package::open(&out).unwrap();
     assert!(package.tensor("model.layers.0.block_sparse_moe.experts.3.w2.weight").is_some());
-    let err = convert_err(&tiny_phimoe(4, 2, 3).write("phimoe-stack.gguf"));
+    let err = convert_err(&tiny_phimoe(4, 2, 3).write(&scratch("phimoe-stack.gguf")));
     assert!(err.contains("blk.0.ffn_gate_exps.weight stacks 3 experts; the config has 4"), "{err}");
-    let err = convert_err(&tiny_phimoe(4, 3, 4).write("phimoe-top3.gguf"));
+    let err = convert_err(&tiny_phimoe(4, 3, 4).write(&scratch("phimoe-top3.gguf")));
     assert!(err.contains("3 experts per token") && err.contains("top-2"), "{err}");
-    let err = convert_err(&tiny_phimoe(1, 2, 1).write("phimoe-one.gguf"));
+    let err = convert_err(&tiny_phimoe(1, 2, 1).write(&scratch("phimoe-one.gguf")));
     assert!(err.contains("1 experts per layer is outside 2..=256"), "{err}");
     let mut b = tiny_phimoe(4, 2, 4);
     b.kv.retain(|(k, _, _)| k != "phimoe.expert_count");
-    let err = convert_err(&b.write("phimoe-no-count.gguf"));
+    let err = convert_err(&b.write(&scratch("phimoe-no-count.gguf")));
     assert!(err.contains("phimoe.expert_count"), "{err}");
 }
 

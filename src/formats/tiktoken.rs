@@ -20,6 +20,55 @@ use crate::error::{Error, Result};
 /// cl100k_base's pre-tokenization (tiktoken's `_pat_str`).
 pub const CL100K_PATTERN: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+/// o200k_base's pre-tokenization (js-tiktoken's `pat_str`: tiktoken's, with
+/// the contractions' cases spelled out instead of `(?i:…)`).
+pub const O200K_PATTERN: &str = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+/// Phi-4's special tokens on top of cl100k (its tokenizer.json): cl100k's
+/// own, ChatML's `<|im_start|>`, `<|im_end|>`, `<|im_sep|>`, and dummies up
+/// to the padded 100352 ids.
+pub fn phi4_special_tokens() -> Vec<(String, u32)> {
+    let named = [
+        ("<|endoftext|>", 100257),
+        ("<|fim_prefix|>", 100258),
+        ("<|fim_middle|>", 100259),
+        ("<|fim_suffix|>", 100260),
+        ("<|im_start|>", 100264),
+        ("<|im_end|>", 100265),
+        ("<|im_sep|>", 100266),
+        ("<|endofprompt|>", 100276),
+    ];
+    let mut dummy = 0..;
+    (100256..100352)
+        .map(|id| match named.iter().find(|(_, n)| *n == id) {
+            Some((token, _)) => (token.to_string(), id),
+            None => (format!("<|dummy_{}|>", dummy.next().unwrap_or_default()), id),
+        })
+        .collect()
+}
+
+/// Phi-4-mini's special tokens on top of o200k (its tokenizer.json); the
+/// embedding is padded to 200064 rows, the ids between are never produced.
+pub fn phi4mini_special_tokens() -> Vec<(String, u32)> {
+    [
+        ("<|endoftext|>", 199999),
+        ("<|endofprompt|>", 200018),
+        ("<|assistant|>", 200019),
+        ("<|end|>", 200020),
+        ("<|user|>", 200021),
+        ("<|system|>", 200022),
+        ("<|tool|>", 200023),
+        ("<|/tool|>", 200024),
+        ("<|tool_call|>", 200025),
+        ("<|/tool_call|>", 200026),
+        ("<|tool_response|>", 200027),
+        ("<|tag|>", 200028),
+    ]
+    .iter()
+    .map(|(t, id)| (t.to_string(), *id))
+    .collect()
+}
+
 /// Phi-3-small's special tokens on top of cl100k (tokenization_phi3_small.py):
 /// cl100k's own, the chat tokens, and dummies up to the padded 100352 ids.
 pub fn phi3small_special_tokens() -> Vec<(String, u32)> {
@@ -103,6 +152,15 @@ pub fn tokenizer_json(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &[(Stri
     }
     merges.sort_unstable();
     let merges: Vec<Value> = merges.iter().map(|(_, _, _, l, r)| json!([text(l), text(r)])).collect();
+    // The HF tokenizer numbers added tokens after the vocabulary, so every id
+    // up to the last special needs a token: a gap (o200k has one before and
+    // after <|endoftext|>) gets a placeholder no text spells.
+    let taken: std::collections::HashSet<u32> =
+        ranks.iter().map(|(_, r)| *r).chain(specials.iter().map(|(_, id)| *id)).collect();
+    let last = taken.iter().max().copied().unwrap_or(0);
+    let mut specials: Vec<(String, u32)> = specials.to_vec();
+    specials.extend((0..last).filter(|id| !taken.contains(id)).map(|id| (format!("<|phi_web_unused_{id}|>"), id)));
+    specials.sort_by_key(|(_, id)| *id);
     let added: Vec<Value> = specials
         .iter()
         .map(|(content, id)| {
@@ -193,6 +251,18 @@ mod tests {
         let ids: Vec<u32> = specials.iter().map(|(_, id)| *id).collect();
         assert_eq!(ids, (100256..100352).collect::<Vec<_>>());
         assert!(specials.iter().any(|(t, id)| t == "<|end|>" && *id == 100266));
+    }
+
+    #[test]
+    fn phi4_special_tokens_fill_the_padded_vocabulary() {
+        let specials = phi4_special_tokens();
+        assert_eq!(specials.iter().map(|(_, id)| *id).collect::<Vec<_>>(), (100256..100352).collect::<Vec<_>>());
+        let id = |t: &str| specials.iter().find(|(s, _)| s == t).map(|(_, id)| *id);
+        assert_eq!(
+            (id("<|im_start|>"), id("<|im_sep|>"), id("<|im_end|>")),
+            (Some(100264), Some(100266), Some(100265))
+        );
+        assert_eq!(id("<|dummy_0|>"), Some(100256));
     }
 
     #[test]
