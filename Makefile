@@ -13,7 +13,7 @@ test: lint test-native test-browser test-web
 
 # Every kernel and device test on the native adapter (lavapipe here).
 test-native: setup-native models
-	@[ -d tests/web/node_modules/js-tiktoken ] || npm ci --prefix tests/web --no-audit --no-fund
+	@[ -d tests/web/node_modules/llama-tokenizer-js ] || npm ci --prefix tests/web --no-audit --no-fund
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web info
 	$(CARGO) test --release
@@ -33,7 +33,7 @@ test-browser: setup-browser
 # then the demo page served by `phi-web serve`, used as a person would
 # (tests/web/demo.mjs; screenshots in target/test-artifacts/).
 test-web: setup-browser models demo-models
-	@[ -d tests/web/node_modules/js-tiktoken ] || npm ci --prefix tests/web --no-audit --no-fund
+	@[ -d tests/web/node_modules/llama-tokenizer-js ] || npm ci --prefix tests/web --no-audit --no-fund
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 >/dev/null
 	./target/release/phi-web convert .models/all-MiniLM-L6-v2 target/web-models/minilm >/dev/null
 	./target/release/phi-web convert tests/data/tiny-phimoe target/web-models/phimoe --quant q8_0 --shard-mb 0.05 >/dev/null
@@ -54,7 +54,7 @@ lint:
 # target/bench/bench.json + .md, then the peers (llama.cpp natively, the npm
 # package and wllama in Chromium) and the ratio table target/bench/peers.md.
 bench: setup-native setup-browser models pkg
-	@[ -d tests/web/node_modules/js-tiktoken ] || npm ci --prefix tests/web --no-audit --no-fund
+	@[ -d tests/web/node_modules/llama-tokenizer-js ] || npm ci --prefix tests/web --no-audit --no-fund
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web bench --out target/bench/bench.json
 	./scripts/bench-peers.sh
