@@ -344,3 +344,40 @@ fn regression_corpus_never_panics() {
     }
     assert!(files >= 5, "corpus has {files} files");
 }
+
+#[test]
+fn a_header_read_from_a_prefix_asks_for_more_until_it_is_whole() {
+    // A browser reads a GGUF's header by range requests: every prefix short
+    // of the header asks for more, never errs; the whole header parses as
+    // the file does.
+    let bytes = GgufBuilder::tiny_llama("llama").string("general.name", "tiny").build();
+    let whole =
+        Gguf::open(&GgufBuilder::tiny_llama("llama").string("general.name", "tiny").write(&scratch("prefix.gguf")))
+            .unwrap();
+    let len = bytes.len() as u64;
+    let mut first_whole = None;
+    for n in 0..bytes.len() {
+        match Gguf::from_prefix(&bytes[..n], len, "https://host/tiny.gguf").unwrap() {
+            None => assert!(first_whole.is_none(), "a {n}-byte prefix asked for more after a shorter one parsed"),
+            Some(header) => {
+                first_whole.get_or_insert(n);
+                assert_eq!(header.metadata, whole.metadata);
+                assert_eq!(header.tensors.len(), whole.tensors.len());
+                for (a, b) in header.tensors.iter().zip(&whole.tensors) {
+                    assert_eq!((&a.name, &a.dims, a.offset, a.size), (&b.name, &b.dims, b.offset, b.size));
+                }
+            }
+        }
+    }
+    let first_whole = first_whole.expect("the header parses before the tensor data");
+    assert!(first_whole as u64 <= whole.tensors[0].offset, "{first_whole} bytes needed");
+    // Not a GGUF, or a file that claims more than it has: errors, not "more".
+    let prefix_err = |prefix: &[u8], len: u64, name: &str| match Gguf::from_prefix(prefix, len, name) {
+        Err(e) => e.to_string(),
+        Ok(header) => panic!("{name}: expected an error, got a header: {}", header.is_some()),
+    };
+    let err = prefix_err(b"<!DOCTYPE html><html>", 4096, "https://host/x.gguf");
+    assert!(err.contains("HTML") && err.contains("https://host/x.gguf"), "{err}");
+    let err = prefix_err(&bytes, len - 1, "https://host/tiny.gguf");
+    assert!(err.contains("truncated"), "{err}");
+}

@@ -180,11 +180,15 @@ pub struct Gguf {
     pub tensors: Vec<TensorInfo>,
 }
 
-/// A byte reader that knows how much of the file remains.
+/// A byte reader that knows how much of the file remains. It may hold only
+/// the first `available` bytes (a range request's prefix): running past them
+/// sets `short` — more bytes are needed, the file is not wrong.
 struct Cursor<R> {
     inner: R,
     pos: u64,
     len: u64,
+    available: u64,
+    short: bool,
     file: String,
 }
 
@@ -198,6 +202,7 @@ impl<R: Read> Cursor<R> {
         if self.len - self.pos < N as u64 {
             return Err(self.fail(format!("truncated while reading {what}")));
         }
+        self.ensure_available(N as u64, what)?;
         self.inner.read_exact(&mut buf).map_err(|e| self.fail(format!("reading {what}: {e}")))?;
         self.pos += N as u64;
         Ok(buf)
@@ -219,9 +224,18 @@ impl<R: Read> Cursor<R> {
         }
     }
 
+    fn ensure_available(&mut self, n: u64, what: &str) -> Result<()> {
+        if self.available - self.pos < n {
+            self.short = true;
+            return Err(self.fail(format!("the header continues past the {} bytes read, in {what}", self.available)));
+        }
+        Ok(())
+    }
+
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
         self.ensure_fits(len, 1, what)?;
+        self.ensure_available(len, what)?;
         let mut buf = vec![0u8; len as usize];
         self.inner.read_exact(&mut buf).map_err(|e| self.fail(format!("reading {what}: {e}")))?;
         self.pos += len;
@@ -262,8 +276,25 @@ impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut c = Cursor { inner: BufReader::new(file), pos: 0, len, file: path.display().to_string() };
+        let name = path.display().to_string();
+        let mut c = Cursor { inner: BufReader::new(file), pos: 0, len, available: len, short: false, file: name };
+        Gguf::parse(&mut c, path)
+    }
 
+    /// The header from the first bytes of a GGUF of `file_len` bytes (a
+    /// range request's answer; `name` is its URL): None when the header runs
+    /// past `prefix`, so the caller reads more and tries again.
+    pub fn from_prefix(prefix: &[u8], file_len: u64, name: &str) -> Result<Option<Gguf>> {
+        let available = (prefix.len() as u64).min(file_len);
+        let mut c = Cursor { inner: prefix, pos: 0, len: file_len, available, short: false, file: name.to_string() };
+        match Gguf::parse(&mut c, Path::new(name)) {
+            Err(_) if c.short => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    fn parse<R: Read>(c: &mut Cursor<R>, path: &Path) -> Result<Gguf> {
+        let len = c.len;
         let magic: [u8; 4] = c.bytes("the magic")?;
         if &magic != MAGIC {
             let hint = if magic.starts_with(b"<") { " (this looks like HTML, not a model file)" } else { "" };
