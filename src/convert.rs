@@ -467,12 +467,11 @@ fn convert_gguf(
         Ok(json) => {
             let path = out_dir.join("tokenizer.json");
             std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
-            // Chat turns end in <|end|> (Phi-3, Phi-4-mini) or <|im_end|> (Phi-4, ChatML).
-            for end in END_OF_TURN {
-                if let Some(id) = added_token_id(&path, end)? {
-                    if !stop_token_ids.contains(&id) {
-                        stop_token_ids.push(id);
-                    }
+            // Chat turns end in <|end|> (Phi-3, Phi-4-mini), <|im_end|> (Phi-4, ChatML) or <|endoftext|>.
+            let ends = tokens.iter().enumerate().filter(|(_, t)| END_OF_TURN.contains(t)).map(|(id, _)| id as u32);
+            for id in ends {
+                if !stop_token_ids.contains(&id) {
+                    stop_token_ids.push(id);
                 }
             }
             Some("tokenizer.json".to_string())

@@ -203,24 +203,40 @@ fn o200k_pattern_is_js_tiktokens() {
     assert_eq!(module["pat_str"].as_str(), Some(tiktoken::O200K_PATTERN));
 }
 
+/// js-tiktoken's ids for `all_texts()` over `ranks` plus `specials`, after
+/// checking that the tokenizer.json rebuilt from them gives the same ids,
+/// directly and through a GGUF with pre-tokenizer `pre`.
+fn check_tiktoken_vocabulary(
+    ranks: &str,
+    pattern: &str,
+    specials: &[(String, u32)],
+    pre: &str,
+    what: &str,
+) -> Vec<Vec<u32>> {
+    let texts = all_texts();
+    let tokenizer = tiktoken_tokenizer(ranks, pattern, specials);
+    let expected = tiktoken_ids(ranks, specials, &texts);
+    assert_same_ids(what, &texts, &hf_ids(&tokenizer, &texts), &expected);
+    let gguf = byte_level_gguf(&tokenizer, pre, &format!("{ranks}.gguf"));
+    let what = format!("{what}, from a GGUF (pre `{pre}`)");
+    assert_same_ids(&what, &texts, &hf_ids(&gguf_tokenizer(&gguf), &texts), &expected);
+    expected
+}
+
 #[test]
 fn phi4_cl100k_ids_match_tiktoken() {
-    let texts = all_texts();
     let specials = phi4_special_tokens();
-    let tokenizer = tiktoken_tokenizer("cl100k_base", tiktoken::CL100K_PATTERN, &specials);
-    let expected = tiktoken_ids("cl100k_base", &specials, &texts);
-    assert_same_ids("cl100k + Phi-4 specials", &texts, &hf_ids(&tokenizer, &texts), &expected);
-    assert_eq!(expected[texts.len() - 3][..3], [100264, 9125, 100266], "<|im_start|> system <|im_sep|>");
+    let expected =
+        check_tiktoken_vocabulary("cl100k_base", tiktoken::CL100K_PATTERN, &specials, "dbrx", "cl100k + Phi-4");
+    assert_eq!(expected[expected.len() - 3][..3], [100264, 9125, 100266], "<|im_start|> system <|im_sep|>");
 }
 
 #[test]
 fn phi4mini_o200k_ids_match_tiktoken() {
-    let texts = all_texts();
     let specials = phi4mini_special_tokens();
-    let tokenizer = tiktoken_tokenizer("o200k_base", tiktoken::O200K_PATTERN, &specials);
-    let expected = tiktoken_ids("o200k_base", &specials, &texts);
-    assert_same_ids("o200k + Phi-4-mini specials", &texts, &hf_ids(&tokenizer, &texts), &expected);
-    assert_eq!(expected[texts.len() - 2][0], 200022, "<|system|>");
+    let what = "o200k + Phi-4-mini";
+    let expected = check_tiktoken_vocabulary("o200k_base", tiktoken::O200K_PATTERN, &specials, "gpt-4o", what);
+    assert_eq!(expected[expected.len() - 2][0], 200022, "<|system|>");
 }
 
 /// A GGUF holding `tokenizer` (a byte-level BPE tokenizer.json) as
@@ -264,20 +280,6 @@ fn scratch(name: &str) -> PathBuf {
 
 fn gguf_tokenizer(path: &Path) -> Value {
     serde_json::from_str(&gguf_tokenizer::tokenizer_json(&Gguf::open(path).unwrap()).unwrap()).unwrap()
-}
-
-#[test]
-fn phi4_and_phi4mini_ggufs_convert_to_tiktokens_ids() {
-    let texts = all_texts();
-    for (ranks, pattern, specials, pre) in [
-        ("cl100k_base", tiktoken::CL100K_PATTERN, phi4_special_tokens(), "dbrx"),
-        ("o200k_base", tiktoken::O200K_PATTERN, phi4mini_special_tokens(), "gpt-4o"),
-    ] {
-        let gguf = byte_level_gguf(&tiktoken_tokenizer(ranks, pattern, &specials), pre, &format!("{ranks}.gguf"));
-        let expected = tiktoken_ids(ranks, &specials, &texts);
-        let what = format!("{ranks} from a GGUF (pre `{pre}`)");
-        assert_same_ids(&what, &texts, &hf_ids(&gguf_tokenizer(&gguf), &texts), &expected);
-    }
 }
 
 /// Phi-3's added tokens on top of Llama-2's 32000 (its tokenizer.json).

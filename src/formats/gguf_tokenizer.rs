@@ -212,7 +212,7 @@ fn sentencepiece_merges(vocab: &Vocab) -> Vec<Value> {
             }
         }
     }
-    // Stable: equal scores keep vocabulary order, as in transformers.
+    // Equal scores keep vocabulary order, as in transformers.
     merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then((a.2, a.3).cmp(&(b.2, b.3))));
     merges.iter().map(|&(_, _, l, r)| json!([vocab.tokens[l], vocab.tokens[r]])).collect()
 }
