@@ -2,8 +2,9 @@
 // `worker: false`): fetch the manifest and tokenizer, stream the shards into
 // the wasm engine, run requests. index.js talks to this through worker.js.
 
-import init, { Embedder, Engine } from "./wasm/phi_web.js";
-import { fetchFile, fetchManifest, namedError, ShardStore } from "./loader.js";
+import init, { Embedder, Engine, GgufImporter } from "./wasm/phi_web.js";
+import { importGguf, isGgufSource } from "./importer.js";
+import { fetchFile, fetchManifest, MemoryStore, namedError, openStore, ShardStore } from "./loader.js";
 
 let wasmReady;
 let wasmExports;
@@ -14,9 +15,13 @@ function asError(e) {
   return namedError("PhiWebError", String(e));
 }
 
+/**
+ * `source`: a package's model.json URL, a GGUF's URL, or a GGUF File/Blob
+ * (converted into a package in the cache first: importer.js).
+ */
 export async function loadEngine(
-  modelUrl,
-  { cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false, gpuMemoryBudget = 0, prefillChunk = 0, onProgress = () => {} } = {},
+  source,
+  { cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false, gpuMemoryBudget = 0, prefillChunk = 0, quant = "", onProgress = () => {} } = {},
 ) {
   if (typeof navigator === "undefined" || !navigator.gpu) {
     throw namedError("NoWebGPUError", "this browser has no WebGPU (navigator.gpu is missing); use a recent Chrome or Edge, or enable WebGPU");
@@ -24,10 +29,19 @@ export async function loadEngine(
   wasmReady ??= init();
   wasmExports = await wasmReady;
   const started = performance.now();
-  const { manifest, baseUrl } = await fetchManifest(modelUrl, { cache });
+  let manifest, baseUrl;
+  let imported = { networkBytes: 0, warnings: [] };
+  // An imported GGUF's package lives in the cache (in memory for cache: "none").
+  const packageStore = isGgufSource(source) ? (cache === "none" ? new MemoryStore() : openStore(cache)) : openStore(cache);
+  if (isGgufSource(source)) {
+    imported = await importGguf(source, { store: packageStore, quant, onProgress, GgufImporter });
+    ({ manifest, baseUrl } = imported);
+  } else {
+    ({ manifest, baseUrl } = await fetchManifest(source, { cache }));
+  }
   if (!manifest.tokenizer) throw namedError("ModelFormatError", `${baseUrl}: the package has no tokenizer, so it cannot chat`);
-  const tokenizer = await fetchFile(baseUrl, manifest.tokenizer, manifest, { cache });
-  const store = new ShardStore(manifest, baseUrl, { cache, onProgress });
+  const tokenizer = await fetchFile(baseUrl, manifest.tokenizer, manifest, { cache, store: packageStore });
+  const store = new ShardStore(manifest, baseUrl, { cache, store: packageStore, onProgress });
   await store.checkQuota();
   store.report();
   const read = (shard, offset, length) => store.read(shard, offset, length);
@@ -48,8 +62,9 @@ export async function loadEngine(
   const adapterInfo = await navigator.gpu.requestAdapter().then((a) => a?.info).catch(() => undefined);
   return new LocalEngine(engine, embedding, manifest, adapterInfo, {
     loadMs: performance.now() - started,
-    networkBytes: store.progress.networkBytes,
+    networkBytes: imported.networkBytes + store.progress.networkBytes,
     shardsFromCache: store.progress.fromCache,
+    importWarnings: imported.warnings,
     store,
   });
 }
@@ -164,6 +179,7 @@ class LocalEngine {
       dimensions: this.info.dimensions,
       loadMs: this.load.loadMs,
       networkBytes: this.load.networkBytes,
+      importWarnings: this.load.importWarnings,
       shardsFromCache: this.load.shardsFromCache,
       storageRangeReads: this.load.store.rangeReads,
       expertCache: this.embedding ? null : JSON.parse(this.engine.expertCache()),

@@ -1,8 +1,12 @@
 // Types of the phi-web npm package.
 
 export interface LoadProgress {
-  /** "download" while shards arrive (from the network or the cache), then "ready". */
-  phase: "download" | "ready";
+  /**
+   * "import" while a GGUF is read and converted into a package in the cache
+   * (loadedBytes of totalBytes of the GGUF; first load only), "download"
+   * while shards arrive (from the network or the cache), then "ready".
+   */
+  phase: "import" | "download" | "ready";
   loadedBytes: number;
   totalBytes: number;
   shardsDone: number;
@@ -42,6 +46,12 @@ export interface EngineOptions {
    * Activation memory grows with it; 1 reads the prompt token by token.
    */
   prefillChunk?: number;
+  /**
+   * A GGUF's matrices stored as this format (default: the GGUF's own where
+   * phi-web has kernels for it, Q4_K as q4_1 and Q6_K as q8_0). Ignored for
+   * packages, which were quantized when converted.
+   */
+  quant?: "q4_0" | "q4_1" | "q8_0" | "f16" | "f32";
 }
 
 export type ChatMessage =
@@ -187,6 +197,8 @@ export interface EngineStats {
   loadMs: number;
   networkBytes: number;
   shardsFromCache: number;
+  /** What importing a GGUF decided that you may want to know (empty for packages and cached imports). */
+  importWarnings: string[];
   /** The expert cache since loading (null when every expert is resident). */
   expertCache: Omit<ExpertCacheStats, "hit_rate" | "uploaded_bytes_per_token"> | null;
   /** Ranges read back from browser storage after loading (an expert cache's misses). */
@@ -258,7 +270,13 @@ export interface Engine {
  * `Error`s with a `name`: NoWebGPUError, NetworkError, ShardError,
  * QuotaExceededError, ModelFormatError, DeviceLostError, GPUError, InputError.
  */
-export function createEngine(modelUrl: string, options?: EngineOptions): Promise<Engine>;
+/**
+ * Loads a model: a package's model.json URL, a GGUF's URL (the server must
+ * answer range requests; cross-origin, it must allow CORS), or a GGUF
+ * File/Blob. A GGUF is converted into a package in the cache on its first
+ * load, keyed by its URL, ETag and length; an interrupted import resumes.
+ */
+export function createEngine(source: string | Blob, options?: EngineOptions): Promise<Engine>;
 
 export interface CachedModel {
   url: string;

@@ -125,14 +125,24 @@ function abortError() {
 let completionCounter = 0;
 
 /**
- * Loads a model package (its model.json URL) and returns an engine.
+ * Loads a model and returns an engine. `source`: a package's model.json URL;
+ * a GGUF's URL (read by range requests and converted into a package in the
+ * cache on the first load); or a GGUF File/Blob, e.g. from a file input.
  * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, kvCache = "f16" | "q8" | "f32",
  *   portable, gpuMemoryBudget (bytes of weights on the GPU; a mixture of experts over it caches its experts),
- *   prefillChunk (tokens per prefill step, 0: 64) }
+ *   prefillChunk (tokens per prefill step, 0: 64), quant (a GGUF's matrices as "q4_0" | "q4_1" | "q8_0" | "f16" | "f32";
+ *   default: its own formats, K-quants as q4_1 / q8_0) }
  */
-export async function createEngine(modelUrl, options = {}) {
+export async function createEngine(source, options = {}) {
   const { onProgress, worker = true, cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false } = options;
-  const { gpuMemoryBudget = 0, prefillChunk = 0 } = options;
+  const { gpuMemoryBudget = 0, prefillChunk = 0, quant = "" } = options;
+  const isBlob = typeof Blob !== "undefined" && source instanceof Blob;
+  if (typeof source !== "string" && !isBlob) {
+    throw namedError("TypeError", "createEngine(source): expected a URL (model.json or .gguf) or a GGUF File/Blob");
+  }
+  if (!["", "q4_0", "q4_1", "q8_0", "f16", "f32"].includes(quant)) {
+    throw namedError("TypeError", `quant: "${quant}" is not supported; use "q4_0", "q4_1", "q8_0", "f16" or "f32"`);
+  }
   if (!(Number.isFinite(gpuMemoryBudget) && gpuMemoryBudget >= 0)) {
     throw namedError("TypeError", `gpuMemoryBudget: ${gpuMemoryBudget} is not a number of bytes (0: no budget)`);
   }
@@ -145,8 +155,8 @@ export async function createEngine(modelUrl, options = {}) {
   if (!["f16", "q8", "f32"].includes(kvCache)) {
     throw namedError("TypeError", `kvCache: "${kvCache}" is not supported; use "f16", "q8" or "f32"`);
   }
-  const load = () => startBackend(modelUrl, { worker, cache, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk }, onProgress);
-  return new PhiEngine(await load(), modelUrl, load);
+  const load = () => startBackend(source, { worker, cache, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk, quant }, onProgress);
+  return new PhiEngine(await load(), isBlob ? (source.name ?? "model.gguf") : source, load);
 }
 
 async function startBackend(modelUrl, { worker, ...options }, onProgress) {

@@ -24,7 +24,7 @@ async function quotaError(what, bytes, modelBytes) {
 }
 
 /** store.put, with a QuotaExceededError turned into one a person can act on. */
-async function put(store, url, bytes, what, totalBytes) {
+export async function put(store, url, bytes, what, totalBytes) {
   try {
     await store?.put(url, bytes);
   } catch (e) {
@@ -36,7 +36,7 @@ function modelBytes(manifest) {
   return manifest.shards.reduce((sum, s) => sum + (s.bytes || 0), 0);
 }
 
-async function sha256Hex(bytes) {
+export async function sha256Hex(bytes) {
   const digest = await crypto.subtle.digest("SHA-256", bytes);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -117,6 +117,46 @@ class OpfsStore {
   }
 }
 
+/** A store that lives as long as one load: `cache: "none"` for an imported GGUF. */
+export class MemoryStore {
+  constructor() {
+    this.entries = new Map();
+  }
+  async get(url) {
+    return this.entries.get(url);
+  }
+  async has(url) {
+    return this.entries.has(url);
+  }
+  async slice(url, offset, length) {
+    return this.entries.get(url)?.slice(offset, offset + length);
+  }
+  async put(url, bytes) {
+    this.entries.set(url, bytes);
+  }
+  async delete(url) {
+    return this.entries.delete(url);
+  }
+  async keys() {
+    return [...this.entries.keys()];
+  }
+}
+
+/** Fails with both numbers when the origin's storage cannot hold `needed` more bytes. */
+export async function ensureQuota(needed) {
+  if (!navigator.storage?.estimate) return;
+  const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
+  if (needed > quota - usage) {
+    const mb = (n) => (n / 1e6).toFixed(0);
+    throw namedError(
+      "QuotaExceededError",
+      `this model needs ${mb(needed)} MB of browser storage but only ${mb(quota - usage)} MB are free ` +
+        `(quota ${mb(quota)} MB, used ${mb(usage)} MB); free some space or pass cache: "none"`,
+    );
+  }
+  await navigator.storage.persist?.().catch(() => false);
+}
+
 const stores = {};
 
 /** The store for a `cache` option, or undefined for "none" or when the browser lacks it. */
@@ -158,9 +198,8 @@ export async function fetchManifest(modelUrl, { cache = "cache-api" } = {}) {
 }
 
 /** Fetches a file next to model.json (the tokenizer), through the cache. */
-export async function fetchFile(baseUrl, file, manifest, { cache = "cache-api" } = {}) {
+export async function fetchFile(baseUrl, file, manifest, { cache = "cache-api", store = openStore(cache) } = {}) {
   const url = new URL(file, baseUrl).href;
-  const store = openStore(cache);
   const cached = await store?.get(url);
   if (cached) return cached;
   const response = await fetch(url).catch((e) => {
@@ -176,12 +215,12 @@ export class ShardStore {
   /**
    * @param manifest model.json, parsed
    * @param baseUrl model.json's absolute URL (shards are relative to it)
-   * @param options {cache: "cache-api" | "opfs" | "none", parallel, onProgress}
+   * @param options {cache: "cache-api" | "opfs" | "none", store (instead of cache's), parallel, onProgress}
    */
-  constructor(manifest, baseUrl, { cache = "cache-api", parallel = 3, onProgress = () => {} } = {}) {
+  constructor(manifest, baseUrl, { cache = "cache-api", store, parallel = 3, onProgress = () => {} } = {}) {
     this.shards = manifest.shards;
     this.baseUrl = baseUrl;
-    this.store = openStore(cache);
+    this.store = store ?? openStore(cache);
     this.parallel = Math.max(1, parallel);
     this.onProgress = onProgress;
     this.pending = new Map(); // shard index → Promise<Uint8Array>, at most `parallel + 1`
@@ -214,18 +253,8 @@ export class ShardStore {
 
   /** Fails with both numbers when the origin's storage cannot hold the download. */
   async checkQuota() {
-    if (!this.store || !navigator.storage?.estimate) return;
-    const needed = await this.missingBytes();
-    const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
-    if (needed > quota - usage) {
-      const mb = (n) => (n / 1e6).toFixed(0);
-      throw namedError(
-        "QuotaExceededError",
-        `this model needs ${mb(needed)} MB of browser storage but only ${mb(quota - usage)} MB are free ` +
-          `(quota ${mb(quota)} MB, used ${mb(usage)} MB); free some space or pass cache: "none"`,
-      );
-    }
-    await navigator.storage.persist?.().catch(() => false);
+    if (!this.store || this.store instanceof MemoryStore) return;
+    await ensureQuota(await this.missingBytes());
   }
 
   /** `length` bytes from (shard, offset), continuing into later shards. */

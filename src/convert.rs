@@ -13,10 +13,10 @@ use std::path::Path;
 
 use crate::config::{Architecture, ModelConfig, Pooling, PoolingMode};
 use crate::error::{Error, Result};
-pub use crate::formats::encode::{dequantize_gguf, ConvertOptions};
 use crate::formats::encode::{
     check_shape, describe_quantization, encode_tensor, is_router, matrix_format, requantize, PackageLayout,
 };
+pub use crate::formats::encode::{dequantize_gguf, ConvertOptions};
 use crate::formats::gguf::Gguf;
 pub use crate::formats::gguf_import::hf_name;
 use crate::formats::gguf_import::GgufImport;
@@ -154,9 +154,11 @@ impl Writer {
         let entry = self.layout.place(name, shape, format)?;
         let cols = entry.rows_cols().1;
         let shards = &mut self.shards;
-        let error = encode_tensor(&entry, |start, count| slab(&mut source, format, cols, start, count), |bytes| {
-            shards.write(bytes)
-        })?;
+        let error = encode_tensor(
+            &entry,
+            |start, count| slab(&mut source, format, cols, start, count),
+            |bytes| shards.write(bytes),
+        )?;
         self.max_abs_error = self.max_abs_error.max(error);
         self.entries.push(entry);
         Ok(())
@@ -165,7 +167,13 @@ impl Writer {
 
 /// Rows [start, start + count) of `source` in `format`'s GPU layout, and the
 /// largest absolute change the conversion made.
-fn slab(source: &mut Source, format: WeightFormat, cols: usize, start: usize, count: usize) -> Result<(GpuLayout, f32)> {
+fn slab(
+    source: &mut Source,
+    format: WeightFormat,
+    cols: usize,
+    start: usize,
+    count: usize,
+) -> Result<(GpuLayout, f32)> {
     match source {
         Source::Safetensors(tensor, file) => {
             let values = tensor.read_f32_range(file, start * cols, count * cols)?;

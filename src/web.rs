@@ -13,9 +13,13 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use crate::engine::{self, EngineOptions, Request};
 use crate::error::Error;
-use crate::formats::package::{parse_manifest, ChunkReader, Manifest, ShardSource};
+use crate::formats::encode::ConvertOptions;
+use crate::formats::gguf::Gguf;
+use crate::formats::gguf_import::GgufImport;
+use crate::formats::package::{parse_manifest, ChunkReader, Manifest, Shard, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::model::Encoder;
+use crate::quant::WeightFormat;
 use crate::structured::tools::Delta;
 use crate::tokenizer::Tokenizer;
 
@@ -308,5 +312,77 @@ impl Embedder {
     #[wasm_bindgen(js_name = loseDevice)]
     pub fn lose_device(&self) {
         self.inner.gpu.device.destroy();
+    }
+}
+
+/// A GGUF turned into a package in the browser: pkg/importer.js reads the
+/// byte range of each step (by range request or `File.slice`), runs it here
+/// and stores the output as shards; see `formats::gguf_import`.
+#[wasm_bindgen]
+pub struct GgufImporter {
+    inner: GgufImport,
+}
+
+#[wasm_bindgen]
+impl GgufImporter {
+    /// The import of the GGUF whose first bytes are `prefix` (`file_len`
+    /// bytes in all; `source` its URL or file name, for errors and the
+    /// manifest). Undefined while the header runs past `prefix`: read more
+    /// and call again. `quant`: a format for every matrix, or "" for the
+    /// GGUF's own (the defaults of `phi-web convert`).
+    pub fn open(prefix: &[u8], file_len: f64, source: String, quant: String) -> Result<Option<GgufImporter>, JsValue> {
+        let quant = match quant.as_str() {
+            "" => None,
+            name => Some(WeightFormat::parse(name).ok_or_else(|| {
+                js_error(Error::Unsupported {
+                    what: format!("quant \"{name}\""),
+                    supported: "q4_0, q4_1, q8_0, f16, f32".into(),
+                })
+            })?),
+        };
+        let Some(gguf) = Gguf::from_prefix(prefix, file_len as u64, &source).map_err(js_error)? else {
+            return Ok(None);
+        };
+        let options = ConvertOptions { quant, ..ConvertOptions::default() };
+        let inner = GgufImport::new(gguf, &source, &options).map_err(js_error)?;
+        Ok(Some(GgufImporter { inner }))
+    }
+
+    /// JSON {steps: [[offset, length, outputOffset, outputLength]], totalBytes,
+    /// shardBytes, sourceBytes}: what each step reads from the file and where
+    /// its output goes in the package's byte stream (shards of shardBytes).
+    pub fn plan(&self) -> String {
+        let steps: Vec<[u64; 4]> =
+            self.inner.steps.iter().map(|s| [s.offset, s.length, s.output_offset, s.output_length]).collect();
+        serde_json::json!({
+            "steps": steps,
+            "totalBytes": self.inner.total_bytes,
+            "shardBytes": ConvertOptions::default().shard_bytes,
+            "sourceBytes": self.inner.source_bytes(),
+        })
+        .to_string()
+    }
+
+    /// Runs step `index` on the `bytes` it reads; returns its output.
+    pub fn run(&mut self, index: u32, bytes: &[u8]) -> Result<Vec<u8>, JsValue> {
+        self.inner.run(index as usize, bytes).map_err(js_error)
+    }
+
+    /// The vocabulary as tokenizer.json text.
+    pub fn tokenizer(&self) -> Result<String, JsValue> {
+        self.inner.tokenizer_json().map_err(js_error)
+    }
+
+    /// model.json's text once every step ran; `shards`: JSON [{file, bytes, sha256}].
+    pub fn manifest(&mut self, shards: String) -> Result<String, JsValue> {
+        let shards: Vec<Shard> =
+            serde_json::from_str(&shards).map_err(|e| input_error(format!("malformed shard list: {e}")))?;
+        let manifest = self.inner.manifest(shards, true).map_err(js_error)?;
+        serde_json::to_string(&manifest).map_err(|e| input_error(e.to_string()))
+    }
+
+    /// JSON [string]: what the import decided that a user may want to know.
+    pub fn warnings(&self) -> String {
+        serde_json::to_string(&self.inner.warnings).unwrap_or_else(|_| "[]".into())
     }
 }

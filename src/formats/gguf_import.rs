@@ -16,7 +16,7 @@ use crate::chat_templates;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::formats::encode::{
-    check_shape, default_for, describe_quantization, dequantize_gguf, encode_tensor, gguf_slab, is_router,
+    check_shape, default_for, dequantize_gguf, describe_quantization, encode_tensor, gguf_slab, is_router,
     matrix_format, ConvertOptions, PackageLayout,
 };
 use crate::formats::gguf::{GgmlType, Gguf};
@@ -71,8 +71,8 @@ impl GgufImport {
         let config = ModelConfig::from_gguf(&gguf)?;
         let mut layout = PackageLayout::new(options);
         let (mut steps, mut entries, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
-        let has_rope_pair = gguf.tensor("rope_factors_short.weight").is_some()
-            && gguf.tensor("rope_factors_long.weight").is_some();
+        let has_rope_pair =
+            gguf.tensor("rope_factors_short.weight").is_some() && gguf.tensor("rope_factors_long.weight").is_some();
         for info in &gguf.tensors {
             let step = |action, offset, length, output_offset, output_length| Step {
                 tensor: info.name.clone(),
@@ -108,7 +108,8 @@ impl GgufImport {
                     let format = matrix_format(options, default_for(info), cols, &name, &mut warnings);
                     let start = layout.total_bytes;
                     entries.push(layout.place(&name, &[rows, cols], format)?);
-                    let action = Action::Store { index: entries.len() - 1, ggml: info.ggml_type, unpermute_heads: None };
+                    let action =
+                        Action::Store { index: entries.len() - 1, ggml: info.ggml_type, unpermute_heads: None };
                     let offset = info.offset + expert as u64 * per_expert;
                     steps.push(step(action, offset, per_expert, start, layout.total_bytes - start));
                 }
@@ -173,7 +174,12 @@ impl GgufImport {
         if bytes.len() as u64 != step.length {
             return Err(Error::format(
                 &self.source,
-                format!("tensor {}: {} bytes were read, {} are needed (truncated?)", step.tensor, bytes.len(), step.length),
+                format!(
+                    "tensor {}: {} bytes were read, {} are needed (truncated?)",
+                    step.tensor,
+                    bytes.len(),
+                    step.length
+                ),
             ));
         }
         match step.action {

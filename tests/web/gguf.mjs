@@ -1,0 +1,194 @@
+// GGUF files loaded straight into the browser (pkg/importer.js): Debian's
+// Chromium, WebGPU on SwiftShader, the SmolLM2 GGUF served by range from a
+// local server. Run by `make test-web`:
+//   node tests/web/gguf.mjs GGUF PACKAGE_DIR PHI_WEB_BINARY
+// PACKAGE_DIR is the same GGUF converted natively (`phi-web convert`).
+//
+// Checks: a 404, a server that ignores ranges, a GGUF truncated mid-tensor,
+// a wrong magic and an unsupported tensor type are each a named error with
+// the URL that writes nothing to the cache; an import broken off mid-download
+// fails with a NetworkError, keeps its whole shards and resumes from them;
+// the imported package's shards equal the native converter's byte for byte
+// and its greedy answer equals the native CLI's; a second load reads no
+// tensor bytes; a File from a file input loads and answers the same.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+import { startServer } from "./server.mjs";
+
+const [ggufPath, packageDir, phiWeb] = process.argv.slice(2);
+const root = new URL("../..", import.meta.url).pathname;
+const QUESTION = "What is the capital of France?";
+const figures = {};
+
+function step(name) {
+  console.log(`web gguf | ${name}`);
+}
+
+const native = JSON.parse(
+  execFileSync(phiWeb, ["generate", packageDir, "--chat", "--prompt", QUESTION, "--max-tokens", "12", "--context", "512", "--json"], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "ignore"],
+  }),
+);
+const nativeManifest = JSON.parse(readFileSync(join(packageDir, "model.json"), "utf8"));
+const ggufBytes = statSync(ggufPath).size;
+
+// Broken files: the GGUF cut mid-tensor, bytes that are not a GGUF, and a
+// GGUF whose one tensor is Q5_K (no kernel, no conversion).
+const scratch = mkdtempSync(join(tmpdir(), "phi-web-gguf-"));
+const whole = readFileSync(ggufPath);
+writeFileSync(join(scratch, "truncated.gguf"), whole.subarray(0, Math.floor(whole.length * 0.6)));
+writeFileSync(join(scratch, "notgguf.gguf"), Buffer.concat([Buffer.from("PK\x03\x04"), whole.subarray(4, 4096)]));
+writeFileSync(join(scratch, "q5k.gguf"), ggufWithOneTensor("blk.0.attn_q.weight", 13, [256, 4]));
+
+function ggufWithOneTensor(name, type, dims) {
+  const u32 = (n) => Buffer.from(new Uint32Array([n]).buffer);
+  const u64 = (n) => Buffer.from(new BigUint64Array([BigInt(n)]).buffer);
+  const str = (s) => Buffer.concat([u64(Buffer.byteLength(s)), Buffer.from(s)]);
+  const kv = Buffer.concat([str("general.architecture"), u32(8), str("llama")]);
+  const info = Buffer.concat([str(name), u32(dims.length), ...dims.map(u64), u32(type), u64(0)]);
+  const header = Buffer.concat([Buffer.from("GGUF"), u32(3), u64(1), u64(1), kv, info]);
+  const padded = Buffer.concat([header, Buffer.alloc(32 - (header.length % 32))]);
+  return Buffer.concat([padded, Buffer.alloc(176 * 4)]); // 4 rows of one 256-element Q5_K block
+}
+
+const server = await startServer({
+  root,
+  models: {},
+  files: {
+    "smollm2.gguf": ggufPath,
+    "truncated.gguf": join(scratch, "truncated.gguf"),
+    "notgguf.gguf": join(scratch, "notgguf.gguf"),
+    "q5k.gguf": join(scratch, "q5k.gguf"),
+  },
+});
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--enable-unsafe-webgpu",
+    "--enable-features=Vulkan",
+    "--use-webgpu-adapter=swiftshader",
+  ],
+});
+const page = await (await browser.newContext()).newPage();
+page.on("pageerror", (e) => console.log("page error:", e.message));
+await page.goto(`${server.url}/`);
+await page.waitForFunction(() => window.ready === true);
+const served = (path) => server.bytes.get(path) ?? 0;
+const importedKeys = () =>
+  page.evaluate(async () => (await (await caches.open("phi-web-shards-v1")).keys()).map((r) => r.url).filter((u) => u.includes("/.phi-web-import/")));
+
+try {
+  step("bad input: each a named error with the URL; nothing in the cache");
+  const failures = await page.evaluate(async () => {
+    const out = {};
+    for (const path of ["/gguf/missing.gguf", "/gguf-norange/smollm2.gguf", "/gguf/truncated.gguf", "/gguf/notgguf.gguf", "/gguf/q5k.gguf"]) {
+      try {
+        await phiWeb.createEngine(path, { contextLength: 256 });
+        out[path] = "loaded";
+      } catch (e) {
+        out[path] = `${e.name}: ${e.message}`;
+      }
+    }
+    return out;
+  });
+  const url = (path) => `${server.url}${path}`.replace(/[.]/g, "\\.");
+  assert.match(failures["/gguf/missing.gguf"], new RegExp(`^NetworkError: ${url("/gguf/missing.gguf")}: HTTP 404.*check the URL`));
+  assert.match(failures["/gguf-norange/smollm2.gguf"], new RegExp(`^RangeNotSupportedError: ${url("/gguf-norange/smollm2.gguf")}: the server ignored the range request .*File`));
+  assert.match(failures["/gguf/truncated.gguf"], new RegExp(`^ModelFormatError: ${url("/gguf/truncated.gguf")}: truncated: tensor \\S+ needs bytes`));
+  assert.match(failures["/gguf/notgguf.gguf"], new RegExp(`^ModelFormatError: ${url("/gguf/notgguf.gguf")}: not a GGUF file`));
+  assert.match(failures["/gguf/q5k.gguf"], /^UnsupportedError: .*Q5_K.*q5k\.gguf; supported: .*Q4_K/);
+  assert.deepEqual(await importedKeys(), [], "a failed import stores nothing");
+
+  step("an import broken off mid-download is a NetworkError and keeps its whole shards");
+  const broken = await page.evaluate(async () => {
+    try {
+      await phiWeb.createEngine("/gguf-cut/smollm2.gguf", { contextLength: 512 });
+      return "loaded";
+    } catch (e) {
+      return `${e.name}: ${e.message}`;
+    }
+  });
+  assert.match(broken, /^NetworkError: .*gguf-cut\/smollm2\.gguf: .*run createEngine again to resume/);
+  const kept = await importedKeys();
+  assert.ok(kept.some((u) => u.endsWith("shard-00000.bin")), `kept ${kept}`);
+  assert.ok(!kept.some((u) => u.endsWith("model.json")), "no model.json before the import ends");
+  const firstTry = served("/gguf-cut/smollm2.gguf");
+
+  step("the second try resumes: the rest of the file only; shards equal the native converter's; greedy text equals the CLI's");
+  const resumed = await page.evaluate(async (question) => {
+    const progress = [];
+    window.engine = await phiWeb.createEngine("/gguf-cut/smollm2.gguf", { contextLength: 512, onProgress: (p) => progress.push(p) });
+    const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: question }], max_tokens: 12, temperature: 0 });
+    const cache = await caches.open("phi-web-shards-v1");
+    const manifestUrl = (await cache.keys()).map((r) => r.url).find((u) => u.includes("/.phi-web-import/") && u.endsWith("model.json"));
+    const manifest = await (await cache.match(manifestUrl)).json();
+    return { reply, manifest, stats: await engine.stats(), phases: [...new Set(progress.map((p) => p.phase))] };
+  }, QUESTION);
+  const secondTry = served("/gguf-cut/smollm2.gguf") - firstTry;
+  assert.ok(secondTry < ggufBytes * 0.5, `the resumed import read ${secondTry} of ${ggufBytes} bytes`);
+  assert.deepEqual(resumed.phases, ["import", "download", "ready"]);
+  assert.deepEqual(
+    resumed.manifest.shards.map((s) => [s.bytes, s.sha256]),
+    nativeManifest.shards.map((s) => [s.bytes, s.sha256]),
+    "the browser's shards are the native converter's",
+  );
+  assert.deepEqual(resumed.manifest.tensors, nativeManifest.tensors);
+  assert.deepEqual(resumed.manifest.config, nativeManifest.config);
+  assert.equal(resumed.manifest.chat_template, nativeManifest.chat_template);
+  assert.deepEqual(resumed.manifest.stop_token_ids, nativeManifest.stop_token_ids);
+  assert.equal(resumed.reply.choices[0].message.content, native.text);
+  assert.equal(resumed.stats.networkBytes, secondTry, "stats().networkBytes counts what the server sent");
+  figures.gguf_bytes = ggufBytes;
+  figures.first_try_bytes = firstTry;
+  figures.resumed_bytes = secondTry;
+  figures.import_load_ms = resumed.stats.loadMs;
+
+  step("a second load reads no tensor bytes (one 8-byte probe for the file's length and ETag)");
+  const before = served("/gguf-cut/smollm2.gguf");
+  const again = await page.evaluate(async () => {
+    await engine.unload();
+    window.engine = await phiWeb.createEngine("/gguf-cut/smollm2.gguf", { contextLength: 512 });
+    return engine.stats();
+  });
+  assert.equal(served("/gguf-cut/smollm2.gguf") - before, 8);
+  assert.equal(again.networkBytes, 8);
+  figures.cached_load_ms = again.loadMs;
+
+  step("a File from a file input loads and answers as the CLI does");
+  await page.evaluate(async () => {
+    await engine.unload();
+    const input = document.createElement("input");
+    input.type = "file";
+    input.id = "gguf";
+    document.body.append(input);
+  });
+  await page.setInputFiles("#gguf", ggufPath);
+  const fromFile = await page.evaluate(async (question) => {
+    const file = document.querySelector("#gguf").files[0];
+    const engine = await phiWeb.createEngine(file, { contextLength: 512, cache: "none" });
+    const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: question }], max_tokens: 12, temperature: 0 });
+    const stats = await engine.stats();
+    await engine.unload();
+    return { reply, stats };
+  }, QUESTION);
+  assert.equal(fromFile.reply.choices[0].message.content, native.text);
+  assert.equal(fromFile.stats.networkBytes, 0);
+  figures.file_load_ms = fromFile.stats.loadMs;
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(JSON.stringify({ gguf: figures }));
