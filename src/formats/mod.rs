@@ -5,6 +5,7 @@ pub mod encode;
 pub mod gguf;
 pub mod gguf_import;
 pub mod gguf_tokenizer;
+pub mod hf_import;
 pub mod kquant;
 pub mod package;
 pub mod safetensors;

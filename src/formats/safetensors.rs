@@ -88,8 +88,13 @@ impl Tensor {
         file.seek(SeekFrom::Start(self.offset + (first * size) as u64)).map_err(|e| Error::io(&self.file, e))?;
         file.read_exact(&mut bytes)
             .map_err(|e| Error::format(self.file.display(), format!("reading tensor {}: {e}", self.name)))?;
+        self.decode(&bytes)
+    }
+
+    /// Elements of this tensor's dtype, as f32.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         Ok(match self.dtype {
-            Dtype::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            Dtype::F32 => bytemuck::pod_collect_to_vec(bytes),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::Integer(name) => {
@@ -148,17 +153,30 @@ fn read_file_header(path: &Path) -> Result<Vec<Tensor>> {
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
     file.read_exact(&mut len_bytes).map_err(|_| Error::format(path.display(), "truncated: no header length"))?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > MAX_HEADER || header_len > file_len - 8 {
-        let hint = if len_bytes.starts_with(b"<") { " (this looks like HTML)" } else { "" };
+    let header_len = header_length(len_bytes, file_len, &path.display().to_string())?;
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| Error::format(path.display(), format!("reading the header: {e}")))?;
+    parse_header(&header, file_len, path)
+}
+
+/// The JSON header's length from a file's first 8 bytes, checked against the file's length.
+pub fn header_length(first: [u8; 8], file_len: u64, file: &str) -> Result<u64> {
+    let header_len = u64::from_le_bytes(first);
+    if header_len > MAX_HEADER || header_len > file_len.saturating_sub(8) {
+        let hint = if first.starts_with(b"<") { " (this looks like HTML)" } else { "" };
         return Err(Error::format(
-            path.display(),
+            file,
             format!("header of {header_len} bytes does not fit a {file_len}-byte file{hint}"),
         ));
     }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(|e| Error::format(path.display(), format!("reading the header: {e}")))?;
-    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+    Ok(header_len)
+}
+
+/// The tensors a safetensors file of `file_len` bytes lists in its JSON
+/// `header` (the bytes after the 8-byte length); `path` names the file.
+pub fn parse_header(header: &[u8], file_len: u64, path: &Path) -> Result<Vec<Tensor>> {
+    let header_len = header.len() as u64;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
         .map_err(|e| Error::format(path.display(), format!("malformed JSON header: {e}")))?;
     let data_start = 8 + header_len;
     let mut tensors = Vec::new();
