@@ -31,7 +31,8 @@ test-browser: setup-browser
 # every expert resident and through the expert cache, and a tiny Phi-3-small
 # matching its reference's logits (tests/web/e2e.mjs);
 # then the SmolLM2 GGUF loaded by URL and as a File, converted in the
-# browser, with its bad-input and resume cases (tests/web/gguf.mjs);
+# browser, with its bad-input and resume cases, and a tiny bf16 Hugging
+# Face folder by URL (tests/web/import.mjs);
 # then the demo page served by `phi-web serve`, used as a person would
 # (tests/web/demo.mjs; screenshots in target/test-artifacts/).
 test-web: setup-browser models demo-models
@@ -45,7 +46,7 @@ test-web: setup-browser models demo-models
 	./tests/web/vite-build.sh
 	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web target/web-models/minilm target/web-models/phimoe \
 		target/web-models/phimoe-f32 target/web-models/phi3small target/web-models/phi3small-f32
-	node tests/web/gguf.mjs .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 target/release/phi-web
+	node tests/web/import.mjs .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 target/release/phi-web
 	node tests/web/demo.mjs target/release/phi-web
 
 lint:

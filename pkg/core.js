@@ -2,8 +2,8 @@
 // `worker: false`): fetch the manifest and tokenizer, stream the shards into
 // the wasm engine, run requests. index.js talks to this through worker.js.
 
-import init, { Embedder, Engine, GgufImporter } from "./wasm/phi_web.js";
-import { importGguf, isGgufSource } from "./importer.js";
+import init, { Embedder, Engine, GgufImporter, HfImporter } from "./wasm/phi_web.js";
+import { importModel, sourceKind } from "./importer.js";
 import { fetchFile, fetchManifest, MemoryStore, namedError, openStore, ShardStore } from "./loader.js";
 
 let wasmReady;
@@ -16,8 +16,9 @@ function asError(e) {
 }
 
 /**
- * `source`: a package's model.json URL, a GGUF's URL, or a GGUF File/Blob
- * (converted into a package in the cache first: importer.js).
+ * `source`: a package's model.json URL; or a GGUF's URL, a GGUF File/Blob or
+ * a Hugging Face folder's URL (ending in "/"), converted into a package in
+ * the cache first (importer.js).
  */
 export async function loadEngine(
   source,
@@ -31,10 +32,11 @@ export async function loadEngine(
   const started = performance.now();
   let manifest, baseUrl;
   let imported = { networkBytes: 0, warnings: [] };
-  // An imported GGUF's package lives in the cache (in memory for cache: "none").
-  const packageStore = isGgufSource(source) ? (cache === "none" ? new MemoryStore() : openStore(cache)) : openStore(cache);
-  if (isGgufSource(source)) {
-    imported = await importGguf(source, { store: packageStore, quant, onProgress, GgufImporter });
+  // An imported GGUF's or folder's package lives in the cache (in memory for cache: "none").
+  const kind = sourceKind(source);
+  const packageStore = kind !== "package" && cache === "none" ? new MemoryStore() : openStore(cache);
+  if (kind !== "package") {
+    imported = await importModel(source, { store: packageStore, quant, onProgress, wasm: { GgufImporter, HfImporter } });
     ({ manifest, baseUrl } = imported);
   } else {
     ({ manifest, baseUrl } = await fetchManifest(source, { cache }));

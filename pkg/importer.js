@@ -1,129 +1,83 @@
-// A GGUF from a URL or a File, converted in the browser into a phi-web
-// package in the shard cache, so that the next visit loads it like any
-// package. The plan (which byte range each step reads, where its output goes)
-// comes from the wasm GgufImporter (src/formats/gguf_import.rs), the same
-// code as `phi-web convert`, so the shards equal the native converter's.
+// GGUF files (by URL or as a File) and Hugging Face folders (config.json,
+// safetensors, tokenizer files, by URL) converted in the browser into a
+// phi-web package in the shard cache, so that the next visit loads it like
+// any package. The plan (which byte range each step reads, where its output
+// goes) comes from the wasm GgufImporter / HfImporter
+// (src/formats/gguf_import.rs, hf_import.rs), the same code as `phi-web
+// convert`, so the shards equal the native converter's.
 //
 // Reads are range requests (`Range: bytes=a-b`, answered 206): the whole
 // file is never in memory, only one tensor at a time and the shard being
 // filled. A server that ignores ranges is an error that says what to do.
-// The cache key is the URL plus its ETag (or Last-Modified) and length;
-// shards are stored whole, model.json last, so an interrupted import resumes
-// at the first missing shard and a failed one leaves no model.json behind.
+// The cache key is the URL plus its ETag (or Last-Modified) and length (a
+// folder: every safetensors file's, and config.json); shards are stored
+// whole, model.json last, so an interrupted import resumes at the first
+// missing shard and a failed one leaves no model.json behind.
 
 import { ensureQuota, MemoryStore, namedError, put, sha256Hex } from "./loader.js";
 
 /** Bytes read for the header at first; quadrupled while the header runs past them. */
 const HEADER_READ = 1 << 20;
 
-/** Whether `source` is something importModel reads: a File or Blob, or a URL of a .gguf file. */
-export function isGgufSource(source) {
-  if (typeof Blob !== "undefined" && source instanceof Blob) return true;
-  if (typeof source !== "string") return false;
+/**
+ * What `source` is: "gguf" (a File or Blob, or a URL of a .gguf file), "hf"
+ * (a URL ending in "/": a Hugging Face-style folder) or "package" (model.json).
+ */
+export function sourceKind(source) {
+  if (typeof Blob !== "undefined" && source instanceof Blob) return "gguf";
   const path = new URL(source, globalThis.location?.href).pathname;
-  return path.toLowerCase().endsWith(".gguf");
+  if (path.toLowerCase().endsWith(".gguf")) return "gguf";
+  return path.endsWith("/") ? "hf" : "package";
 }
 
+/** The folder files an HF import reads when present (config.json is required). */
+const HF_FILES = [
+  "config.json",
+  "model.safetensors.index.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "generation_config.json",
+  "modules.json",
+  "sentence_bert_config.json",
+  "1_Pooling/config.json",
+];
+
 /**
- * Converts the GGUF `source` into a package in `store` (unless it is there
- * already) and returns {manifest, baseUrl, networkBytes, warnings}: baseUrl
- * is the package's model.json URL in the store.
- * options: {store, quant ("" keeps the GGUF's formats), onProgress, GgufImporter (the wasm class)}
+ * Converts `source` (a GGUF or an HF folder: sourceKind) into a package in
+ * `store`, unless it is there already, and returns {manifest, baseUrl,
+ * networkBytes, warnings}: baseUrl is the package's model.json URL in the store.
+ * options: {store, quant ("": the source's defaults), onProgress, wasm: {GgufImporter, HfImporter}}
  */
-export async function importGguf(source, { store, quant = "", onProgress = () => {}, GgufImporter }) {
-  const file = await openSource(source);
-  const base = await packageBase(file, quant);
+export async function importModel(source, { store, quant = "", onProgress = () => {}, wasm }) {
+  const progress = { phase: "import", loadedBytes: 0, totalBytes: 0, networkBytes: 0 };
+  const report = () => onProgress({ ...progress });
+  const counted = (file) => (n) => {
+    if (file.remote) progress.networkBytes += n;
+    report();
+  };
+  const hf = sourceKind(source) === "hf";
+  const opened = hf ? await openFolder(source, counted) : await openGguf(source, counted);
+  progress.networkBytes += opened.probeBytes;
+  const base = await packageBase(opened.key, quant);
   const manifestUrl = `${base}model.json`;
   const cached = await store.get(manifestUrl);
   if (cached) {
     const manifest = JSON.parse(new TextDecoder().decode(cached));
-    return { manifest, baseUrl: manifestUrl, networkBytes: file.probeBytes, warnings: [] };
+    return { manifest, baseUrl: manifestUrl, networkBytes: progress.networkBytes, warnings: [] };
   }
-
-  const progress = { phase: "import", loadedBytes: 0, totalBytes: 0, networkBytes: file.probeBytes };
-  const report = () => onProgress({ ...progress });
-  const read = async (start, end) => {
-    const bytes = await file.read(start, end, (n) => {
-      progress.networkBytes += file.remote ? n : 0;
-      report();
-    });
-    return bytes;
-  };
-
-  // The header, read until it parses.
-  let prefix = await read(0, Math.min(file.length, HEADER_READ));
-  let importer;
-  for (;;) {
-    try {
-      importer = GgufImporter.open(prefix, file.length, file.name, quant);
-    } catch (e) {
-      throw asNamedError(e);
-    }
-    if (importer) break;
-    const more = await read(prefix.length, Math.min(file.length, prefix.length * 4));
-    const joined = new Uint8Array(prefix.length + more.length);
-    joined.set(prefix);
-    joined.set(more, prefix.length);
-    prefix = joined;
-  }
+  const importer = hf ? await planFolder(opened, quant, wasm.HfImporter) : await planGguf(opened, quant, wasm.GgufImporter);
   try {
-    const tokenizer = wasmCall(() => importer.tokenizer(), (e) => `${file.name}: its vocabulary cannot be used for chat: ${e.message}`);
-    const plan = JSON.parse(importer.plan());
+    const plan = JSON.parse(wasmCall(() => importer.plan()));
+    const tokenizer = wasmCall(
+      () => importer.tokenizer(),
+      (e) => `${opened.name}: its vocabulary cannot be used for chat: ${e.message}`,
+    );
+    if (tokenizer === undefined) {
+      throw namedError("ModelFormatError", `${opened.name}: no tokenizer.json, so the model cannot chat; add the model's tokenizer files`);
+    }
     progress.totalBytes = plan.sourceBytes;
-    const shardName = (i) => `shard-${String(i).padStart(5, "0")}.bin`;
-    const shardLength = (i) => Math.min(plan.shardBytes, plan.totalBytes - i * plan.shardBytes);
-    const shardCount = Math.ceil(plan.totalBytes / plan.shardBytes);
-
-    // Shards an interrupted import stored already (whole ones only: a put is atomic).
-    const shards = [];
-    while (shards.length < shardCount) {
-      const i = shards.length;
-      const bytes = await store.get(`${base}${shardName(i)}`);
-      if (!bytes || bytes.length !== shardLength(i)) break;
-      shards.push({ file: shardName(i), bytes: bytes.length, sha256: await sha256Hex(bytes) });
-    }
-    const resumeAt = shards.length * plan.shardBytes;
-    if (!(store instanceof MemoryStore)) await ensureQuota(plan.totalBytes - resumeAt);
-
-    // Each step's output appended to the shard being filled; full shards stored.
-    let written = resumeAt;
-    let buffer = shards.length < shardCount ? new Uint8Array(shardLength(shards.length)) : undefined;
-    let filled = 0;
-    const append = async (out) => {
-      while (out.length) {
-        const n = Math.min(out.length, buffer.length - filled);
-        buffer.set(out.subarray(0, n), filled);
-        filled += n;
-        written += n;
-        out = out.subarray(n);
-        if (filled === buffer.length) {
-          const i = shards.length;
-          shards.push({ file: shardName(i), bytes: buffer.length, sha256: await sha256Hex(buffer) });
-          await put(store, `${base}${shardName(i)}`, buffer, `shard ${shardName(i)}`, plan.totalBytes);
-          buffer = i + 1 < shardCount ? new Uint8Array(shardLength(i + 1)) : undefined;
-          filled = 0;
-        }
-      }
-    };
-    for (const [index, [offset, length, outputOffset, outputLength]] of plan.steps.entries()) {
-      if (outputLength > 0 && outputOffset + outputLength <= resumeAt) {
-        progress.loadedBytes += length;
-        continue;
-      }
-      const bytes = await read(offset, offset + length);
-      const out = wasmCall(() => importer.run(index, bytes));
-      progress.loadedBytes += length;
-      report();
-      const skip = Math.max(0, resumeAt - outputOffset);
-      if (outputOffset + skip !== written) {
-        throw namedError("ModelFormatError", `${file.name}: import step ${index} lands at byte ${outputOffset + skip}, the package is at ${written}`);
-      }
-      await append(out.subarray(skip));
-    }
-    if (shards.length !== shardCount) {
-      throw namedError("ModelFormatError", `${file.name}: the import made ${shards.length} of ${shardCount} shards`);
-    }
-    const manifestText = wasmCall(() => importer.manifest(JSON.stringify(shards)));
+    const shards = await convert({ importer, plan, store, base, name: opened.name, read: opened.read, progress, report });
+    const manifestText = wasmCall(() => importer.manifest(JSON.stringify(shards), tokenizer));
     const warnings = JSON.parse(importer.warnings());
     const encode = (text) => new TextEncoder().encode(text);
     await put(store, `${base}tokenizer.json`, encode(tokenizer), "tokenizer.json", plan.totalBytes);
@@ -132,6 +86,187 @@ export async function importGguf(source, { store, quant = "", onProgress = () =>
   } finally {
     importer.free();
   }
+}
+
+/**
+ * Runs the plan's steps and stores their output as shards (whole ones only:
+ * a put is atomic); resumes after the shards an interrupted import stored.
+ * Returns the shard list for model.json.
+ */
+async function convert({ importer, plan, store, base, name, read, progress, report }) {
+  const shardName = (i) => `shard-${String(i).padStart(5, "0")}.bin`;
+  const shardLength = (i) => Math.min(plan.shardBytes, plan.totalBytes - i * plan.shardBytes);
+  const shardCount = Math.ceil(plan.totalBytes / plan.shardBytes);
+  const shards = [];
+  while (shards.length < shardCount) {
+    const i = shards.length;
+    const bytes = await store.get(`${base}${shardName(i)}`);
+    if (!bytes || bytes.length !== shardLength(i)) break;
+    shards.push({ file: shardName(i), bytes: bytes.length, sha256: await sha256Hex(bytes) });
+  }
+  const resumeAt = shards.length * plan.shardBytes;
+  if (!(store instanceof MemoryStore)) await ensureQuota(plan.totalBytes - resumeAt);
+
+  // Each step's output is appended to the shard being filled.
+  let written = resumeAt;
+  let buffer = shards.length < shardCount ? new Uint8Array(shardLength(shards.length)) : undefined;
+  let filled = 0;
+  const append = async (out) => {
+    while (out.length) {
+      const n = Math.min(out.length, buffer.length - filled);
+      buffer.set(out.subarray(0, n), filled);
+      filled += n;
+      written += n;
+      out = out.subarray(n);
+      if (filled === buffer.length) {
+        const i = shards.length;
+        shards.push({ file: shardName(i), bytes: buffer.length, sha256: await sha256Hex(buffer) });
+        await put(store, `${base}${shardName(i)}`, buffer, `shard ${shardName(i)}`, plan.totalBytes);
+        buffer = i + 1 < shardCount ? new Uint8Array(shardLength(i + 1)) : undefined;
+        filled = 0;
+      }
+    }
+  };
+  for (const [index, [offset, length, outputOffset, outputLength, file]] of plan.steps.entries()) {
+    if (outputLength > 0 && outputOffset + outputLength <= resumeAt) {
+      progress.loadedBytes += length;
+      continue;
+    }
+    const bytes = await read(plan.files[file], offset, offset + length);
+    const out = wasmCall(() => importer.run(index, bytes));
+    progress.loadedBytes += length;
+    report();
+    const skip = Math.max(0, resumeAt - outputOffset);
+    if (outputOffset + skip !== written) {
+      throw namedError("ModelFormatError", `${name}: import step ${index} lands at byte ${outputOffset + skip}, the package is at ${written}`);
+    }
+    await append(out.subarray(skip));
+  }
+  if (shards.length !== shardCount) {
+    throw namedError("ModelFormatError", `${name}: the import made ${shards.length} of ${shardCount} shards`);
+  }
+  return shards;
+}
+
+/**
+ * A GGUF to read: {name, key, probeBytes, read(_, start, end)}. `key`
+ * changes when the file does (URL + ETag or Last-Modified + length; a File's
+ * name, size and date).
+ */
+async function openGguf(source, counted) {
+  if (typeof Blob !== "undefined" && source instanceof Blob) {
+    const file = { name: source.name ?? "model.gguf", length: source.size, remote: false, probeBytes: 0 };
+    file.key = `file:${file.name}:${source.size}:${source.lastModified ?? ""}`;
+    file.read = async (_, start, end) => {
+      const bytes = new Uint8Array(await source.slice(start, end).arrayBuffer());
+      counted(file)(bytes.length);
+      return bytes;
+    };
+    return file;
+  }
+  const url = new URL(source, globalThis.location?.href).href;
+  // A first tiny range tells the length and version of the file, all a cached import needs.
+  const probe = await rangeRequest(url, 0, 8);
+  const probeBytes = (await probe.response.arrayBuffer()).byteLength;
+  const { total, version } = probe;
+  const file = { name: url, key: `${url}\n${version}\n${total}`, length: total, remote: true, probeBytes };
+  file.read = async (_, start, end) => {
+    const { response } = await rangeRequest(url, start, end, { total, version });
+    return readBody(response, url, end - start, counted(file));
+  };
+  return file;
+}
+
+/** The wasm GgufImporter for `file`, its header read until it parses. */
+async function planGguf(file, quant, GgufImporter) {
+  let prefix = await file.read(null, 0, Math.min(file.length, HEADER_READ));
+  for (;;) {
+    const importer = wasmCall(() => GgufImporter.open(prefix, file.length, file.name, quant));
+    if (importer) return importer;
+    const more = await file.read(null, prefix.length, Math.min(file.length, prefix.length * 4));
+    const joined = new Uint8Array(prefix.length + more.length);
+    joined.set(prefix);
+    joined.set(more, prefix.length);
+    prefix = joined;
+  }
+}
+
+/**
+ * A Hugging Face-style folder at a URL ending in "/": its small files
+ * (HF_FILES that exist) and safetensors files (the index's, or
+ * model.safetensors), each probed for length, version and header length.
+ */
+async function openFolder(source, counted) {
+  const base = new URL(source, globalThis.location?.href).href;
+  const folder = { name: base, remote: true, probeBytes: 0, files: {}, safetensors: [] };
+  const texts = await Promise.all(HF_FILES.map((name) => fetchText(new URL(name, base).href)));
+  HF_FILES.forEach((name, i) => {
+    if (texts[i] !== undefined) folder.files[name] = texts[i];
+  });
+  if (folder.files["config.json"] === undefined) {
+    throw namedError("NetworkError", `${base}config.json: HTTP 404; a Hugging Face folder URL must end in "/" and hold config.json`);
+  }
+  folder.probeBytes = texts.reduce((n, t) => n + (t?.length ?? 0), 0);
+  let names = ["model.safetensors"];
+  const index = folder.files["model.safetensors.index.json"];
+  if (index !== undefined) {
+    let map;
+    try {
+      map = JSON.parse(index).weight_map;
+    } catch {}
+    if (!map || typeof map !== "object") throw namedError("ModelFormatError", `${base}model.safetensors.index.json: no weight_map object`);
+    names = [...new Set(Object.values(map))].sort();
+  }
+  for (const name of names) {
+    const url = new URL(name, base).href;
+    const probe = await rangeRequest(url, 0, 8);
+    const first = new Uint8Array(await probe.response.arrayBuffer());
+    folder.probeBytes += first.length;
+    const headerLength = first.length === 8 ? Number(new DataView(first.buffer).getBigUint64(0, true)) : Infinity;
+    if (!(headerLength <= Math.min(100 << 20, probe.total - 8))) {
+      const hint = first[0] === 0x3c ? " (this looks like HTML)" : "";
+      throw namedError("ModelFormatError", `${url}: not a safetensors file: a header of ${headerLength} bytes does not fit its ${probe.total} bytes${hint}`);
+    }
+    folder.safetensors.push({ name, url, total: probe.total, version: probe.version, headerLength });
+  }
+  folder.key = JSON.stringify([base, folder.files["config.json"], folder.safetensors.map((s) => [s.name, s.total, s.version])]);
+  folder.read = async (name, start, end) => {
+    const file = folder.safetensors.find((s) => s.name === name);
+    const { response } = await rangeRequest(file.url, start, end, file);
+    return readBody(response, file.url, end - start, counted(folder));
+  };
+  return folder;
+}
+
+/** The wasm HfImporter for `folder`, every safetensors header added. */
+async function planFolder(folder, quant, HfImporter) {
+  const importer = wasmCall(() => new HfImporter(folder.name, JSON.stringify(folder.files), quant));
+  try {
+    for (const file of folder.safetensors) {
+      const header = await folder.read(file.name, 8, 8 + file.headerLength);
+      wasmCall(() => importer.addSafetensors(file.name, file.total, header));
+    }
+  } catch (e) {
+    importer.free();
+    throw e;
+  }
+  return importer;
+}
+
+/** A small file's text, or undefined for a 404. */
+async function fetchText(url) {
+  let response;
+  try {
+    response = await fetch(url, { cache: "no-store" });
+  } catch (e) {
+    throw namedError("NetworkError", `${url}: ${e.message}. If the folder is on another site, that server must allow this page by CORS (Hugging Face does)`);
+  }
+  if (response.status === 404) return undefined;
+  if (!response.ok) throw namedError("NetworkError", `${url}: HTTP ${response.status} ${response.statusText}`);
+  if ((response.headers.get("content-type") ?? "").includes("text/html")) {
+    throw namedError("ModelFormatError", `${url}: the server sent an HTML page; check the folder URL (on Hugging Face: …/resolve/main/)`);
+  }
+  return response.text();
 }
 
 /** Rethrows a wasm error as a named Error (with `describe` applied to the message, if given). */
@@ -149,51 +284,12 @@ function asNamedError(e) {
   return e instanceof Error ? e : namedError("PhiWebError", String(e));
 }
 
-/** Where the package made from `file` lives in the store: one folder per source, version and format choice. */
-async function packageBase(file, quant) {
-  const key = JSON.stringify(["phi-web/2", file.key, file.length, quant]);
+/** Where the package made from a source lives in the store: one folder per source, version and format choice. */
+async function packageBase(sourceKey, quant) {
+  const key = JSON.stringify(["phi-web/2", sourceKey, quant]);
   const hash = (await sha256Hex(new TextEncoder().encode(key))).slice(0, 32);
   const origin = globalThis.location?.origin && globalThis.location.origin !== "null" ? globalThis.location.origin : "http://localhost";
   return `${origin}/.phi-web-import/${hash}/`;
-}
-
-/**
- * A GGUF to read: {name, key, length, remote, read(start, end, onBytes)}.
- * `key` changes when the file does (URL + ETag or Last-Modified; a File's name, size and date).
- */
-async function openSource(source) {
-  if (typeof Blob !== "undefined" && source instanceof Blob) {
-    const name = source.name ?? "model.gguf";
-    return {
-      name,
-      key: `file:${name}:${source.size}:${source.lastModified ?? ""}`,
-      length: source.size,
-      remote: false,
-      probeBytes: 0,
-      read: async (start, end, onBytes) => {
-        const bytes = new Uint8Array(await source.slice(start, end).arrayBuffer());
-        onBytes(bytes.length);
-        return bytes;
-      },
-    };
-  }
-  const url = new URL(source, globalThis.location?.href).href;
-  // A first tiny range tells the length and version of the file, all a
-  // cached import needs.
-  const probe = await rangeRequest(url, 0, 8);
-  const probeBytes = (await probe.response.arrayBuffer()).byteLength;
-  const { total, version } = probe;
-  return {
-    name: url,
-    key: `${url}\n${version}`,
-    length: total,
-    remote: true,
-    probeBytes,
-    read: async (start, end, onBytes) => {
-      const { response } = await rangeRequest(url, start, end, { total, version });
-      return readBody(response, url, end - start, onBytes);
-    },
-  };
 }
 
 /** Fetches bytes [start, end) of `url`; checks the answer is that range of the same file. */

@@ -16,7 +16,9 @@ use crate::error::Error;
 use crate::formats::encode::ConvertOptions;
 use crate::formats::gguf::Gguf;
 use crate::formats::gguf_import::GgufImport;
+use crate::formats::hf_import::HfImport;
 use crate::formats::package::{parse_manifest, ChunkReader, Manifest, Shard, ShardSource};
+use crate::formats::safetensors;
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::model::Encoder;
 use crate::quant::WeightFormat;
@@ -315,6 +317,36 @@ impl Embedder {
     }
 }
 
+fn parse_quant(quant: &str) -> Result<Option<WeightFormat>, JsValue> {
+    match quant {
+        "" => Ok(None),
+        name => WeightFormat::parse(name).map(Some).ok_or_else(|| {
+            js_error(Error::Unsupported {
+                what: format!("quant \"{name}\""),
+                supported: "q4_0, q4_1, q8_0, f16, f32".into(),
+            })
+        }),
+    }
+}
+
+/// An import's plan as pkg/importer.js reads it: steps [offset, length,
+/// outputOffset, outputLength, file index].
+fn plan_json(steps: Vec<[u64; 5]>, files: Vec<String>, total_bytes: u64) -> String {
+    serde_json::json!({
+        "steps": steps,
+        "files": files,
+        "totalBytes": total_bytes,
+        "shardBytes": ConvertOptions::default().shard_bytes,
+        "sourceBytes": steps.iter().map(|s| s[1]).sum::<u64>(),
+    })
+    .to_string()
+}
+
+/// The shard list pkg/importer.js made, as the manifest keeps it.
+fn parse_shards(shards: &str) -> Result<Vec<Shard>, JsValue> {
+    serde_json::from_str(shards).map_err(|e| input_error(format!("malformed shard list: {e}")))
+}
+
 /// A GGUF turned into a package in the browser: pkg/importer.js reads the
 /// byte range of each step (by range request or `File.slice`), runs it here
 /// and stores the output as shards; see `formats::gguf_import`.
@@ -331,15 +363,7 @@ impl GgufImporter {
     /// and call again. `quant`: a format for every matrix, or "" for the
     /// GGUF's own (the defaults of `phi-web convert`).
     pub fn open(prefix: &[u8], file_len: f64, source: String, quant: String) -> Result<Option<GgufImporter>, JsValue> {
-        let quant = match quant.as_str() {
-            "" => None,
-            name => Some(WeightFormat::parse(name).ok_or_else(|| {
-                js_error(Error::Unsupported {
-                    what: format!("quant \"{name}\""),
-                    supported: "q4_0, q4_1, q8_0, f16, f32".into(),
-                })
-            })?),
-        };
+        let quant = parse_quant(&quant)?;
         let Some(gguf) = Gguf::from_prefix(prefix, file_len as u64, &source).map_err(js_error)? else {
             return Ok(None);
         };
@@ -348,19 +372,13 @@ impl GgufImporter {
         Ok(Some(GgufImporter { inner }))
     }
 
-    /// JSON {steps: [[offset, length, outputOffset, outputLength]], totalBytes,
-    /// shardBytes, sourceBytes}: what each step reads from the file and where
-    /// its output goes in the package's byte stream (shards of shardBytes).
+    /// JSON {steps: [[offset, length, outputOffset, outputLength, 0]],
+    /// files: [source], totalBytes, shardBytes, sourceBytes}: what each step
+    /// reads from the file and where its output goes in the package's byte
+    /// stream (shards of shardBytes).
     pub fn plan(&self) -> String {
-        let steps: Vec<[u64; 4]> =
-            self.inner.steps.iter().map(|s| [s.offset, s.length, s.output_offset, s.output_length]).collect();
-        serde_json::json!({
-            "steps": steps,
-            "totalBytes": self.inner.total_bytes,
-            "shardBytes": ConvertOptions::default().shard_bytes,
-            "sourceBytes": self.inner.source_bytes(),
-        })
-        .to_string()
+        let steps = self.inner.steps.iter().map(|s| [s.offset, s.length, s.output_offset, s.output_length, 0]);
+        plan_json(steps.collect(), vec![String::new()], self.inner.total_bytes)
     }
 
     /// Runs step `index` on the `bytes` it reads; returns its output.
@@ -373,16 +391,100 @@ impl GgufImporter {
         self.inner.tokenizer_json().map_err(js_error)
     }
 
-    /// model.json's text once every step ran; `shards`: JSON [{file, bytes, sha256}].
-    pub fn manifest(&mut self, shards: String) -> Result<String, JsValue> {
-        let shards: Vec<Shard> =
-            serde_json::from_str(&shards).map_err(|e| input_error(format!("malformed shard list: {e}")))?;
-        let manifest = self.inner.manifest(shards, true).map_err(js_error)?;
+    /// model.json's text once every step ran; `shards`: JSON [{file, bytes,
+    /// sha256}]; `tokenizer`: what `tokenizer()` gave, if it was stored.
+    pub fn manifest(&mut self, shards: String, tokenizer: Option<String>) -> Result<String, JsValue> {
+        let manifest = self.inner.manifest(parse_shards(&shards)?, tokenizer.is_some()).map_err(js_error)?;
         serde_json::to_string(&manifest).map_err(|e| input_error(e.to_string()))
     }
 
     /// JSON [string]: what the import decided that a user may want to know.
     pub fn warnings(&self) -> String {
         serde_json::to_string(&self.inner.warnings).unwrap_or_else(|_| "[]".into())
+    }
+}
+
+/// A Hugging Face folder (config.json, safetensors, tokenizer files) turned
+/// into a package in the browser; see `formats::hf_import`. pkg/importer.js
+/// fetches the small files and each safetensors header, then runs the steps.
+#[wasm_bindgen]
+pub struct HfImporter {
+    /// The folder's small files that exist, by name.
+    files: std::collections::BTreeMap<String, String>,
+    source: String,
+    options: ConvertOptions,
+    tensors: std::collections::BTreeMap<String, safetensors::Tensor>,
+    /// Safetensors file names, in the order the plan numbers them.
+    names: Vec<String>,
+    inner: Option<HfImport>,
+}
+
+#[wasm_bindgen]
+impl HfImporter {
+    /// `source`: the folder's URL; `files`: JSON {name: text} of the small
+    /// files found there; `quant` as for `GgufImporter.open`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(source: String, files: String, quant: String) -> Result<HfImporter, JsValue> {
+        let files = serde_json::from_str(&files).map_err(|e| input_error(format!("malformed file map: {e}")))?;
+        let options = ConvertOptions { quant: parse_quant(&quant)?, ..ConvertOptions::default() };
+        let (tensors, names) = (Default::default(), Vec::new());
+        Ok(HfImporter { files, source, options, tensors, names, inner: None })
+    }
+
+    /// Adds a safetensors file: its name in the folder, length, and the JSON
+    /// header (the bytes after its first 8).
+    #[wasm_bindgen(js_name = addSafetensors)]
+    pub fn add_safetensors(&mut self, name: String, file_len: f64, header: &[u8]) -> Result<(), JsValue> {
+        let path = std::path::Path::new(&name);
+        for tensor in safetensors::parse_header(header, file_len as u64, path).map_err(js_error)? {
+            self.tensors.insert(tensor.name.clone(), tensor);
+        }
+        self.names.push(name);
+        Ok(())
+    }
+
+    /// Plans the import once every file is added; JSON as `GgufImporter.plan`,
+    /// with `files` the safetensors names the steps' file indices refer to.
+    pub fn plan(&mut self) -> Result<String, JsValue> {
+        let files = |name: &str| Ok(self.files.get(name).cloned());
+        let folder = self.source.trim_end_matches('/').rsplit('/').next().unwrap_or("model").to_string();
+        let inner = HfImport::new(&folder, &self.source, &self.tensors, &files, &self.options).map_err(js_error)?;
+        let index = |file: &str| self.names.iter().position(|n| n == file).unwrap_or(0) as u64;
+        let steps = inner.steps.iter().map(|s| [s.offset, s.length, s.output_offset, s.output_length, index(&s.file)]);
+        let json = plan_json(steps.collect(), self.names.clone(), inner.total_bytes);
+        self.inner = Some(inner);
+        Ok(json)
+    }
+
+    fn import(&mut self) -> Result<&mut HfImport, JsValue> {
+        self.inner.as_mut().ok_or_else(|| input_error("HfImporter.plan() must come first".into()))
+    }
+
+    /// Runs step `index` on the `bytes` it reads; returns its output.
+    pub fn run(&mut self, index: u32, bytes: &[u8]) -> Result<Vec<u8>, JsValue> {
+        self.import()?.run(index as usize, bytes).map_err(js_error)
+    }
+
+    /// tokenizer.json's text (the folder's own, or built from Phi-3-small's
+    /// tiktoken ranks); undefined when the folder has none.
+    pub fn tokenizer(&mut self) -> Result<Option<String>, JsValue> {
+        let files = self.files.clone();
+        let read = |name: &str| Ok(files.get(name).cloned());
+        self.import()?.tokenizer_json(&read).map_err(js_error)
+    }
+
+    /// model.json's text once every step ran; `shards` as for `GgufImporter.manifest`.
+    pub fn manifest(&mut self, shards: String, tokenizer: Option<String>) -> Result<String, JsValue> {
+        let shards = parse_shards(&shards)?;
+        let files = self.files.clone();
+        let read = |name: &str| Ok(files.get(name).cloned());
+        let manifest = self.import()?.manifest(shards, tokenizer.as_deref(), &read).map_err(js_error)?;
+        serde_json::to_string(&manifest).map_err(|e| input_error(e.to_string()))
+    }
+
+    /// JSON [string], as for `GgufImporter.warnings`.
+    pub fn warnings(&self) -> String {
+        let warnings = self.inner.as_ref().map(|i| i.warnings.clone()).unwrap_or_default();
+        serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".into())
     }
 }

@@ -7,7 +7,9 @@
 // Content-Range and an ETag), as a server without range support from
 // /gguf-norange/NAME (200, the whole file), and from /gguf-cut/NAME with the
 // connection broken mid-body on the first range that starts past 3/4 of the
-// file (an interrupted download, after the first 64 MiB shard of SmolLM2). `bytes` counts body bytes sent per path.
+// file (an interrupted download, after the first 64 MiB shard of SmolLM2).
+// Folders (Hugging Face-style) are served by range from /hf/NAME/FILE.
+// `bytes` counts body bytes sent per path (per folder for /hf/).
 
 import { createReadStream, readFileSync, statSync } from "node:fs";
 import { createServer } from "node:http";
@@ -22,7 +24,7 @@ const TYPES = {
   ".bin": "application/octet-stream",
 };
 
-export function startServer({ root, models, files = {} }) {
+export function startServer({ root, models, files = {}, folders = {} }) {
   const requests = new Map();
   const bytes = new Map();
   const count = (path) => requests.set(path, (requests.get(path) ?? 0) + 1);
@@ -41,6 +43,13 @@ export function startServer({ root, models, files = {} }) {
       const [, mode, name] = single;
       if (!files[name]) return send(404, "text/plain", "not found");
       return serveRange(req, res, files[name], mode, name, (n) => sent(path, n));
+    }
+    const inFolder = path.match(/^\/hf\/([\w-]+)\/([\w.-]+(?:\/[\w.-]+)?)$/);
+    if (inFolder) {
+      const [, name, rest] = inFolder;
+      const file = folders[name] && join(folders[name], rest);
+      if (!file || rest.includes("..") || !statSync(file, { throwIfNoEntry: false })?.isFile()) return send(404, "text/plain", "not found");
+      return serveRange(req, res, file, "gguf", `${name}/${rest}`, (n) => sent(`/hf/${name}`, n));
     }
     let file;
     if (path === "/") file = join(root, "tests/web/page.html");

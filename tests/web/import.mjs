@@ -1,7 +1,8 @@
-// GGUF files loaded straight into the browser (pkg/importer.js): Debian's
-// Chromium, WebGPU on SwiftShader, the SmolLM2 GGUF served by range from a
-// local server. Run by `make test-web`:
-//   node tests/web/gguf.mjs GGUF PACKAGE_DIR PHI_WEB_BINARY
+// GGUF files and Hugging Face folders loaded straight into the browser
+// (pkg/importer.js): Debian's Chromium, WebGPU on SwiftShader, the SmolLM2
+// GGUF and a tiny bf16 Phi-3 folder served by range from a local server.
+// Run by `make test-web`:
+//   node tests/web/import.mjs GGUF PACKAGE_DIR PHI_WEB_BINARY
 // PACKAGE_DIR is the same GGUF converted natively (`phi-web convert`).
 //
 // Checks: a 404, a server that ignores ranges, a GGUF truncated mid-tensor,
@@ -10,7 +11,11 @@
 // fails with a NetworkError, keeps its whole shards and resumes from them;
 // the imported package's shards equal the native converter's byte for byte
 // and its greedy answer equals the native CLI's; a second load reads no
-// tensor bytes; a File from a file input loads and answers the same.
+// tensor bytes; a File from a file input loads and answers the same; the
+// tiny Phi-3 (bf16, its safetensors split in two with an index) loads by
+// folder URL at q8_0 into the shards `phi-web convert --quant q8_0` makes
+// and answers as the CLI does on them; a folder without config.json or with
+// an HTML page for its weights is a named error.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -26,7 +31,7 @@ const QUESTION = "What is the capital of France?";
 const figures = {};
 
 function step(name) {
-  console.log(`web gguf | ${name}`);
+  console.log(`web import | ${name}`);
 }
 
 const native = JSON.parse(
@@ -45,6 +50,56 @@ const whole = readFileSync(ggufPath);
 writeFileSync(join(scratch, "truncated.gguf"), whole.subarray(0, Math.floor(whole.length * 0.6)));
 writeFileSync(join(scratch, "notgguf.gguf"), Buffer.concat([Buffer.from("PK\x03\x04"), whole.subarray(4, 4096)]));
 writeFileSync(join(scratch, "q5k.gguf"), ggufWithOneTensor("blk.0.attn_q.weight", 13, [256, 4]));
+
+// The tiny bf16 Phi-3 as a hub folder: safetensors split in two with an
+// index, and a 512-token vocabulary (tiny PhiMoE's) so that it can chat.
+const folder = join(scratch, "tiny-phi3");
+execFileSync("mkdir", ["-p", folder]);
+for (const [dir, name] of [["tiny-phi3", "config.json"], ["tiny-phi3", "generation_config.json"], ["tiny-phimoe", "tokenizer.json"], ["tiny-phimoe", "tokenizer_config.json"]]) {
+  writeFileSync(join(folder, name), readFileSync(join(root, "tests/data", dir, name)));
+}
+splitSafetensors(join(root, "tests/data/tiny-phi3/model.safetensors"), folder);
+// A folder whose weights are an HTML page (a login wall).
+const htmlFolder = join(scratch, "html-weights");
+execFileSync("mkdir", ["-p", htmlFolder]);
+writeFileSync(join(htmlFolder, "config.json"), readFileSync(join(folder, "config.json")));
+writeFileSync(join(htmlFolder, "model.safetensors"), "<!doctype html><title>Sign in</title><p>Please sign in to download this model.");
+execFileSync(phiWeb, ["convert", folder, join(scratch, "tiny-phi3-q8"), "--quant", "q8_0"], { stdio: "ignore" });
+const nativeFolder = JSON.parse(
+  execFileSync(phiWeb, ["generate", join(scratch, "tiny-phi3-q8"), "--chat", "--prompt", QUESTION, "--max-tokens", "8", "--json"], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "ignore"],
+  }),
+);
+const nativeFolderManifest = JSON.parse(readFileSync(join(scratch, "tiny-phi3-q8", "model.json"), "utf8"));
+
+/** Writes `file`'s tensors as two safetensors files plus model.safetensors.index.json in `dir`. */
+function splitSafetensors(file, dir) {
+  const bytes = readFileSync(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString());
+  const names = Object.keys(header).filter((n) => n !== "__metadata__");
+  const parts = [names.filter((_, i) => i % 2 === 0), names.filter((_, i) => i % 2 === 1)];
+  const weightMap = {};
+  parts.forEach((part, p) => {
+    const partName = `model-0000${p + 1}-of-00002.safetensors`;
+    const partHeader = {};
+    const data = [];
+    let offset = 0;
+    for (const name of part) {
+      const [begin, end] = header[name].data_offsets;
+      partHeader[name] = { ...header[name], data_offsets: [offset, offset + end - begin] };
+      data.push(bytes.subarray(8 + headerLength + begin, 8 + headerLength + end));
+      offset += end - begin;
+      weightMap[name] = partName;
+    }
+    const json = Buffer.from(JSON.stringify(partHeader));
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(json.length));
+    writeFileSync(join(dir, partName), Buffer.concat([length, json, ...data]));
+  });
+  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+}
 
 function ggufWithOneTensor(name, type, dims) {
   const u32 = (n) => Buffer.from(new Uint32Array([n]).buffer);
@@ -66,6 +121,7 @@ const server = await startServer({
     "notgguf.gguf": join(scratch, "notgguf.gguf"),
     "q5k.gguf": join(scratch, "q5k.gguf"),
   },
+  folders: { "tiny-phi3": folder, "html-weights": htmlFolder },
 });
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
@@ -187,6 +243,37 @@ try {
   assert.equal(fromFile.reply.choices[0].message.content, native.text);
   assert.equal(fromFile.stats.networkBytes, 0);
   figures.file_load_ms = fromFile.stats.loadMs;
+
+  step("a Hugging Face folder (bf16, two safetensors files) by URL at q8_0: the native converter's shards, the CLI's answer");
+  const hf = await page.evaluate(async (question) => {
+    const progress = [];
+    const engine = await phiWeb.createEngine("/hf/tiny-phi3/", { quant: "q8_0", contextLength: 256, onProgress: (p) => progress.push(p) });
+    const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: question }], max_tokens: 8, temperature: 0 });
+    await engine.unload();
+    const cache = await caches.open("phi-web-shards-v1");
+    const urls = (await cache.keys()).map((r) => r.url).filter((u) => u.includes("/.phi-web-import/") && u.endsWith("model.json"));
+    const manifests = await Promise.all(urls.map(async (u) => (await cache.match(u)).json()));
+    const errors = [];
+    for (const path of ["/hf/missing/", "/hf/html-weights/"]) {
+      errors.push(await phiWeb.createEngine(path).then(() => "loaded", (e) => `${e.name}: ${e.message}`));
+    }
+    return { reply, manifest: manifests.find((m) => m.source.endsWith("/hf/tiny-phi3/")), phases: [...new Set(progress.map((p) => p.phase))], errors };
+  }, QUESTION);
+  assert.deepEqual(hf.phases, ["import", "download", "ready"]);
+  assert.deepEqual(
+    hf.manifest.shards.map((s) => [s.bytes, s.sha256]),
+    nativeFolderManifest.shards.map((s) => [s.bytes, s.sha256]),
+    "the browser's q8_0 shards are the native converter's",
+  );
+  assert.deepEqual(hf.manifest.tensors, nativeFolderManifest.tensors);
+  assert.deepEqual(hf.manifest.config, nativeFolderManifest.config);
+  assert.deepEqual(hf.manifest.stop_token_ids, nativeFolderManifest.stop_token_ids);
+  assert.equal(hf.manifest.quantization, "q8_0 for matrices, f32 for vectors");
+  assert.equal(hf.reply.choices[0].message.content, nativeFolder.text);
+  assert.match(hf.errors[0], /^NetworkError: .*\/hf\/missing\/config\.json: HTTP 404; a Hugging Face folder URL must end in "\/" and hold config\.json/);
+  assert.match(hf.errors[1], /^ModelFormatError: .*\/hf\/html-weights\/model\.safetensors: not a safetensors file: .*\(this looks like HTML\)/);
+  const manifests = (await importedKeys()).filter((u) => u.endsWith("model.json"));
+  assert.equal(manifests.length, 2, `imports in the cache: SmolLM2's and the folder's (${manifests})`);
 } finally {
   await browser.close();
   server.close();
