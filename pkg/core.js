@@ -3,8 +3,8 @@
 // the wasm engine, run requests. index.js talks to this through worker.js.
 
 import init, { Embedder, Engine, GgufImporter, HfImporter } from "./wasm/phi_web.js";
-import { importModel, sourceKind } from "./importer.js";
-import { fetchFile, fetchManifest, MemoryStore, namedError, openStore, ShardStore } from "./loader.js";
+import { importModel } from "./importer.js";
+import { fetchFile, fetchManifest, MemoryStore, namedError, openStore, ShardStore, sourceKind } from "./loader.js";
 
 let wasmReady;
 let wasmExports;

@@ -14,21 +14,10 @@
 // whole, model.json last, so an interrupted import resumes at the first
 // missing shard and a failed one leaves no model.json behind.
 
-import { ensureQuota, MemoryStore, namedError, put, sha256Hex } from "./loader.js";
+import { ensureQuota, importRecordUrl, importRoot, MemoryStore, namedError, put, sha256Hex, sourceKind } from "./loader.js";
 
 /** Bytes read for the header at first; quadrupled while the header runs past them. */
 const HEADER_READ = 1 << 20;
-
-/**
- * What `source` is: "gguf" (a File or Blob, or a URL of a .gguf file), "hf"
- * (a URL ending in "/": a Hugging Face-style folder) or "package" (model.json).
- */
-export function sourceKind(source) {
-  if (typeof Blob !== "undefined" && source instanceof Blob) return "gguf";
-  const path = new URL(source, globalThis.location?.href).pathname;
-  if (path.toLowerCase().endsWith(".gguf")) return "gguf";
-  return path.endsWith("/") ? "hf" : "package";
-}
 
 /** The folder files an HF import reads when present (config.json is required). */
 const HF_FILES = [
@@ -56,15 +45,33 @@ export async function importModel(source, { store, quant = "", onProgress = () =
     report();
   };
   const hf = sourceKind(source) === "hf";
-  const opened = hf ? await openFolder(source, counted) : await openGguf(source, counted);
+  // Which package a URL was imported into, for checkCachedModel, deleteCachedModel and offline loads.
+  const recordUrl = typeof source === "string" ? await importRecordUrl(source, quant) : undefined;
+  const cachedPackage = async (base) => {
+    const cached = base && (await store.get(`${base}model.json`));
+    return cached && { manifest: JSON.parse(new TextDecoder().decode(cached)), baseUrl: `${base}model.json` };
+  };
+  let opened;
+  try {
+    opened = hf ? await openFolder(source, counted) : await openGguf(source, counted);
+  } catch (e) {
+    // Offline (fetch itself failed): the last import of this URL, if any.
+    const record = e.unreachable && recordUrl && (await store.get(recordUrl));
+    const found = record && (await cachedPackage(JSON.parse(new TextDecoder().decode(record)).base));
+    if (found) return { ...found, networkBytes: 0, warnings: [] };
+    throw e;
+  }
   progress.networkBytes += opened.probeBytes;
   const base = await packageBase(opened.key, quant);
-  const manifestUrl = `${base}model.json`;
-  const cached = await store.get(manifestUrl);
-  if (cached) {
-    const manifest = JSON.parse(new TextDecoder().decode(cached));
-    return { manifest, baseUrl: manifestUrl, networkBytes: progress.networkBytes, warnings: [] };
+  const saveRecord = async () => {
+    if (recordUrl) await put(store, recordUrl, new TextEncoder().encode(JSON.stringify({ base })), "the import record", 0);
+  };
+  const found = await cachedPackage(base);
+  if (found) {
+    await saveRecord();
+    return { ...found, networkBytes: progress.networkBytes, warnings: [] };
   }
+  const manifestUrl = `${base}model.json`;
   const importer = hf ? await planFolder(opened, quant, wasm.HfImporter) : await planGguf(opened, quant, wasm.GgufImporter);
   try {
     const plan = JSON.parse(wasmCall(() => importer.plan()));
@@ -76,6 +83,7 @@ export async function importModel(source, { store, quant = "", onProgress = () =
       throw namedError("ModelFormatError", `${opened.name}: no tokenizer.json, so the model cannot chat; add the model's tokenizer files`);
     }
     progress.totalBytes = plan.sourceBytes;
+    await saveRecord(); // before any shard, so that deleteCachedModel finds an unfinished import
     const shards = await convert({ importer, plan, store, base, name: opened.name, read: opened.read, progress, report });
     const manifestText = wasmCall(() => importer.manifest(JSON.stringify(shards), tokenizer));
     const warnings = JSON.parse(importer.warnings());
@@ -253,13 +261,20 @@ async function planFolder(folder, quant, HfImporter) {
   return importer;
 }
 
+/** A NetworkError for a fetch that did not reach the server (offline, DNS, CORS). */
+function unreachable(message) {
+  const error = namedError("NetworkError", message);
+  error.unreachable = true;
+  return error;
+}
+
 /** A small file's text, or undefined for a 404. */
 async function fetchText(url) {
   let response;
   try {
     response = await fetch(url, { cache: "no-store" });
   } catch (e) {
-    throw namedError("NetworkError", `${url}: ${e.message}. If the folder is on another site, that server must allow this page by CORS (Hugging Face does)`);
+    throw unreachable(`${url}: ${e.message}. If the folder is on another site, that server must allow this page by CORS (Hugging Face does)`);
   }
   if (response.status === 404) return undefined;
   if (!response.ok) throw namedError("NetworkError", `${url}: HTTP ${response.status} ${response.statusText}`);
@@ -288,8 +303,7 @@ function asNamedError(e) {
 async function packageBase(sourceKey, quant) {
   const key = JSON.stringify(["phi-web/2", sourceKey, quant]);
   const hash = (await sha256Hex(new TextEncoder().encode(key))).slice(0, 32);
-  const origin = globalThis.location?.origin && globalThis.location.origin !== "null" ? globalThis.location.origin : "http://localhost";
-  return `${origin}/.phi-web-import/${hash}/`;
+  return `${importRoot()}${hash}/`;
 }
 
 /** Fetches bytes [start, end) of `url`; checks the answer is that range of the same file. */
@@ -299,8 +313,7 @@ async function rangeRequest(url, start, end, expected) {
   try {
     response = await fetch(url, { headers: { range: `bytes=${start}-${end - 1}` }, cache: "no-store", signal: abort.signal });
   } catch (e) {
-    throw namedError(
-      "NetworkError",
+    throw unreachable(
       `${url}: ${e.message}. If the file is on another site, that server must allow this page by CORS ` +
         "(Hugging Face does); run createEngine again to resume an interrupted import",
     );

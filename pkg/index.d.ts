@@ -279,7 +279,10 @@ export interface Engine {
 export function createEngine(source: string | Blob, options?: EngineOptions): Promise<Engine>;
 
 export interface CachedModel {
+  /** model.json's URL in the cache (for an imported GGUF or folder, its package's). */
   url: string;
+  /** The URL the model came from (a GGUF's or folder's URL, or a File's name, for imports). */
+  source: string;
   bytes: number;
   shardsCached: number;
   shardsTotal: number;
@@ -288,6 +291,8 @@ export interface CachedModel {
 
 export interface CacheOption {
   cache?: "cache-api" | "opfs";
+  /** For a GGUF's or folder's URL: the `quant` it was loaded with. */
+  quant?: string;
 }
 
 export function listCachedModels(options?: CacheOption): Promise<CachedModel[]>;

@@ -398,7 +398,42 @@ export function expertSizes(manifest) {
   return { resident, expert, layers, experts, budgetFor: (slots) => resident + layers * slots * expert };
 }
 
-/** Models with a cached model.json: [{url, bytes, shardsCached, shardsTotal, complete}]. */
+/**
+ * What `source` is: "gguf" (a File or Blob, or a URL of a .gguf file), "hf"
+ * (a URL ending in "/": a Hugging Face-style folder) or "package" (model.json).
+ */
+export function sourceKind(source) {
+  if (typeof Blob !== "undefined" && source instanceof Blob) return "gguf";
+  const path = new URL(source, globalThis.location?.href).pathname;
+  if (path.toLowerCase().endsWith(".gguf")) return "gguf";
+  return path.endsWith("/") ? "hf" : "package";
+}
+
+/** Where the record of a GGUF's or folder's import lives: {base} of its package in the store. */
+export async function importRecordUrl(sourceUrl, quant = "") {
+  const key = new TextEncoder().encode(JSON.stringify([new URL(sourceUrl, globalThis.location?.href).href, quant]));
+  return `${importRoot()}sources/${(await sha256Hex(key)).slice(0, 32)}`;
+}
+
+/** The folder in the store under which imported packages live. */
+export function importRoot() {
+  const origin = globalThis.location?.origin;
+  return `${origin && origin !== "null" ? origin : "http://localhost"}/.phi-web-import/`;
+}
+
+/** model.json's URL in the store for a package URL, or an imported GGUF's or folder's (undefined if never imported). */
+async function cachedManifestUrl(modelUrl, store, quant) {
+  const url = new URL(modelUrl, globalThis.location?.href).href;
+  if (sourceKind(url) === "package") return url;
+  const record = await store?.get(await importRecordUrl(url, quant));
+  return record && `${JSON.parse(new TextDecoder().decode(record)).base}model.json`;
+}
+
+/**
+ * Models with a cached model.json: [{url, source, bytes, shardsCached,
+ * shardsTotal, complete}] (an imported GGUF's url is its package's in the
+ * cache, its source the GGUF's URL or file name).
+ */
 export async function listCachedModels({ cache = "cache-api" } = {}) {
   const store = openStore(cache);
   if (!store) return [];
@@ -409,12 +444,16 @@ export async function listCachedModels({ cache = "cache-api" } = {}) {
   return out;
 }
 
-/** How much of a model is cached: {url, bytes, shardsCached, shardsTotal, complete}. */
-export async function checkCachedModel(modelUrl, { cache = "cache-api" } = {}) {
-  const url = new URL(modelUrl, globalThis.location?.href).href;
+/**
+ * How much of a model is cached: {url, source, bytes, shardsCached,
+ * shardsTotal, complete}. `modelUrl`: a package's model.json, or a GGUF's or
+ * folder's URL as given to createEngine (with the same `quant`).
+ */
+export async function checkCachedModel(modelUrl, { cache = "cache-api", quant = "" } = {}) {
   const store = openStore(cache);
+  const url = (await cachedManifestUrl(modelUrl, store, quant)) ?? new URL(modelUrl, globalThis.location?.href).href;
   const text = await store?.get(url);
-  if (!text) return { url, bytes: 0, shardsCached: 0, shardsTotal: 0, complete: false };
+  if (!text) return { url, source: modelUrl, bytes: 0, shardsCached: 0, shardsTotal: 0, complete: false };
   const manifest = JSON.parse(new TextDecoder().decode(text));
   let bytes = 0;
   let shardsCached = 0;
@@ -425,14 +464,28 @@ export async function checkCachedModel(modelUrl, { cache = "cache-api" } = {}) {
     }
   }
   const shardsTotal = manifest.shards.length;
-  return { url, bytes, shardsCached, shardsTotal, complete: shardsCached === shardsTotal };
+  const source = url.startsWith(importRoot()) ? manifest.source : url;
+  return { url, source, bytes, shardsCached, shardsTotal, complete: shardsCached === shardsTotal };
 }
 
-/** Deletes a model's manifest, tokenizer and shards from the cache. */
-export async function deleteCachedModel(modelUrl, { cache = "cache-api" } = {}) {
-  const url = new URL(modelUrl, globalThis.location?.href).href;
+/**
+ * Deletes a model's manifest, tokenizer and shards from the cache: a
+ * package's, or a GGUF's or folder's import (an unfinished one too).
+ */
+export async function deleteCachedModel(modelUrl, { cache = "cache-api", quant = "" } = {}) {
   const store = openStore(cache);
-  const text = await store?.get(url);
+  if (!store) return false;
+  const url = new URL(modelUrl, globalThis.location?.href).href;
+  if (sourceKind(url) !== "package") {
+    const recordUrl = await importRecordUrl(url, quant);
+    const record = await store.get(recordUrl);
+    if (!record) return false;
+    const { base } = JSON.parse(new TextDecoder().decode(record));
+    await store.delete(`${base}model.json`); // first: the package is gone even if the rest fails
+    for (const key of await store.keys()) if (key.startsWith(base)) await store.delete(key);
+    return store.delete(recordUrl);
+  }
+  const text = await store.get(url);
   if (!text) return false;
   const manifest = JSON.parse(new TextDecoder().decode(text));
   for (const shard of manifest.shards) await store.delete(new URL(shard.file, url).href);

@@ -223,6 +223,20 @@ try {
   assert.equal(again.networkBytes, 8);
   figures.cached_load_ms = again.loadMs;
 
+  step("checkCachedModel knows the GGUF by its URL; unreachable, the URL loads from the cache");
+  const listed = await page.evaluate(() => phiWeb.checkCachedModel("/gguf-cut/smollm2.gguf"));
+  assert.equal(listed.complete, true);
+  assert.equal(listed.source, `${server.url}/gguf-cut/smollm2.gguf`);
+  assert.ok(listed.url.includes("/.phi-web-import/") && listed.bytes > 0.9 * ggufBytes, JSON.stringify(listed));
+  await page.context().route("**/gguf-cut/**", (route) => route.abort("internetdisconnected"));
+  const offline = await page.evaluate(async () => {
+    await engine.unload();
+    window.engine = await phiWeb.createEngine("/gguf-cut/smollm2.gguf", { contextLength: 512 });
+    return engine.stats();
+  });
+  await page.context().unroute("**/gguf-cut/**");
+  assert.equal(offline.networkBytes, 0);
+
   step("a File from a file input loads and answers as the CLI does");
   await page.evaluate(async () => {
     await engine.unload();
@@ -274,6 +288,16 @@ try {
   assert.match(hf.errors[1], /^ModelFormatError: .*\/hf\/html-weights\/model\.safetensors: not a safetensors file: .*\(this looks like HTML\)/);
   const manifests = (await importedKeys()).filter((u) => u.endsWith("model.json"));
   assert.equal(manifests.length, 2, `imports in the cache: SmolLM2's and the folder's (${manifests})`);
+
+  step("deleteCachedModel(GGUF URL) removes its import, record included");
+  const deleted = await page.evaluate(async () => {
+    const ok = await phiWeb.deleteCachedModel("/gguf-cut/smollm2.gguf");
+    return { ok, after: await phiWeb.checkCachedModel("/gguf-cut/smollm2.gguf"), again: await phiWeb.deleteCachedModel("/gguf-cut/smollm2.gguf") };
+  });
+  assert.deepEqual([deleted.ok, deleted.after.complete, deleted.again], [true, false, false]);
+  const left = await importedKeys();
+  assert.equal(left.filter((u) => u.endsWith("model.json")).length, 1, `left: ${left}`);
+  assert.equal(left.filter((u) => u.endsWith(".bin")).length, hf.manifest.shards.length, `left: ${left}`);
 } finally {
   await browser.close();
   server.close();
