@@ -298,7 +298,9 @@ impl Gguf {
         let magic: [u8; 4] = c.bytes("the magic")?;
         if &magic != MAGIC {
             let hint = if magic.starts_with(b"<") { " (this looks like HTML, not a model file)" } else { "" };
-            return Err(c.fail(format!("not a GGUF file: magic {magic:?}{hint}")));
+            return Err(c.fail(format!(
+                "not a GGUF file: magic {magic:?}{hint}; check that the path or URL names a .gguf file"
+            )));
         }
         let version = c.u32("the version")?;
         if !(2..=3).contains(&version) {
@@ -350,7 +352,10 @@ impl Gguf {
                     GgmlType::id_name(type_id),
                     path.display()
                 ),
-                supported: GgmlType::SUPPORTED.into(),
+                supported: format!(
+                    "{} (pick a file of the model in one of these, or requantize it with llama.cpp's llama-quantize)",
+                    GgmlType::SUPPORTED
+                ),
             })?;
             let elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
             let (block_elems, block_bytes) = ggml_type.block();
@@ -369,7 +374,8 @@ impl Gguf {
                     return Err(Error::format(
                         path.display(),
                         format!(
-                            "truncated: tensor {name} needs bytes {}..{} but the file has {len}",
+                            "truncated: tensor {name} needs bytes {}..{} but the file has {len}; \
+                             download it again",
                             data_start + offset,
                             (data_start + offset).saturating_add(size)
                         ),

@@ -163,9 +163,9 @@ try {
   const url = (path) => `${server.url}${path}`.replace(/[.]/g, "\\.");
   assert.match(failures["/gguf/missing.gguf"], new RegExp(`^NetworkError: ${url("/gguf/missing.gguf")}: HTTP 404.*check the URL`));
   assert.match(failures["/gguf-norange/smollm2.gguf"], new RegExp(`^RangeNotSupportedError: ${url("/gguf-norange/smollm2.gguf")}: the server ignored the range request .*File`));
-  assert.match(failures["/gguf/truncated.gguf"], new RegExp(`^ModelFormatError: ${url("/gguf/truncated.gguf")}: truncated: tensor \\S+ needs bytes`));
-  assert.match(failures["/gguf/notgguf.gguf"], new RegExp(`^ModelFormatError: ${url("/gguf/notgguf.gguf")}: not a GGUF file`));
-  assert.match(failures["/gguf/q5k.gguf"], /^UnsupportedError: .*Q5_K.*q5k\.gguf; supported: .*Q4_K/);
+  assert.match(failures["/gguf/truncated.gguf"], new RegExp(`^ModelFormatError: ${url("/gguf/truncated.gguf")}: truncated: tensor \\S+ needs bytes .*; download it again`));
+  assert.match(failures["/gguf/notgguf.gguf"], new RegExp(`^ModelFormatError: ${url("/gguf/notgguf.gguf")}: not a GGUF file: .*; check that the path or URL names a \\.gguf file`));
+  assert.match(failures["/gguf/q5k.gguf"], /^UnsupportedError: .*Q5_K.*q5k\.gguf; supported: .*Q4_K.*llama-quantize/);
   assert.deepEqual(await importedKeys(), [], "a failed import stores nothing");
 
   step("an import broken off mid-download is a NetworkError and keeps its whole shards");
