@@ -105,16 +105,7 @@ fn convert_gguf(
         }
     };
     let manifest = import.manifest(shards.finish()?, tokenizer)?;
-    write_manifest(&manifest, out_dir)?;
-    Ok(ConvertSummary {
-        tensors: manifest.tensors.len(),
-        formats: import.formats(),
-        total_bytes: import.total_bytes,
-        shards: manifest.shards.len(),
-        max_abs_error: import.max_abs_error,
-        warnings: std::mem::take(&mut import.warnings),
-        config: manifest.config,
-    })
+    finish(manifest, out_dir, import.formats(), import.max_abs_error, std::mem::take(&mut import.warnings))
 }
 
 /// Runs an [`HfImport`] over the folder's files.
@@ -162,20 +153,27 @@ fn convert_hf(
         std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
     }
     let manifest = import.manifest(shards.finish()?, tokenizer.as_deref(), &files)?;
-    write_manifest(&manifest, out_dir)?;
-    Ok(ConvertSummary {
-        tensors: manifest.tensors.len(),
-        formats: import.formats(),
-        total_bytes: import.total_bytes,
-        shards: manifest.shards.len(),
-        max_abs_error: import.max_abs_error,
-        warnings: std::mem::take(&mut import.warnings),
-        config: manifest.config,
-    })
+    finish(manifest, out_dir, import.formats(), import.max_abs_error, std::mem::take(&mut import.warnings))
 }
 
-fn write_manifest(manifest: &Manifest, out_dir: &Path) -> Result<()> {
-    let json = serde_json::to_string_pretty(manifest).map_err(|e| Error::format(MANIFEST, e.to_string()))?;
+/// Writes model.json and sums up the conversion.
+fn finish(
+    manifest: Manifest,
+    out_dir: &Path,
+    formats: BTreeMap<String, usize>,
+    max_abs_error: f32,
+    warnings: Vec<String>,
+) -> Result<ConvertSummary> {
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::format(MANIFEST, e.to_string()))?;
     let path = out_dir.join(MANIFEST);
-    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
+    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    Ok(ConvertSummary {
+        tensors: manifest.tensors.len(),
+        formats,
+        total_bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
+        shards: manifest.shards.len(),
+        max_abs_error,
+        warnings,
+        config: manifest.config,
+    })
 }

@@ -8,7 +8,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgmlType, TensorInfo};
 use crate::formats::kquant;
-use crate::formats::package::{Chunk, TensorEntry, MAX_CHUNK_BYTES};
+use crate::formats::package::{Chunk, Shard, TensorEntry, MAX_CHUNK_BYTES};
 use crate::quant::{self, GpuLayout, WeightFormat, BLOCK};
 
 #[derive(Clone, Debug)]
@@ -62,6 +62,32 @@ impl PackageLayout {
         }
         Ok(TensorEntry { name: name.to_string(), format: format.name().into(), shape: shape.to_vec(), chunks })
     }
+}
+
+/// Fails unless an import step got the `expected` bytes it reads.
+pub fn check_step_bytes(file: &str, tensor: &str, got: usize, expected: u64) -> Result<()> {
+    if got as u64 == expected {
+        return Ok(());
+    }
+    Err(Error::format(file, format!("tensor {tensor}: {got} bytes were read, {expected} are needed (truncated?)")))
+}
+
+/// Fails unless `shards` hold the `planned` bytes of an import.
+pub fn check_shards(shards: &[Shard], planned: u64) -> Result<()> {
+    let stored: u64 = shards.iter().map(|s| s.bytes).sum();
+    if stored == planned {
+        return Ok(());
+    }
+    Err(Error::Config { message: format!("the shards hold {stored} bytes; the import plans {planned}") })
+}
+
+/// Tensors per stored format.
+pub fn count_formats(entries: &[TensorEntry]) -> std::collections::BTreeMap<String, usize> {
+    let mut formats = std::collections::BTreeMap::new();
+    for e in entries {
+        *formats.entry(e.format.clone()).or_insert(0) += 1;
+    }
+    formats
 }
 
 /// (rows, cols) of a vector [n] (one row) or a matrix.

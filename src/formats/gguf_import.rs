@@ -16,8 +16,8 @@ use crate::chat_templates;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::formats::encode::{
-    check_shape, default_for, dequantize_gguf, describe_quantization, encode_tensor, gguf_slab, is_router,
-    matrix_format, ConvertOptions, PackageLayout,
+    check_shape, check_shards, check_step_bytes, count_formats, default_for, dequantize_gguf, describe_quantization,
+    encode_tensor, gguf_slab, is_router, matrix_format, ConvertOptions, PackageLayout,
 };
 use crate::formats::gguf::{GgmlType, Gguf};
 use crate::formats::gguf_tokenizer;
@@ -171,17 +171,7 @@ impl GgufImport {
         let step = self.steps.get(index).ok_or_else(|| Error::Config {
             message: format!("import step {index} does not exist (there are {})", self.steps.len()),
         })?;
-        if bytes.len() as u64 != step.length {
-            return Err(Error::format(
-                &self.source,
-                format!(
-                    "tensor {}: {} bytes were read, {} are needed (truncated?)",
-                    step.tensor,
-                    bytes.len(),
-                    step.length
-                ),
-            ));
-        }
+        check_step_bytes(&self.source, &step.tensor, bytes.len(), step.length)?;
         match step.action {
             Action::RopeFactors { long, ggml } => {
                 self.rope_factors[long as usize] = Some(dequantize_gguf(ggml, bytes, &step.tensor)?);
@@ -218,12 +208,7 @@ impl GgufImport {
 
     /// model.json for the package, once every step ran and `shards` hold its bytes.
     pub fn manifest(&mut self, shards: Vec<Shard>, has_tokenizer: bool) -> Result<Manifest> {
-        let stored: u64 = shards.iter().map(|s| s.bytes).sum();
-        if stored != self.total_bytes {
-            return Err(Error::Config {
-                message: format!("the shards hold {stored} bytes; the import plans {}", self.total_bytes),
-            });
-        }
+        check_shards(&shards, self.total_bytes)?;
         let mut config = self.config.clone();
         if let [Some(short), Some(long)] = &self.rope_factors {
             config.set_longrope_factors(&self.gguf, short.clone(), long.clone())?;
@@ -277,11 +262,7 @@ impl GgufImport {
 
     /// Tensors per stored format.
     pub fn formats(&self) -> BTreeMap<String, usize> {
-        let mut formats = BTreeMap::new();
-        for e in &self.entries {
-            *formats.entry(e.format.clone()).or_insert(0) += 1;
-        }
-        formats
+        count_formats(&self.entries)
     }
 }
 

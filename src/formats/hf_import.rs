@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use crate::config::{Architecture, ModelConfig, Pooling, PoolingMode};
 use crate::error::{Error, Result};
 use crate::formats::encode::{
-    check_shape, describe_quantization, encode_tensor, is_router, matrix_format, requantize, ConvertOptions,
-    PackageLayout,
+    check_shape, check_shards, check_step_bytes, count_formats, describe_quantization, encode_tensor, is_router,
+    matrix_format, requantize, ConvertOptions, PackageLayout,
 };
 use crate::formats::package::{Manifest, Shard, TensorEntry, FORMAT};
 use crate::formats::safetensors::{Dtype, Tensor};
@@ -159,17 +159,7 @@ impl HfImport {
         let step = self.steps.get(index).ok_or_else(|| Error::Config {
             message: format!("import step {index} does not exist (there are {})", self.steps.len()),
         })?;
-        if bytes.len() as u64 != step.length {
-            return Err(Error::format(
-                &step.file,
-                format!(
-                    "tensor {}: {} bytes were read, {} are needed (truncated?)",
-                    step.tensor,
-                    bytes.len(),
-                    step.length
-                ),
-            ));
-        }
+        check_step_bytes(&step.file, &step.tensor, bytes.len(), step.length)?;
         let entry = &self.entries[step.entry];
         let format = entry.weight_format()?;
         let cols = entry.rows_cols().1;
@@ -222,12 +212,7 @@ impl HfImport {
     /// model.json for the package, once every step ran and `shards` hold its
     /// bytes; `tokenizer` is [`HfImport::tokenizer_json`]'s answer.
     pub fn manifest(&self, shards: Vec<Shard>, tokenizer: Option<&str>, files: Files) -> Result<Manifest> {
-        let stored: u64 = shards.iter().map(|s| s.bytes).sum();
-        if stored != self.total_bytes {
-            return Err(Error::Config {
-                message: format!("the shards hold {stored} bytes; the import plans {}", self.total_bytes),
-            });
-        }
+        check_shards(&shards, self.total_bytes)?;
         let config = &self.config;
         let tokenizer_config = read_json(files, "tokenizer_config.json")?;
         let token_text = |key: &str| -> Option<String> {
@@ -282,11 +267,7 @@ impl HfImport {
 
     /// Tensors per stored format.
     pub fn formats(&self) -> BTreeMap<String, usize> {
-        let mut formats = BTreeMap::new();
-        for e in &self.entries {
-            *formats.entry(e.format.clone()).or_insert(0) += 1;
-        }
-        formats
+        count_formats(&self.entries)
     }
 
     pub fn config(&self) -> &ModelConfig {
