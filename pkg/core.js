@@ -22,11 +22,14 @@ function asError(e) {
  */
 export async function loadEngine(
   source,
-  { cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false, gpuMemoryBudget = 0, prefillChunk = 0, quant = "", onProgress = () => {} } = {},
+  { cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false, gpuMemoryBudget = 0, prefillChunk = 0, quant = "", backend = "auto", threads = 0, onProgress = () => {} } = {},
 ) {
-  if (typeof navigator === "undefined" || !navigator.gpu) {
-    throw namedError("NoWebGPUError", "this browser has no WebGPU (navigator.gpu is missing); use a recent Chrome or Edge, or enable WebGPU");
+  const hasWebGPU = typeof navigator !== "undefined" && !!navigator.gpu;
+  if (backend === "webgpu" && !hasWebGPU) {
+    throw namedError("NoWebGPUError", "this browser has no WebGPU (navigator.gpu is missing); use a recent Chrome or Edge, enable WebGPU, or pass backend: \"auto\" or \"cpu\"");
   }
+  // Without navigator.gpu, "auto" is the CPU backend (wgpu is not even asked).
+  if (!hasWebGPU) backend = "cpu";
   wasmReady ??= init();
   wasmExports = await wasmReady;
   const started = performance.now();
@@ -52,8 +55,8 @@ export async function loadEngine(
   let engine;
   try {
     engine = embedding
-      ? await Embedder.create(JSON.stringify(manifest), tokenizer, read, portable)
-      : await Engine.create(JSON.stringify(manifest), tokenizer, read, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk);
+      ? await Embedder.create(JSON.stringify(manifest), tokenizer, read, portable, backend, threads)
+      : await Engine.create(JSON.stringify(manifest), tokenizer, read, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk, backend, threads);
   } catch (e) {
     throw asError(e);
   }
@@ -61,7 +64,9 @@ export async function loadEngine(
   store.progress.loadedBytes = store.progress.totalBytes;
   store.report();
   // wgpu's WebGPU backend reports no adapter info; ask the browser directly.
-  const adapterInfo = await navigator.gpu.requestAdapter().then((a) => a?.info).catch(() => undefined);
+  const info = JSON.parse(engine.info());
+  const adapterInfo =
+    info.backend === "webgpu" ? await navigator.gpu.requestAdapter().then((a) => a?.info).catch(() => undefined) : undefined;
   return new LocalEngine(engine, embedding, manifest, adapterInfo, {
     loadMs: performance.now() - started,
     networkBytes: imported.networkBytes + store.progress.networkBytes,
@@ -78,7 +83,7 @@ class LocalEngine {
     this.embedding = embedding;
     this.model = manifest.name || "phi-web";
     this.info = JSON.parse(engine.info());
-    if (!this.info.adapter && adapterInfo) {
+    if (this.info.backend === "webgpu" && !this.info.adapter && adapterInfo) {
       const { vendor, architecture, description } = adapterInfo;
       this.info.adapter = [vendor, architecture, description].filter(Boolean).join(" ");
     }
@@ -170,6 +175,11 @@ class LocalEngine {
   stats() {
     return {
       ...(this.last ?? {}),
+      backend: this.info.backend,
+      backendReason: this.info.backendReason,
+      threads: this.info.threads,
+      simd: this.info.simd,
+      crossOriginIsolated: typeof crossOriginIsolated !== "undefined" && crossOriginIsolated,
       gpuBytes: this.info.gpuBytes,
       weightBytes: this.info.weightBytes,
       adapter: this.info.adapter,

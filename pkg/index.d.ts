@@ -52,6 +52,17 @@ export interface EngineOptions {
    * packages, which were quantized when converted.
    */
   quant?: "q4_0" | "q4_1" | "q8_0" | "f16" | "f32";
+  /**
+   * Where the model runs. "auto" (the default): WebGPU on a hardware
+   * adapter; the CPU backend (wasm SIMD) when the browser has no WebGPU or
+   * only a software rasterizer (SwiftShader, llvmpipe). "webgpu" fails with
+   * NoWebGPUError without it. `stats().backend` and `backendReason` say
+   * which runs and why. The CPU backend runs Phi-3, Phi-3.5-mini, Phi-4,
+   * Llama and BERT encoders; Phi-3-small and Phi-3.5-MoE need WebGPU.
+   */
+  backend?: "auto" | "webgpu" | "cpu";
+  /** The CPU backend's threads (0, the default: what the page allows; one without cross-origin isolation). */
+  threads?: number;
 }
 
 export type ChatMessage =
@@ -184,8 +195,16 @@ export interface EngineStats {
   mask_ms?: number;
   /** The expert cache's work in the last request (models whose experts do not all fit the budget). */
   experts?: ExpertCacheStats;
-  /** GPU memory in storage buffers: weights, scratch, KV cache. */
-  gpuBytes: number;
+  /** Which backend runs the model, and why it was chosen. */
+  backend: "webgpu" | "cpu";
+  backendReason: string;
+  /** The CPU backend's threads and instruction set (absent on WebGPU). */
+  threads?: number;
+  simd?: string;
+  /** Whether the page is cross-origin isolated (what CPU threads need). */
+  crossOriginIsolated: boolean;
+  /** GPU memory in storage buffers: weights, scratch, KV cache (absent on the CPU backend). */
+  gpuBytes?: number;
   /** Weight bytes read per generated token. */
   weightBytes: number;
   adapter: string;

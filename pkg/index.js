@@ -131,11 +131,19 @@ let completionCounter = 0;
  * options: { onProgress, worker = true, cache = "cache-api" | "opfs" | "none", contextLength, kvCache = "f16" | "q8" | "f32",
  *   portable, gpuMemoryBudget (bytes of weights on the GPU; a mixture of experts over it caches its experts),
  *   prefillChunk (tokens per prefill step, 0: 64), quant (a GGUF's matrices as "q4_0" | "q4_1" | "q8_0" | "f16" | "f32";
- *   default: its own formats, K-quants as q4_1 / q8_0) }
+ *   default: its own formats, K-quants as q4_1 / q8_0),
+ *   backend = "auto" | "webgpu" | "cpu" (auto: WebGPU on a hardware adapter, else the CPU backend, wasm SIMD),
+ *   threads (the CPU backend's; 0: what the page allows) }
  */
 export async function createEngine(source, options = {}) {
   const { onProgress, worker = true, cache = "cache-api", contextLength = 0, kvCache = "f16", portable = false } = options;
-  const { gpuMemoryBudget = 0, prefillChunk = 0, quant = "" } = options;
+  const { gpuMemoryBudget = 0, prefillChunk = 0, quant = "", backend = "auto", threads = 0 } = options;
+  if (!["auto", "webgpu", "cpu"].includes(backend)) {
+    throw namedError("TypeError", `backend: "${backend}" is not supported; use "auto", "webgpu" or "cpu"`);
+  }
+  if (!(Number.isInteger(threads) && threads >= 0)) {
+    throw namedError("TypeError", `threads: ${threads} is not a whole number (0: what the page allows)`);
+  }
   const isBlob = typeof Blob !== "undefined" && source instanceof Blob;
   if (typeof source !== "string" && !isBlob) {
     throw namedError("TypeError", "createEngine(source): expected a URL (model.json or .gguf) or a GGUF File/Blob");
@@ -155,7 +163,8 @@ export async function createEngine(source, options = {}) {
   if (!["f16", "q8", "f32"].includes(kvCache)) {
     throw namedError("TypeError", `kvCache: "${kvCache}" is not supported; use "f16", "q8" or "f32"`);
   }
-  const load = () => startBackend(source, { worker, cache, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk, quant }, onProgress);
+  const load = () =>
+    startBackend(source, { worker, cache, contextLength, kvCache, portable, gpuMemoryBudget, prefillChunk, quant, backend, threads }, onProgress);
   return new PhiEngine(await load(), isBlob ? (source.name ?? "model.gguf") : source, load);
 }
 

@@ -14,7 +14,7 @@ fi
 wasm-bindgen --target web --no-typescript --out-dir pkg/wasm --out-name phi_web "$wasm"
 echo "build-pkg: wasm-opt -Oz (about a minute)"
 tests/web/node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
-  --enable-sign-ext --enable-mutable-globals pkg/wasm/phi_web_bg.wasm -o pkg/wasm/phi_web_bg.opt.wasm
+  --enable-sign-ext --enable-mutable-globals --enable-simd pkg/wasm/phi_web_bg.wasm -o pkg/wasm/phi_web_bg.opt.wasm
 mv pkg/wasm/phi_web_bg.opt.wasm pkg/wasm/phi_web_bg.wasm
 cksum < "$wasm" > "$stamp"
 echo "build-pkg: pkg/wasm/phi_web_bg.wasm $(wc -c < pkg/wasm/phi_web_bg.wasm) bytes, $(gzip -9 -c pkg/wasm/phi_web_bg.wasm | wc -c) gzipped"

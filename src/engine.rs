@@ -7,6 +7,9 @@ use std::cell::{OnceCell, RefCell};
 
 use serde::Deserialize;
 
+use crate::backend::{Backend, BackendChoice, GpuBackend};
+use crate::config::{Architecture, ModelConfig};
+use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
@@ -29,6 +32,10 @@ pub struct EngineOptions {
     /// Positions of context; 0 = the model's maximum capped at [`DEFAULT_CONTEXT`].
     pub context: usize,
     pub kv_cache: KvFormat,
+    /// WebGPU, the CPU, or the best of them (the default).
+    pub backend: BackendChoice,
+    /// CPU backend threads; None: one per core (rayon's pool, set once per process).
+    pub threads: Option<usize>,
     pub gpu: GpuOptions,
     /// Bytes of weights the GPU may hold (`--gpu-memory`, `gpuMemoryBudget`);
     /// None: all of them. A mixture of experts over budget caches its experts.
@@ -79,8 +86,9 @@ impl Default for Request {
 }
 
 pub struct Engine {
-    pub gpu: Gpu,
-    pub kernels: Kernels,
+    pub backend: Backend,
+    /// Why `backend` runs the model (`stats().backendReason`).
+    pub backend_reason: String,
     pub decoder: Decoder,
     /// None for packages without one (they can compute logits, not generate).
     pub tokenizer: Option<Tokenizer>,
@@ -100,8 +108,7 @@ impl Engine {
         tokenizer: Option<Tokenizer>,
         options: &EngineOptions,
     ) -> Result<Engine> {
-        let gpu = Gpu::new(&options.gpu).await?;
-        let kernels = Kernels::new(&gpu);
+        let (backend, backend_reason) = open_backend(options, &source.manifest().config).await?;
         let max = source.manifest().config.max_position_embeddings;
         let context = match options.context {
             0 => max.min(DEFAULT_CONTEXT),
@@ -116,10 +123,10 @@ impl Engine {
             kv: options.kv_cache,
             gpu_memory: options.gpu_memory,
         };
-        let decoder = Decoder::load_from(&gpu, &kernels, source, &plan).await?;
+        let decoder = Decoder::load_from(&backend, source, &plan).await?;
         Ok(Engine {
-            gpu,
-            kernels,
+            backend,
+            backend_reason,
             decoder,
             tokenizer,
             stop_token_ids: source.manifest().stop_token_ids.clone(),
@@ -230,7 +237,7 @@ impl Engine {
         mut constraint: Option<Constraint>,
         on_text: impl FnMut(&str),
     ) -> Result<Generation> {
-        self.gpu.check()?;
+        self.backend.check()?;
         let tokenizer = self.tokenizer()?;
         let mut session = self.session.try_borrow_mut().map_err(|_| Error::Shape {
             op: "request",
@@ -239,7 +246,7 @@ impl Engine {
         self.interrupt.clear();
         let options = self.generate_options(request);
         let (d, c) = (&self.decoder, constraint.as_mut());
-        session::generate(&self.gpu, &self.kernels, d, &mut session, tokenizer, prompt, &options, c, on_text).await
+        session::generate(&self.backend, d, &mut session, tokenizer, prompt, &options, c, on_text).await
     }
 
     /// Logits of `ids` as one sequence from position 0, [T, vocab] row-major
@@ -247,7 +254,7 @@ impl Engine {
     /// is overwritten, so the conversation's is forgotten.
     #[allow(clippy::await_holding_refcell_ref)] // the session lock, as in `complete`
     pub async fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        self.gpu.check()?;
+        self.backend.check()?;
         let mut session = self.session.try_borrow_mut().map_err(|_| Error::Shape {
             op: "logits",
             message: "a generation is running on this engine; await it or interrupt() it".into(),
@@ -263,7 +270,7 @@ impl Engine {
         let mut rows = Vec::with_capacity(ids.len() * d.config.vocab_size);
         for (i, chunk) in ids.chunks(d.max_tokens).enumerate() {
             let pos = i * d.max_tokens;
-            let call = d.forward_in_sequence(&self.gpu, &self.kernels, chunk, pos, ids.len(), Logits::All);
+            let call = d.forward_in_sequence(&self.backend, chunk, pos, ids.len(), Logits::All);
             rows.extend(call.await?);
         }
         Ok(rows)
@@ -284,20 +291,76 @@ impl Engine {
         Ok(())
     }
 
-    /// The engine as JSON: adapter, features, context, KV cache, sizes.
+    /// The engine as JSON: backend (and why), adapter, features, context,
+    /// KV cache, sizes.
     pub fn info(&self) -> serde_json::Value {
-        let (gpu, d) = (&self.gpu, &self.decoder);
-        serde_json::json!({
-            "adapter": gpu.adapter.name,
-            "backend": gpu.adapter.backend,
-            "shaderF16": gpu.features.shader_f16,
-            "subgroups": gpu.features.subgroups,
-            "contextLength": d.capacity,
-            "kvCache": d.kv_format().name(),
-            "architecture": format!("{:?}", d.config.architecture),
-            "weightBytes": d.weight_bytes(),
-            "gpuBytes": gpu.storage_bytes(),
-            "pipelines": self.kernels.compiled(),
-        })
+        let d = &self.decoder;
+        let mut info = backend_info(&self.backend, &self.backend_reason);
+        let memory = d.memory();
+        info["contextLength"] = d.capacity.into();
+        info["kvCache"] = d.kv_format().name().into();
+        info["architecture"] = format!("{:?}", d.config.architecture).into();
+        info["weightBytes"] = d.weight_bytes().into();
+        if matches!(self.backend, Backend::Cpu(_)) {
+            info["memoryBytes"] = (memory.weights + memory.kv_cache).into();
+        }
+        info
     }
+}
+
+/// What describes a backend in `info()` / `stats()`: its name, why it runs,
+/// and the adapter's features or the CPU's threads and instruction set.
+pub fn backend_info(backend: &Backend, reason: &str) -> serde_json::Value {
+    match backend {
+        Backend::Gpu(g) => serde_json::json!({
+            "backend": "webgpu",
+            "backendReason": reason,
+            "adapter": g.gpu.adapter.name,
+            "graphicsApi": g.gpu.adapter.backend,
+            "shaderF16": g.gpu.features.shader_f16,
+            "subgroups": g.gpu.features.subgroups,
+            "gpuBytes": g.gpu.storage_bytes(),
+            "pipelines": g.kernels.compiled(),
+        }),
+        Backend::Cpu(c) => serde_json::json!({
+            "backend": "cpu",
+            "backendReason": reason,
+            "threads": c.threads,
+            "simd": c.simd,
+        }),
+    }
+}
+
+/// Whether the CPU backend runs `config`'s architecture.
+pub fn cpu_runs(config: &ModelConfig) -> bool {
+    matches!(config.architecture, Architecture::Phi3 | Architecture::Llama | Architecture::Bert)
+}
+
+/// The backend `options` ask for, and why it was chosen. `auto` takes WebGPU
+/// on a hardware adapter, the CPU when there is no adapter or only a
+/// software rasterizer (lavapipe, SwiftShader: the CPU backend is many times
+/// faster than WGSL emulated on the same cores), unless the CPU backend does
+/// not run the architecture.
+pub async fn open_backend(options: &EngineOptions, config: &ModelConfig) -> Result<(Backend, String)> {
+    let cpu = || Backend::Cpu(Cpu::new(options.threads));
+    let gpu = |gpu: Gpu| {
+        let kernels = Kernels::new(&gpu);
+        Backend::Gpu(GpuBackend { gpu, kernels })
+    };
+    let architecture = format!("{:?}", config.architecture);
+    Ok(match options.backend {
+        BackendChoice::Cpu => (cpu(), "asked for".into()),
+        BackendChoice::Gpu => (gpu(Gpu::new(&options.gpu).await?), "asked for".into()),
+        BackendChoice::Auto => match Gpu::new(&options.gpu).await {
+            Ok(adapter) if !adapter.adapter.is_software() => (gpu(adapter), "a hardware WebGPU adapter".into()),
+            Ok(adapter) if cpu_runs(config) => {
+                (cpu(), format!("the only WebGPU adapter is a software rasterizer ({})", adapter.adapter.name))
+            }
+            Ok(adapter) => {
+                (gpu(adapter), format!("a software WebGPU adapter: the CPU backend does not run {architecture} yet"))
+            }
+            Err(e) if cpu_runs(config) => (cpu(), format!("no WebGPU adapter ({e})")),
+            Err(e) => return Err(e),
+        },
+    })
 }

@@ -16,8 +16,8 @@ use serde::Serialize;
 // std's Instant panics in wasm32-unknown-unknown; web-time's is performance.now() there.
 use web_time::Instant;
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernels};
 use crate::model::{Decoder, ExpertStats, Logits};
 use crate::sampler::{Sampler, SamplingOptions};
 use crate::structured::Constraint;
@@ -146,8 +146,7 @@ pub struct Generation {
 /// logits its grammar allows, and the answer ends when the grammar does.
 #[allow(clippy::too_many_arguments)]
 pub async fn generate(
-    gpu: &Gpu,
-    kernels: &Kernels,
+    backend: &Backend,
     decoder: &Decoder,
     session: &mut Session,
     tokenizer: &Tokenizer,
@@ -185,8 +184,7 @@ pub async fn generate(
     let greedy = options.sampling.is_greedy() && constraint.is_none();
     let mask_error = Cell::new(None);
     let during = || prepare_mask(&mut constraint, &mask_error);
-    let prefilled =
-        prefill(gpu, kernels, decoder, session, &context, reuse, &options.interrupt, greedy, during).await?;
+    let prefilled = prefill(backend, decoder, session, &context, reuse, &options.interrupt, greedy, during).await?;
     let ttft = start.elapsed().as_secs_f64();
     let Some(mut next) = prefilled else {
         // Interrupted during the prompt: what was computed stays cached.
@@ -261,7 +259,7 @@ pub async fn generate(
             session.cached.clear();
             forwarded += context.len();
             let during = || prepare_mask(&mut constraint, &mask_error);
-            match prefill(gpu, kernels, decoder, session, &context, 0, &options.interrupt, greedy, during).await? {
+            match prefill(backend, decoder, session, &context, 0, &options.interrupt, greedy, during).await? {
                 Some(next) => next,
                 None => {
                     finish_reason = "abort";
@@ -271,7 +269,7 @@ pub async fn generate(
         } else {
             forwarded += 1;
             let during = || prepare_mask(&mut constraint, &mask_error);
-            let result = forward_step(gpu, kernels, decoder, &[id], pos, pos + 1, greedy, during).await;
+            let result = forward_step(backend, decoder, &[id], pos, pos + 1, greedy, during).await;
             session.cached.push(id);
             result.inspect_err(|_| session.reset())?
         };
@@ -316,8 +314,7 @@ enum Next {
 /// tokens; `during` runs on the CPU while the GPU computes.
 #[allow(clippy::too_many_arguments)]
 async fn forward_step(
-    gpu: &Gpu,
-    kernels: &Kernels,
+    backend: &Backend,
     decoder: &Decoder,
     ids: &[u32],
     pos: usize,
@@ -328,10 +325,10 @@ async fn forward_step(
     Ok(match greedy {
         true => {
             during(); // nothing to mask on the greedy path
-            Next::Token(decoder.greedy_in_sequence(gpu, kernels, ids, pos, sequence_len).await?)
+            Next::Token(decoder.greedy_in_sequence(backend, ids, pos, sequence_len).await?)
         }
         false => {
-            let logits = decoder.forward_while(gpu, kernels, ids, pos, sequence_len, Logits::Last, during);
+            let logits = decoder.forward_while(backend, ids, pos, sequence_len, Logits::Last, during);
             Next::Logits(logits.await?)
         }
     })
@@ -342,8 +339,7 @@ async fn forward_step(
 /// prompt on a slow GPU can take minutes; Stop must not wait for all of it).
 #[allow(clippy::too_many_arguments)]
 async fn prefill(
-    gpu: &Gpu,
-    kernels: &Kernels,
+    backend: &Backend,
     decoder: &Decoder,
     session: &mut Session,
     tokens: &[u32],
@@ -363,7 +359,7 @@ async fn prefill(
         }
         let once = during.take();
         let during = move || once.into_iter().for_each(|f| f());
-        let result = forward_step(gpu, kernels, decoder, chunk, pos, tokens.len(), greedy, during).await;
+        let result = forward_step(backend, decoder, chunk, pos, tokens.len(), greedy, during).await;
         next = Some(result.inspect_err(|_| session.reset())?);
         pos += chunk.len();
         session.cached.extend_from_slice(chunk);

@@ -11,6 +11,7 @@ use js_sys::{Function, Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
+use crate::backend::{Backend, BackendChoice};
 use crate::engine::{self, EngineOptions, Request};
 use crate::error::Error;
 use crate::formats::encode::ConvertOptions;
@@ -19,7 +20,7 @@ use crate::formats::gguf_import::GgufImport;
 use crate::formats::hf_import::HfImport;
 use crate::formats::package::{parse_manifest, ChunkReader, Manifest, Shard, ShardSource};
 use crate::formats::safetensors;
-use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
+use crate::gpu::{GpuOptions, KvFormat};
 use crate::model::Encoder;
 use crate::quant::WeightFormat;
 use crate::structured::tools::Delta;
@@ -115,7 +116,8 @@ impl Engine {
     /// "f32"; `portable` avoids shader-f16 and subgroups; `gpu_memory_budget`
     /// bytes of weights on the GPU (0: all of them; a mixture of experts over
     /// it caches its experts and reads the others through `read`);
-    /// `prefill_chunk` tokens per prefill call (0: 64).
+    /// `prefill_chunk` tokens per prefill call (0: 64); `backend` "auto",
+    /// "webgpu" or "cpu"; `threads` the CPU backend's (0: what the page has).
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         manifest: String,
@@ -126,8 +128,11 @@ impl Engine {
         portable: bool,
         gpu_memory_budget: f64,
         prefill_chunk: u32,
+        backend: String,
+        threads: u32,
     ) -> Promise {
         future_to_promise(async move {
+            let backend = parse_backend(&backend)?;
             let kv_cache = KvFormat::parse(&kv_cache).ok_or_else(|| {
                 js_error(Error::Unsupported {
                     what: format!("kvCache \"{kv_cache}\""),
@@ -142,6 +147,8 @@ impl Engine {
                 gpu: gpu_options(portable),
                 gpu_memory: (gpu_memory_budget >= 1.0).then_some(gpu_memory_budget as u64),
                 prefill_chunk: prefill_chunk as usize,
+                backend,
+                threads: (threads > 0).then_some(threads as usize),
             };
             let engine = match engine::Engine::load(&shards, Some(tokenizer), &options).await {
                 Ok(engine) => engine,
@@ -221,7 +228,9 @@ impl Engine {
     /// WEBGL_lose_context).
     #[wasm_bindgen(js_name = loseDevice)]
     pub fn lose_device(&self) {
-        self.inner.gpu.device.destroy();
+        if let Backend::Gpu(g) = &self.inner.backend {
+            g.gpu.device.destroy();
+        }
     }
 
     /// Forgets the conversation's KV cache.
@@ -240,8 +249,7 @@ pub struct Embedder {
 }
 
 struct EmbedderInner {
-    gpu: Gpu,
-    kernels: Kernels,
+    backend: Backend,
     encoder: Encoder,
     tokenizer: Tokenizer,
 }
@@ -249,27 +257,34 @@ struct EmbedderInner {
 #[wasm_bindgen]
 impl Embedder {
     /// Loads an encoder package; arguments as for `Engine.create`.
-    pub fn create(manifest: String, tokenizer: Vec<u8>, read: Function, portable: bool) -> Promise {
+    pub fn create(
+        manifest: String,
+        tokenizer: Vec<u8>,
+        read: Function,
+        portable: bool,
+        backend: String,
+        threads: u32,
+    ) -> Promise {
         future_to_promise(async move {
             let (manifest, tokenizer) = open(&manifest, &tokenizer)?;
-            let gpu = Gpu::new(&gpu_options(portable)).await.map_err(js_error)?;
-            let kernels = Kernels::new(&gpu);
+            let options = EngineOptions {
+                gpu: gpu_options(portable),
+                backend: parse_backend(&backend)?,
+                threads: (threads > 0).then_some(threads as usize),
+                ..Default::default()
+            };
+            let (backend, reason) = engine::open_backend(&options, &manifest.config).await.map_err(js_error)?;
             let shards = JsShards { manifest, read, failure: RefCell::new(None) };
-            let encoder = match Encoder::load_from(&gpu, &shards, 4096).await {
+            let encoder = match Encoder::load_from(&backend, &shards, 4096).await {
                 Ok(encoder) => encoder,
                 Err(e) => return Err(shards.failure.take().unwrap_or_else(|| js_error(e))),
             };
-            let info = serde_json::json!({
-                "adapter": gpu.adapter.name,
-                "backend": gpu.adapter.backend,
-                "shaderF16": gpu.features.shader_f16,
-                "architecture": format!("{:?}", encoder.config.architecture),
-                "dimensions": encoder.config.hidden_size,
-                "maxSeqLength": encoder.max_seq_length(),
-                "gpuBytes": gpu.storage_bytes(),
-            })
-            .to_string();
-            let inner = EmbedderInner { gpu, kernels, encoder, tokenizer };
+            let mut info = engine::backend_info(&backend, &reason);
+            info["architecture"] = format!("{:?}", encoder.config.architecture).into();
+            info["dimensions"] = encoder.config.hidden_size.into();
+            info["maxSeqLength"] = encoder.max_seq_length().into();
+            let info = info.to_string();
+            let inner = EmbedderInner { backend, encoder, tokenizer };
             Ok(Embedder { inner: Rc::new(inner), info }.into())
         })
     }
@@ -287,10 +302,10 @@ impl Embedder {
         future_to_promise(async move {
             let texts: Vec<String> =
                 serde_json::from_str(&texts).map_err(|e| input_error(format!("input must be strings: {e}")))?;
-            inner.gpu.check().map_err(js_error)?;
+            inner.backend.check().map_err(js_error)?;
             let max = inner.encoder.max_seq_length();
             let ids = inner.tokenizer.encode_for_embedding(&texts, max).map_err(js_error)?;
-            let embeddings = inner.encoder.embed(&inner.gpu, &inner.kernels, &ids).await.map_err(js_error)?;
+            let embeddings = inner.encoder.embed(&inner.backend, &ids).await.map_err(js_error)?;
             let tokens: Vec<usize> = ids.iter().map(Vec::len).collect();
             let json = serde_json::json!({ "embeddings": embeddings, "tokens": tokens });
             Ok(JsValue::from(json.to_string()))
@@ -313,8 +328,16 @@ impl Embedder {
     /// Destroys the GPU device (see `Engine.loseDevice`).
     #[wasm_bindgen(js_name = loseDevice)]
     pub fn lose_device(&self) {
-        self.inner.gpu.device.destroy();
+        if let Backend::Gpu(g) = &self.inner.backend {
+            g.gpu.device.destroy();
+        }
     }
+}
+
+fn parse_backend(name: &str) -> Result<BackendChoice, JsValue> {
+    BackendChoice::parse(name).ok_or_else(|| {
+        js_error(Error::Unsupported { what: format!("backend \"{name}\""), supported: "auto, webgpu, cpu".into() })
+    })
 }
 
 fn parse_quant(quant: &str) -> Result<Option<WeightFormat>, JsValue> {

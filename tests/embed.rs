@@ -42,14 +42,14 @@ fn load() -> Loaded {
     let package = Package::open(minilm()).unwrap();
     let bytes = std::fs::read(minilm().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&bytes, &package.manifest).unwrap();
-    let encoder = pollster::block_on(Encoder::load_from(&env().gpu, &package, 4096)).unwrap();
+    let encoder = pollster::block_on(Encoder::load_from(&env().backend, &package, 4096)).unwrap();
     Loaded { encoder, tokenizer }
 }
 
 impl Loaded {
     fn embed(&self, texts: &[String]) -> Vec<Vec<f32>> {
         let ids = self.tokenizer.encode_for_embedding(texts, self.encoder.max_seq_length()).unwrap();
-        pollster::block_on(self.encoder.embed(&env().gpu, &env().kernels, &ids)).unwrap()
+        pollster::block_on(self.encoder.embed(&env().backend, &ids)).unwrap()
     }
 }
 
@@ -167,7 +167,7 @@ fn cli_embeds_a_text_and_a_file() {
 fn over_long_token_input_is_an_error() {
     let m = load();
     let too_long = vec![vec![101u32; 257]];
-    let err = pollster::block_on(m.encoder.embed(&env().gpu, &env().kernels, &too_long)).unwrap_err();
+    let err = pollster::block_on(m.encoder.embed(&env().backend, &too_long)).unwrap_err();
     assert!(err.to_string().contains("1 to 256 are allowed"), "{err}");
 }
 

@@ -10,8 +10,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::env;
-use common::models::{argmax, f16_cache_bound, golden, golden_file, max_abs_diff, package, root, run, run_with};
+use common::models::{
+    argmax, f16_cache_bound, golden, golden_file, max_abs_diff, package, root, run, run_on, run_with,
+};
+use common::{cpu, env};
+use phi_web::backend::Backend;
 use phi_web::convert::{convert, ConvertOptions};
 use phi_web::formats::package::Package;
 use phi_web::gpu::KvFormat;
@@ -19,21 +22,39 @@ use phi_web::model::{Decoder, DecoderOptions, ExpertSizes, ExpertStats, Logits};
 use phi_web::quant::WeightFormat;
 
 /// f32 weights against transformers, with the f16 and the f32 KV cache (the
-/// f16 cache's rounding is most of the difference; the f32 cache is exact).
+/// f16 cache's rounding is most of the difference; the f32 cache is exact),
+/// on the GPU and, for the architectures it runs, the CPU backend.
 fn check_f32_parity(model: &str) {
     let g = golden(model);
     let package = package(model, WeightFormat::F32);
-    for kv in [KvFormat::F32, KvFormat::F16] {
-        for chunk in [g.ids.len(), 5] {
-            let logits = run_with(&package, &g.ids, chunk, kv);
-            let err = max_abs_diff(&logits, &g.logits);
-            let kv = kv.name();
-            eprintln!("parity | {model} f32, {kv} KV cache, prefill {chunk} then decode | max |logit error| {err:.3e}");
-            // The f32 cache leaves only f32 arithmetic (measured: 2e-7 to 2e-6).
-            let bound = if kv == "f32" { 2e-5 } else { f16_cache_bound(&g.logits) };
-            assert!(err <= bound, "{model}, {kv} KV cache: max |logit error| {err} > {bound} (prefill {chunk})");
+    for backend in backends_for(&package) {
+        let name = backend.name();
+        for kv in [KvFormat::F32, KvFormat::F16] {
+            for chunk in [g.ids.len(), 5] {
+                let logits = run_on(backend, &package, &g.ids, chunk, kv);
+                let err = max_abs_diff(&logits, &g.logits);
+                let kv = kv.name();
+                eprintln!(
+                    "parity | {model} f32 on {name}, {kv} KV cache, prefill {chunk} then decode | max |logit error| {err:.3e}"
+                );
+                // The f32 cache leaves only f32 arithmetic (measured: 2e-7 to 2e-6).
+                let bound = if kv == "f32" { 2e-5 } else { f16_cache_bound(&g.logits) };
+                assert!(
+                    err <= bound,
+                    "{model} on {name}, {kv} KV cache: max |logit error| {err} > {bound} (prefill {chunk})"
+                );
+            }
         }
     }
+}
+
+/// The GPU, and the CPU backend where it runs the package's architecture.
+fn backends_for(package: &Package) -> Vec<&'static Backend> {
+    let mut backends = vec![&env().backend];
+    if phi_web::engine::cpu_runs(&package.manifest.config) {
+        backends.push(cpu());
+    }
+    backends
 }
 
 #[test]
@@ -138,13 +159,13 @@ fn run_budgeted(
 ) -> (Vec<f32>, Option<ExpertStats>) {
     let env = env();
     let options = DecoderOptions { gpu_memory, ..DecoderOptions::new(128, chunk, KvFormat::F32) };
-    let decoder = Decoder::load(&env.gpu, &env.kernels, package, &options).unwrap();
+    let decoder = Decoder::load(&env.backend, package, &options).unwrap();
     let mut logits = Vec::new();
     let mut pos = 0;
     while pos < ids.len() {
         let n = if pos == 0 { chunk.min(ids.len()) } else { 1 };
         let sequence = &ids[pos..pos + n];
-        let call = decoder.forward_in_sequence(&env.gpu, &env.kernels, sequence, pos, ids.len(), Logits::All);
+        let call = decoder.forward_in_sequence(&env.backend, sequence, pos, ids.len(), Logits::All);
         logits.extend(pollster::block_on(call).unwrap());
         pos += n;
     }
@@ -196,7 +217,7 @@ fn an_expert_budget_too_small_is_a_clear_error() {
     let sizes = ExpertSizes::of(&package).unwrap();
     let budget = sizes.budget_for(2) - 1;
     let options = DecoderOptions { gpu_memory: Some(budget), ..DecoderOptions::new(128, 8, KvFormat::F32) };
-    let Err(error) = Decoder::load(&env.gpu, &env.kernels, &package, &options) else {
+    let Err(error) = Decoder::load(&env.backend, &package, &options) else {
         panic!("a budget of {budget} bytes loaded");
     };
     let message = error.to_string();
@@ -261,19 +282,26 @@ fn tiny_llama_144_matches_transformers() {
 /// the same step's logits, while prefilling in chunks and decoding.
 #[test]
 fn greedy_on_the_gpu_picks_the_logits_argmax() {
-    let env = env();
     let g = golden("tiny-phi3");
     let package = package("tiny-phi3", WeightFormat::F32);
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 5, KvFormat::F16)).unwrap();
-    let mut pos = 0;
-    while pos < g.ids.len() {
-        let n = if pos == 0 { 5 } else { 1 };
-        let ids = &g.ids[pos..pos + n];
-        let logits = pollster::block_on(decoder.forward(&env.gpu, &env.kernels, ids, pos, Logits::Last)).unwrap();
-        // The same positions again: the cache is overwritten with the same keys.
-        let token = pollster::block_on(decoder.greedy_in_sequence(&env.gpu, &env.kernels, ids, pos, pos + n)).unwrap();
-        assert_eq!(token as usize, argmax(&logits), "position {}", pos + n - 1);
-        pos += n;
+    for backend in backends_for(&package) {
+        let decoder = Decoder::load(backend, &package, &DecoderOptions::new(128, 5, KvFormat::F16)).unwrap();
+        let mut pos = 0;
+        while pos < g.ids.len() {
+            let n = if pos == 0 { 5 } else { 1 };
+            let ids = &g.ids[pos..pos + n];
+            let logits = pollster::block_on(decoder.forward(backend, ids, pos, Logits::Last)).unwrap();
+            // The last row of every position's logits: the generating path's
+            // narrowed head computes what the full one does.
+            let all = pollster::block_on(decoder.forward(backend, ids, pos, Logits::All)).unwrap();
+            let vocab = logits.len();
+            let err = max_abs_diff(&logits, &all[(n - 1) * vocab..]);
+            assert!(err < 1e-5, "{}: last-row logits differ by {err} at {}", backend.name(), pos + n - 1);
+            // The same positions again: the cache is overwritten with the same keys.
+            let token = pollster::block_on(decoder.greedy_in_sequence(backend, ids, pos, pos + n)).unwrap();
+            assert_eq!(token as usize, argmax(&logits), "{}: position {}", backend.name(), pos + n - 1);
+            pos += n;
+        }
     }
 }
 
@@ -353,13 +381,12 @@ fn smollm2_reference() -> Smollm2Reference {
 }
 
 /// SmolLM2's logits [T, vocab] for `ids`, in prefill chunks of 64.
-fn smollm2_logits(ids: &[u32], kv: KvFormat) -> Vec<f32> {
-    let env = env();
+fn smollm2_logits(backend: &Backend, ids: &[u32], kv: KvFormat) -> Vec<f32> {
     let package = Package::open(smollm2_package()).unwrap();
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 64, kv)).unwrap();
+    let decoder = Decoder::load(backend, &package, &DecoderOptions::new(128, 64, kv)).unwrap();
     let mut logits = Vec::new();
     for (i, chunk) in ids.chunks(64).enumerate() {
-        logits.extend(pollster::block_on(decoder.forward(&env.gpu, &env.kernels, chunk, i * 64, Logits::All)).unwrap());
+        logits.extend(pollster::block_on(decoder.forward(backend, chunk, i * 64, Logits::All)).unwrap());
     }
     logits
 }
@@ -385,11 +412,13 @@ fn top1_agreement(label: &str, ours: &[usize], reference: &Smollm2Reference) -> 
 #[test]
 fn smollm2_top1_agrees_with_transformers() {
     let reference = smollm2_reference();
-    let logits = smollm2_logits(&reference.ids, KvFormat::F16);
-    let vocab = logits.len() / reference.ids.len();
-    let ours: Vec<usize> = logits.chunks(vocab).map(argmax).collect();
-    let agreement = top1_agreement("smollm2", &ours, &reference);
-    assert!(agreement >= 0.98, "top-1 agreement {agreement}");
+    for backend in [&env().backend, cpu()] {
+        let logits = smollm2_logits(backend, &reference.ids, KvFormat::F16);
+        let vocab = logits.len() / reference.ids.len();
+        let ours: Vec<usize> = logits.chunks(vocab).map(argmax).collect();
+        let agreement = top1_agreement(&format!("smollm2 on {}", backend.name()), &ours, &reference);
+        assert!(agreement >= 0.98, "top-1 agreement on {}: {agreement}", backend.name());
+    }
 }
 
 /// The 8-bit KV cache's cost in quality: against transformers as above, and
@@ -397,28 +426,32 @@ fn smollm2_top1_agrees_with_transformers() {
 #[test]
 fn smollm2_with_a_q8_kv_cache_stays_close_to_f16() {
     let reference = smollm2_reference();
-    let (f16_logits, q8_logits) =
-        (smollm2_logits(&reference.ids, KvFormat::F16), smollm2_logits(&reference.ids, KvFormat::Q8));
-    let vocab = f16_logits.len() / reference.ids.len();
-    let ours: Vec<usize> = q8_logits.chunks(vocab).map(argmax).collect();
-    let agreement = top1_agreement("smollm2 q8 KV", &ours, &reference);
-    let kls: Vec<f64> =
-        f16_logits.chunks(vocab).zip(q8_logits.chunks(vocab)).map(|(p, q)| kl_divergence(p, q)).collect();
-    let mean_kl = kls.iter().sum::<f64>() / kls.len() as f64;
-    let max_kl = kls.iter().cloned().fold(0.0, f64::max);
-    let same_top1 = ours.iter().zip(f16_logits.chunks(vocab).map(argmax)).filter(|(a, b)| **a == *b).count() as f64
-        / ours.len() as f64;
-    eprintln!(
-        "smollm2 q8 KV vs f16 KV | KL mean {mean_kl:.2e}, max {max_kl:.2e}; same top-1 {:.1} % over {} tokens",
-        same_top1 * 100.0,
-        ours.len()
-    );
-    assert!(agreement >= 0.98, "top-1 agreement with transformers {agreement}");
-    // Only the mean is bounded: which values sit on a rounding boundary of the
-    // 8-bit grid changes with any last-bit change upstream, so the worst
-    // position moves (max 5.7e-3 to 1.2e-2 between attention kernels that
-    // agree to 1e-5 on an f16 cache) while the mean stays put (5.9e-4 to 6.9e-4).
-    assert!(mean_kl < 1e-3, "KL(f16 KV || q8 KV) mean {mean_kl} (max {max_kl})");
+    for backend in [&env().backend, cpu()] {
+        let (f16_logits, q8_logits) = (
+            smollm2_logits(backend, &reference.ids, KvFormat::F16),
+            smollm2_logits(backend, &reference.ids, KvFormat::Q8),
+        );
+        let vocab = f16_logits.len() / reference.ids.len();
+        let ours: Vec<usize> = q8_logits.chunks(vocab).map(argmax).collect();
+        let agreement = top1_agreement("smollm2 q8 KV", &ours, &reference);
+        let kls: Vec<f64> =
+            f16_logits.chunks(vocab).zip(q8_logits.chunks(vocab)).map(|(p, q)| kl_divergence(p, q)).collect();
+        let mean_kl = kls.iter().sum::<f64>() / kls.len() as f64;
+        let max_kl = kls.iter().cloned().fold(0.0, f64::max);
+        let same_top1 = ours.iter().zip(f16_logits.chunks(vocab).map(argmax)).filter(|(a, b)| **a == *b).count() as f64
+            / ours.len() as f64;
+        eprintln!(
+            "smollm2 q8 KV vs f16 KV | KL mean {mean_kl:.2e}, max {max_kl:.2e}; same top-1 {:.1} % over {} tokens",
+            same_top1 * 100.0,
+            ours.len()
+        );
+        assert!(agreement >= 0.98, "top-1 agreement with transformers {agreement}");
+        // Only the mean is bounded: which values sit on a rounding boundary of the
+        // 8-bit grid changes with any last-bit change upstream, so the worst
+        // position moves (max 5.7e-3 to 1.2e-2 between attention kernels that
+        // agree to 1e-5 on an f16 cache) while the mean stays put (5.9e-4 to 6.9e-4).
+        assert!(mean_kl < 1e-3, "KL(f16 KV || q8 KV) mean {mean_kl} (max {max_kl})");
+    }
 }
 
 /// SmolLM2-135M-Instruct (the real model): llama.cpp's greedy answer token for
@@ -434,8 +467,7 @@ fn smollm2_answers_and_samples_reproducibly() {
     let tokenizer =
         Tokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), &package.manifest).unwrap();
     let env = env();
-    let decoder =
-        Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(256, 64, KvFormat::F16)).unwrap();
+    let decoder = Decoder::load(&env.backend, &package, &DecoderOptions::new(256, 64, KvFormat::F16)).unwrap();
     let run = |prompt: &str, sampling: SamplingOptions, max_tokens: usize| {
         let ids = tokenizer.encode(prompt).unwrap();
         let options = GenerateOptions {
@@ -447,8 +479,7 @@ fn smollm2_answers_and_samples_reproducibly() {
         };
         let mut streamed = String::new();
         let g = pollster::block_on(generate(
-            &env.gpu,
-            &env.kernels,
+            &env.backend,
             &decoder,
             &mut Session::new(),
             &tokenizer,
@@ -502,11 +533,10 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
     let (decoder, fresh) = (
-        Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 16, KvFormat::F16)).unwrap(),
-        Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 128, KvFormat::F16)).unwrap(),
+        Decoder::load(&env.backend, &package, &DecoderOptions::new(128, 16, KvFormat::F16)).unwrap(),
+        Decoder::load(&env.backend, &package, &DecoderOptions::new(128, 128, KvFormat::F16)).unwrap(),
     );
-    let fresh_logits =
-        |ids: &[u32]| pollster::block_on(fresh.forward(&env.gpu, &env.kernels, ids, 0, Logits::Last)).unwrap();
+    let fresh_logits = |ids: &[u32]| pollster::block_on(fresh.forward(&env.backend, ids, 0, Logits::Last)).unwrap();
     let options =
         GenerateOptions { max_tokens, sampling: Default::default(), stop_token_ids: vec![], ..Default::default() };
     let mut session = Session::new();
@@ -515,8 +545,7 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     for turn in turns {
         context.extend_from_slice(turn);
         let g = pollster::block_on(generate(
-            &env.gpu,
-            &env.kernels,
+            &env.backend,
             &decoder,
             &mut session,
             &tokenizer,
@@ -538,8 +567,7 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     // The cache holds everything but the last generated token: run it.
     assert_eq!(session.cached(), &context[..context.len() - 1]);
     let ours = pollster::block_on(decoder.forward(
-        &env.gpu,
-        &env.kernels,
+        &env.backend,
         &context[context.len() - 1..],
         context.len() - 1,
         Logits::Last,
@@ -588,22 +616,11 @@ fn an_interrupt_ends_prefill_between_chunks() {
     let package = package("tiny-phi3", WeightFormat::F32);
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 8, KvFormat::F16)).unwrap(); // 8-token prefill chunks
+    let decoder = Decoder::load(&env.backend, &package, &DecoderOptions::new(128, 8, KvFormat::F16)).unwrap(); // 8-token prefill chunks
     let ids = golden("tiny-phi3").ids;
     let options = GenerateOptions { max_tokens: 4, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session| {
-        pollster::block_on(generate(
-            &env.gpu,
-            &env.kernels,
-            &decoder,
-            session,
-            &tokenizer,
-            &ids,
-            &options,
-            None,
-            |_| {},
-        ))
-        .unwrap()
+        pollster::block_on(generate(&env.backend, &decoder, session, &tokenizer, &ids, &options, None, |_| {})).unwrap()
     };
     let mut session = Session::new();
     options.interrupt.set();
@@ -630,22 +647,12 @@ fn a_ring_kv_cache_reuses_only_keys_it_still_holds() {
     let package = package("tiny-phi3", WeightFormat::F32);
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
-    let decoder = Decoder::load(&env.gpu, &env.kernels, &package, &DecoderOptions::new(128, 4, KvFormat::F16)).unwrap();
+    let decoder = Decoder::load(&env.backend, &package, &DecoderOptions::new(128, 4, KvFormat::F16)).unwrap();
     let ids = golden("tiny-phi3").ids; // 16 ids: positions 0..15 fill the 12 slots and wrap
     let options = GenerateOptions { max_tokens: 6, stop_token_ids: vec![], ..Default::default() };
     let run = |session: &mut Session, prompt: &[u32]| {
-        pollster::block_on(generate(
-            &env.gpu,
-            &env.kernels,
-            &decoder,
-            session,
-            &tokenizer,
-            prompt,
-            &options,
-            None,
-            |_| {},
-        ))
-        .unwrap()
+        pollster::block_on(generate(&env.backend, &decoder, session, &tokenizer, prompt, &options, None, |_| {}))
+            .unwrap()
     };
     let mut session = Session::new();
     let first = run(&mut session, &ids);

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::gpu::{
     AttentionScratch, AttentionShape, Dispatch, ExpertInput, ExpertStack, Gpu, Kernels, KvFormat, Matrix, OutputSlice,
@@ -354,8 +355,7 @@ fn random_ids(n: usize, vocab: u64, seed: u64) -> Vec<u32> {
 
 /// Loads a package and times prefill and decode as `plan` says.
 pub async fn model_figure(
-    gpu: &Gpu,
-    kernels: &Kernels,
+    b: &Backend,
     dir: &std::path::Path,
     plan: &ModelBench,
     cpu_gbps: f64,
@@ -364,23 +364,30 @@ pub async fn model_figure(
     use crate::formats::package::Package;
     use crate::model::{Decoder, DecoderOptions, ExpertStats, Logits};
     let package = Package::open(dir)?;
-    let before = gpu.storage_bytes();
+    let allocated = || match b {
+        Backend::Gpu(g) => g.gpu.storage_bytes(),
+        Backend::Cpu(_) => 0,
+    };
+    let before = allocated();
     let decoder = Decoder::load(
-        gpu,
-        kernels,
+        b,
         &package,
         &DecoderOptions {
             gpu_memory: plan.gpu_memory,
             ..DecoderOptions::new(plan.context, crate::engine::PREFILL_CHUNK, plan.kv_cache)
         },
     )?;
-    let total = gpu.storage_bytes() - before;
     let memory = decoder.memory();
+    let total = match b {
+        Backend::Gpu(_) => allocated() - before,
+        // Weights and KV cache; activations are small beside them.
+        Backend::Cpu(_) => memory.weights + memory.kv_cache,
+    };
     let vocab = decoder.config.vocab_size as u64;
     if !plan.prompts.is_empty() || !plan.decode_contexts.is_empty() {
         // Warm-up: the first submits pay for pipeline compilation in the driver.
-        decoder.forward(gpu, kernels, &random_ids(64, vocab, 1), 0, Logits::Last).await?;
-        decoder.forward(gpu, kernels, &[0], 64, Logits::Last).await?;
+        decoder.forward(b, &random_ids(64, vocab, 1), 0, Logits::Last).await?;
+        decoder.forward(b, &[0], 64, Logits::Last).await?;
     }
 
     let mut prefill = Vec::new();
@@ -389,7 +396,7 @@ pub async fn model_figure(
         let ids = random_ids(n, vocab, 7 + n as u64);
         let start = Instant::now();
         for (i, chunk) in ids.chunks(decoder.max_tokens).enumerate() {
-            decoder.forward_in_sequence(gpu, kernels, chunk, i * decoder.max_tokens, n, Logits::Last).await?;
+            decoder.forward_in_sequence(b, chunk, i * decoder.max_tokens, n, Logits::Last).await?;
         }
         let seconds = start.elapsed().as_secs_f64();
         prefill.push(PrefillFigure { prompt_tokens: n, tokens_per_s: n as f64 / seconds, ttft_ms: seconds * 1e3 });
@@ -403,7 +410,7 @@ pub async fn model_figure(
         if !plan.prompts.contains(&context) {
             // Fill the cache only when a prefill of this length is cheap.
             let ids = random_ids(context.min(decoder.max_tokens), vocab, 3);
-            decoder.forward(gpu, kernels, &ids, context - ids.len(), Logits::Last).await?;
+            decoder.forward(b, &ids, context - ids.len(), Logits::Last).await?;
         }
         // Greedy, as generation decodes it (the GPU picks the token), but fed
         // random tokens: random weights' greedy output repeats one token, whose
@@ -413,7 +420,7 @@ pub async fn model_figure(
         let start = Instant::now();
         for (step, &id) in feed.iter().enumerate() {
             let pos = context + step;
-            decoder.greedy_in_sequence(gpu, kernels, &[id], pos, pos + 1).await?;
+            decoder.greedy_in_sequence(b, &[id], pos, pos + 1).await?;
         }
         let per_token = start.elapsed().as_secs_f64() / plan.decode_tokens.max(1) as f64;
         let cache_after = decoder.expert_stats().unwrap_or_default();

@@ -74,6 +74,15 @@ pub struct AdapterSummary {
     pub device_type: String,
 }
 
+impl AdapterSummary {
+    /// A software rasterizer (lavapipe/llvmpipe, SwiftShader, WARP): WGSL
+    /// emulated on the CPU's cores.
+    pub fn is_software(&self) -> bool {
+        let name = self.name.to_lowercase();
+        self.device_type == "Cpu" || ["llvmpipe", "lavapipe", "swiftshader", "warp"].iter().any(|n| name.contains(n))
+    }
+}
+
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({}, {}, {})", self.name, self.backend, self.device_type, self.driver)

@@ -4,11 +4,12 @@
 //! padding; attention stays within each sequence (encoder_attention.wgsl).
 
 use super::blocks::{Linear, Norm};
-use super::recorder::Recorder;
+use super::recorder::{Recorder, Segment};
+use crate::backend::{Backend, Buf};
 use crate::config::{Activation, Architecture, ModelConfig, NormKind, Pooling, PoolingMode};
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
-use crate::gpu::{GeluKind, Gpu, Kernels, OutputSlice, ENCODER_MAX_KEYS};
+use crate::gpu::{GeluKind, OutputSlice, ENCODER_MAX_KEYS};
 
 struct Layer {
     query: Linear, // [H, H] each, with biases
@@ -37,21 +38,21 @@ pub struct Encoder {
 
 /// Activations for one packed batch of T tokens.
 struct Scratch {
-    ids: wgpu::Buffer,       // [T] u32
-    positions: wgpu::Buffer, // [T] u32
-    types: wgpu::Buffer,     // [T] u32, zeros
-    segments: wgpu::Buffer,  // [T] (start, end) u32 pairs
-    h: wgpu::Buffer,         // [T, H] the hidden states
-    tmp: wgpu::Buffer,       // [T, H]
-    qkv: wgpu::Buffer,       // [T, 3H]
-    context: wgpu::Buffer,   // [T, H] attention output
-    inner: wgpu::Buffer,     // [T, I]
-    step: wgpu::Buffer,      // Step uniform (unused by encoders: no cache)
+    ids: Buf,       // [T] u32
+    positions: Buf, // [T] u32
+    types: Buf,     // [T] u32, zeros
+    segments: Buf,  // [T] (start, end) u32 pairs
+    h: Buf,         // [T, H] the hidden states
+    tmp: Buf,       // [T, H]
+    qkv: Buf,       // [T, 3H]
+    context: Buf,   // [T, H] attention output
+    inner: Buf,     // [T, I]
+    step: Buf,      // Step (unused by encoders: no cache)
 }
 
 impl Encoder {
     /// Loads an encoder package; `max_batch_tokens` bounds the activations.
-    pub async fn load_from(gpu: &Gpu, source: &impl ShardSource, max_batch_tokens: usize) -> Result<Encoder> {
+    pub async fn load_from(b: &Backend, source: &impl ShardSource, max_batch_tokens: usize) -> Result<Encoder> {
         let config = source.manifest().config.clone();
         if config.architecture != Architecture::Bert {
             return Err(Error::Unsupported {
@@ -72,9 +73,9 @@ impl Encoder {
             }
         };
         let (h, eps) = (config.hidden_size, config.norm_eps);
-        let dense = async |name: &str| Linear::load(gpu, source, name, true).await;
-        let table = async |name: &str| Linear::load(gpu, source, name, false).await;
-        let layer_norm = async |name: &str| Norm::load(gpu, source, name, NormKind::Layer, h, eps).await;
+        let dense = async |name: &str| Linear::load(b, source, name, true).await;
+        let table = async |name: &str| Linear::load(b, source, name, false).await;
+        let layer_norm = async |name: &str| Norm::load(b, source, name, NormKind::Layer, h, eps).await;
         // BertForMaskedLM checkpoints prefix every name with "bert.".
         let root = if source.tensor("bert.embeddings.word_embeddings.weight").is_some() { "bert." } else { "" };
         let e = |s: &str| format!("{root}embeddings.{s}");
@@ -103,7 +104,7 @@ impl Encoder {
             max_batch_tokens: max_batch_tokens.max(ENCODER_MAX_KEYS),
             config,
         };
-        gpu.check()?;
+        b.check()?;
         Ok(encoder)
     }
 
@@ -114,7 +115,7 @@ impl Encoder {
 
     /// One sentence vector per token sequence (each already truncated to
     /// `max_seq_length`), computed in as few packed batches as fit.
-    pub async fn embed(&self, gpu: &Gpu, k: &Kernels, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    pub async fn embed(&self, b: &Backend, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let max = self.max_seq_length();
         for (i, s) in sequences.iter().enumerate() {
             if s.is_empty() || s.len() > max {
@@ -133,13 +134,13 @@ impl Encoder {
                 tokens += sequences[end].len();
                 end += 1;
             }
-            out.extend(self.embed_batch(gpu, k, &sequences[start..end]).await?);
+            out.extend(self.embed_batch(b, &sequences[start..end]).await?);
             start = end;
         }
         Ok(out)
     }
 
-    async fn embed_batch(&self, gpu: &Gpu, k: &Kernels, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    async fn embed_batch(&self, b: &Backend, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let (h, inner) = (c.hidden_size, c.intermediate_size);
         let t: usize = batch.iter().map(Vec::len).sum();
@@ -152,21 +153,25 @@ impl Encoder {
             start = end;
         }
         let s = Scratch {
-            ids: gpu.storage_with("encoder ids", bytemuck::cast_slice(&ids))?,
-            positions: gpu.storage_with("encoder positions", bytemuck::cast_slice(&positions))?,
-            types: gpu.storage("encoder token types", 4 * t as u64)?,
-            segments: gpu.storage_with("encoder segments", bytemuck::cast_slice(&segments))?,
-            h: gpu.storage("encoder hidden", (4 * t * h) as u64)?,
-            tmp: gpu.storage("encoder tmp", (4 * t * h) as u64)?,
-            qkv: gpu.storage("encoder qkv", (4 * t * 3 * h) as u64)?,
-            context: gpu.storage("encoder context", (4 * t * h) as u64)?,
-            inner: gpu.storage("encoder intermediate", (4 * t * inner) as u64)?,
-            step: gpu.step_buffer(0),
+            ids: b.storage_with("encoder ids", bytemuck::cast_slice(&ids))?,
+            positions: b.storage_with("encoder positions", bytemuck::cast_slice(&positions))?,
+            types: b.storage("encoder token types", 4 * t as u64)?,
+            segments: b.storage_with("encoder segments", bytemuck::cast_slice(&segments))?,
+            h: b.storage("encoder hidden", (4 * t * h) as u64)?,
+            tmp: b.storage("encoder tmp", (4 * t * h) as u64)?,
+            qkv: b.storage("encoder qkv", (4 * t * 3 * h) as u64)?,
+            context: b.storage("encoder context", (4 * t * h) as u64)?,
+            inner: b.storage("encoder intermediate", (4 * t * inner) as u64)?,
+            step: b.step_buffer()?,
         };
-        let mut r = Recorder::new(k, t, &s.step);
+        let mut r = Recorder::new(b, t, &s.step);
         self.forward(&mut r, &s)?;
-        gpu.submit(&r.finish_commands());
-        let states = gpu.read_f32("encoder hidden states", &s.h, t * h).await?;
+        for segment in r.finish() {
+            if let Segment::Run(ops) = segment {
+                b.run(&ops)?;
+            }
+        }
+        let states = b.read_f32("encoder hidden states", &s.h, t * h).await?;
         Ok(self.pool(&states, batch))
     }
 
@@ -188,13 +193,13 @@ impl Encoder {
             layer.query.forward_into(r, &s.h, &s.qkv, fused(0))?;
             layer.key.forward_into(r, &s.h, &s.qkv, fused(1))?;
             layer.value.forward_into(r, &s.h, &s.qkv, fused(2))?;
-            r.push(r.kernels.encoder_attention(&s.qkv, &s.segments, &s.context, t, c.num_heads, c.head_dim)?);
+            r.push(r.backend.encoder_attention(&s.qkv, &s.segments, &s.context, t, c.num_heads, c.head_dim)?);
             layer.attention_output.forward(r, &s.context, &s.tmp)?;
             r.add(&s.tmp, &s.h, h)?;
             layer.attention_norm.forward(r, &s.tmp, &s.h)?;
             // Feed-forward: LayerNorm(h + dense(gelu(dense(h)))).
             layer.intermediate.forward(r, &s.h, &s.inner)?;
-            r.push(r.kernels.gelu(&s.inner, t * c.intermediate_size, self.gelu)?);
+            r.push(r.backend.gelu(&s.inner, t * c.intermediate_size, self.gelu)?);
             layer.output.forward(r, &s.inner, &s.tmp)?;
             r.add(&s.tmp, &s.h, h)?;
             layer.output_norm.forward(r, &s.tmp, &s.h)?;

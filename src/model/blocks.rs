@@ -8,12 +8,11 @@
 
 use super::recorder::Recorder;
 use super::{entry, upload_vector};
+use crate::backend::{Backend, Buf, Matrix};
 use crate::config::{BlockSparse, ModelConfig, NormKind};
 use crate::error::Result;
 use crate::formats::package::ShardSource;
-use crate::gpu::{
-    AttentionScratch, AttentionShape, Bias, Gpu, KvAppendShape, KvFormat, Matrix, OutputSlice, RopeShape,
-};
+use crate::gpu::{AttentionScratch, AttentionShape, KvAppendShape, KvFormat, OutputSlice, RopeShape};
 
 /// y = x W^T (+ b) with W [rows, cols], stored as row chunks when one
 /// storage binding cannot hold it (a 200k-row vocabulary).
@@ -22,12 +21,12 @@ pub struct Linear {
     pub cols: usize,
     /// (matrix, its first row)
     chunks: Vec<(Matrix, usize)>,
-    bias: Option<wgpu::Buffer>, // [rows]
+    bias: Option<Buf>, // [rows]
 }
 
 impl Linear {
     /// `{name}.weight`, and `{name}.bias` when `bias`.
-    pub async fn load(gpu: &Gpu, source: &impl ShardSource, name: &str, bias: bool) -> Result<Linear> {
+    pub async fn load(b: &Backend, source: &impl ShardSource, name: &str, bias: bool) -> Result<Linear> {
         let entry = entry(source, &format!("{name}.weight"))?;
         let format = entry.weight_format()?;
         let (rows, cols) = entry.rows_cols();
@@ -35,11 +34,11 @@ impl Linear {
         let mut first = 0;
         for chunk in &entry.chunks {
             let layout = source.chunk_layout(chunk).await?;
-            chunks.push((Matrix::upload(gpu, &entry.name, format, chunk.rows, cols, &layout)?, first));
+            chunks.push((b.matrix(&entry.name, format, chunk.rows, cols, layout)?, first));
             first += chunk.rows;
         }
         let bias = match bias {
-            true => Some(upload_vector(gpu, source, &format!("{name}.bias")).await?),
+            true => Some(upload_vector(b, source, &format!("{name}.bias")).await?),
             false => None,
         };
         Ok(Linear { rows, cols, chunks, bias })
@@ -47,31 +46,31 @@ impl Linear {
 
     /// The same matrices with `bias` [rows] (Phi-3-small's tied lm_head and
     /// its dummy-token bias): the GPU buffers are shared, not copied.
-    pub fn with_bias(&self, bias: wgpu::Buffer) -> Linear {
+    pub fn with_bias(&self, bias: Buf) -> Linear {
         Linear { rows: self.rows, cols: self.cols, chunks: self.chunks.clone(), bias: Some(bias) }
     }
 
     /// y [T, rows] = x [T, cols] W^T (+ b).
-    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<()> {
+    pub fn forward(&self, r: &mut Recorder, x: &Buf, y: &Buf) -> Result<()> {
         self.forward_into(r, x, y, OutputSlice::whole(self.rows))
     }
 
     /// The outputs written into the slice `out` of each row of y.
-    pub fn forward_into(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutputSlice) -> Result<()> {
+    pub fn forward_into(&self, r: &mut Recorder, x: &Buf, y: &Buf, out: OutputSlice) -> Result<()> {
         for (matrix, first) in &self.chunks {
-            let bias = self.bias.as_ref().map(|buffer| Bias { buffer, offset: *first });
+            let bias = self.bias.as_ref().map(|buffer| (buffer, *first));
             let slice = OutputSlice { stride: out.stride, offset: out.offset + first };
-            let d = r.kernels.linear_with_bias(matrix, bias, x, y, r.tokens, slice)?;
-            r.push(d);
+            let op = r.backend.linear(matrix, bias, x, y, r.tokens, slice)?;
+            r.push(op);
         }
         Ok(())
     }
 
     /// out [T, cols] = rows ids [T] of W (an embedding table).
-    pub fn lookup(&self, r: &mut Recorder, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+    pub fn lookup(&self, r: &mut Recorder, ids: &Buf, out: &Buf) -> Result<()> {
         for (table, first) in &self.chunks {
-            let d = r.kernels.embedding_chunk(table, *first, ids, out, r.tokens)?;
-            r.push(d);
+            let op = r.backend.embedding_chunk(table, *first, ids, out, r.tokens)?;
+            r.push(op);
         }
         Ok(())
     }
@@ -79,7 +78,7 @@ impl Linear {
     /// Bytes on the GPU.
     pub fn gpu_bytes(&self) -> u64 {
         let bias = self.bias.as_ref().map_or(0, |b| b.size());
-        self.chunks.iter().map(|(m, _)| m.gpu_bytes()).sum::<u64>() + bias
+        self.chunks.iter().map(|(m, _)| m.bytes()).sum::<u64>() + bias
     }
 
     /// Bytes one token's product reads.
@@ -102,7 +101,7 @@ impl Fused {
     }
 
     /// y [T, width] = the parts' outputs side by side.
-    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<()> {
+    pub fn forward(&self, r: &mut Recorder, x: &Buf, y: &Buf) -> Result<()> {
         let mut offset = 0;
         for part in &self.parts {
             part.forward_into(r, x, y, OutputSlice { stride: self.width, offset })?;
@@ -122,8 +121,8 @@ impl Fused {
 
 /// RMSNorm (weight) or LayerNorm (weight and bias) over rows of `cols`.
 pub struct Norm {
-    weight: wgpu::Buffer,       // [cols]
-    bias: Option<wgpu::Buffer>, // [cols], LayerNorm only
+    weight: Buf,       // [cols]
+    bias: Option<Buf>, // [cols], LayerNorm only
     cols: usize,
     eps: f32,
 }
@@ -131,20 +130,20 @@ pub struct Norm {
 impl Norm {
     /// `{name}.weight` (and `{name}.bias` for LayerNorm).
     pub async fn load(
-        gpu: &Gpu,
+        b: &Backend,
         source: &impl ShardSource,
         name: &str,
         kind: NormKind,
         cols: usize,
         eps: f32,
     ) -> Result<Norm> {
-        Norm::load_scaled(gpu, source, name, kind, cols, eps, 1.0).await
+        Norm::load_scaled(b, source, name, kind, cols, eps, 1.0).await
     }
 
     /// `load` with weight and bias multiplied by `scale`: the norm's output
     /// times `scale` (Phi-3-small's logits ÷ mup_width_multiplier, folded in).
     pub async fn load_scaled(
-        gpu: &Gpu,
+        b: &Backend,
         source: &impl ShardSource,
         name: &str,
         kind: NormKind,
@@ -152,10 +151,10 @@ impl Norm {
         eps: f32,
         scale: f32,
     ) -> Result<Norm> {
-        let vector = async |name: String| -> Result<wgpu::Buffer> {
+        let vector = async |name: String| -> Result<Buf> {
             let mut values = source.tensor_f32(entry(source, &name)?).await?;
             values.iter_mut().for_each(|v| *v *= scale);
-            gpu.storage_with(&name, bytemuck::cast_slice(&values))
+            b.storage_with(&name, bytemuck::cast_slice(&values))
         };
         let weight = vector(format!("{name}.weight")).await?;
         let bias = match kind {
@@ -166,8 +165,8 @@ impl Norm {
     }
 
     /// y [T, cols] = norm(x).
-    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<()> {
-        let (k, t) = (r.kernels, r.tokens);
+    pub fn forward(&self, r: &mut Recorder, x: &Buf, y: &Buf) -> Result<()> {
+        let (k, t) = (r.backend, r.tokens);
         let d = match &self.bias {
             None => k.rms_norm(x, &self.weight, y, t, self.cols, self.eps)?,
             Some(bias) => k.layer_norm(x, &self.weight, bias, y, t, self.cols, self.eps)?,
@@ -195,25 +194,25 @@ fn inv_freq(config: &ModelConfig, factors: Option<&[f32]>) -> Vec<f32> {
 /// A dense decoder's activations for up to `t` tokens per forward call
 /// (Phi-3 and Llama, Phi-3-small).
 pub struct DecoderScratch {
-    pub x: wgpu::Buffer,    // [T, H] residual stream
-    pub h: wgpu::Buffer,    // [T, H] normed input, then the block's output
-    pub qkv: wgpu::Buffer,  // [T, (heads + 2 kv_heads) head_dim]
-    pub attn: wgpu::Buffer, // [T, heads head_dim]
-    pub mlp: MlpScratch,    // [T, 2 I], [T, I]
-    pub last: LastRow,      // the last token's row, when generating
+    pub x: Buf,          // [T, H] residual stream
+    pub h: Buf,          // [T, H] normed input, then the block's output
+    pub qkv: Buf,        // [T, (heads + 2 kv_heads) head_dim]
+    pub attn: Buf,       // [T, heads head_dim]
+    pub mlp: MlpScratch, // [T, 2 I], [T, I]
+    pub last: LastRow,   // the last token's row, when generating
 }
 
 impl DecoderScratch {
-    pub fn new(gpu: &Gpu, c: &ModelConfig, t: usize) -> Result<DecoderScratch> {
-        let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
+    pub fn new(b: &Backend, c: &ModelConfig, t: usize) -> Result<DecoderScratch> {
+        let floats = |label: &str, n: usize| b.storage(label, 4 * n as u64);
         let h = c.hidden_size;
         Ok(DecoderScratch {
             x: floats("x", t * h)?,
             h: floats("h", t * h)?,
             qkv: floats("qkv", t * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim)?,
             attn: floats("attn", t * c.num_heads * c.head_dim)?,
-            mlp: MlpScratch::new(gpu, t, c.intermediate_size)?,
-            last: LastRow::new(gpu, h)?,
+            mlp: MlpScratch::new(b, t, c.intermediate_size)?,
+            last: LastRow::new(b, h)?,
         })
     }
 }
@@ -221,14 +220,14 @@ impl DecoderScratch {
 /// Scratch for the logits of the last position only (generating): its
 /// residual row and that row normed, [H] each.
 pub struct LastRow {
-    residual: wgpu::Buffer, // [H]
-    normed: wgpu::Buffer,   // [H]
+    residual: Buf, // [H]
+    normed: Buf,   // [H]
     hidden: usize,
 }
 
 impl LastRow {
-    pub fn new(gpu: &Gpu, hidden: usize) -> Result<LastRow> {
-        let floats = |label: &str| gpu.storage(label, 4 * hidden as u64);
+    pub fn new(b: &Backend, hidden: usize) -> Result<LastRow> {
+        let floats = |label: &str| b.storage(label, 4 * hidden as u64);
         Ok(LastRow { residual: floats("last")?, normed: floats("last_norm")?, hidden })
     }
 
@@ -240,16 +239,16 @@ impl LastRow {
         r: &mut Recorder,
         norm: &Norm,
         lm_head: &Linear,
-        x: &wgpu::Buffer,
-        h: &wgpu::Buffer,
-        logits: &wgpu::Buffer,
+        x: &Buf,
+        h: &Buf,
+        logits: &Buf,
         all: bool,
     ) -> Result<()> {
         if all {
             norm.forward(r, x, h)?;
             return lm_head.forward(r, h, logits);
         }
-        r.copy_last_row(x, &self.residual, self.hidden);
+        r.copy_last_row(x, &self.residual, self.hidden)?;
         r.tokens = 1;
         norm.forward(r, &self.residual, &self.normed)?;
         lm_head.forward(r, &self.normed, logits)
@@ -259,21 +258,21 @@ impl LastRow {
 /// Rotary embedding of the query and key heads of fused QKV rows (NeoX
 /// style, partial when rotary_dim < head_dim; LongRoPE's two factor sets).
 pub struct Rope {
-    inv_freq_short: wgpu::Buffer, // [rotary_dim / 2]
-    inv_freq_long: wgpu::Buffer,  // [rotary_dim / 2] (LongRoPE; = short otherwise)
-    shape: RopeShape,             // the query heads; tokens and attn_factor set per call
+    inv_freq_short: Buf, // [rotary_dim / 2]
+    inv_freq_long: Buf,  // [rotary_dim / 2] (LongRoPE; = short otherwise)
+    shape: RopeShape,    // the query heads; tokens and attn_factor set per call
     kv_heads: usize,
     /// What multiplies cos and sin with the short and the long factors.
     attn_factor: [f32; 2],
 }
 
 impl Rope {
-    pub fn new(gpu: &Gpu, c: &ModelConfig) -> Result<Rope> {
+    pub fn new(b: &Backend, c: &ModelConfig) -> Result<Rope> {
         let short = inv_freq(c, c.longrope.as_ref().map(|l| l.short_factor.as_slice()));
         let long = inv_freq(c, c.longrope.as_ref().map(|l| l.long_factor.as_slice()));
         Ok(Rope {
-            inv_freq_short: gpu.storage_with("inv_freq", bytemuck::cast_slice(&short))?,
-            inv_freq_long: gpu.storage_with("inv_freq long", bytemuck::cast_slice(&long))?,
+            inv_freq_short: b.storage_with("inv_freq", bytemuck::cast_slice(&short))?,
+            inv_freq_long: b.storage_with("inv_freq long", bytemuck::cast_slice(&long))?,
             shape: RopeShape {
                 tokens: 0,
                 heads: c.num_heads,
@@ -290,13 +289,13 @@ impl Rope {
 
     /// Rotates q and k in place in qkv [T, (heads + 2 kv_heads) head_dim];
     /// `long`: LongRoPE's long factors.
-    pub fn forward(&self, r: &mut Recorder, qkv: &wgpu::Buffer, long: bool) -> Result<()> {
+    pub fn forward(&self, r: &mut Recorder, qkv: &Buf, long: bool) -> Result<()> {
         let inv_freq = if long { &self.inv_freq_long } else { &self.inv_freq_short };
         let q = RopeShape { tokens: r.tokens, attn_factor: self.attn_factor[long as usize], ..self.shape };
         let k = RopeShape { heads: self.kv_heads, offset: q.heads * q.head_dim, ..q };
         for shape in [q, k] {
-            let d = r.kernels.rope(r.step, inv_freq, qkv, &shape)?;
-            r.push(d);
+            let op = r.backend.rope(r.step, inv_freq, qkv, &shape)?;
+            r.push(op);
         }
         Ok(())
     }
@@ -304,8 +303,8 @@ impl Rope {
 
 /// One layer's keys and values: [slots, kv_heads * head_dim] each.
 pub struct LayerCache {
-    pub k: wgpu::Buffer,
-    pub v: wgpu::Buffer,
+    pub k: Buf,
+    pub v: Buf,
 }
 
 /// The KV cache of every layer.
@@ -319,13 +318,13 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(gpu: &Gpu, c: &ModelConfig, slots: usize, format: KvFormat) -> Result<KvCache> {
+    pub fn new(b: &Backend, c: &ModelConfig, slots: usize, format: KvFormat) -> Result<KvCache> {
         let bytes = (slots * format.row_bytes(c.num_kv_heads * c.head_dim)) as u64;
         let layers = (0..c.num_layers)
             .map(|i| {
                 Ok(LayerCache {
-                    k: gpu.storage(&format!("k cache {i}"), bytes)?,
-                    v: gpu.storage(&format!("v cache {i}"), bytes)?,
+                    k: b.storage(&format!("k cache {i}"), bytes)?,
+                    v: b.storage(&format!("v cache {i}"), bytes)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -354,14 +353,14 @@ pub enum Mask {
 pub struct Attention {
     shape: AttentionShape, // tokens, splits and cache set per call
     decode_splits: usize,
-    scratch: AttentionScratch,
+    scratch: Option<AttentionScratch>, // the GPU's split partials
 }
 
 impl Attention {
     /// For up to `max_tokens` queries per call over a cache of `capacity` positions.
-    pub fn new(gpu: &Gpu, c: &ModelConfig, mask: Mask, max_tokens: usize, capacity: usize) -> Result<Attention> {
+    pub fn new(b: &Backend, c: &ModelConfig, mask: Mask, max_tokens: usize, capacity: usize) -> Result<Attention> {
         let d = c.head_dim;
-        let decode_splits = AttentionShape::default_splits(1, capacity, c.num_kv_heads, gpu.tuning);
+        let decode_splits = AttentionShape::default_splits(1, capacity, c.num_kv_heads, b.tuning());
         let shape = AttentionShape {
             tokens: 1,
             heads: c.num_heads,
@@ -383,20 +382,13 @@ impl Attention {
                 _ => None,
             },
         };
-        let scratch = AttentionScratch::new(gpu, &shape)?;
+        let scratch = b.attention_scratch(&shape)?;
         Ok(Attention { shape, decode_splits, scratch })
     }
 
     /// out [T, heads * head_dim] = attention of the queries in qkv over
     /// layer `layer`'s cache, after appending qkv's keys and values to it.
-    pub fn forward(
-        &self,
-        r: &mut Recorder,
-        qkv: &wgpu::Buffer,
-        cache: &KvCache,
-        layer: usize,
-        out: &wgpu::Buffer,
-    ) -> Result<()> {
+    pub fn forward(&self, r: &mut Recorder, qkv: &Buf, cache: &KvCache, layer: usize, out: &Buf) -> Result<()> {
         let (s, layer) = (&self.shape, &cache.layers[layer]);
         let kv_dim = s.kv_heads * s.head_dim;
         let append = |offset| KvAppendShape {
@@ -408,8 +400,8 @@ impl Attention {
             format: cache.format,
         };
         let q_width = s.heads * s.head_dim;
-        let k = r.kernels.kv_append(r.step, qkv, &layer.k, &append(q_width))?;
-        let v = r.kernels.kv_append(r.step, qkv, &layer.v, &append(q_width + kv_dim))?;
+        let k = r.backend.kv_append(r.step, qkv, &layer.k, &append(q_width))?;
+        let v = r.backend.kv_append(r.step, qkv, &layer.v, &append(q_width + kv_dim))?;
         let shape = AttentionShape {
             tokens: r.tokens,
             slots: cache.slots,
@@ -417,10 +409,10 @@ impl Attention {
             kv_format: cache.format,
             ..*s
         };
-        let [split, combine] = r.kernels.attention(r.step, qkv, &layer.k, &layer.v, &self.scratch, out, &shape)?;
-        for d in [k, v, split, combine] {
-            r.push(d);
-        }
+        let attend = r.backend.attention(r.step, qkv, &layer.k, &layer.v, self.scratch.as_ref(), out, &shape)?;
+        r.push(k);
+        r.push(v);
+        attend.into_iter().for_each(|op| r.push(op));
         Ok(())
     }
 }
@@ -443,27 +435,27 @@ pub enum Gate {
 
 /// The MLP's activations for T tokens.
 pub struct MlpScratch {
-    pub gate_up: wgpu::Buffer, // [T, 2 I]
-    pub act: wgpu::Buffer,     // [T, I]
+    pub gate_up: Buf, // [T, 2 I]
+    pub act: Buf,     // [T, I]
 }
 
 impl MlpScratch {
     /// For up to `max_tokens` tokens of an MLP `intermediate` wide.
-    pub fn new(gpu: &Gpu, max_tokens: usize, intermediate: usize) -> Result<MlpScratch> {
+    pub fn new(b: &Backend, max_tokens: usize, intermediate: usize) -> Result<MlpScratch> {
         Ok(MlpScratch {
-            gate_up: gpu.storage("gate_up", (4 * max_tokens * 2 * intermediate) as u64)?,
-            act: gpu.storage("act", (4 * max_tokens * intermediate) as u64)?,
+            gate_up: b.storage("gate_up", (4 * max_tokens * 2 * intermediate) as u64)?,
+            act: b.storage("act", (4 * max_tokens * intermediate) as u64)?,
         })
     }
 }
 
 impl Mlp {
     /// y [T, H] = down(act(gate, up)) of x [T, H].
-    pub fn forward(&self, r: &mut Recorder, x: &wgpu::Buffer, s: &MlpScratch, y: &wgpu::Buffer) -> Result<()> {
+    pub fn forward(&self, r: &mut Recorder, x: &Buf, s: &MlpScratch, y: &Buf) -> Result<()> {
         self.gate_up.forward(r, x, &s.gate_up)?;
         let d = match self.gate {
-            Gate::Silu => r.kernels.silu_mul(&s.gate_up, &s.act, r.tokens, self.down.cols)?,
-            Gate::Gegelu { limit } => r.kernels.gegelu(&s.gate_up, &s.act, r.tokens, self.down.cols, limit)?,
+            Gate::Silu => r.backend.silu_mul(&s.gate_up, &s.act, r.tokens, self.down.cols)?,
+            Gate::Gegelu { limit } => r.backend.gegelu(&s.gate_up, &s.act, r.tokens, self.down.cols, limit)?,
         };
         r.push(d);
         self.down.forward(r, &s.act, y)

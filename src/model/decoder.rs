@@ -15,10 +15,11 @@ use super::phi3::Phi3;
 use super::phi3small::Phi3Small;
 use super::phimoe::PhiMoe;
 use super::recorder::{Recorder, Segment};
+use crate::backend::{Backend, Buf};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
-use crate::gpu::{Command, Gpu, Kernels, KvFormat};
+use crate::gpu::{Command, Gpu, KvFormat};
 
 /// One decoder architecture: its weights and scratch, and its forward pass.
 pub(crate) trait CausalLm {
@@ -90,12 +91,12 @@ impl DecoderOptions {
 
 /// The buffers a forward call reads and writes, outside the architecture.
 pub(crate) struct DecoderIo {
-    pub ids: wgpu::Buffer,         // [T] u32
-    pub logits: wgpu::Buffer,      // [T, vocab]
-    step: wgpu::Buffer,            // Step uniform
-    logits_readback: wgpu::Buffer, // [vocab] mappable copy of the last token's logits
-    token: wgpu::Buffer,           // [1] u32, argmax of the last token's logits
-    token_readback: wgpu::Buffer,  // [1] u32 mappable
+    pub ids: Buf,         // [T] u32
+    pub logits: Buf,      // [T, vocab]
+    step: Buf,            // Step: the position of the first token
+    logits_readback: Buf, // [vocab] mappable copy of the last token's logits
+    token: Buf,           // [1] u32, argmax of the last token's logits
+    token_readback: Buf,  // [1] u32 mappable
 }
 
 /// GPU memory of a loaded decoder, in bytes.
@@ -154,22 +155,16 @@ impl Decoder {
     /// forward passes use.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(
-        gpu: &Gpu,
-        kernels: &Kernels,
+        backend: &Backend,
         package: &crate::formats::package::Package,
         options: &DecoderOptions,
     ) -> Result<Decoder> {
-        pollster::block_on(Decoder::load_from(gpu, kernels, package, options))
+        pollster::block_on(Decoder::load_from(backend, package, options))
     }
 
     /// `load` from any shard source (the browser's cache in wasm), tensor by
     /// tensor in the order of the shards.
-    pub async fn load_from(
-        gpu: &Gpu,
-        kernels: &Kernels,
-        source: &impl ShardSource,
-        options: &DecoderOptions,
-    ) -> Result<Decoder> {
+    pub async fn load_from(b: &Backend, source: &impl ShardSource, options: &DecoderOptions) -> Result<Decoder> {
         let DecoderOptions { capacity, max_tokens, kv, gpu_memory } = *options;
         let config = source.manifest().config.clone();
         let kv_dim = config.num_kv_heads * config.head_dim;
@@ -186,9 +181,9 @@ impl Decoder {
         let t = max_tokens.clamp(1, capacity.max(1));
         let plan = LoadPlan { max_tokens: t, capacity, gpu_memory };
         let model: Box<dyn CausalLm> = match config.architecture {
-            Architecture::Phi3 | Architecture::Llama => Box::new(Phi3::load(gpu, source, &plan).await?),
-            Architecture::PhiMoe => Box::new(PhiMoe::load(gpu, source, &plan).await?),
-            Architecture::Phi3Small => Box::new(Phi3Small::load(gpu, source, &plan).await?),
+            Architecture::Phi3 | Architecture::Llama => Box::new(Phi3::load(b, source, &plan).await?),
+            Architecture::PhiMoe => Box::new(PhiMoe::load(b, source, &plan).await?),
+            Architecture::Phi3Small => Box::new(Phi3Small::load(b, source, &plan).await?),
             Architecture::Bert => {
                 return Err(Error::Unsupported {
                     what: "bert as a generating model".into(),
@@ -202,28 +197,28 @@ impl Decoder {
         };
         let vocab = config.vocab_size;
         let io = DecoderIo {
-            ids: gpu.storage("ids", 4 * t as u64)?,
-            logits: gpu.storage("logits", (4 * t * vocab) as u64)?,
-            step: gpu.step_buffer(0),
-            logits_readback: gpu.readback_buffer("logits readback", 4 * vocab as u64)?,
-            token: gpu.storage("token", 4)?,
-            token_readback: gpu.readback_buffer("token readback", 4)?,
+            ids: b.storage("ids", 4 * t as u64)?,
+            logits: b.storage("logits", (4 * t * vocab) as u64)?,
+            step: b.step_buffer()?,
+            logits_readback: b.readback_buffer("logits readback", 4 * vocab as u64)?,
+            token: b.storage("token", 4)?,
+            token_readback: b.readback_buffer("token readback", 4)?,
         };
-        let cache = KvCache::new(gpu, &config, slots, kv)?;
+        let cache = KvCache::new(b, &config, slots, kv)?;
         let decoder = Decoder { config, capacity, max_tokens: t, model, io, cache, recorded: Default::default() };
         // Warm up: record (and so compile the pipelines of) a decode step and
         // a full prefill chunk; nothing else compiles.
         for tokens in [1, t] {
-            decoder.recorded(kernels, RecordKey { tokens, long_rope: false, readout: Readout::Argmax })?;
+            decoder.recorded(b, RecordKey { tokens, long_rope: false, readout: Readout::Argmax })?;
         }
-        gpu.check()?;
+        b.check()?;
         Ok(decoder)
     }
 
     /// Runs `ids` at positions pos.. (the cache must hold 0..pos) and returns
     /// logits: [vocab] for `Logits::Last`, [T, vocab] for `Logits::All`.
-    pub async fn forward(&self, gpu: &Gpu, k: &Kernels, ids: &[u32], pos: usize, which: Logits) -> Result<Vec<f32>> {
-        self.forward_in_sequence(gpu, k, ids, pos, pos + ids.len(), which).await
+    pub async fn forward(&self, b: &Backend, ids: &[u32], pos: usize, which: Logits) -> Result<Vec<f32>> {
+        self.forward_in_sequence(b, ids, pos, pos + ids.len(), which).await
     }
 
     /// `forward` for one chunk of a sequence of `sequence_len` tokens: like
@@ -232,14 +227,13 @@ impl Decoder {
     /// know the total.
     pub async fn forward_in_sequence(
         &self,
-        gpu: &Gpu,
-        k: &Kernels,
+        b: &Backend,
         ids: &[u32],
         pos: usize,
         sequence_len: usize,
         which: Logits,
     ) -> Result<Vec<f32>> {
-        self.forward_while(gpu, k, ids, pos, sequence_len, which, || {}).await
+        self.forward_while(b, ids, pos, sequence_len, which, || {}).await
     }
 
     /// `forward_in_sequence`, running `during` on the CPU once the pass is
@@ -248,46 +242,30 @@ impl Decoder {
     #[allow(clippy::too_many_arguments)]
     pub async fn forward_while(
         &self,
-        gpu: &Gpu,
-        k: &Kernels,
+        b: &Backend,
         ids: &[u32],
         pos: usize,
         sequence_len: usize,
         which: Logits,
         during: impl FnOnce(),
     ) -> Result<Vec<f32>> {
-        self.submit(gpu, k, ids, pos, sequence_len, Readout::Logits(which)).await?;
+        self.submit(b, ids, pos, sequence_len, Readout::Logits(which)).await?;
         during();
         match which {
-            Logits::Last => gpu.read_mapped_f32("logits", &self.io.logits_readback, self.config.vocab_size).await,
-            Logits::All => gpu.read_f32("logits", &self.io.logits, ids.len() * self.config.vocab_size).await,
+            Logits::Last => b.read_mapped_f32("logits", &self.io.logits_readback, self.config.vocab_size).await,
+            Logits::All => b.read_f32("logits", &self.io.logits, ids.len() * self.config.vocab_size).await,
         }
     }
 
     /// `forward_in_sequence` for greedy decoding: the id of the last token's
     /// largest logit (the first on ties), picked on the GPU.
-    pub async fn greedy_in_sequence(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        ids: &[u32],
-        pos: usize,
-        sequence_len: usize,
-    ) -> Result<u32> {
-        self.submit(gpu, k, ids, pos, sequence_len, Readout::Argmax).await?;
-        let token = gpu.read_mapped_u32("token", &self.io.token_readback, 1).await?;
+    pub async fn greedy_in_sequence(&self, b: &Backend, ids: &[u32], pos: usize, sequence_len: usize) -> Result<u32> {
+        self.submit(b, ids, pos, sequence_len, Readout::Argmax).await?;
+        let token = b.read_mapped_u32("token", &self.io.token_readback, 1).await?;
         Ok(token[0])
     }
 
-    async fn submit(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        ids: &[u32],
-        pos: usize,
-        sequence_len: usize,
-        readout: Readout,
-    ) -> Result<()> {
+    async fn submit(&self, b: &Backend, ids: &[u32], pos: usize, sequence_len: usize, readout: Readout) -> Result<()> {
         let t = ids.len();
         if t == 0 || t > self.max_tokens {
             return Err(Error::Shape {
@@ -308,23 +286,24 @@ impl Decoder {
                 message: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
-        gpu.queue.write_buffer(&self.io.ids, 0, bytemuck::cast_slice(ids));
-        gpu.set_step(&self.io.step, pos as u32);
+        b.write(&self.io.ids, 0, bytemuck::cast_slice(ids))?;
+        b.set_step(&self.io.step, pos as u32)?;
         let long_rope = self.config.uses_long_rope(sequence_len.max(pos + t));
-        let pass = self.recorded(k, RecordKey { tokens: t, long_rope, readout })?;
+        let pass = self.recorded(b, RecordKey { tokens: t, long_rope, readout })?;
         for segment in pass.iter() {
             match segment {
-                Segment::Gpu(commands) => {
-                    gpu.submit(commands);
+                Segment::Run(ops) => b.run(ops)?,
+                Segment::Experts { layer, commands } => {
+                    let gpu = &b.gpu_only("an expert cache")?.gpu;
+                    self.model.run_experts(gpu, *layer, t, commands).await?
                 }
-                Segment::Experts { layer, commands } => self.model.run_experts(gpu, *layer, t, commands).await?,
             }
         }
         Ok(())
     }
 
     /// The recorded pass for `key`, recorded on first use.
-    fn recorded(&self, k: &Kernels, key: RecordKey) -> Result<Rc<Vec<Segment>>> {
+    fn recorded(&self, b: &Backend, key: RecordKey) -> Result<Rc<Vec<Segment>>> {
         let mut recorded = self.recorded.lock().map_err(|_| Error::Gpu {
             context: "forward".into(),
             message: "an earlier forward call panicked".into(),
@@ -332,7 +311,7 @@ impl Decoder {
         match recorded.iter().position(|(k, _)| *k == key) {
             Some(i) => recorded[..=i].rotate_right(1), // most recent first
             None => {
-                let pass = Rc::new(self.record(k, key)?);
+                let pass = Rc::new(self.record(b, key)?);
                 recorded.truncate(RECORDED_MAX - 1);
                 recorded.insert(0, (key, pass));
             }
@@ -341,17 +320,19 @@ impl Decoder {
     }
 
     /// One forward call's commands: the architecture's pass, then the readout.
-    fn record(&self, k: &Kernels, key: RecordKey) -> Result<Vec<Segment>> {
-        let mut r = Recorder::new(k, key.tokens, &self.io.step);
+    fn record(&self, b: &Backend, key: RecordKey) -> Result<Vec<Segment>> {
+        let mut r = Recorder::new(b, key.tokens, &self.io.step);
         let all_logits = key.readout == Readout::Logits(Logits::All);
         self.model.record(&mut r, &self.io, &self.cache, Pass { long_rope: key.long_rope, all_logits })?;
         let vocab = self.config.vocab_size;
         match key.readout {
             Readout::Logits(Logits::All) => {}
-            Readout::Logits(Logits::Last) => r.copy(&self.io.logits, 0, &self.io.logits_readback, (vocab * 4) as u64),
+            Readout::Logits(Logits::Last) => {
+                r.copy(&self.io.logits, 0, &self.io.logits_readback, (vocab * 4) as u64)?
+            }
             Readout::Argmax => {
-                r.push(k.argmax(&self.io.logits, &self.io.token, 1, vocab)?);
-                r.copy(&self.io.token, 0, &self.io.token_readback, 4);
+                r.push(b.argmax(&self.io.logits, &self.io.token, 1, vocab)?);
+                r.copy(&self.io.token, 0, &self.io.token_readback, 4)?;
             }
         }
         Ok(r.finish())

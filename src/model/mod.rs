@@ -21,9 +21,9 @@ pub use bert::Encoder;
 pub use decoder::{Decoder, DecoderMemory, DecoderOptions, Logits};
 pub use expert_cache::{ExpertSizes, ExpertStats};
 
+use crate::backend::{Backend, Buf};
 use crate::error::{Error, Result};
 use crate::formats::package::{ShardSource, TensorEntry};
-use crate::gpu::Gpu;
 
 /// A tensor's manifest entry, or an error naming the missing tensor.
 fn entry<'a>(source: &'a impl ShardSource, name: &str) -> Result<&'a TensorEntry> {
@@ -31,7 +31,7 @@ fn entry<'a>(source: &'a impl ShardSource, name: &str) -> Result<&'a TensorEntry
 }
 
 /// A vector (norm weight, bias) as an f32 storage buffer.
-async fn upload_vector(gpu: &Gpu, source: &impl ShardSource, name: &str) -> Result<wgpu::Buffer> {
+async fn upload_vector(b: &Backend, source: &impl ShardSource, name: &str) -> Result<Buf> {
     let values = source.tensor_f32(entry(source, name)?).await?;
-    gpu.storage_with(name, bytemuck::cast_slice(&values))
+    b.storage_with(name, bytemuck::cast_slice(&values))
 }

@@ -9,10 +9,14 @@ use super::blocks::Linear;
 use super::entry;
 use super::expert_cache::{CacheRouting, ExpertCache, ExpertStats, PROJECTIONS};
 use super::recorder::Recorder;
+use crate::backend::{Backend, Buf, Op};
 use crate::config::Moe;
 use crate::error::{Error, Result};
 use crate::formats::package::{ShardSource, TensorEntry};
 use crate::gpu::{Command, ExpertInput, ExpertStack, Gpu, Matrix, OutputSlice, Routing, ROUTE_BYTES};
+
+/// What runs on the GPU only, for the CPU backend's error.
+const WHAT: &str = "a mixture of experts (Phi-3.5-MoE)";
 
 pub struct SparseMoe {
     gate: Linear, // [E, H] router, no bias (kept f32 by the converter)
@@ -31,7 +35,7 @@ pub struct SparseMoe {
 
 /// The block's activations for up to T tokens (P = T * experts per token pairs).
 pub struct MoeScratch {
-    router_logits: wgpu::Buffer,   // [T, E]
+    router_logits: Buf,            // [T, E]
     routes: wgpu::Buffer,          // [P] Route (expert, weight)
     groups: wgpu::Buffer,          // [E] (first slot in order, pairs)
     order: wgpu::Buffer,           // [P] pair indices, by expert
@@ -46,7 +50,7 @@ impl MoeScratch {
         let pairs = max_tokens * moe.experts_per_token;
         let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
         Ok(MoeScratch {
-            router_logits: floats("router logits", max_tokens * moe.experts)?,
+            router_logits: Buf::Gpu(floats("router logits", max_tokens * moe.experts)?),
             routes: gpu.storage("routes", (pairs * ROUTE_BYTES) as u64)?,
             groups: gpu.storage("expert groups", 8 * moe.experts as u64)?,
             order: gpu.storage("pair order", 4 * pairs as u64)?,
@@ -120,13 +124,14 @@ impl SparseMoe {
     /// `model.layers.N.block_sparse_moe`), with `slots` experts on the GPU:
     /// all of them uploaded, or fewer as an empty [`ExpertCache`].
     pub async fn load(
-        gpu: &Gpu,
+        b: &Backend,
         source: &impl ShardSource,
         prefix: &str,
         moe: &Moe,
         [hidden, intermediate]: [usize; 2],
         slots: usize,
     ) -> Result<SparseMoe> {
+        let gpu = &b.gpu_only(WHAT)?.gpu;
         let e = moe.experts;
         let shapes = [[intermediate, hidden], [intermediate, hidden], [hidden, intermediate]];
         let mut tensors = Vec::with_capacity(3);
@@ -145,7 +150,7 @@ impl SparseMoe {
             false => None,
         };
         Ok(SparseMoe {
-            gate: Linear::load(gpu, source, &format!("{prefix}.gate"), false).await?,
+            gate: Linear::load(b, source, &format!("{prefix}.gate"), false).await?,
             w1,
             w3,
             w2,
@@ -161,17 +166,10 @@ impl SparseMoe {
     /// x [T, H] += Σ_k w_k · expert_k(h), over h [T, H] (the normed residual).
     /// A cached layer copies its routes out and leaves the expert matrices
     /// to [`SparseMoe::run_cached`] (layer `layer`'s `Segment::Experts`).
-    pub fn forward(
-        &self,
-        r: &mut Recorder,
-        layer: usize,
-        h: &wgpu::Buffer,
-        s: &MoeScratch,
-        x: &wgpu::Buffer,
-    ) -> Result<()> {
-        let (k, tokens) = (r.kernels, r.tokens);
+    pub fn forward(&self, r: &mut Recorder, layer: usize, h: &Buf, s: &MoeScratch, x: &Buf) -> Result<()> {
+        let (k, tokens) = (&r.backend.gpu_only(WHAT)?.kernels, r.tokens);
         self.gate.forward(r, h, &s.router_logits)?;
-        r.push(k.moe_route(&s.router_logits, &s.routes, tokens, self.experts, self.jitter)?);
+        r.push(k.moe_route(s.router_logits.gpu()?, &s.routes, tokens, self.experts, self.jitter)?);
         let routing = s.routing(tokens, self.per_token);
         match self.cache {
             None => {
@@ -181,17 +179,20 @@ impl SparseMoe {
                 self.experts(r, h, s, self.experts)?;
             }
             Some(_) => {
-                r.copy(&s.routes, 0, &s.routes_readback, (tokens * self.per_token * ROUTE_BYTES) as u64);
+                let size = (tokens * self.per_token * ROUTE_BYTES) as u64;
+                let (src, dst) = (s.routes.clone(), s.routes_readback.clone());
+                r.push(Op::Gpu(Command::Copy { src, src_offset: 0, dst, dst_offset: 0, size }));
                 r.experts(layer, |r| self.experts(r, h, s, self.slots()))?;
             }
         }
-        r.push(k.moe_combine(&routing, &s.out, x, self.hidden)?);
+        r.push(k.moe_combine(&routing, &s.out, x.gpu()?, self.hidden)?);
         Ok(())
     }
 
     /// out [P, H] = w2(silu(w1 h) * w3 h) for every pair, over stacks of `parts` experts.
-    fn experts(&self, r: &mut Recorder, h: &wgpu::Buffer, s: &MoeScratch, parts: usize) -> Result<()> {
-        let (k, tokens, i) = (r.kernels, r.tokens, self.intermediate);
+    fn experts(&self, r: &mut Recorder, h: &Buf, s: &MoeScratch, parts: usize) -> Result<()> {
+        let (k, tokens, i) = (&r.backend.gpu_only(WHAT)?.kernels, r.tokens, self.intermediate);
+        let h = h.gpu()?;
         let routing = s.routing(tokens, self.per_token);
         let stack = |matrix| ExpertStack { matrix, experts: parts };
         let gate_up = |offset| OutputSlice { stride: 2 * i, offset };

@@ -7,10 +7,10 @@
 use super::blocks::{Attention, DecoderScratch, Fused, Gate, KvCache, Linear, Mask, Mlp, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::recorder::Recorder;
+use crate::backend::Backend;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
 use crate::formats::package::ShardSource;
-use crate::gpu::Gpu;
 
 struct Layer {
     input_layernorm: Norm,
@@ -32,10 +32,10 @@ pub struct Phi3 {
 }
 
 impl Phi3 {
-    pub async fn load(gpu: &Gpu, source: &impl ShardSource, plan: &LoadPlan) -> Result<Phi3> {
+    pub async fn load(b: &Backend, source: &impl ShardSource, plan: &LoadPlan) -> Result<Phi3> {
         let c = source.manifest().config.clone();
         let (h, eps) = (c.hidden_size, c.norm_eps);
-        let linear = async |name: &str| Linear::load(gpu, source, name, false).await;
+        let linear = async |name: &str| Linear::load(b, source, name, false).await;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
@@ -54,11 +54,10 @@ impl Phi3 {
                 ),
             };
             layers.push(Layer {
-                input_layernorm: Norm::load(gpu, source, &p("input_layernorm"), c.norm, h, eps).await?,
+                input_layernorm: Norm::load(b, source, &p("input_layernorm"), c.norm, h, eps).await?,
                 qkv_proj,
                 o_proj: linear(&p("self_attn.o_proj")).await?,
-                post_attention_layernorm: Norm::load(gpu, source, &p("post_attention_layernorm"), c.norm, h, eps)
-                    .await?,
+                post_attention_layernorm: Norm::load(b, source, &p("post_attention_layernorm"), c.norm, h, eps).await?,
                 mlp: Mlp { gate_up, down: linear(&p("mlp.down_proj")).await?, gate: Gate::Silu },
             });
         }
@@ -67,16 +66,16 @@ impl Phi3 {
             Some(_) => Some(linear("lm_head").await?),
             None => None,
         };
-        let norm = Norm::load(gpu, source, "model.norm", c.norm, h, eps).await?;
+        let norm = Norm::load(b, source, "model.norm", c.norm, h, eps).await?;
         let t = plan.max_tokens;
-        let scratch = DecoderScratch::new(gpu, &c, t)?;
+        let scratch = DecoderScratch::new(b, &c, t)?;
         let mask = match c.sliding_window {
             Some(window) if window > 0 => Mask::SlidingWindow(window),
             _ => Mask::Causal,
         };
         Ok(Phi3 {
-            rope: Rope::new(gpu, &c)?,
-            attention: Attention::new(gpu, &c, mask, t, plan.capacity)?,
+            rope: Rope::new(b, &c)?,
+            attention: Attention::new(b, &c, mask, t, plan.capacity)?,
             config: c,
             embed_tokens,
             layers,

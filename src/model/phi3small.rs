@@ -11,10 +11,10 @@
 use super::blocks::{Attention, DecoderScratch, Fused, Gate, KvCache, Linear, Mask, Mlp, Norm, Rope};
 use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::recorder::Recorder;
+use crate::backend::Backend;
 use crate::config::{ModelConfig, Phi3SmallExtras};
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
-use crate::gpu::Gpu;
 
 struct Layer {
     input_layernorm: Norm,
@@ -44,7 +44,7 @@ pub struct Phi3Small {
 }
 
 impl Phi3Small {
-    pub async fn load(gpu: &Gpu, source: &impl ShardSource, plan: &LoadPlan) -> Result<Phi3Small> {
+    pub async fn load(b: &Backend, source: &impl ShardSource, plan: &LoadPlan) -> Result<Phi3Small> {
         let c = source.manifest().config.clone();
         let extras = c.phi3small.clone().ok_or_else(|| Error::Config {
             message: "a phi3small package without its muP and block-sparse settings; convert it again".into(),
@@ -56,8 +56,8 @@ impl Phi3Small {
             });
         }
         let (h, eps) = (c.hidden_size, c.norm_eps);
-        let biased = async |name: &str| Linear::load(gpu, source, name, true).await;
-        let norm = async |name: &str| Norm::load(gpu, source, name, c.norm, h, eps).await;
+        let biased = async |name: &str| Linear::load(b, source, name, true).await;
+        let norm = async |name: &str| Norm::load(b, source, name, c.norm, h, eps).await;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
@@ -74,22 +74,22 @@ impl Phi3Small {
                 sparse: !extras.dense_layer(i),
             });
         }
-        let embed_tokens = Linear::load(gpu, source, "model.embed_tokens", false).await?;
+        let embed_tokens = Linear::load(b, source, "model.embed_tokens", false).await?;
         let width = 1.0 / extras.width_multiplier;
-        let final_layernorm = Norm::load_scaled(gpu, source, "model.norm", c.norm, h, eps, width).await?;
+        let final_layernorm = Norm::load_scaled(b, source, "model.norm", c.norm, h, eps, width).await?;
         let mut dummy = vec![0.0f32; c.vocab_size];
         for &id in &extras.dummy_token_ids {
             *dummy.get_mut(id as usize).ok_or_else(|| Error::Config {
                 message: format!("dummy token {id} is outside the vocabulary of {}", c.vocab_size),
             })? = f32::MIN;
         }
-        let lm_head = embed_tokens.with_bias(gpu.storage_with("dummy tokens", bytemuck::cast_slice(&dummy))?);
+        let lm_head = embed_tokens.with_bias(b.storage_with("dummy tokens", bytemuck::cast_slice(&dummy))?);
         let t = plan.max_tokens;
-        let scratch = DecoderScratch::new(gpu, &c, t)?;
+        let scratch = DecoderScratch::new(b, &c, t)?;
         Ok(Phi3Small {
-            rope: Rope::new(gpu, &c)?,
-            dense_attention: Attention::new(gpu, &c, Mask::Causal, t, plan.capacity)?,
-            sparse_attention: Attention::new(gpu, &c, Mask::BlockSparse(extras.blocksparse), t, plan.capacity)?,
+            rope: Rope::new(b, &c)?,
+            dense_attention: Attention::new(b, &c, Mask::Causal, t, plan.capacity)?,
+            sparse_attention: Attention::new(b, &c, Mask::BlockSparse(extras.blocksparse), t, plan.capacity)?,
             config: c,
             extras,
             embed_tokens,

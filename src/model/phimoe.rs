@@ -13,6 +13,7 @@ use super::decoder::{CausalLm, DecoderIo, LoadPlan, Pass};
 use super::expert_cache::{total_stats, ExpertSizes, ExpertStats};
 use super::moe::{MoeScratch, SparseMoe};
 use super::recorder::Recorder;
+use crate::backend::{Backend, Buf};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
@@ -28,12 +29,12 @@ struct Layer {
 
 /// Activations for up to `max_tokens` tokens per forward call.
 struct Scratch {
-    x: wgpu::Buffer,    // [T, H] residual stream
-    h: wgpu::Buffer,    // [T, H] normed input, then the attention's output
-    qkv: wgpu::Buffer,  // [T, qkv width]
-    attn: wgpu::Buffer, // [T, heads head_dim]
-    moe: MoeScratch,    // router logits, routes, expert activations
-    last: LastRow,      // the last token's row, when generating
+    x: Buf,          // [T, H] residual stream
+    h: Buf,          // [T, H] normed input, then the attention's output
+    qkv: Buf,        // [T, qkv width]
+    attn: Buf,       // [T, heads head_dim]
+    moe: MoeScratch, // router logits, routes, expert activations
+    last: LastRow,   // the last token's row, when generating
 }
 
 pub struct PhiMoe {
@@ -48,26 +49,27 @@ pub struct PhiMoe {
 }
 
 impl PhiMoe {
-    pub async fn load(gpu: &Gpu, source: &impl ShardSource, plan: &LoadPlan) -> Result<PhiMoe> {
+    pub async fn load(b: &Backend, source: &impl ShardSource, plan: &LoadPlan) -> Result<PhiMoe> {
         let c = source.manifest().config.clone();
         let moe = c.moe.clone().ok_or_else(|| Error::Config { message: "a phimoe config without experts".into() })?;
         let (h, eps, norm) = (c.hidden_size, c.norm_eps, c.norm);
+        let gpu = &b.gpu_only("Phi-3.5-MoE")?.gpu;
         let slots = ExpertSizes::of(source)?.slots(gpu, plan.gpu_memory)?;
-        let biased = async |name: &str| Linear::load(gpu, source, name, c.attention_bias).await;
+        let biased = async |name: &str| Linear::load(b, source, name, c.attention_bias).await;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
             layers.push(Layer {
-                input_layernorm: Norm::load(gpu, source, &p("input_layernorm"), norm, h, eps).await?,
+                input_layernorm: Norm::load(b, source, &p("input_layernorm"), norm, h, eps).await?,
                 qkv_proj: Fused::new(vec![
                     biased(&p("self_attn.q_proj")).await?,
                     biased(&p("self_attn.k_proj")).await?,
                     biased(&p("self_attn.v_proj")).await?,
                 ]),
                 o_proj: biased(&p("self_attn.o_proj")).await?,
-                post_attention_layernorm: Norm::load(gpu, source, &p("post_attention_layernorm"), norm, h, eps).await?,
+                post_attention_layernorm: Norm::load(b, source, &p("post_attention_layernorm"), norm, h, eps).await?,
                 block_sparse_moe: SparseMoe::load(
-                    gpu,
+                    b,
                     source,
                     &p("block_sparse_moe"),
                     &moe,
@@ -78,7 +80,7 @@ impl PhiMoe {
             });
         }
         let t = plan.max_tokens;
-        let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64);
+        let floats = |label: &str, n: usize| b.storage(label, 4 * n as u64);
         let qkv_width = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
         let scratch = Scratch {
             x: floats("x", t * h)?,
@@ -86,18 +88,18 @@ impl PhiMoe {
             qkv: floats("qkv", t * qkv_width)?,
             attn: floats("attn", t * c.num_heads * c.head_dim)?,
             moe: MoeScratch::new(gpu, &moe, t, h, c.intermediate_size)?,
-            last: LastRow::new(gpu, h)?,
+            last: LastRow::new(b, h)?,
         };
         let mask = match c.sliding_window {
             Some(window) if window > 0 => Mask::SlidingWindow(window),
             _ => Mask::Causal,
         };
         Ok(PhiMoe {
-            embed_tokens: Linear::load(gpu, source, "model.embed_tokens", false).await?,
-            norm: Norm::load(gpu, source, "model.norm", norm, h, eps).await?,
-            lm_head: Linear::load(gpu, source, "lm_head", c.lm_head_bias).await?,
-            rope: Rope::new(gpu, &c)?,
-            attention: Attention::new(gpu, &c, mask, t, plan.capacity)?,
+            embed_tokens: Linear::load(b, source, "model.embed_tokens", false).await?,
+            norm: Norm::load(b, source, "model.norm", norm, h, eps).await?,
+            lm_head: Linear::load(b, source, "lm_head", c.lm_head_bias).await?,
+            rope: Rope::new(b, &c)?,
+            attention: Attention::new(b, &c, mask, t, plan.capacity)?,
             config: c,
             layers,
             scratch,

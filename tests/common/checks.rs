@@ -30,7 +30,7 @@ fn weights(env: &Env, format: WeightFormat, rows: usize, cols: usize, seed: u64)
     let gguf = quant::quantize(format, &values).unwrap();
     let dequantized = quant::dequantize(format, &gguf).unwrap();
     let layout = quant::to_gpu_layout(format, &gguf).unwrap();
-    (Matrix::upload(&env.gpu, "w", format, rows, cols, &layout).unwrap(), dequantized)
+    (Matrix::upload(env.gpu(), "w", format, rows, cols, &layout).unwrap(), dequantized)
 }
 
 /// y [T, N] = x [T, K] W^T in f64, plus sum |w x| per output for the tolerance.
@@ -58,9 +58,9 @@ pub async fn matvec_every_format(env: &Env) {
             let xv = Rng::new(7 + s as u64).vec(cols, -1.0, 1.0);
             let x = env.upload_f32("x", &xv);
             let y = env.zeros("y", rows);
-            env.run(&[&env.kernels.matvec(&w, &x, &y).unwrap()]);
+            env.run(&[&env.kernels().matvec(&w, &x, &y).unwrap()]);
             let (expected, scale) = reference(&wf, &xv, rows, cols, 1);
-            let what = format!("matvec {} {} [{rows}x{cols}]", env.kernels.variant(), format.name());
+            let what = format!("matvec {} {} [{rows}x{cols}]", env.kernels().variant(), format.name());
             assert_close(&what, &env.read_f32(&y, rows).await, &expected, &scale, 1e-6, 2e-6);
         }
     }
@@ -74,7 +74,7 @@ pub async fn matmul_every_format(env: &Env) {
                 let xv = Rng::new(11 + tokens as u64).vec(tokens * cols, -1.0, 1.0);
                 let x = env.upload_f32("x", &xv);
                 let y = env.zeros("y", tokens * rows);
-                env.run(&[&env.kernels.matmul(&w, &x, &y, tokens).unwrap()]);
+                env.run(&[&env.kernels().matmul(&w, &x, &y, tokens).unwrap()]);
                 let (expected, scale) = reference(&wf, &xv, rows, cols, tokens);
                 let what = format!("matmul {} T={tokens} [{rows}x{cols}]", format.name());
                 assert_close(&what, &env.read_f32(&y, tokens * rows).await, &expected, &scale, 1e-6, 2e-6);
@@ -94,8 +94,8 @@ pub async fn linear_into_slices_of_a_fused_buffer(env: &Env) {
         let xv = Rng::new(43).vec(tokens * cols, -1.0, 1.0);
         let x = env.upload_f32("x", &xv);
         let y = env.upload_f32("y", &vec![7.0; tokens * stride]);
-        let first = env.kernels.linear(&a, &x, &y, tokens, OutputSlice { stride, offset: 0 }).unwrap();
-        let second = env.kernels.linear(&b, &x, &y, tokens, OutputSlice { stride, offset: 70 }).unwrap();
+        let first = env.kernels().linear(&a, &x, &y, tokens, OutputSlice { stride, offset: 0 }).unwrap();
+        let second = env.kernels().linear(&b, &x, &y, tokens, OutputSlice { stride, offset: 70 }).unwrap();
         env.run(&[&first, &second]);
         let (ya, sa) = reference(&af, &xv, 70, cols, tokens);
         let (yb, sb) = reference(&bf, &xv, 33, cols, tokens);
@@ -121,7 +121,7 @@ pub async fn embedding_every_format(env: &Env) {
         ids[1] = vocab as u32 - 1;
         let ids_buffer = env.upload_u32("ids", &ids);
         let out = env.zeros("out", ids.len() * hidden);
-        env.run(&[&env.kernels.embedding(&table, &ids_buffer, &out, ids.len()).unwrap()]);
+        env.run(&[&env.kernels().embedding(&table, &ids_buffer, &out, ids.len()).unwrap()]);
         let expected: Vec<f64> =
             ids.iter().flat_map(|&id| tf[id as usize * hidden..][..hidden].iter().map(|&v| v as f64)).collect();
         let scale: Vec<f64> = expected.iter().map(|v| v.abs()).collect();
@@ -141,11 +141,11 @@ pub async fn wrong_shapes_are_errors_not_out_of_bounds_reads(env: &Env) {
     let (w, _) = weights(env, WeightFormat::Q4_0, 64, 64, 1);
     let short = env.zeros("short", 32);
     let y = env.zeros("y", 64);
-    let err = env.kernels.matvec(&w, &short, &y).unwrap_err();
+    let err = env.kernels().matvec(&w, &short, &y).unwrap_err();
     assert!(err.to_string().contains("linear") && err.to_string().contains("x holds 128 bytes"), "{err}");
-    let err = Matrix::from_f32(&env.gpu, "odd", WeightFormat::Q4_0, 2, 48, &[0.0; 96]).unwrap_err();
+    let err = Matrix::from_f32(env.gpu(), "odd", WeightFormat::Q4_0, 2, 48, &[0.0; 96]).unwrap_err();
     assert!(err.to_string().contains("odd: q4_0 [2, 48] needs cols a multiple of 32"), "{err}");
-    let err = env.gpu.storage("huge", env.gpu.limits.max_buffer_size + 4).unwrap_err();
+    let err = env.gpu().storage("huge", env.gpu().limits.max_buffer_size + 4).unwrap_err();
     assert!(err.to_string().contains("maxBufferSize"), "{err}");
 }
 
@@ -155,7 +155,7 @@ pub async fn wrong_shapes_are_errors_not_out_of_bounds_reads(env: &Env) {
 /// come in such chunks).
 pub async fn matrix_chunk_at_the_binding_limit(env: &Env) {
     use phi_web::formats::package::MAX_CHUNK_BYTES;
-    let limit = MAX_CHUNK_BYTES.min(env.gpu.limits.max_storage_buffer_binding_size);
+    let limit = MAX_CHUNK_BYTES.min(env.gpu().limits.max_storage_buffer_binding_size);
     let cols = 4096;
     let (row_payload, row_scales) = quant::gpu_size(WeightFormat::Q4_0, 1, cols);
     let rows = (limit as usize / row_payload) & !1;
@@ -166,10 +166,10 @@ pub async fn matrix_chunk_at_the_binding_limit(env: &Env) {
         .flat_map(|d| d.to_le_bytes())
         .collect();
     let layout = quant::GpuLayout { data, scales };
-    let w = Matrix::upload(&env.gpu, "chunk", WeightFormat::Q4_0, rows, cols, &layout).unwrap();
+    let w = Matrix::upload(env.gpu(), "chunk", WeightFormat::Q4_0, rows, cols, &layout).unwrap();
     assert!(w.gpu_bytes() > limit, "payload and scales {} in one buffer", w.gpu_bytes());
     let (x, y) = (env.upload_f32("x", &vec![1.0; cols]), env.zeros("y", rows));
-    env.run(&[&env.kernels.matvec(&w, &x, &y).unwrap()]);
+    env.run(&[&env.kernels().matvec(&w, &x, &y).unwrap()]);
     let got = env.read_f32(&y, rows).await;
     let expected: Vec<f64> = (0..rows).map(|r| (cols / 8 * (r % 7 + 1)) as f64).collect();
     assert_close_rel(&format!("q4_0 [{rows}, {cols}] chunk"), &got, &expected, 0.0, 0.0);
@@ -187,7 +187,7 @@ pub async fn rms_norm_rows(env: &Env) {
         let (xv, wv) = (rng.vec(rows * cols, -3.0, 3.0), rng.vec(cols, 0.5, 1.5));
         let (x, w, y) = (env.upload_f32("x", &xv), env.upload_f32("w", &wv), env.zeros("y", rows * cols));
         let eps = 1e-5;
-        env.run(&[&env.kernels.rms_norm(&x, &w, &y, rows, cols, eps).unwrap()]);
+        env.run(&[&env.kernels().rms_norm(&x, &w, &y, rows, cols, eps).unwrap()]);
         let mut expected = vec![0.0; rows * cols];
         for r in 0..rows {
             let row = &xv[r * cols..][..cols];
@@ -216,7 +216,7 @@ pub async fn layer_norm_rows(env: &Env) {
         let (x, w, b, y) =
             (env.upload_f32("x", &xv), env.upload_f32("w", &wv), env.upload_f32("b", &bv), env.zeros("y", rows * cols));
         let eps = 1e-5;
-        env.run(&[&env.kernels.layer_norm(&x, &w, &b, &y, rows, cols, eps).unwrap()]);
+        env.run(&[&env.kernels().layer_norm(&x, &w, &b, &y, rows, cols, eps).unwrap()]);
         let mut expected = vec![0.0; rows * cols];
         for r in 0..rows {
             let row = to_f64(&xv[r * cols..][..cols]);
@@ -241,7 +241,7 @@ pub async fn silu_mul_over_fused_gate_up(env: &Env) {
     let (tokens, inter) = (37, 130);
     let gu = Rng::new(3).vec(tokens * 2 * inter, -12.0, 12.0);
     let (x, out) = (env.upload_f32("gate_up", &gu), env.zeros("out", tokens * inter));
-    env.run(&[&env.kernels.silu_mul(&x, &out, tokens, inter).unwrap()]);
+    env.run(&[&env.kernels().silu_mul(&x, &out, tokens, inter).unwrap()]);
     let mut expected = vec![0.0; tokens * inter];
     for t in 0..tokens {
         for i in 0..inter {
@@ -258,7 +258,7 @@ pub async fn gegelu_clamps_and_gates(env: &Env) {
     let gu = Rng::new(4).vec(tokens * 2 * inter, -12.0, 12.0);
     let (x, out) = (env.upload_f32("gate_up", &gu), env.zeros("out", tokens * inter));
     for limit in [Some(2.0f32), None] {
-        env.run(&[&env.kernels.gegelu(&x, &out, tokens, inter, limit).unwrap()]);
+        env.run(&[&env.kernels().gegelu(&x, &out, tokens, inter, limit).unwrap()]);
         let l = limit.map_or(f64::MAX, f64::from);
         let mut expected = vec![0.0; tokens * inter];
         for t in 0..tokens {
@@ -275,7 +275,7 @@ pub async fn gegelu_clamps_and_gates(env: &Env) {
 pub async fn scale_in_place(env: &Env) {
     let values = Rng::new(5).vec(1000, -3.0, 3.0);
     let x = env.upload_f32("x", &values);
-    env.run(&[&env.kernels.scale(&x, 999, 10.0).unwrap()]);
+    env.run(&[&env.kernels().scale(&x, 999, 10.0).unwrap()]);
     let expected: Vec<f64> =
         values.iter().enumerate().map(|(i, &v)| v as f64 * if i < 999 { 10.0 } else { 1.0 }).collect();
     assert_close_rel("scale", &env.read_f32(&x, 1000).await, &expected, 0.0, 1e-7);
@@ -307,7 +307,7 @@ pub async fn gelu_erf_and_tanh(env: &Env) {
     let xv = Rng::new(9).vec(n, -8.0, 8.0);
     for kind in [GeluKind::Erf, GeluKind::Tanh] {
         let x = env.upload_f32("x", &xv);
-        env.run(&[&env.kernels.gelu(&x, n, kind).unwrap()]);
+        env.run(&[&env.kernels().gelu(&x, n, kind).unwrap()]);
         let expected: Vec<f64> = xv
             .iter()
             .map(|&v| {
@@ -331,7 +331,7 @@ pub async fn add_in_place(env: &Env) {
     let mut rng = Rng::new(4);
     let (av, bv) = (rng.vec(n, -1.0, 1.0), rng.vec(n, -1.0, 1.0));
     let (a, b) = (env.upload_f32("a", &av), env.upload_f32("b", &bv));
-    env.run(&[&env.kernels.add(&a, &b, n).unwrap()]);
+    env.run(&[&env.kernels().add(&a, &b, n).unwrap()]);
     let expected: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| (x + y) as f64).collect();
     assert_close_rel("add", &env.read_f32(&a, n).await, &expected, 0.0, 0.0);
 }
@@ -340,7 +340,7 @@ pub async fn softmax_rows(env: &Env) {
     let (rows, cols) = (5, 32064);
     let xv = Rng::new(8).vec(rows * cols, -30.0, 30.0);
     let x = env.upload_f32("x", &xv);
-    env.run(&[&env.kernels.softmax(&x, rows, cols).unwrap()]);
+    env.run(&[&env.kernels().softmax(&x, rows, cols).unwrap()]);
     let mut expected = vec![0.0; rows * cols];
     for r in 0..rows {
         let row = to_f64(&xv[r * cols..][..cols]);
@@ -363,8 +363,8 @@ pub async fn argmax_rows_first_maximum_wins(env: &Env) {
         // Row 1: every value very negative (below the kernel's sentinel).
         xv[cols..2 * cols].iter_mut().for_each(|v| *v = -3.0e38);
         xv[cols + cols / 3] = -1.0e38;
-        let (x, out) = (env.upload_f32("x", &xv), env.gpu.storage("out", 4 * rows as u64).unwrap());
-        env.run(&[&env.kernels.argmax(&x, &out, rows, cols).unwrap()]);
+        let (x, out) = (env.upload_f32("x", &xv), env.gpu().storage("out", 4 * rows as u64).unwrap());
+        env.run(&[&env.kernels().argmax(&x, &out, rows, cols).unwrap()]);
         let expected: Vec<u32> = (0..rows)
             .map(|r| {
                 let row = &xv[r * cols..][..cols];
@@ -400,7 +400,7 @@ pub async fn linear_with_bias_any_shape(env: &Env) {
             let y = env.upload_f32("y", &vec![7.0; tokens * stride]);
             let out = OutputSlice { stride, offset };
             let b = Some(Bias { buffer: &bias, offset: bias_offset });
-            env.run(&[&env.kernels.linear_with_bias(&w, b, &x, &y, tokens, out).unwrap()]);
+            env.run(&[&env.kernels().linear_with_bias(&w, b, &x, &y, tokens, out).unwrap()]);
             let (product, product_scale) = reference(&wf, &xv, rows, cols, tokens);
             let (mut expected, mut scale) = (vec![7.0; tokens * stride], vec![0.0; tokens * stride]);
             for t in 0..tokens {
@@ -424,7 +424,7 @@ pub async fn embedding_any_shape(env: &Env) {
         let ids: Vec<u32> = vec![0, vocab as u32 - 1, 3, 3, 17];
         let ids_buffer = env.upload_u32("ids", &ids);
         let out = env.zeros("out", ids.len() * hidden);
-        env.run(&[&env.kernels.embedding(&table, &ids_buffer, &out, ids.len()).unwrap()]);
+        env.run(&[&env.kernels().embedding(&table, &ids_buffer, &out, ids.len()).unwrap()]);
         let expected: Vec<f64> =
             ids.iter().flat_map(|&id| tf[id as usize * hidden..][..hidden].iter().map(|&v| v as f64)).collect();
         let what = format!("embedding {} [{vocab}x{hidden}]", format.name());

@@ -7,11 +7,12 @@ pub mod checks;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod models;
 
+use phi_web::backend::{Backend, GpuBackend};
 use phi_web::gpu::{Dispatch, Gpu, GpuOptions, Kernels};
 
+/// The GPU backend the tests run on (models load through `backend`).
 pub struct Env {
-    pub gpu: Gpu,
-    pub kernels: Kernels,
+    pub backend: Backend,
 }
 
 /// The device every native test of a binary shares, with every feature the
@@ -39,38 +40,59 @@ pub fn portable_env() -> &'static Env {
     })
 }
 
+/// The CPU backend the model tests also run on (one per test binary).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cpu() -> &'static Backend {
+    static CPU: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| Backend::Cpu(phi_web::cpu::Cpu::new(None)))
+}
+
 impl Env {
     pub async fn open(options: GpuOptions) -> Env {
         let gpu = Gpu::new(&options).await.unwrap_or_else(|e| panic!("{e}"));
         let kernels = Kernels::new(&gpu);
         log(&format!("GPU tests run on {} with {:?}, {} kernels", gpu.adapter, gpu.features, kernels.variant()));
-        Env { gpu, kernels }
+        Env { backend: Backend::Gpu(GpuBackend { gpu, kernels }) }
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        match &self.backend {
+            Backend::Gpu(g) => &g.gpu,
+            Backend::Cpu(_) => unreachable!("Env is built on the GPU"),
+        }
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        match &self.backend {
+            Backend::Gpu(g) => &g.kernels,
+            Backend::Cpu(_) => unreachable!("Env is built on the GPU"),
+        }
     }
 
     pub fn upload_f32(&self, label: &str, values: &[f32]) -> wgpu::Buffer {
-        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
+        self.gpu().storage_with(label, bytemuck::cast_slice(values)).unwrap()
     }
 
     pub fn upload_u32(&self, label: &str, values: &[u32]) -> wgpu::Buffer {
-        self.gpu.storage_with(label, bytemuck::cast_slice(values)).unwrap()
+        self.gpu().storage_with(label, bytemuck::cast_slice(values)).unwrap()
     }
 
     pub fn zeros(&self, label: &str, floats: usize) -> wgpu::Buffer {
-        self.gpu.storage(label, 4 * floats as u64).unwrap()
+        self.gpu().storage(label, 4 * floats as u64).unwrap()
     }
 
     /// Submits the dispatches as one pass (natively, also waits).
     pub fn run(&self, dispatches: &[&Dispatch]) {
-        self.gpu.run(dispatches);
-        self.gpu.wait().unwrap();
+        self.gpu().run(dispatches);
+        self.gpu().wait().unwrap();
     }
 
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
-        self.gpu.read_f32("test output", buffer, len).await.unwrap()
+        self.gpu().read_f32("test output", buffer, len).await.unwrap()
     }
 
     pub async fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<u32> {
-        self.gpu.read_u32("test output", buffer, len).await.unwrap()
+        self.gpu().read_u32("test output", buffer, len).await.unwrap()
     }
 }
 

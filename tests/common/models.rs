@@ -10,6 +10,8 @@ use phi_web::gpu::KvFormat;
 use phi_web::model::{Decoder, DecoderOptions, Logits};
 use phi_web::quant::WeightFormat;
 
+use phi_web::backend::Backend;
+
 use super::env;
 
 pub fn root() -> PathBuf {
@@ -57,17 +59,19 @@ pub fn run(package: &Package, ids: &[u32], chunk: usize) -> Vec<f32> {
 
 /// `run` with a KV cache stored as `kv`.
 pub fn run_with(package: &Package, ids: &[u32], chunk: usize, kv: KvFormat) -> Vec<f32> {
-    let env = env();
+    run_on(&env().backend, package, ids, chunk, kv)
+}
+
+/// `run_with` on `backend`.
+pub fn run_on(backend: &Backend, package: &Package, ids: &[u32], chunk: usize, kv: KvFormat) -> Vec<f32> {
     // One-by-one decoding after a 5-token prefill keeps max_tokens at 5, so the
     // 8-position sliding window of tiny-phi3 runs in a ring of 13 slots.
-    let decoder = Decoder::load(&env.gpu, &env.kernels, package, &DecoderOptions::new(128, chunk, kv)).unwrap();
+    let decoder = Decoder::load(backend, package, &DecoderOptions::new(128, chunk, kv)).unwrap();
     let mut logits = Vec::new();
     let mut pos = 0;
     while pos < ids.len() {
         let n = if pos == 0 { chunk.min(ids.len()) } else { 1 };
-        logits.extend(
-            pollster::block_on(decoder.forward(&env.gpu, &env.kernels, &ids[pos..pos + n], pos, Logits::All)).unwrap(),
-        );
+        logits.extend(pollster::block_on(decoder.forward(backend, &ids[pos..pos + n], pos, Logits::All)).unwrap());
         pos += n;
     }
     logits

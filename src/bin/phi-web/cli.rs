@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use phi_web::backend::{Backend, BackendChoice, GpuBackend};
 use phi_web::bench::ModelBench;
 use phi_web::convert::{self, ConvertOptions};
-use phi_web::engine::{Request, DEFAULT_CONTEXT};
+use phi_web::engine::{EngineOptions, Request, DEFAULT_CONTEXT};
 use phi_web::formats::package::Package;
 use phi_web::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use phi_web::model::ExpertSizes;
@@ -28,6 +29,12 @@ pub struct Cli {
     /// Use neither shader-f16 nor subgroups (the path every device has).
     #[arg(long, global = true)]
     portable: bool,
+    /// Where models run: auto (WebGPU on a hardware adapter, else the CPU), webgpu or cpu.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
+    backend: BackendChoice,
+    /// Threads of the CPU backend (default: one per core).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -325,6 +332,10 @@ fn parse_quant(name: &str) -> Result<WeightFormat, String> {
     WeightFormat::parse(name).ok_or_else(|| "expected q4_0, q4_1, q8_0, f16 or f32".into())
 }
 
+fn parse_backend(name: &str) -> Result<BackendChoice, String> {
+    BackendChoice::parse(name).ok_or_else(|| format!("unknown backend {name:?}; expected auto, webgpu or cpu"))
+}
+
 fn parse_kv_cache(name: &str) -> Result<KvFormat, String> {
     KvFormat::parse(name).ok_or_else(|| "expected f16, q8 or f32".into())
 }
@@ -379,12 +390,18 @@ pub type Outcome = Result<(), Failure>;
 pub fn run() -> Outcome {
     let cli = Cli::parse();
     let gpu = GpuOptions { allow_f16: !cli.portable, allow_subgroups: !cli.portable, ..Default::default() };
+    let device = EngineOptions {
+        backend: cli.backend,
+        threads: cli.threads.map(usize::from),
+        gpu: gpu.clone(),
+        ..Default::default()
+    };
     match cli.command {
         Command::Convert(args) => convert(&args),
-        Command::Generate(args) => crate::run::generate(&args, &gpu),
-        Command::Chat(args) => crate::run::chat(&args, &gpu),
-        Command::Embed(args) => crate::embed::embed(&args, &gpu),
-        Command::Logits(args) => crate::run::logits(&args, &gpu),
+        Command::Generate(args) => crate::run::generate(&args, &device),
+        Command::Chat(args) => crate::run::chat(&args, &device),
+        Command::Embed(args) => crate::embed::embed(&args, &device),
+        Command::Logits(args) => crate::run::logits(&args, &device),
         Command::Tokenize(args) => crate::run::tokenize(&args),
         Command::Verify { dir } => verify(&dir),
         Command::Inspect { path } => {
@@ -572,10 +589,12 @@ fn structured_bench(stages: &Stages) -> Result<phi_web::bench::structured::Struc
 fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
     let gpu = pollster::block_on(Gpu::new(options))?;
     let kernels = Kernels::new(&gpu);
+    let backend = Backend::Gpu(GpuBackend { gpu, kernels });
+    let GpuBackend { gpu, kernels } = backend.gpu_only("the kernel benchmark")?;
     eprintln!("benchmarking on {}", gpu.adapter);
     let stages = Stages::new();
     let mut report =
-        pollster::block_on(phi_web::bench::kernel_report(&gpu, &kernels, |s| stages.log(&format!("  {s}"))))?;
+        pollster::block_on(phi_web::bench::kernel_report(gpu, kernels, |s| stages.log(&format!("  {s}"))))?;
     if args.kernels_only {
         return write_report(&report, args.out.as_deref());
     }
@@ -585,9 +604,7 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
     let want = |model: BenchModel| args.only.is_none_or(|o| o == model);
     let cpu = report.cpu_read_gbps_all_threads;
     let figure = |dir: &Path, plan: &ModelBench| {
-        pollster::block_on(phi_web::bench::model_figure(&gpu, &kernels, dir, plan, cpu, |s| {
-            stages.log(&format!("    {s}"))
-        }))
+        pollster::block_on(phi_web::bench::model_figure(&backend, dir, plan, cpu, |s| stages.log(&format!("    {s}"))))
     };
     let decode_plan = |prompts: Vec<usize>, decode_tokens: usize| ModelBench {
         context: 4096,
@@ -670,7 +687,7 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
                 report.models.push(figure(dir, &plan)?);
             }
             for context in [2048, 8000] {
-                report.blocksparse_kv_read.push(phi_web::bench::phi3small::kv_read(&gpu, &kernels, context, kv_cache)?);
+                report.blocksparse_kv_read.push(phi_web::bench::phi3small::kv_read(gpu, kernels, context, kv_cache)?);
             }
         }
     }

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use phi_web::engine::{open_backend, EngineOptions};
 use phi_web::formats::package::Package;
-use phi_web::gpu::{Gpu, GpuOptions, Kernels};
 use phi_web::model::Encoder;
 use phi_web::tokenizer::Tokenizer;
 
@@ -14,7 +14,7 @@ use crate::cli::{EmbedArgs, Outcome};
 /// Texts embedded per GPU batch when reading a file.
 const BATCH: usize = 64;
 
-pub fn embed(args: &EmbedArgs, options: &GpuOptions) -> Outcome {
+pub fn embed(args: &EmbedArgs, device: &EngineOptions) -> Outcome {
     let dir: &Path = &args.dir;
     // clap lets exactly one of --text and --file through.
     let texts: Vec<String> = match (&args.input.text, &args.input.file) {
@@ -30,9 +30,8 @@ pub fn embed(args: &EmbedArgs, options: &GpuOptions) -> Outcome {
     let file = package.manifest.tokenizer.as_ref().ok_or("this package has no tokenizer")?;
     let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
     let tokenizer = Tokenizer::from_bytes(&bytes, &package.manifest)?;
-    let gpu = pollster::block_on(Gpu::new(options))?;
-    let kernels = Kernels::new(&gpu);
-    let encoder = pollster::block_on(Encoder::load_from(&gpu, &package, 4096))?;
+    let (backend, _) = pollster::block_on(open_backend(device, &package.manifest.config))?;
+    let encoder = pollster::block_on(Encoder::load_from(&backend, &package, 4096))?;
 
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
@@ -41,7 +40,7 @@ pub fn embed(args: &EmbedArgs, options: &GpuOptions) -> Outcome {
     for (batch_index, batch) in texts.chunks(BATCH).enumerate() {
         let ids = tokenizer.encode_for_embedding(batch, encoder.max_seq_length())?;
         tokens += ids.iter().map(Vec::len).sum::<usize>();
-        let vectors = pollster::block_on(encoder.embed(&gpu, &kernels, &ids))?;
+        let vectors = pollster::block_on(encoder.embed(&backend, &ids))?;
         for (i, embedding) in vectors.into_iter().enumerate() {
             let line = if single {
                 serde_json::json!({ "embedding": embedding })

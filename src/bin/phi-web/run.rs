@@ -5,7 +5,6 @@ use std::path::Path;
 
 use phi_web::engine::{Engine, EngineOptions};
 use phi_web::formats::package::Package;
-use phi_web::gpu::GpuOptions;
 use phi_web::structured::tools::Delta;
 use phi_web::tokenizer::{Message, Tokenizer};
 
@@ -13,7 +12,7 @@ use crate::cli::{ChatArgs, Failure, GenerateArgs, LoadArgs, LogitsArgs, Outcome,
 
 /// Opens and (unless `--no-verify`) hash-checks the package, then loads it
 /// (with its tokenizer when `tokenizer`).
-fn load(dir: &Path, args: &LoadArgs, options: &GpuOptions, tokenizer: bool) -> Result<Engine, Failure> {
+fn load(dir: &Path, args: &LoadArgs, device: &EngineOptions, tokenizer: bool) -> Result<Engine, Failure> {
     let package = Package::open(dir)?;
     if !args.no_verify {
         package.verify(|_| {}).map_err(|e| {
@@ -27,9 +26,8 @@ fn load(dir: &Path, args: &LoadArgs, options: &GpuOptions, tokenizer: bool) -> R
     let options = EngineOptions {
         context: args.context,
         kv_cache: args.kv_cache,
-        gpu: options.clone(),
         gpu_memory: args.gpu_memory.map(|mb| (mb * 1e6) as u64),
-        prefill_chunk: 0,
+        ..device.clone()
     };
     Ok(pollster::block_on(Engine::load(&package, tokenizer, &options))?)
 }
@@ -42,8 +40,8 @@ fn load_tokenizer(dir: &Path, package: &Package) -> Result<Tokenizer, Failure> {
     Ok(Tokenizer::from_bytes(&bytes, manifest)?)
 }
 
-pub fn generate(args: &GenerateArgs, options: &GpuOptions) -> Outcome {
-    let engine = load(&args.dir, &args.load, options, true)?;
+pub fn generate(args: &GenerateArgs, device: &EngineOptions) -> Outcome {
+    let engine = load(&args.dir, &args.load, device, true)?;
     let mut request = args.sampling.request()?;
     let mut stdout = std::io::stdout();
     let json = args.json;
@@ -80,8 +78,8 @@ pub fn generate(args: &GenerateArgs, options: &GpuOptions) -> Outcome {
 
 /// `phi-web chat`: one line per user turn, the reply streamed; the session
 /// keeps the conversation's KV cache so each turn prefills only what is new.
-pub fn chat(args: &ChatArgs, options: &GpuOptions) -> Outcome {
-    let (dir, engine) = (&args.dir, load(&args.dir, &args.load, options, true)?);
+pub fn chat(args: &ChatArgs, device: &EngineOptions) -> Outcome {
+    let (dir, engine) = (&args.dir, load(&args.dir, &args.load, device, true)?);
     let mut request = args.sampling.request()?;
     let system = &args.sampling.system;
     let fresh = || system.iter().map(|s| Message::new("system", s)).collect::<Vec<_>>();
@@ -138,9 +136,9 @@ pub fn chat(args: &ChatArgs, options: &GpuOptions) -> Outcome {
     }
 }
 
-pub fn logits(args: &LogitsArgs, options: &GpuOptions) -> Outcome {
+pub fn logits(args: &LogitsArgs, device: &EngineOptions) -> Outcome {
     let (ids, top) = (&args.tokens.0, args.top);
-    let engine = load(&args.dir, &args.load, options, false)?;
+    let engine = load(&args.dir, &args.load, device, false)?;
     let vocab = engine.decoder.config.vocab_size;
     let rows = pollster::block_on(engine.logits(ids)).map_err(|e| match ids.len() > engine.decoder.capacity {
         true => Failure::Message(format!("{}: {e}; pass --context {}", e.js_name(), ids.len())),

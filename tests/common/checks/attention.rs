@@ -81,9 +81,9 @@ pub async fn rope_neox_partial_longrope_and_large_positions(env: &Env) {
         let row_stride = offset + heads * head_dim + 8;
         let xv = Rng::new(case as u64).vec(tokens * row_stride, -1.0, 1.0);
         let freqs = inv_freq(theta, rot_dim, factors);
-        let (x, f, step) = (env.upload_f32("x", &xv), env.upload_f32("inv_freq", &freqs), env.gpu.step_buffer(pos0));
+        let (x, f, step) = (env.upload_f32("x", &xv), env.upload_f32("inv_freq", &freqs), env.gpu().step_buffer(pos0));
         let shape = RopeShape { tokens, heads, head_dim, rot_dim, row_stride, offset, attn_factor };
-        env.run(&[&env.kernels.rope(&step, &f, &x, &shape).unwrap()]);
+        env.run(&[&env.kernels().rope(&step, &f, &x, &shape).unwrap()]);
 
         let mut expected: Vec<f64> = xv.iter().map(|&v| v as f64).collect();
         for t in 0..tokens {
@@ -112,11 +112,11 @@ pub async fn kv_append_packs_f16_at_the_step_position(env: &Env) {
         let sv = Rng::new(12).vec(tokens * src_stride, -4.0, 4.0);
         let (src, cache, step) = (
             env.upload_f32("src", &sv),
-            env.gpu.storage("cache", (slots * kv_dim * 2) as u64).unwrap(),
-            env.gpu.step_buffer(pos0),
+            env.gpu().storage("cache", (slots * kv_dim * 2) as u64).unwrap(),
+            env.gpu().step_buffer(pos0),
         );
         let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::F16 };
-        env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
+        env.run(&[&env.kernels().kv_append(&step, &src, &cache, &shape).unwrap()]);
         let words = env.read_u32(&cache, slots * kv_dim / 2).await;
         let got: Vec<f32> = words
             .iter()
@@ -135,11 +135,11 @@ pub async fn kv_append_packs_f16_at_the_step_position(env: &Env) {
     // More tokens than slots would race for a slot: an error, not a write.
     let shape = KvAppendShape { tokens: 9, kv_dim: 4, src_stride: 12, src_offset: 4, slots: 8, format: KvFormat::F16 };
     let buf = env.zeros("buf", 4096);
-    let err = env.kernels.kv_append(&env.gpu.step_buffer(0), &buf, &buf, &shape).unwrap_err();
+    let err = env.kernels().kv_append(&env.gpu().step_buffer(0), &buf, &buf, &shape).unwrap_err();
     assert!(err.to_string().contains("9 tokens would overwrite each other"), "{err}");
     // An 8-bit cache stores whole blocks of 32.
     let shape = KvAppendShape { tokens: 1, kv_dim: 48, src_stride: 48, src_offset: 0, slots: 8, format: KvFormat::Q8 };
-    let err = env.kernels.kv_append(&env.gpu.step_buffer(0), &buf, &buf, &shape).unwrap_err();
+    let err = env.kernels().kv_append(&env.gpu().step_buffer(0), &buf, &buf, &shape).unwrap_err();
     assert!(err.to_string().contains("a q8 KV cache cannot hold rows of 48 values"), "{err}");
 }
 
@@ -151,11 +151,11 @@ pub async fn kv_append_q8_rounds_each_block_to_its_scale(env: &Env) {
         let (src_stride, src_offset) = (3 * kv_dim, kv_dim);
         let mut sv = Rng::new(14).vec(tokens * src_stride, -4.0, 4.0);
         sv[src_offset..src_offset + 32].fill(0.0); // an all-zero block: scale 0, no NaN
-        let (src, step) = (env.upload_f32("src", &sv), env.gpu.step_buffer(pos0));
+        let (src, step) = (env.upload_f32("src", &sv), env.gpu().step_buffer(pos0));
         let row_words = KvFormat::Q8.row_bytes(kv_dim) / 4;
-        let cache = env.gpu.storage("cache", (slots * row_words * 4) as u64).unwrap();
+        let cache = env.gpu().storage("cache", (slots * row_words * 4) as u64).unwrap();
         let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::Q8 };
-        env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
+        env.run(&[&env.kernels().kv_append(&step, &src, &cache, &shape).unwrap()]);
         let words = env.read_u32(&cache, slots * row_words).await;
         let written: Vec<usize> = (0..tokens).map(|t| (pos0 as usize + t) % slots).collect();
         for slot in (0..slots).filter(|s| !written.contains(s)) {
@@ -189,10 +189,10 @@ pub async fn kv_append_f32_is_exact(env: &Env) {
         let (tokens, kv_dim) = (37, 2 * 36);
         let (src_stride, src_offset) = (3 * kv_dim, 2 * kv_dim); // the V slice of a [Q | K | V] row
         let sv = Rng::new(16).vec(tokens * src_stride, -4.0, 4.0);
-        let (src, step) = (env.upload_f32("src", &sv), env.gpu.step_buffer(pos0));
-        let cache = env.gpu.storage("cache", (slots * kv_dim * 4) as u64).unwrap();
+        let (src, step) = (env.upload_f32("src", &sv), env.gpu().step_buffer(pos0));
+        let cache = env.gpu().storage("cache", (slots * kv_dim * 4) as u64).unwrap();
         let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::F32 };
-        env.run(&[&env.kernels.kv_append(&step, &src, &cache, &shape).unwrap()]);
+        env.run(&[&env.kernels().kv_append(&step, &src, &cache, &shape).unwrap()]);
         let mut expected = vec![0.0f64; slots * kv_dim];
         for t in 0..tokens {
             let slot = (pos0 as usize + t) % slots;
@@ -288,12 +288,12 @@ pub(super) async fn check_attention(env: &Env, c: &Case, seed: u64) {
     };
 
     let q = env.upload_f32("q", &qv);
-    let k = env.gpu.storage_with("k", &cache_of(&k_rows)).unwrap();
-    let v = env.gpu.storage_with("v", &cache_of(&v_rows)).unwrap();
+    let k = env.gpu().storage_with("k", &cache_of(&k_rows)).unwrap();
+    let v = env.gpu().storage_with("v", &cache_of(&v_rows)).unwrap();
     let out = env.zeros("out", c.tokens * c.heads * c.head_dim);
-    let scratch = AttentionScratch::new(&env.gpu, &shape).unwrap();
-    let step = env.gpu.step_buffer(c.pos0 as u32);
-    let [split_pass, combine] = env.kernels.attention(&step, &q, &k, &v, &scratch, &out, &shape).unwrap();
+    let scratch = AttentionScratch::new(env.gpu(), &shape).unwrap();
+    let step = env.gpu().step_buffer(c.pos0 as u32);
+    let [split_pass, combine] = env.kernels().attention(&step, &q, &k, &v, &scratch, &out, &shape).unwrap();
     env.run(&[&split_pass, &combine]);
 
     let group = c.heads / c.kv_heads;
@@ -551,9 +551,9 @@ pub async fn attention_rejects_bad_head_grouping(env: &Env) {
         sparse: None,
     };
     let buf = env.zeros("buf", 4096);
-    let scratch = AttentionScratch::new(&env.gpu, &shape).unwrap();
-    let step = env.gpu.step_buffer(0);
-    let err = env.kernels.attention(&step, &buf, &buf, &buf, &scratch, &buf, &shape).unwrap_err();
+    let scratch = AttentionScratch::new(env.gpu(), &shape).unwrap();
+    let step = env.gpu().step_buffer(0);
+    let err = env.kernels().attention(&step, &buf, &buf, &buf, &scratch, &buf, &shape).unwrap_err();
     assert!(err.to_string().contains("5 query heads cannot share 2 KV heads"), "{err}");
 }
 
@@ -574,7 +574,7 @@ pub async fn encoder_attention_within_packed_sequences(env: &Env) {
     }
     let (qkv, segs, out) =
         (env.upload_f32("qkv", &qkv_v), env.upload_u32("segments", &segments), env.zeros("out", tokens * width));
-    env.run(&[&env.kernels.encoder_attention(&qkv, &segs, &out, tokens, heads, d).unwrap()]);
+    env.run(&[&env.kernels().encoder_attention(&qkv, &segs, &out, tokens, heads, d).unwrap()]);
     let scale = 1.0 / (d as f64).sqrt();
     let at = |t: usize, part: usize, h: usize, i: usize| qkv_v[t * 3 * width + part * width + h * d + i] as f64;
     let mut expected = vec![0.0; tokens * width];

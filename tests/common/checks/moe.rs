@@ -71,8 +71,8 @@ pub async fn moe_routing_matches_sparsemixer(env: &Env) {
         let tokens = rows.len();
         let logits: Vec<f32> = rows.concat();
         let logits_buf = env.upload_f32("router logits", &logits);
-        let routes = env.gpu.storage("routes", (tokens * 2 * ROUTE_BYTES) as u64).unwrap();
-        env.run(&[&env.kernels.moe_route(&logits_buf, &routes, tokens, experts, jitter).unwrap()]);
+        let routes = env.gpu().storage("routes", (tokens * 2 * ROUTE_BYTES) as u64).unwrap();
+        env.run(&[&env.kernels().moe_route(&logits_buf, &routes, tokens, experts, jitter).unwrap()]);
         let got = env.read_u32(&routes, tokens * 4).await;
         let (mut weights, mut expected) = (Vec::new(), Vec::new());
         for (t, row) in rows.iter().enumerate() {
@@ -86,9 +86,9 @@ pub async fn moe_routing_matches_sparsemixer(env: &Env) {
         assert_close_rel(&format!("moe_route weights E={experts}"), &weights, &expected, 0.0, 1e-5);
     }
     let logits = env.upload_f32("router logits", &[0.0; 4]);
-    let routes = env.gpu.storage("routes", 64).unwrap();
+    let routes = env.gpu().storage("routes", 64).unwrap();
     for experts in [1, 300] {
-        assert!(env.kernels.moe_route(&logits, &routes, 1, experts, jitter).is_err(), "{experts} experts accepted");
+        assert!(env.kernels().moe_route(&logits, &routes, 1, experts, jitter).is_err(), "{experts} experts accepted");
     }
 }
 
@@ -102,12 +102,12 @@ fn expert_stack(
     cols: usize,
     seed: u64,
 ) -> (Matrix, Vec<Vec<f32>>) {
-    let stack = Matrix::stacked(&env.gpu, "experts", format, experts, rows, cols).unwrap();
+    let stack = Matrix::stacked(env.gpu(), "experts", format, experts, rows, cols).unwrap();
     let mut parts = Vec::new();
     for e in 0..experts {
         let values = Rng::new(seed + e as u64).vec(rows * cols, -1.0, 1.0);
         let gguf = quant::quantize(format, &values).unwrap();
-        stack.write_rows(&env.gpu, e * rows, rows, &quant::to_gpu_layout(format, &gguf).unwrap()).unwrap();
+        stack.write_rows(env.gpu(), e * rows, rows, &quant::to_gpu_layout(format, &gguf).unwrap()).unwrap();
         parts.push(quant::dequantize(format, &gguf).unwrap());
     }
     (stack, parts)
@@ -150,9 +150,9 @@ pub async fn expert_linear_over_a_stack_every_format(env: &Env) {
                 let x = env.upload_f32("x", &xv);
                 let y = env.zeros("y", pairs * out.stride);
                 let stack_ref = ExpertStack { matrix: &stack, experts };
-                let linear = env.kernels.expert_linear(&stack_ref, &routing, input, &x, &y, out).unwrap();
+                let linear = env.kernels().expert_linear(&stack_ref, &routing, input, &x, &y, out).unwrap();
                 if tokens > 1 {
-                    env.run(&[&env.kernels.moe_group(&routing, experts).unwrap(), &linear]);
+                    env.run(&[&env.kernels().moe_group(&routing, experts).unwrap(), &linear]);
                 } else {
                     env.run(&[&linear]);
                 }
@@ -180,9 +180,9 @@ pub async fn expert_linear_over_a_stack_every_format(env: &Env) {
     let (x, y) = (env.zeros("x", 64), env.zeros("y", 64));
     let routing = Routing { routes: &routes, groups: &routes, order: &routes, tokens: 1, per_token: 2 };
     let uneven = ExpertStack { matrix: &stack, experts: 5 };
-    let err = env.kernels.expert_linear(&uneven, &routing, ExpertInput::Token, &x, &y, OutputSlice::whole(4));
+    let err = env.kernels().expert_linear(&uneven, &routing, ExpertInput::Token, &x, &y, OutputSlice::whole(4));
     assert!(err.is_err(), "12 rows split into 5 experts");
-    assert!(Matrix::stacked(&env.gpu, "odd", WeightFormat::Q4_0, 2, 3, 32).is_err(), "odd rows per expert accepted");
+    assert!(Matrix::stacked(env.gpu(), "odd", WeightFormat::Q4_0, 2, 3, 32).is_err(), "odd rows per expert accepted");
 }
 
 /// groups[e] = (first slot, pairs) of a counting sort of the pairs by
@@ -207,7 +207,7 @@ pub async fn moe_combine_adds_weighted_experts(env: &Env) {
     let residual = Rng::new(11).vec(tokens * hidden, -2.0, 2.0);
     let (out_buf, x) = (env.upload_f32("expert out", &out), env.upload_f32("x", &residual));
     let routing = Routing { routes: &routes_buf, groups: &routes_buf, order: &routes_buf, tokens, per_token: 2 };
-    env.run(&[&env.kernels.moe_combine(&routing, &out_buf, &x, hidden).unwrap()]);
+    env.run(&[&env.kernels().moe_combine(&routing, &out_buf, &x, hidden).unwrap()]);
     let (mut expected, mut scale) = (Vec::new(), Vec::new());
     for t in 0..tokens {
         for h in 0..hidden {

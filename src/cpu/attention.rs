@@ -1,0 +1,166 @@
+//! RoPE, the KV-cache append and attention on the CPU, over the same cache
+//! layouts as the WGSL kernels (`kv_f16.wgsl`: f16 pairs in words;
+//! `kv_q8.wgsl`: kv_dim snorm8 bytes then one f32 scale per 32 values;
+//! f32 words), so that sizes and accounting are the backend's only
+//! difference. Attention runs one (token, head) per rayon task.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::simd;
+use crate::error::Result;
+use crate::gpu::{AttentionShape, KvAppendShape, KvFormat, RopeShape};
+
+/// NeoX-style rotation in place of the first rot_dim dims of each head, the
+/// angle (pos + t) · inv_freq rounded to f32 as in HF (rope.wgsl).
+pub fn rope(pos: usize, inv_freq: &[f32], x: &mut [f32], s: &RopeShape) {
+    let half = s.rot_dim / 2;
+    for t in 0..s.tokens {
+        let position = (pos + t) as f32;
+        for k in 0..half {
+            let (sin, cos) = (position * inv_freq[k]).sin_cos();
+            let (sin, cos) = (sin * s.attn_factor, cos * s.attn_factor);
+            for h in 0..s.heads {
+                let base = t * s.row_stride + s.offset + h * s.head_dim;
+                let (x1, x2) = (x[base + k], x[base + k + half]);
+                x[base + k] = x1 * cos - x2 * sin;
+                x[base + k + half] = x2 * cos + x1 * sin;
+            }
+        }
+    }
+}
+
+/// Bytes of one cache row (a position's K or V), and where its scales start.
+fn row_layout(format: KvFormat, kv_dim: usize) -> usize {
+    format.row_bytes(kv_dim)
+}
+
+/// Writes tokens' K (or V) values into slots (pos + t) % slots of `cache`.
+pub fn kv_append(pos: usize, src: &[f32], cache: &mut [u32], s: &KvAppendShape) {
+    let row_bytes = row_layout(s.format, s.kv_dim);
+    for t in 0..s.tokens {
+        let values = &src[t * s.src_stride + s.src_offset..][..s.kv_dim];
+        let slot = (pos + t) % s.slots;
+        match s.format {
+            KvFormat::F32 => {
+                let cache: &mut [f32] = bytemuck::cast_slice_mut(cache);
+                cache[slot * s.kv_dim..(slot + 1) * s.kv_dim].copy_from_slice(values);
+            }
+            KvFormat::F16 => {
+                let cache: &mut [u16] = bytemuck::cast_slice_mut(cache);
+                for (c, v) in cache[slot * s.kv_dim..(slot + 1) * s.kv_dim].iter_mut().zip(values) {
+                    *c = f16::from_f32(*v).to_bits();
+                }
+            }
+            KvFormat::Q8 => {
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(cache);
+                let row = &mut bytes[slot * row_bytes..(slot + 1) * row_bytes];
+                let (q, scales) = row.split_at_mut(s.kv_dim);
+                for (b, block) in values.chunks_exact(KvFormat::Q8_BLOCK).enumerate() {
+                    let scale = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    for (j, v) in block.iter().enumerate() {
+                        // pack4x8snorm: floor(0.5 + 127 clamp(v, -1, 1)).
+                        q[b * KvFormat::Q8_BLOCK + j] = (0.5 + 127.0 * (v * inv).clamp(-1.0, 1.0)).floor() as i8 as u8;
+                    }
+                    scales[4 * b..4 * b + 4].copy_from_slice(&scale.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// One head's values of one cache row, as f32, into `out` [head_dim].
+fn load_head(cache: &[u32], format: KvFormat, kv_dim: usize, slot: usize, first: usize, out: &mut [f32]) {
+    let d = out.len();
+    match format {
+        KvFormat::F32 => {
+            let cache: &[f32] = bytemuck::cast_slice(cache);
+            out.copy_from_slice(&cache[slot * kv_dim + first..][..d]);
+        }
+        KvFormat::F16 => {
+            let cache: &[u16] = bytemuck::cast_slice(cache);
+            for (o, &h) in out.iter_mut().zip(&cache[slot * kv_dim + first..][..d]) {
+                *o = f16::from_bits(h).to_f32();
+            }
+        }
+        KvFormat::Q8 => {
+            let bytes: &[u8] = bytemuck::cast_slice(cache);
+            let row = &bytes[slot * row_layout(format, kv_dim)..];
+            for (block, chunk) in out.chunks_mut(KvFormat::Q8_BLOCK).enumerate() {
+                let at = kv_dim + 4 * ((first / KvFormat::Q8_BLOCK) + block);
+                let scale = f32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
+                let q = &row[first + block * KvFormat::Q8_BLOCK..];
+                for (o, &b) in chunk.iter_mut().zip(q) {
+                    // unpack4x8snorm: max(q / 127, -1).
+                    *o = (b as i8 as f32 / 127.0).max(-1.0) * scale;
+                }
+            }
+        }
+    }
+}
+
+/// out [T, heads head_dim] = softmax(q k^T · scale) v for each query token
+/// at pos + t over the keys its mask lets it see (causal, or the last
+/// `window`), key j in slot j % slots; query head h reads KV head h / group.
+pub fn attention(pos: usize, q: &[f32], k: &[u32], v: &[u32], out: &mut [f32], s: &AttentionShape) -> Result<()> {
+    let (d, kv_dim) = (s.head_dim, s.kv_heads * s.head_dim);
+    let group = s.heads / s.kv_heads.max(1);
+    let width = s.heads * d;
+    out[..s.tokens * width].par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+        let (t, h) = (i / s.heads, i % s.heads);
+        let p = pos + t;
+        let first_key = if s.window > 0 { (p + 1).saturating_sub(s.window) } else { 0 };
+        let query = &q[t * s.q_stride + h * d..][..d];
+        let head_at = (h / group) * d;
+        let mut key = vec![0f32; d];
+        let mut scores: Vec<f32> = (first_key..=p)
+            .map(|j| {
+                load_head(k, s.kv_format, kv_dim, j % s.slots, head_at, &mut key);
+                simd::dot_f32(query, &key) * s.scale
+            })
+            .collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0f32;
+        scores.iter_mut().for_each(|x| {
+            *x = (*x - max).exp();
+            sum += *x;
+        });
+        out.fill(0.0);
+        let value = &mut key;
+        for (j, w) in (first_key..=p).zip(&scores) {
+            load_head(v, s.kv_format, kv_dim, j % s.slots, head_at, value);
+            out.iter_mut().zip(value.iter()).for_each(|(o, v)| *o += w * v);
+        }
+        out.iter_mut().for_each(|o| *o /= sum);
+    });
+    Ok(())
+}
+
+/// Bidirectional attention of each token over its sequence [start, end)
+/// (`segments` holds (start, end) word pairs), q, k and v side by side in
+/// qkv [T, 3 heads head_dim] (encoder_attention.wgsl).
+pub fn encoder_attention(qkv: &[f32], segments: &[u32], out: &mut [f32], tokens: usize, heads: usize, d: usize) {
+    let width = heads * d;
+    let stride = 3 * width;
+    let scale = 1.0 / (d as f32).sqrt();
+    out[..tokens * width].par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+        let (t, h) = (i / heads, i % heads);
+        let (start, end) = (segments[2 * t] as usize, segments[2 * t + 1] as usize);
+        let query = &qkv[t * stride + h * d..][..d];
+        let mut scores: Vec<f32> =
+            (start..end).map(|j| simd::dot_f32(query, &qkv[j * stride + width + h * d..][..d]) * scale).collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0f32;
+        scores.iter_mut().for_each(|x| {
+            *x = (*x - max).exp();
+            sum += *x;
+        });
+        out.fill(0.0);
+        for (j, w) in (start..end).zip(&scores) {
+            let value = &qkv[j * stride + 2 * width + h * d..][..d];
+            out.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
+        }
+        out.iter_mut().for_each(|o| *o /= sum.max(f32::MIN_POSITIVE));
+    });
+}

@@ -1,0 +1,260 @@
+//! Matrix products and embedding lookups on the CPU over the package's
+//! kernel layout (`quant::to_gpu_layout`: block payloads in `data`, their f16
+//! scales in `scales`). Quantized weights meet activations quantized to 16
+//! bits once per input row (blocks of 32 with an f32 scale, like llama.cpp's
+//! q8_0/q8_1 at twice the bits: `simd.rs` says why): integer dot products per
+//! block, f32 accumulation across blocks. f32 and f16 weights take f32
+//! activations as they are.
+//!
+//! Work is split over rayon's threads by rows of W; each task computes its
+//! rows for every token (a weight row stays in L1 across the tokens of a
+//! prefill chunk) into its own slice, scattered into y afterwards.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::simd;
+use crate::error::{Error, Result};
+use crate::gpu::OutputSlice;
+use crate::quant::{GpuLayout, WeightFormat, BLOCK};
+
+/// W [rows, cols] in the kernel layout.
+#[derive(Debug)]
+pub struct Matrix {
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+    data: Vec<u8>,
+    scales: Vec<u8>,
+}
+
+/// Activations quantized to 16 bits: per token, blocks of 32 values with
+/// their scale d and d · Σq (what q4_1's minimum multiplies).
+struct Quantized {
+    q: Vec<i16>,     // [T, cols]
+    d: Vec<f32>,     // [T, cols / 32]
+    d_sum: Vec<f32>, // [T, cols / 32]
+}
+
+/// Weights per rayon task at least: smaller tasks cost more to hand out than they save.
+const TASK_WEIGHTS: usize = 1 << 16;
+
+impl Matrix {
+    pub(super) fn new(format: WeightFormat, rows: usize, cols: usize, layout: GpuLayout) -> Result<Matrix> {
+        let quantized = !matches!(format, WeightFormat::F32 | WeightFormat::F16);
+        if rows == 0 || cols == 0 || (quantized && !cols.is_multiple_of(BLOCK)) {
+            return Err(Error::Shape {
+                op: "matrix",
+                message: format!("{} [{rows}, {cols}] needs rows and whole {BLOCK}-column blocks", format.name()),
+            });
+        }
+        Ok(Matrix { format, rows, cols, data: layout.data, scales: layout.scales })
+    }
+
+    /// Bytes held (payload and scales).
+    pub fn bytes(&self) -> u64 {
+        (self.data.len() + self.scales.len()) as u64
+    }
+
+    /// y[t, out.offset + r] = Σ_c x[t, c] W[r, c] (+ bias[r]) for T tokens.
+    pub fn linear(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        tokens: usize,
+        out: OutputSlice,
+        bias: Option<&[f32]>,
+    ) -> Result<()> {
+        let (rows, cols) = (self.rows, self.cols);
+        let quantized = match self.format {
+            WeightFormat::F32 | WeightFormat::F16 => None,
+            _ => Some(quantize_rows(&x[..tokens * cols], cols)),
+        };
+        let rows_per_task = (TASK_WEIGHTS / cols).clamp(1, rows);
+        let mut results = vec![0f32; rows * tokens]; // [rows, T]
+        results.par_chunks_mut(rows_per_task * tokens).enumerate().for_each(|(task, chunk)| {
+            let first = task * rows_per_task;
+            compute_rows(self, first, chunk, x, quantized.as_ref(), tokens);
+        });
+        for (r, per_token) in results.chunks_exact(tokens).enumerate() {
+            let b = bias.map_or(0.0, |b| b[r]);
+            for (t, value) in per_token.iter().enumerate() {
+                y[t * out.stride + out.offset + r] = value + b;
+            }
+        }
+        Ok(())
+    }
+
+    /// out[t] = row ids[t] - first (ids outside this chunk's rows are another chunk's).
+    pub fn embedding(&self, ids: &[u32], first: usize, out: &mut [f32]) -> Result<()> {
+        let cols = self.cols;
+        for (t, &id) in ids.iter().enumerate() {
+            let Some(row) = (id as usize).checked_sub(first).filter(|&r| r < self.rows) else { continue };
+            self.dequantize_row(row, &mut out[t * cols..(t + 1) * cols]);
+        }
+        Ok(())
+    }
+
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        match self.format {
+            WeightFormat::F32 => {
+                let row = &self.data[r * cols * 4..(r + 1) * cols * 4];
+                out.iter_mut()
+                    .zip(row.chunks_exact(4))
+                    .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            }
+            WeightFormat::F16 => {
+                let row = &self.data[r * cols * 2..(r + 1) * cols * 2];
+                out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, b)| *o = half_at(b, 0));
+            }
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                for (b, block) in out.chunks_exact_mut(BLOCK).enumerate() {
+                    let i = r * (cols / BLOCK) + b;
+                    let (d, m) = self.q4_scale(i);
+                    let nibbles = &self.data[i * 16..i * 16 + 16];
+                    for j in 0..16 {
+                        block[j] = ((nibbles[j] & 15) as f32 - 8.0) * d + m;
+                        block[j + 16] = ((nibbles[j] >> 4) as f32 - 8.0) * d + m;
+                    }
+                }
+            }
+            WeightFormat::Q8_0 => {
+                for (b, block) in out.chunks_exact_mut(BLOCK).enumerate() {
+                    let i = r * (cols / BLOCK) + b;
+                    let d = half_at(&self.scales, 2 * i);
+                    for (o, &q) in block.iter_mut().zip(&self.data[i * 32..i * 32 + 32]) {
+                        *o = q as i8 as f32 * d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Block i's (d, m) with values (nibble - 8) d + m: q4_0 has m = 0; q4_1's
+    /// nibble d + min is (nibble - 8) d + (min + 8 d).
+    #[inline(always)]
+    fn q4_scale(&self, i: usize) -> (f32, f32) {
+        match self.format {
+            WeightFormat::Q4_1 => {
+                let d = half_at(&self.scales, 4 * i);
+                (d, half_at(&self.scales, 4 * i + 2) + 8.0 * d)
+            }
+            _ => (half_at(&self.scales, 2 * i), 0.0),
+        }
+    }
+}
+
+#[inline(always)]
+fn half_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+}
+
+/// x [T, cols] as 16-bit blocks: q = round(x / d), d = max |x| / 32767.
+fn quantize_rows(x: &[f32], cols: usize) -> Quantized {
+    let blocks = x.len() / BLOCK;
+    let mut out = Quantized { q: vec![0; x.len()], d: vec![0.0; blocks], d_sum: vec![0.0; blocks] };
+    debug_assert!(cols.is_multiple_of(BLOCK));
+    for (b, values) in x.chunks_exact(BLOCK).enumerate() {
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max / 32767.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in out.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(values) {
+            *q = (v * inv).round() as i16;
+            sum += *q as i32;
+        }
+        out.d[b] = d;
+        out.d_sum[b] = d * sum as f32;
+    }
+    out
+}
+
+/// Rows first.. of W for every token into `out` [rows of this task, T].
+fn compute_rows(w: &Matrix, first: usize, out: &mut [f32], x: &[f32], xq: Option<&Quantized>, tokens: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features this copy was compiled for.
+        return unsafe { compute_rows_avx2(w, first, out, x, xq, tokens) };
+    }
+    compute_rows_inline(w, first, out, x, xq, tokens)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn compute_rows_avx2(
+    w: &Matrix,
+    first: usize,
+    out: &mut [f32],
+    x: &[f32],
+    xq: Option<&Quantized>,
+    tokens: usize,
+) {
+    compute_rows_inline(w, first, out, x, xq, tokens)
+}
+
+#[inline(always)]
+fn compute_rows_inline(w: &Matrix, first: usize, out: &mut [f32], x: &[f32], xq: Option<&Quantized>, tokens: usize) {
+    let cols = w.cols;
+    let blocks = cols / BLOCK;
+    let mut row_f32 = match w.format {
+        WeightFormat::F32 | WeightFormat::F16 => vec![0f32; cols],
+        _ => Vec::new(),
+    };
+    for (i, per_token) in out.chunks_exact_mut(tokens).enumerate() {
+        let r = first + i;
+        match (w.format, xq) {
+            (WeightFormat::F32, _) => {
+                // The payload is read in place when aligned (it is, from the allocator).
+                let bytes = &w.data[r * cols * 4..(r + 1) * cols * 4];
+                let row: &[f32] = match bytemuck::try_cast_slice(bytes) {
+                    Ok(row) => row,
+                    Err(_) => {
+                        w.dequantize_row(r, &mut row_f32);
+                        &row_f32
+                    }
+                };
+                for (t, y) in per_token.iter_mut().enumerate() {
+                    *y = simd::dot_f32(row, &x[t * cols..(t + 1) * cols]);
+                }
+            }
+            (WeightFormat::F16, _) => {
+                w.dequantize_row(r, &mut row_f32);
+                for (t, y) in per_token.iter_mut().enumerate() {
+                    *y = simd::dot_f32(&row_f32, &x[t * cols..(t + 1) * cols]);
+                }
+            }
+            (WeightFormat::Q4_0 | WeightFormat::Q4_1, Some(xq)) => {
+                for (t, y) in per_token.iter_mut().enumerate() {
+                    let mut acc = 0f32;
+                    for b in 0..blocks {
+                        let i = r * blocks + b;
+                        let (d, m) = w.q4_scale(i);
+                        let nibbles: &[u8; 16] = w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16]);
+                        let tb = t * blocks + b;
+                        let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
+                        acc += d * xq.d[tb] * simd::dot_q4(nibbles, q) as f32 + m * xq.d_sum[tb];
+                    }
+                    *y = acc;
+                }
+            }
+            (WeightFormat::Q8_0, Some(xq)) => {
+                for (t, y) in per_token.iter_mut().enumerate() {
+                    let mut acc = 0f32;
+                    for b in 0..blocks {
+                        let i = r * blocks + b;
+                        let d = half_at(&w.scales, 2 * i);
+                        let weights: &[i8; 32] =
+                            bytemuck::cast_slice::<u8, i8>(&w.data[i * 32..i * 32 + 32]).try_into().unwrap_or(&[0; 32]);
+                        let tb = t * blocks + b;
+                        let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
+                        acc += d * xq.d[tb] * simd::dot_q8(weights, q) as f32;
+                    }
+                    *y = acc;
+                }
+            }
+            // Quantized formats always come with quantized activations (`linear`).
+            (_, None) => per_token.fill(f32::NAN),
+        }
+    }
+}
