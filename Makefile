@@ -25,11 +25,15 @@ test-browser: setup-browser
 	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
 		$(CARGO) test --release --target $(WASM_TARGET) --test browser
 
-# The npm package in Chromium (WebGPU on SwiftShader) through playwright-core:
+# The npm package in Chromium through playwright-core. Over SwiftShader's
+# WebGPU adapter, `backend: "auto"` runs SmolLM2 and MiniLM on the CPU backend
+# (wasm SIMD); PhiMoE, Phi-3-small and the lost device run on WebGPU.
 # SmolLM2 served locally, loaded, cached, chatted with, and a tiny PhiMoE
 # answering as the native CLI does and matching transformers' logits, with
 # every expert resident and through the expert cache, and a tiny Phi-3-small
 # matching its reference's logits (tests/web/e2e.mjs);
+# then the CPU backend asked for, chosen over SwiftShader, and in a Chromium
+# without WebGPU, answering as the native CLI's (tests/web/cpu.mjs);
 # then the SmolLM2 GGUF loaded by URL and as a File, converted in the
 # browser, with its bad-input and resume cases, and a tiny bf16 Hugging
 # Face folder by URL (tests/web/import.mjs);
@@ -46,6 +50,7 @@ test-web: setup-browser models demo-models
 	./tests/web/vite-build.sh
 	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web target/web-models/minilm target/web-models/phimoe \
 		target/web-models/phimoe-f32 target/web-models/phi3small target/web-models/phi3small-f32
+	node tests/web/cpu.mjs target/web-models/smollm2 target/web-models/minilm target/release/phi-web
 	node tests/web/import.mjs .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 target/release/phi-web
 	node tests/web/demo.mjs target/release/phi-web
 

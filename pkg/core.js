@@ -181,6 +181,7 @@ class LocalEngine {
       simd: this.info.simd,
       crossOriginIsolated: typeof crossOriginIsolated !== "undefined" && crossOriginIsolated,
       gpuBytes: this.info.gpuBytes,
+      memoryBytes: this.info.memoryBytes,
       weightBytes: this.info.weightBytes,
       adapter: this.info.adapter,
       shaderF16: this.info.shaderF16,

@@ -205,6 +205,8 @@ export interface EngineStats {
   crossOriginIsolated: boolean;
   /** GPU memory in storage buffers: weights, scratch, KV cache (absent on the CPU backend). */
   gpuBytes?: number;
+  /** The CPU backend's weights and KV cache in wasm memory (absent on WebGPU). */
+  memoryBytes?: number;
   /** Weight bytes read per generated token. */
   weightBytes: number;
   adapter: string;

@@ -262,6 +262,15 @@ impl Backend {
         }
     }
 
+    /// After a forward call: in the browser the CPU backend lets the event
+    /// loop run (an `interrupt()` arriving meanwhile), as awaiting the GPU does.
+    pub async fn yield_now(&self) {
+        #[cfg(target_arch = "wasm32")]
+        if let Backend::Cpu(_) = self {
+            crate::web::yield_to_event_loop().await;
+        }
+    }
+
     /// Runs recorded ops of this backend in order (GPU: one command encoder).
     pub fn run(&self, ops: &Commands) -> Result<()> {
         match (self, ops) {

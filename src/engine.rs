@@ -354,7 +354,11 @@ pub async fn open_backend(options: &EngineOptions, config: &ModelConfig) -> Resu
         BackendChoice::Auto => match Gpu::new(&options.gpu).await {
             Ok(adapter) if !adapter.adapter.is_software() => (gpu(adapter), "a hardware WebGPU adapter".into()),
             Ok(adapter) if cpu_runs(config) => {
-                (cpu(), format!("the only WebGPU adapter is a software rasterizer ({})", adapter.adapter.name))
+                let name = match adapter.adapter.name.as_str() {
+                    "" => String::new(),
+                    name => format!(" ({name})"),
+                };
+                (cpu(), format!("the only WebGPU adapter is a software rasterizer{name}"))
             }
             Ok(adapter) => {
                 (gpu(adapter), format!("a software WebGPU adapter: the CPU backend does not run {architecture} yet"))

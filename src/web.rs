@@ -96,6 +96,38 @@ fn open(manifest: &str, tokenizer: &[u8]) -> Result<(Manifest, Tokenizer), JsVal
     Ok((manifest, tokenizer))
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// The DOM's MessageChannel (in windows and workers), declared here
+    /// rather than through web-sys for the three members used.
+    type MessageChannel;
+    #[wasm_bindgen(constructor)]
+    fn new() -> MessageChannel;
+    #[wasm_bindgen(method, getter)]
+    fn port1(this: &MessageChannel) -> MessagePort;
+    #[wasm_bindgen(method, getter)]
+    fn port2(this: &MessageChannel) -> MessagePort;
+    type MessagePort;
+    #[wasm_bindgen(method, setter)]
+    fn set_onmessage(this: &MessagePort, handler: &Function);
+    #[wasm_bindgen(method, js_name = postMessage)]
+    fn post_message(this: &MessagePort, message: &JsValue);
+}
+
+/// Lets the event loop run its queued tasks (a worker's `interrupt`
+/// message) before resuming: the CPU backend computes without awaiting
+/// anything, so without this a generation could not be interrupted. A
+/// message to oneself is a task that, unlike setTimeout(0), is not clamped to
+/// 4 ms.
+pub(crate) async fn yield_to_event_loop() {
+    let promise = Promise::new(&mut |resolve, _reject| {
+        let channel = MessageChannel::new();
+        channel.port1().set_onmessage(&resolve);
+        channel.port2().post_message(&JsValue::NULL);
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
 /// `portable` avoids shader-f16 and subgroups.
 fn gpu_options(portable: bool) -> GpuOptions {
     GpuOptions { allow_f16: !portable, allow_subgroups: !portable, ..Default::default() }

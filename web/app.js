@@ -3,6 +3,7 @@
 // escaped Markdown. Everything runs in this browser through phi-web.
 
 import { checkCachedModel, createEngine, deleteCachedModel } from "./pkg/index.js";
+import { memoryText, showBackend } from "./backend.js";
 import { explain } from "./errors.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -163,9 +164,8 @@ async function loadModel() {
     ui.progressText.textContent =
       `Loaded ${model.name} in ${(stats.loadMs / 1000).toFixed(1)} s · ` +
       `${stats.shardsFromCache} of ${model.manifest?.shards.length ?? stats.shardsFromCache} shards from cache · ` +
-      `${MB(stats.networkBytes)} MB downloaded · ${MB(stats.gpuBytes)} MB GPU memory`;
-    ui.adapter.textContent = `${stats.adapter || "unknown GPU"} · ${stats.shaderF16 ? "f16" : "no f16"}`;
-    ui.adapter.hidden = false;
+      `${MB(stats.networkBytes)} MB downloaded · ${memoryText(stats)}`;
+    showBackend(ui.adapter, stats);
     model.cached = true;
     newChat();
   } catch (error) {
@@ -306,9 +306,6 @@ ui.newChat.addEventListener("click", () => {
 ui.temperature.addEventListener("input", () => (ui.temperatureValue.textContent = ui.temperature.value));
 
 async function start() {
-  if (!navigator.gpu) {
-    showError(Object.assign(new Error("navigator.gpu is missing"), { name: "NoWebGPUError" }));
-  }
   if ("serviceWorker" in navigator && window.isSecureContext) {
     navigator.serviceWorker.register("sw.js").catch((e) => console.warn("no offline support:", e));
   }
@@ -317,7 +314,6 @@ async function start() {
   } catch (error) {
     showError(Object.assign(new Error(`models.json could not be read: ${error.message}`), { name: "NetworkError" }));
   }
-  if (!navigator.gpu) ui.load.disabled = true;
   document.body.dataset.ready = "true";
 }
 

@@ -5,6 +5,7 @@
 
 import { createEngine } from "./pkg/index.js";
 import { renderMarkdown } from "./markdown.js";
+import { memoryText, showBackend } from "./backend.js";
 import { explain } from "./errors.js";
 import { ACCEPTED, extractText } from "./extract.js";
 import { Library } from "./rag-store.js";
@@ -81,9 +82,8 @@ async function loadModels() {
       state.chat = { engine, model: model.url };
     }
     const stats = await state.chat.engine.stats();
-    $("progress-text").textContent = `Ready: ${embedding.name} and ${model.name} · ${MB(stats.gpuBytes)} MB GPU memory for the answering model`;
-    $("adapter").textContent = `${stats.adapter || "unknown GPU"} · ${stats.shaderF16 ? "f16" : "no f16"}`;
-    $("adapter").hidden = false;
+    $("progress-text").textContent = `Ready: ${embedding.name} and ${model.name} · ${memoryText(stats)} for the answering model`;
+    showBackend($("adapter"), stats);
   } catch (error) {
     showError(error);
   } finally {
@@ -346,7 +346,6 @@ $("question").addEventListener("keydown", (e) => {
 $("stop").addEventListener("click", () => state.chat?.engine.interrupt());
 
 async function start() {
-  if (!navigator.gpu) showError(Object.assign(new Error("navigator.gpu is missing"), { name: "NoWebGPUError" }));
   try {
     state.catalog = await (await fetch("models.json")).json();
     $("embedding-name").textContent = state.catalog.embeddingModels[0].name;
@@ -357,7 +356,6 @@ async function start() {
   } catch (error) {
     showError(error);
   }
-  if (!navigator.gpu) $("load").disabled = true;
   $("files").accept = ACCEPTED.join(",");
   document.body.dataset.ready = "true";
 }

@@ -81,7 +81,7 @@ fn load_head(cache: &[u32], format: KvFormat, kv_dim: usize, slot: usize, first:
         KvFormat::F16 => {
             let cache: &[u16] = bytemuck::cast_slice(cache);
             for (o, &h) in out.iter_mut().zip(&cache[slot * kv_dim + first..][..d]) {
-                *o = f16::from_bits(h).to_f32();
+                *o = simd::f16_to_f32(h);
             }
         }
         KvFormat::Q8 => {

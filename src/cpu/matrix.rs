@@ -10,10 +10,9 @@
 //! rows for every token (a weight row stays in L1 across the tokens of a
 //! prefill chunk) into its own slice, scattered into y afterwards.
 
-use half::f16;
 use rayon::prelude::*;
 
-use super::simd;
+use super::simd::{self, Blocks};
 use crate::error::{Error, Result};
 use crate::gpu::OutputSlice;
 use crate::quant::{GpuLayout, WeightFormat, BLOCK};
@@ -147,7 +146,42 @@ impl Matrix {
 
 #[inline(always)]
 fn half_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+    simd::f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// Tokens whose accumulators a row carries at once: each weight block is
+/// unpacked once for all of them (prefill), and they fit in registers.
+const TOKEN_GROUP: usize = 8;
+
+/// Row r of a quantized W against every token's activations, into `out` [T].
+#[inline(always)]
+fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, out: &mut [f32]) {
+    let blocks = w.cols / BLOCK;
+    for (group, out) in out.chunks_mut(TOKEN_GROUP).enumerate() {
+        let first = group * TOKEN_GROUP;
+        let mut acc = [0f32; TOKEN_GROUP];
+        for b in 0..blocks {
+            let i = r * blocks + b;
+            let (weights, d, m) = match w.format {
+                WeightFormat::Q8_0 => {
+                    let bytes: &[u8; 32] = w.data[i * 32..i * 32 + 32].try_into().unwrap_or(&[0; 32]);
+                    (B::unpack_q8(bytes), half_at(&w.scales, 2 * i), 0.0)
+                }
+                _ => {
+                    let (d, m) = w.q4_scale(i);
+                    let nibbles: &[u8; 16] = w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16]);
+                    (B::unpack_q4(nibbles), d, m)
+                }
+            };
+            for (t, acc) in acc[..out.len()].iter_mut().enumerate() {
+                let tb = (first + t) * blocks + b;
+                let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
+                // q4_1's minimum m meets Σx of the block: m · d · Σq.
+                *acc += B::dot(&weights, q) as f32 * (d * xq.d[tb]) + m * xq.d_sum[tb];
+            }
+        }
+        out.copy_from_slice(&acc[..out.len()]);
+    }
 }
 
 /// x [T, cols] as 16-bit blocks: q = round(x / d), d = max |x| / 32767.
@@ -177,7 +211,7 @@ fn compute_rows(w: &Matrix, first: usize, out: &mut [f32], x: &[f32], xq: Option
         // SAFETY: the CPU has the features this copy was compiled for.
         return unsafe { compute_rows_avx2(w, first, out, x, xq, tokens) };
     }
-    compute_rows_inline(w, first, out, x, xq, tokens)
+    compute_rows_inline::<simd::Portable>(w, first, out, x, xq, tokens)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -190,13 +224,19 @@ unsafe fn compute_rows_avx2(
     xq: Option<&Quantized>,
     tokens: usize,
 ) {
-    compute_rows_inline(w, first, out, x, xq, tokens)
+    compute_rows_inline::<simd::Avx2>(w, first, out, x, xq, tokens)
 }
 
 #[inline(always)]
-fn compute_rows_inline(w: &Matrix, first: usize, out: &mut [f32], x: &[f32], xq: Option<&Quantized>, tokens: usize) {
+fn compute_rows_inline<B: Blocks>(
+    w: &Matrix,
+    first: usize,
+    out: &mut [f32],
+    x: &[f32],
+    xq: Option<&Quantized>,
+    tokens: usize,
+) {
     let cols = w.cols;
-    let blocks = cols / BLOCK;
     let mut row_f32 = match w.format {
         WeightFormat::F32 | WeightFormat::F16 => vec![0f32; cols],
         _ => Vec::new(),
@@ -224,34 +264,8 @@ fn compute_rows_inline(w: &Matrix, first: usize, out: &mut [f32], x: &[f32], xq:
                     *y = simd::dot_f32(&row_f32, &x[t * cols..(t + 1) * cols]);
                 }
             }
-            (WeightFormat::Q4_0 | WeightFormat::Q4_1, Some(xq)) => {
-                for (t, y) in per_token.iter_mut().enumerate() {
-                    let mut acc = 0f32;
-                    for b in 0..blocks {
-                        let i = r * blocks + b;
-                        let (d, m) = w.q4_scale(i);
-                        let nibbles: &[u8; 16] = w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16]);
-                        let tb = t * blocks + b;
-                        let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
-                        acc += d * xq.d[tb] * simd::dot_q4(nibbles, q) as f32 + m * xq.d_sum[tb];
-                    }
-                    *y = acc;
-                }
-            }
-            (WeightFormat::Q8_0, Some(xq)) => {
-                for (t, y) in per_token.iter_mut().enumerate() {
-                    let mut acc = 0f32;
-                    for b in 0..blocks {
-                        let i = r * blocks + b;
-                        let d = half_at(&w.scales, 2 * i);
-                        let weights: &[i8; 32] =
-                            bytemuck::cast_slice::<u8, i8>(&w.data[i * 32..i * 32 + 32]).try_into().unwrap_or(&[0; 32]);
-                        let tb = t * blocks + b;
-                        let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
-                        acc += d * xq.d[tb] * simd::dot_q8(weights, q) as f32;
-                    }
-                    *y = acc;
-                }
+            (WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0, Some(xq)) => {
+                quantized_row::<B>(w, r, xq, per_token);
             }
             // Quantized formats always come with quantized activations (`linear`).
             (_, None) => per_token.fill(f32::NAN),

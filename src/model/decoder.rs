@@ -299,6 +299,7 @@ impl Decoder {
                 }
             }
         }
+        b.yield_now().await;
         Ok(())
     }
 

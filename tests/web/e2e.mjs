@@ -1,6 +1,11 @@
-// The npm package in a real browser: Debian's Chromium, WebGPU on SwiftShader,
-// SmolLM2 served from a local server. Run by `make test-web` (part of `make
-// test`): node tests/web/e2e.mjs MODEL_DIR PHI_WEB_BINARY
+// The npm package in a real browser: Debian's Chromium with SwiftShader's
+// WebGPU adapter, SmolLM2 served from a local server. Run by `make test-web`
+// (part of `make test`): node tests/web/e2e.mjs MODEL_DIR PHI_WEB_BINARY
+//
+// With only a software adapter, `backend: "auto"` runs SmolLM2 and MiniLM on
+// the CPU backend (wasm SIMD), as the native CLI does over lavapipe; the
+// models the CPU backend does not run (PhiMoE, Phi-3-small) and the lost
+// device run on WebGPU, which is what only WebGPU can show.
 //
 // Checks: a greedy completion equals the native CLI's (SmolLM2, and a tiny
 // PhiMoE for the mixture-of-experts kernels, with every expert resident
@@ -128,11 +133,12 @@ try {
   assert.equal(last.shardsDone, last.shardsTotal);
   assert.equal(cold.stats.networkBytes, last.totalBytes, "a cold load downloads every shard");
   assert.ok(cold.progress.some((p) => p.phase === "download" && p.loadedBytes > 0 && p.loadedBytes < p.totalBytes));
-  assert.match(cold.stats.adapter, /swiftshader/i, "stats() names the adapter");
-  figures.adapter = cold.stats.adapter;
+  assert.equal(cold.stats.backend, "cpu", "auto prefers the CPU backend to a software WebGPU adapter");
+  assert.match(cold.stats.backendReason, /software rasterizer/i);
+  figures.backend = `${cold.stats.backend} (${cold.stats.simd}, ${cold.stats.threads} threads): ${cold.stats.backendReason}`;
   figures.cold_load_ms = cold.stats.loadMs;
   figures.wasm_memory_bytes_after_load = cold.stats.wasmMemoryBytes;
-  figures.gpu_bytes = cold.stats.gpuBytes;
+  figures.memory_bytes = cold.stats.memoryBytes;
   figures.model_bytes = last.totalBytes;
 
   step("greedy completion equals the native CLI");
@@ -316,9 +322,9 @@ try {
   assert.equal(q8.f32.kvCache, "f32");
   // SmolLM2: 30 layers, K and V, 512 positions of 192 values: 384 bytes as f16,
   // 192 + 6 scales x 4 as q8, 768 as f32.
-  assert.equal(q8.f16.gpuBytes - q8.q8.gpuBytes, 30 * 2 * 512 * (384 - 216));
-  assert.equal(q8.f32.gpuBytes - q8.f16.gpuBytes, 30 * 2 * 512 * (768 - 384));
-  figures.pipelines_at_load = q8.f16.pipelines;
+  // (The CPU backend's memoryBytes: weights and KV cache.)
+  assert.equal(q8.f16.memoryBytes - q8.q8.memoryBytes, 30 * 2 * 512 * (384 - 216));
+  assert.equal(q8.f32.memoryBytes - q8.f16.memoryBytes, 30 * 2 * 512 * (768 - 384));
   assert.match(q8.text, /Paris/);
   assert.equal(q8.unknown?.name, "TypeError", JSON.stringify(q8.unknown));
 
@@ -383,7 +389,7 @@ try {
 
   step("a lost GPU device is a DeviceLostError, and reload() recreates the engine from the cache");
   const lost = await page.evaluate(async () => {
-    const engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+    const engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, backend: "webgpu" });
     const messages = [{ role: "system", content: "Be brief." }, { role: "user", content: "Hi" }];
     await engine.loseDevice();
     let error;
@@ -398,6 +404,9 @@ try {
     await engine.unload();
     return { error, after: after.usage, stats };
   });
+  assert.match(lost.stats.adapter, /swiftshader/i, "stats() names the adapter");
+  figures.adapter = lost.stats.adapter;
+  figures.gpu_bytes = lost.stats.gpuBytes;
   assert.equal(lost.error?.name, "DeviceLostError", JSON.stringify(lost.error));
   assert.match(lost.error.message, /device was lost.*create the engine again/);
   assert.equal(lost.after.completion_tokens, 1);

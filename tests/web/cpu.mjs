@@ -1,0 +1,126 @@
+// The npm package on its CPU backend (wasm SIMD) in Debian's Chromium. Run by
+// `make test-web`: node tests/web/cpu.mjs SMOLLM2_DIR MINILM_DIR PHI_WEB_BINARY
+//
+// Checks: `backend: "cpu"` answers SmolLM2's greedy question token for token
+// as the native CLI's CPU backend does, streams the same text, and reports
+// itself in stats(); in a Chromium launched without WebGPU, "auto" falls
+// back to the CPU with no error (and "webgpu" is a NoWebGPUError), for a
+// chat model and for MiniLM embeddings equal to the native CLI's; with the
+// SwiftShader adapter as the only one, "auto" prefers the CPU and says why.
+// Prints figures as JSON at the end.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { chromium } from "playwright-core";
+import { startServer } from "./server.mjs";
+
+const [modelDir, minilmDir, phiWeb] = process.argv.slice(2);
+const root = new URL("../..", import.meta.url).pathname;
+const QUESTION = "What is the capital of France?";
+const figures = {};
+
+function step(name) {
+  console.log(`web cpu | ${name}`);
+}
+
+const cli = (args) => JSON.parse(execFileSync(phiWeb, args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }));
+const native = cli(["generate", modelDir, "--backend", "cpu", "--chat", "--prompt", QUESTION, "--max-tokens", "24", "--context", "512", "--json"]);
+const nativeEmbedding = cli(["embed", minilmDir, "--backend", "cpu", "--text", QUESTION]).embedding;
+
+const BASE_ARGS = [
+  "--headless=new",
+  "--no-sandbox",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
+const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir } });
+
+async function openPage(args) {
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...BASE_ARGS, ...args] });
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.log("page error:", e.message));
+  await page.goto(`${server.url}/`);
+  await page.waitForFunction(() => window.ready === true);
+  return { browser, page };
+}
+
+const ask = (q) =>
+  engine.chat.completions.create({ messages: [{ role: "user", content: q }], max_tokens: 24, temperature: 0 }).then(async (reply) => ({
+    reply,
+    stats: await engine.stats(),
+  }));
+
+let failed = false;
+try {
+  {
+    const { browser, page } = await openPage(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]);
+    step("backend: cpu answers as the native CLI's CPU backend");
+    const { reply, stats } = await page.evaluate(async ({ q, ask }) => {
+      window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, backend: "cpu" });
+      return await eval(ask)(q);
+    }, { q: QUESTION, ask: ask.toString() });
+    assert.equal(stats.backend, "cpu");
+    assert.equal(stats.backendReason, "asked for");
+    assert.match(stats.simd, /simd128/);
+    assert.deepEqual(reply.choices[0].message.content, native.text, "greedy text equals the native CLI's");
+    assert.equal(reply.usage.completion_tokens, native.tokens.length);
+    figures.cpu_decode_tokens_per_s = stats.decode_tokens_per_s;
+    figures.cpu_prefill_tokens_per_s = stats.prefill_tokens_per_s;
+    figures.cpu_threads = stats.threads;
+    figures.wasm_memory_bytes = stats.wasmMemoryBytes;
+
+    step("streamed text equals the answer");
+    const streamed = await page.evaluate(async (q) => {
+      let text = "";
+      const stream = await engine.chat.completions.create({ messages: [{ role: "user", content: q }], max_tokens: 24, temperature: 0, stream: true });
+      for await (const chunk of stream) text += chunk.choices[0].delta.content ?? "";
+      return text;
+    }, QUESTION);
+    assert.equal(streamed, native.text);
+
+    step("auto over the SwiftShader adapter runs on the CPU and says why");
+    const auto = await page.evaluate(async () => {
+      await engine.unload();
+      window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+      return await engine.stats();
+    });
+    assert.equal(auto.backend, "cpu");
+    assert.match(auto.backendReason, /software rasterizer/i);
+    await browser.close();
+  }
+  {
+    const { browser, page } = await openPage([]);
+    step("Chromium without WebGPU: auto falls back to the CPU");
+    const result = await page.evaluate(async ({ q, ask }) => {
+      const hasGpu = !!navigator.gpu && !!(await navigator.gpu.requestAdapter());
+      const refused = await phiWeb.createEngine("/models/smollm2/model.json", { backend: "webgpu" }).then(
+        () => "loaded",
+        (e) => e.name,
+      );
+      window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+      const chat = await eval(ask)(q);
+      const embedder = await phiWeb.createEngine("/models/minilm/model.json");
+      const embedded = await embedder.embeddings.create({ input: q });
+      return { hasGpu, refused, chat, embedding: embedded.data[0].embedding, embedStats: await embedder.stats() };
+    }, { q: QUESTION, ask: ask.toString() });
+    assert.equal(result.hasGpu, false, "this Chromium has no WebGPU adapter");
+    assert.match(result.refused, /NoWebGPUError|GPUError/);
+    assert.equal(result.chat.stats.backend, "cpu");
+    assert.equal(result.chat.reply.choices[0].message.content, native.text);
+    assert.equal(result.embedStats.backend, "cpu");
+    const diff = Math.max(...result.embedding.map((v, i) => Math.abs(v - nativeEmbedding[i])));
+    figures.minilm_max_abs_diff_vs_native = diff;
+    assert.ok(diff < 1e-5, `MiniLM on the CPU in Chromium vs natively: max |diff| ${diff}`);
+    await browser.close();
+  }
+} catch (e) {
+  failed = true;
+  console.error(e);
+} finally {
+  server.close();
+}
+console.log(JSON.stringify({ cpu_backend: figures }, null, 2));
+process.exit(failed ? 1 : 0);
