@@ -22,15 +22,22 @@ const row = (what, ours, peer, peerName) => {
   rows.push(`| ${what} | ${fmt(ours)} | ${peerName}: ${fmt(peer)} | ${ratio} |`);
 };
 
-// Natively: SmolLM2 through phi-web on the wgpu adapter vs llama.cpp on the CPU.
-const smol = native.models?.find((m) => /smollm2/i.test(m.model));
-for (const run of llama.runs ?? []) {
-  const peer = `llama.cpp ${run.threads} thread${run.threads > 1 ? "s" : ""}`;
-  for (const p of run.prefill) {
-    row(`native prefill tok/s, ${p.prompt_tokens} tokens`, smol?.prefill.find((q) => q.prompt_tokens === p.prompt_tokens)?.tokens_per_s, p.tokens_per_s, peer);
-  }
-  for (const d of run.decode) {
-    row(`native decode tok/s at ${d.context_tokens} context`, smol?.decode.find((q) => q.context_tokens === d.context_tokens)?.tokens_per_s, d.tokens_per_s, peer);
+// Natively: SmolLM2 through phi-web on the wgpu adapter and on its CPU
+// backend (one thread per core) vs llama.cpp on the CPU.
+const smolOn = (backend) => native.models?.find((m) => /smollm2/i.test(m.model) && (m.backend ?? "webgpu") === backend && m.prefill.length);
+for (const [backend, label] of [["webgpu", "native (wgpu)"], ["cpu", "native CPU backend"]]) {
+  const smol = smolOn(backend);
+  if (!smol) continue;
+  for (const run of llama.runs ?? []) {
+    // The CPU backend against llama.cpp at its own thread count.
+    if (backend === "cpu" && run.threads !== smol.threads) continue;
+    const peer = `llama.cpp ${run.threads} thread${run.threads > 1 ? "s" : ""}`;
+    for (const p of run.prefill) {
+      row(`${label} prefill tok/s, ${p.prompt_tokens} tokens`, smol.prefill.find((q) => q.prompt_tokens === p.prompt_tokens)?.tokens_per_s, p.tokens_per_s, peer);
+    }
+    for (const d of run.decode) {
+      row(`${label} decode tok/s at ${d.context_tokens} context`, smol.decode.find((q) => q.context_tokens === d.context_tokens)?.tokens_per_s, d.tokens_per_s, peer);
+    }
   }
 }
 if (llama.error) rows.push(`| native | | llama.cpp: ${llama.error} | |`);
@@ -55,6 +62,13 @@ for (const [peer, label] of Object.entries(peerNames)) {
   }
   row("browser prefill tok/s", web.phi_web?.prefill_tokens_per_s, p.prefill_tokens_per_s, label);
   row("browser decode tok/s", web.phi_web?.decode_tokens_per_s, p.decode_tokens_per_s, label);
+  // The CPU backend against the CPU peers (wasm); its thread count is in the label.
+  const cpu = web.phi_web_cpu;
+  if (cpu && !cpu.error && !/webgpu/.test(peer)) {
+    const ours = `browser CPU backend (${cpu.threads} thread${cpu.threads === 1 ? "" : "s"})`;
+    row(`${ours} prefill tok/s`, cpu.prefill_tokens_per_s, p.prefill_tokens_per_s, label);
+    row(`${ours} decode tok/s`, cpu.decode_tokens_per_s, p.decode_tokens_per_s, label);
+  }
 }
 const agreement = (file) => (Number.isFinite(exportAgreement[file]) ? `${(100 * exportAgreement[file]).toFixed(0)} %` : "?");
 const exportNote =

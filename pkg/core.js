@@ -2,7 +2,7 @@
 // `worker: false`): fetch the manifest and tokenizer, stream the shards into
 // the wasm engine, run requests. index.js talks to this through worker.js.
 
-import init, { Embedder, Engine, GgufImporter, HfImporter } from "./wasm/phi_web.js";
+import init, { checkCpuMemory, Embedder, Engine, GgufImporter, HfImporter } from "./wasm/phi_web.js";
 import { importModel } from "./importer.js";
 import { fetchFile, fetchManifest, MemoryStore, namedError, openStore, ShardStore, sourceKind } from "./loader.js";
 
@@ -45,6 +45,16 @@ export async function loadEngine(
     ({ manifest, baseUrl } = await fetchManifest(source, { cache }));
   }
   if (!manifest.tokenizer) throw namedError("ModelFormatError", `${baseUrl}: the package has no tokenizer, so it cannot chat`);
+  // On the CPU backend the model lives in wasm32's 4 GiB: refuse one that
+  // cannot fit before downloading it (a software adapter's "auto" is
+  // decided in the engine, which checks again).
+  if (backend === "cpu") {
+    try {
+      checkCpuMemory(JSON.stringify(manifest), contextLength, kvCache);
+    } catch (e) {
+      throw asError(e);
+    }
+  }
   const tokenizer = await fetchFile(baseUrl, manifest.tokenizer, manifest, { cache, store: packageStore });
   const store = new ShardStore(manifest, baseUrl, { cache, store: packageStore, onProgress });
   await store.checkQuota();

@@ -6,7 +6,7 @@
 //! Recording is cold (passes are replayed), so the enums cost nothing per
 //! token.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::cpu::{self, Cpu};
 use crate::error::{Error, Result};
@@ -90,7 +90,7 @@ fn mixed() -> Error {
 #[derive(Clone, Debug)]
 pub enum Matrix {
     Gpu(gpu::Matrix),
-    Cpu(Rc<cpu::Matrix>),
+    Cpu(Arc<cpu::Matrix>),
 }
 
 impl Matrix {
@@ -250,7 +250,7 @@ impl Backend {
     ) -> Result<Matrix> {
         match self {
             Backend::Gpu(g) => gpu::Matrix::upload(&g.gpu, label, format, rows, cols, &layout).map(Matrix::Gpu),
-            Backend::Cpu(_) => cpu::matrix(label, format, rows, cols, layout).map(|m| Matrix::Cpu(Rc::new(m))),
+            Backend::Cpu(_) => cpu::matrix(label, format, rows, cols, layout).map(|m| Matrix::Cpu(Arc::new(m))),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::backend::{Backend, BackendChoice, GpuBackend};
 use crate::config::{Architecture, ModelConfig};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
-use crate::formats::package::ShardSource;
+use crate::formats::package::{Manifest, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::model::{Decoder, DecoderOptions, Logits};
 use crate::sampler::SamplingOptions;
@@ -109,11 +109,10 @@ impl Engine {
         options: &EngineOptions,
     ) -> Result<Engine> {
         let (backend, backend_reason) = open_backend(options, &source.manifest().config).await?;
-        let max = source.manifest().config.max_position_embeddings;
-        let context = match options.context {
-            0 => max.min(DEFAULT_CONTEXT),
-            n => n.min(max),
-        };
+        let context = context_for(&source.manifest().config, options.context);
+        if cfg!(target_arch = "wasm32") && matches!(backend, Backend::Cpu(_)) {
+            check_wasm_memory(source.manifest(), context, options.kv_cache)?;
+        }
         let plan = DecoderOptions {
             capacity: context,
             max_tokens: match options.prefill_chunk {
@@ -305,6 +304,34 @@ impl Engine {
             info["memoryBytes"] = (memory.weights + memory.kv_cache).into();
         }
         info
+    }
+}
+
+/// Positions of context for a request of `asked` (0: the default cap).
+fn context_for(config: &ModelConfig, asked: usize) -> usize {
+    let max = config.max_position_embeddings;
+    match asked {
+        0 => max.min(DEFAULT_CONTEXT),
+        n => n.min(max),
+    }
+}
+
+/// What wasm32 can address: 4 GiB (65536 pages of 64 KiB).
+pub const WASM32_MEMORY: u64 = 4 << 30;
+
+/// Fails with [`Error::WasmMemory`] when the CPU backend could not hold the
+/// package's weights plus a KV cache of `context` positions (0: the default)
+/// with 10 % to spare (activations, the tokenizer, the allocator) in wasm32's
+/// address space: checked before any download (`pkg/core.js`) and at load.
+pub fn check_wasm_memory(manifest: &Manifest, context: usize, kv: KvFormat) -> Result<()> {
+    let c = &manifest.config;
+    let context = context_for(c, context);
+    let weights: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+    let kv_cache = (2 * c.num_layers * context * kv.row_bytes(c.num_kv_heads * c.head_dim)) as u64;
+    let needed = weights + kv_cache;
+    match needed + needed / 10 <= WASM32_MEMORY {
+        true => Ok(()),
+        false => Err(Error::WasmMemory { needed, weights, kv_cache, limit: WASM32_MEMORY }),
     }
 }
 

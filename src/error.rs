@@ -48,6 +48,10 @@ pub enum Error {
     #[error("a GPU memory budget of {budget} bytes is too small: the resident weights take {resident} bytes and the smallest expert cache ({per_token} experts of {expert} bytes in each of {layers} layers) {cache} more; allow at least {needed} bytes", cache = layers * per_token * expert, needed = resident + layers * per_token * expert)]
     GpuMemoryBudget { budget: u64, resident: u64, expert: u64, per_token: u64, layers: u64 },
 
+    /// A model the CPU backend cannot hold in wasm32's address space.
+    #[error("the CPU backend needs {needed} bytes for this model ({weights} of weights, {kv_cache} of KV cache) but WebAssembly (wasm32) addresses at most {limit}; use WebGPU, a smaller model or quantization, or a shorter contextLength")]
+    WasmMemory { needed: u64, weights: u64, kv_cache: u64, limit: u64 },
+
     /// A model configuration that is missing a key or disagrees with the weights.
     #[error("model config: {message}")]
     Config { message: String },
@@ -69,6 +73,7 @@ impl Error {
             Error::Unsupported { .. } => "UnsupportedError",
             Error::Config { .. } => "ModelConfigError",
             Error::GpuMemoryBudget { .. } => "MemoryBudgetError",
+            Error::WasmMemory { .. } => "ModelTooLargeError",
         }
     }
 

@@ -366,6 +366,17 @@ impl Embedder {
     }
 }
 
+/// Fails with a ModelTooLargeError when the CPU backend could not hold the
+/// package (`manifest`: model.json's text) with a KV cache of
+/// `context_length` positions stored as `kv_cache`: called before
+/// downloading when the CPU backend is certain to run it.
+#[wasm_bindgen(js_name = checkCpuMemory)]
+pub fn check_cpu_memory(manifest: String, context_length: u32, kv_cache: String) -> Result<(), JsValue> {
+    let manifest = parse_manifest(&manifest).map_err(js_error)?;
+    let kv = KvFormat::parse(&kv_cache).unwrap_or_default();
+    engine::check_wasm_memory(&manifest, context_length as usize, kv).map_err(js_error)
+}
+
 fn parse_backend(name: &str) -> Result<BackendChoice, JsValue> {
     BackendChoice::parse(name).ok_or_else(|| {
         js_error(Error::Unsupported { what: format!("backend \"{name}\""), supported: "auto, webgpu, cpu".into() })

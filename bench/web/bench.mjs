@@ -84,8 +84,10 @@ async function attempt(name, run) {
   log(`${name}: ${JSON.stringify(report[name])}`);
 }
 
-if (selected("phi_web")) await attempt("phi_web", () =>
-  page.evaluate(async ({ question, newTokens }) => {
+// phi-web on WebGPU (SwiftShader here), and on its CPU backend (wasm SIMD;
+// one thread: the worker pool is not built yet).
+for (const [name, backend] of [["phi_web", "webgpu"], ["phi_web_cpu", "cpu"]]) if (selected(name)) await attempt(name, () =>
+  page.evaluate(async ({ question, newTokens, backend }) => {
     await phiWeb.deleteCachedModel("/models/smollm2/model.json").catch(() => {});
     const ask = async (engine) => {
       const reply = await engine.chat.completions.create({
@@ -95,15 +97,17 @@ if (selected("phi_web")) await attempt("phi_web", () =>
       });
       return { reply, stats: await engine.stats() };
     };
-    let engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024 });
+    let engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024, backend });
     const cold = await engine.stats();
     engine.unload();
-    engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024 });
+    engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024, backend });
     const warm = await engine.stats();
     const { reply, stats } = await ask(engine);
     engine.unload();
     return {
-      adapter: stats.adapter,
+      adapter: stats.backend === "cpu" ? `CPU backend, ${stats.simd}, ${stats.threads} thread(s)` : stats.adapter,
+      threads: stats.threads,
+      wasm_memory_bytes: stats.wasmMemoryBytes,
       cold_load_ms: cold.loadMs,
       warm_load_ms: warm.loadMs,
       prompt_tokens: reply.usage.prompt_tokens,
@@ -114,7 +118,7 @@ if (selected("phi_web")) await attempt("phi_web", () =>
       gpu_bytes: stats.gpuBytes,
       text: reply.choices[0].message.content,
     };
-  }, { question: QUESTION, newTokens: NEW_TOKENS }));
+  }, { question: QUESTION, newTokens: NEW_TOKENS, backend }));
 
 // A synthetic Phi-mini-MoE (real widths, 8 of 32 layers, random q4_0; served
 // from target/bench once `phi-web bench` wrote it): decode with every
@@ -242,6 +246,16 @@ for (const name of [...peers, ...tjsPeers].map(([peerName]) => peerName)) {
   } else {
     report.ratios[name] = { error: peer?.error ?? ours?.error ?? "no figures" };
   }
+}
+// The CPU backend ÷ the CPU (wasm) peers.
+const cpu = report.phi_web_cpu;
+report.ratios_cpu_backend = {};
+for (const name of [...peers, ...tjsPeers].map(([peerName]) => peerName).filter((n) => !/webgpu/.test(n))) {
+  const peer = report[name];
+  report.ratios_cpu_backend[name] =
+    cpu?.decode_tokens_per_s && peer?.decode_tokens_per_s
+      ? { decode: cpu.decode_tokens_per_s / peer.decode_tokens_per_s, prefill: cpu.prefill_tokens_per_s / peer.prefill_tokens_per_s }
+      : { error: peer?.error ?? cpu?.error ?? "no figures" };
 }
 await browser.close();
 server.kill();

@@ -272,6 +272,10 @@ fn expert_figures(
 #[derive(Serialize)]
 pub struct ModelFigure {
     pub model: String,
+    /// "webgpu" or "cpu".
+    pub backend: &'static str,
+    /// The CPU backend's threads (0 on WebGPU).
+    pub threads: usize,
     pub weights_mb: f64,
     /// Positions the KV cache was allocated for.
     pub context: usize,
@@ -328,6 +332,7 @@ pub struct DecodeFigure {
 }
 
 /// What `model_figure` measures.
+#[derive(Clone)]
 pub struct ModelBench {
     /// Allocated KV positions.
     pub context: usize,
@@ -442,6 +447,11 @@ pub async fn model_figure(
     let mb = |b: u64| b as f64 / 1e6;
     Ok(ModelFigure {
         model: package.manifest.name.clone(),
+        backend: b.name(),
+        threads: match b {
+            Backend::Cpu(c) => c.threads,
+            Backend::Gpu(_) => 0,
+        },
         weights_mb: mb(package.total_bytes()),
         context: plan.context,
         kv_cache: plan.kv_cache.name(),
@@ -672,8 +682,8 @@ pub fn markdown(report: &KernelReport) -> String {
         "Adapter: {}. CPU read bandwidth in the same run: {:.1} GB/s ({} threads).\n\n",
         report.adapter, report.cpu_read_gbps_all_threads, report.threads
     );
-    out += "| model | context, KV cache | GPU memory (weights + KV + scratch) | prefill tok/s | decode tok/s | decode ÷ memory bandwidth | long ÷ short context decode |\n";
-    out += "|---|---|---|---|---|---|---|\n";
+    out += "| model | backend | context, KV cache | memory (weights + KV + scratch) | prefill tok/s | decode tok/s | decode ÷ memory bandwidth | long ÷ short context decode |\n";
+    out += "|---|---|---|---|---|---|---|---|\n";
     for m in &report.models {
         let g = &m.gpu_memory;
         let prefill: Vec<String> =
@@ -693,8 +703,12 @@ pub fn markdown(report: &KernelReport) -> String {
             )
         });
         out += &format!(
-            "| {}{cache} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
+            "| {}{cache} | {} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
             m.model,
+            match m.backend {
+                "cpu" => format!("CPU, {} threads", m.threads),
+                _ => "WebGPU".into(),
+            },
             m.context,
             m.kv_cache,
             g.total_mb,

@@ -136,8 +136,9 @@ impl Matrix {
     fn q4_scale(&self, i: usize) -> (f32, f32) {
         match self.format {
             WeightFormat::Q4_1 => {
-                let d = half_at(&self.scales, 4 * i);
-                (d, half_at(&self.scales, 4 * i + 2) + 8.0 * d)
+                let dm: [u8; 4] = self.scales.get(4 * i..4 * i + 4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]);
+                let d = half_at(&dm, 0);
+                (d, half_at(&dm, 2) + 8.0 * d)
             }
             _ => (half_at(&self.scales, 2 * i), 0.0),
         }
@@ -146,42 +147,54 @@ impl Matrix {
 
 #[inline(always)]
 fn half_at(bytes: &[u8], at: usize) -> f32 {
-    simd::f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+    // One 16-bit load (and one bounds check); out of range reads as 0.
+    let pair: [u8; 2] = bytes.get(at..at + 2).and_then(|b| b.try_into().ok()).unwrap_or([0; 2]);
+    simd::f16_to_f32(u16::from_le_bytes(pair))
 }
 
-/// Tokens whose accumulators a row carries at once: each weight block is
-/// unpacked once for all of them (prefill), and they fit in registers.
+/// Tokens whose accumulators a row carries at once while prefilling: each
+/// weight block is unpacked once for all of them.
 const TOKEN_GROUP: usize = 8;
 
-/// Row r of a quantized W against every token's activations, into `out` [T].
+/// Row r of a quantized W against every token's activations, into `out` [T]:
+/// groups of [`TOKEN_GROUP`] tokens, then the rest one by one.
 #[inline(always)]
 fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, out: &mut [f32]) {
-    let blocks = w.cols / BLOCK;
-    for (group, out) in out.chunks_mut(TOKEN_GROUP).enumerate() {
-        let first = group * TOKEN_GROUP;
-        let mut acc = [0f32; TOKEN_GROUP];
-        for b in 0..blocks {
-            let i = r * blocks + b;
-            let (weights, d, m) = match w.format {
-                WeightFormat::Q8_0 => {
-                    let bytes: &[u8; 32] = w.data[i * 32..i * 32 + 32].try_into().unwrap_or(&[0; 32]);
-                    (B::unpack_q8(bytes), half_at(&w.scales, 2 * i), 0.0)
-                }
-                _ => {
-                    let (d, m) = w.q4_scale(i);
-                    let nibbles: &[u8; 16] = w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16]);
-                    (B::unpack_q4(nibbles), d, m)
-                }
-            };
-            for (t, acc) in acc[..out.len()].iter_mut().enumerate() {
-                let tb = (first + t) * blocks + b;
-                let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
-                // q4_1's minimum m meets Σx of the block: m · d · Σq.
-                *acc += B::dot(&weights, q) as f32 * (d * xq.d[tb]) + m * xq.d_sum[tb];
-            }
-        }
-        out.copy_from_slice(&acc[..out.len()]);
+    let whole = out.len() / TOKEN_GROUP * TOKEN_GROUP;
+    for first in (0..whole).step_by(TOKEN_GROUP) {
+        quantized_tokens::<B, TOKEN_GROUP>(w, r, xq, first, &mut out[first..first + TOKEN_GROUP]);
     }
+    for t in whole..out.len() {
+        quantized_tokens::<B, 1>(w, r, xq, t, &mut out[t..t + 1]);
+    }
+}
+
+/// Row r against tokens first..first + G: out [G].
+#[inline(always)]
+fn quantized_tokens<B: Blocks, const G: usize>(w: &Matrix, r: usize, xq: &Quantized, first: usize, out: &mut [f32]) {
+    let blocks = w.cols / BLOCK;
+    let mut acc = [0f32; G];
+    for b in 0..blocks {
+        let i = r * blocks + b;
+        let (weights, d, m) = match w.format {
+            WeightFormat::Q8_0 => {
+                let bytes: &[u8; 32] = w.data[i * 32..i * 32 + 32].try_into().unwrap_or(&[0; 32]);
+                (B::unpack_q8(bytes), half_at(&w.scales, 2 * i), 0.0)
+            }
+            _ => {
+                let (d, m) = w.q4_scale(i);
+                let nibbles: &[u8; 16] = w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16]);
+                (B::unpack_q4(nibbles), d, m)
+            }
+        };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let tb = (first + t) * blocks + b;
+            let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
+            // As llama.cpp: d_w d_x Σ w q, plus q4_1's minimum m meeting Σx (d_x Σq).
+            *acc += B::dot(&weights, q) as f32 * (d * xq.d[tb]) + m * xq.d_sum[tb];
+        }
+    }
+    out.copy_from_slice(&acc);
 }
 
 /// x [T, cols] as 16-bit blocks: q = round(x / d), d = max |x| / 32767.

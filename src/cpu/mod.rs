@@ -17,8 +17,8 @@ mod elementwise;
 mod matrix;
 mod simd;
 
-use std::cell::{Ref, RefCell, RefMut};
-use std::rc::Rc;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, Result};
 use crate::gpu::{AttentionShape, GeluKind, KvAppendShape, OutputSlice, RopeShape};
@@ -26,23 +26,30 @@ use crate::quant::{self, GpuLayout, WeightFormat};
 
 pub use matrix::Matrix;
 
-/// The CPU device: how many threads its ops use.
+/// The CPU device: its threads and instruction set.
 #[derive(Debug)]
 pub struct Cpu {
     pub threads: usize,
     /// The instruction set the matrix products were built for ("avx2", "simd128", ...).
     pub simd: &'static str,
+    /// The engine's own pool (natively): a forward pass runs inside it, so
+    /// the ops' parallel loops start on a worker instead of waking the pool
+    /// from outside and sleeping until it is done (two context switches per
+    /// op). None where threads cannot be spawned (wasm without a worker
+    /// pool): rayon then runs everything on the calling thread.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl Cpu {
-    /// A CPU backend on rayon's global pool (its threads are set once per
-    /// process: the `threads` option of the first engine, else one per core).
+    /// A CPU backend with `threads` threads (None: one per core).
     pub fn new(threads: Option<usize>) -> Cpu {
+        let mut builder = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("phi-web cpu {i}"));
         if let Some(n) = threads {
-            // Fails only when the pool already exists; the existing one is used.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+            builder = builder.num_threads(n.max(1));
         }
-        Cpu { threads: rayon::current_num_threads(), simd: simd::name() }
+        let pool = builder.build().ok();
+        let threads = pool.as_ref().map_or(1, rayon::ThreadPool::current_num_threads);
+        Cpu { threads, simd: simd::name(), pool }
     }
 
     /// A zeroed buffer of `size` bytes (rounded up to whole words).
@@ -51,19 +58,22 @@ impl Cpu {
         let mut data = Vec::new();
         data.try_reserve_exact(words).map_err(|_| too_large(size))?;
         data.resize(words, 0u32);
-        Ok(Tensor(Rc::new(RefCell::new(data))))
+        Ok(Tensor(Arc::new(RwLock::new(data))))
     }
 
     /// A buffer holding `bytes` (zero-padded to whole words).
     pub fn storage_with(&self, bytes: &[u8]) -> Result<Tensor> {
         let tensor = self.storage(bytes.len() as u64)?;
-        bytemuck::cast_slice_mut::<u32, u8>(&mut tensor.0.borrow_mut())[..bytes.len()].copy_from_slice(bytes);
+        tensor.write(0, bytes)?;
         Ok(tensor)
     }
 
-    /// Runs recorded ops in order.
+    /// Runs recorded ops in order (in the pool when there is one).
     pub fn run(&self, ops: &[Op]) -> Result<()> {
-        ops.iter().try_for_each(Op::run)
+        match &self.pool {
+            Some(pool) => pool.install(|| ops.iter().try_for_each(Op::run)),
+            None => ops.iter().try_for_each(Op::run),
+        }
     }
 }
 
@@ -72,29 +82,57 @@ fn too_large(size: u64) -> Error {
 }
 
 /// A buffer in memory: 32-bit words, read as f32, u32, f16 pairs or bytes
-/// exactly as the WGSL kernels read the same buffer.
+/// exactly as the WGSL kernels read the same buffer. Shared with the pool's
+/// threads (a forward pass runs there); an op that would read and write one
+/// buffer at once gets an error from the lock, never a data race.
 #[derive(Clone, Debug)]
-pub struct Tensor(Rc<RefCell<Vec<u32>>>);
+pub struct Tensor(Arc<RwLock<Vec<u32>>>);
+
+/// A tensor's words read as f32.
+struct F32<'a>(RwLockReadGuard<'a, Vec<u32>>);
+
+impl Deref for F32<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        bytemuck::cast_slice(self.0.as_slice())
+    }
+}
+
+/// A tensor's words written as f32.
+struct F32Mut<'a>(RwLockWriteGuard<'a, Vec<u32>>);
+
+impl Deref for F32Mut<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        bytemuck::cast_slice(self.0.as_slice())
+    }
+}
+
+impl DerefMut for F32Mut<'_> {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        bytemuck::cast_slice_mut(self.0.as_mut_slice())
+    }
+}
 
 impl Tensor {
     pub fn size(&self) -> u64 {
-        4 * self.0.borrow().len() as u64
+        self.words().map_or(0, |w| 4 * w.len() as u64)
     }
 
-    fn words(&self) -> Result<Ref<'_, Vec<u32>>> {
-        self.0.try_borrow().map_err(|_| aliased())
+    fn words(&self) -> Result<RwLockReadGuard<'_, Vec<u32>>> {
+        self.0.try_read().map_err(|_| aliased())
     }
 
-    fn words_mut(&self) -> Result<RefMut<'_, Vec<u32>>> {
-        self.0.try_borrow_mut().map_err(|_| aliased())
+    fn words_mut(&self) -> Result<RwLockWriteGuard<'_, Vec<u32>>> {
+        self.0.try_write().map_err(|_| aliased())
     }
 
-    fn f32(&self) -> Result<Ref<'_, [f32]>> {
-        Ok(Ref::map(self.words()?, |w| bytemuck::cast_slice(w.as_slice())))
+    fn f32(&self) -> Result<F32<'_>> {
+        self.words().map(F32)
     }
 
-    fn f32_mut(&self) -> Result<RefMut<'_, [f32]>> {
-        Ok(RefMut::map(self.words_mut()?, |w| bytemuck::cast_slice_mut(w.as_mut_slice())))
+    fn f32_mut(&self) -> Result<F32Mut<'_>> {
+        self.words_mut().map(F32Mut)
     }
 
     /// The position of the first token, from a Step buffer.
@@ -123,7 +161,7 @@ impl Tensor {
     }
 
     fn same(&self, other: &Tensor) -> bool {
-        Rc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -144,7 +182,7 @@ fn check_len(op: &'static str, what: &str, tensor: &Tensor, floats: usize) -> Re
 pub enum Op {
     /// y[t, out] = x[t] W^T (+ bias[first..]).
     Linear {
-        w: Rc<Matrix>,
+        w: Arc<Matrix>,
         bias: Option<(Tensor, usize)>,
         x: Tensor,
         y: Tensor,
@@ -153,7 +191,7 @@ pub enum Op {
     },
     /// out[t] = row ids[t] - first of the table, for ids inside it.
     Embedding {
-        table: Rc<Matrix>,
+        table: Arc<Matrix>,
         first: usize,
         ids: Tensor,
         out: Tensor,
@@ -333,7 +371,7 @@ impl Cpu {
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
-        w: &Rc<Matrix>,
+        w: &Arc<Matrix>,
         bias: Option<(&Tensor, usize)>,
         x: &Tensor,
         y: &Tensor,
@@ -349,7 +387,14 @@ impl Cpu {
         Ok(Op::Linear { w: w.clone(), bias, x: x.clone(), y: y.clone(), tokens, out })
     }
 
-    pub fn embedding(&self, table: &Rc<Matrix>, first: usize, ids: &Tensor, out: &Tensor, tokens: usize) -> Result<Op> {
+    pub fn embedding(
+        &self,
+        table: &Arc<Matrix>,
+        first: usize,
+        ids: &Tensor,
+        out: &Tensor,
+        tokens: usize,
+    ) -> Result<Op> {
         check_len("embedding", "out", out, tokens * table.cols)?;
         check_len("embedding", "ids", ids, tokens)?;
         Ok(Op::Embedding { table: table.clone(), first, ids: ids.clone(), out: out.clone(), tokens })

@@ -60,15 +60,15 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// The per-block operations of the quantized products, one implementation
 /// per instruction set: a weight block unpacked once to 16-bit lanes, and its
-/// exact integer dot product with one token's 16-bit activations. Every
-/// implementation gives the same integers, so the f32 accumulation around
-/// them (`matrix.rs`) gives the same bits natively and in the browser.
+/// exact integer dot product with one token's 16-bit activations. The f32
+/// arithmetic around them is the same code everywhere (`matrix.rs`), so the
+/// browser answers exactly as the native CLI.
 pub trait Blocks {
     type Unpacked: Copy;
     /// q4: byte j holds value j (low nibble) and value j + 16 (high), minus 8.
     fn unpack_q4(nibbles: &[u8; 16]) -> Self::Unpacked;
     fn unpack_q8(bytes: &[u8; 32]) -> Self::Unpacked;
-    /// Σ w_j q_j.
+    /// Σ w_j q_j, exact.
     fn dot(w: &Self::Unpacked, q: &[i16; 32]) -> i32;
 }
 
@@ -211,9 +211,8 @@ impl Blocks for Avx2 {
 mod tests {
     use super::*;
 
-    /// Every implementation gives the portable loops' integers (natively:
-    /// AVX2 where the CPU has it; the wasm one runs in tests/browser.rs
-    /// through the model checks).
+    /// The portable loops give the exact products, and AVX2 (where the CPU
+    /// has it) the portable integers.
     #[test]
     fn block_implementations_agree() {
         let mut state = 0x2545_f491_4f6c_dd1du64;

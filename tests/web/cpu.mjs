@@ -5,12 +5,16 @@
 // as the native CLI's CPU backend does, streams the same text, and reports
 // itself in stats(); in a Chromium launched without WebGPU, "auto" falls
 // back to the CPU with no error (and "webgpu" is a NoWebGPUError), for a
-// chat model and for MiniLM embeddings equal to the native CLI's; with the
+// chat model and for MiniLM embeddings equal to the native CLI's, and a
+// model larger than wasm32 memory is refused before downloading; with the
 // SwiftShader adapter as the only one, "auto" prefers the CPU and says why.
 // Prints figures as JSON at the end.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { startServer } from "./server.mjs";
 
@@ -36,7 +40,12 @@ const BASE_ARGS = [
   "--no-first-run",
   "--disable-quic",
 ];
-const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir } });
+// SmolLM2's manifest claiming 5 GB of shards: more than wasm32 addresses.
+const hugeDir = mkdtempSync(join(tmpdir(), "phi-web-huge-"));
+const hugeManifest = JSON.parse(readFileSync(join(modelDir, "model.json"), "utf8"));
+hugeManifest.shards[0].bytes = 5e9;
+writeFileSync(join(hugeDir, "model.json"), JSON.stringify(hugeManifest));
+const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir, huge: hugeDir } });
 
 async function openPage(args) {
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...BASE_ARGS, ...args] });
@@ -104,7 +113,11 @@ try {
       const chat = await eval(ask)(q);
       const embedder = await phiWeb.createEngine("/models/minilm/model.json");
       const embedded = await embedder.embeddings.create({ input: q });
-      return { hasGpu, refused, chat, embedding: embedded.data[0].embedding, embedStats: await embedder.stats() };
+      const huge = await phiWeb.createEngine("/models/huge/model.json").then(
+        () => ({ name: "loaded" }),
+        (e) => ({ name: e.name, message: e.message }),
+      );
+      return { hasGpu, refused, chat, embedding: embedded.data[0].embedding, embedStats: await embedder.stats(), huge };
     }, { q: QUESTION, ask: ask.toString() });
     assert.equal(result.hasGpu, false, "this Chromium has no WebGPU adapter");
     assert.match(result.refused, /NoWebGPUError|GPUError/);
@@ -114,6 +127,10 @@ try {
     const diff = Math.max(...result.embedding.map((v, i) => Math.abs(v - nativeEmbedding[i])));
     figures.minilm_max_abs_diff_vs_native = diff;
     assert.ok(diff < 1e-5, `MiniLM on the CPU in Chromium vs natively: max |diff| ${diff}`);
+    step("a model larger than wasm32 memory is a ModelTooLargeError naming both sizes, before any download");
+    assert.equal(result.huge.name, "ModelTooLargeError", result.huge.message);
+    assert.match(result.huge.message, /needs \d+ bytes .* at most 4294967296/);
+    assert.equal([...server.requests.keys()].filter((p) => p.startsWith("/models/huge/") && p !== "/models/huge/model.json").length, 0);
     await browser.close();
   }
 } catch (e) {

@@ -603,9 +603,12 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
     // shapes); `--only NAME` runs one of them.
     let want = |model: BenchModel| args.only.is_none_or(|o| o == model);
     let cpu = report.cpu_read_gbps_all_threads;
-    let figure = |dir: &Path, plan: &ModelBench| {
-        pollster::block_on(phi_web::bench::model_figure(&backend, dir, plan, cpu, |s| stages.log(&format!("    {s}"))))
+    let figure_on = |backend: &Backend, dir: &Path, plan: &ModelBench| {
+        pollster::block_on(phi_web::bench::model_figure(backend, dir, plan, cpu, |s| stages.log(&format!("    {s}"))))
     };
+    let figure = |dir: &Path, plan: &ModelBench| figure_on(&backend, dir, plan);
+    // The CPU backend (one thread per core) on the same packages.
+    let cpu_backend = Backend::Cpu(phi_web::cpu::Cpu::new(None));
     let decode_plan = |prompts: Vec<usize>, decode_tokens: usize| ModelBench {
         context: 4096,
         kv_cache: KvFormat::F16,
@@ -622,8 +625,11 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
         let plan = decode_plan(vec![128, 1024], 16);
         report.models.push(figure(dir, &plan)?);
         stages.log("  SmolLM2 with an 8-bit KV cache");
-        let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
-        report.models.push(figure(dir, &plan)?);
+        let q8 = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan.clone() };
+        report.models.push(figure(dir, &q8)?);
+        stages.log("  SmolLM2 on the CPU backend");
+        report.models.push(figure_on(&cpu_backend, dir, &ModelBench { decode_tokens: 64, ..plan })?);
+        report.models.push(figure_on(&cpu_backend, dir, &ModelBench { decode_tokens: 64, ..q8 })?);
     } else if want(BenchModel::Smollm2) {
         stages.log("  SmolLM2 skipped: run `make models`");
     }
@@ -635,6 +641,8 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
         let prompts = if args.long { vec![128, 1024] } else { vec![128] };
         let plan = decode_plan(prompts, 4);
         report.models.push(figure(dir, &plan)?);
+        stages.log("  synthetic Phi-3-mini on the CPU backend");
+        report.models.push(figure_on(&cpu_backend, dir, &ModelBench { decode_tokens: 8, ..plan.clone() })?);
         stages.log("  synthetic Phi-3-mini with an 8-bit KV cache");
         let plan = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan };
         report.models.push(figure(dir, &plan)?);
