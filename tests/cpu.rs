@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::checks::reference;
 use common::{assert_close, cpu, Rng};
 use phi_web::backend::{Backend, Buf, Commands, Op};
 use phi_web::gpu::{AttentionShape, KvAppendShape, KvFormat, OutputSlice, RopeShape};
@@ -34,21 +35,6 @@ fn run(ops: Vec<Op>) {
 
 fn read(buf: &Buf, len: usize) -> Vec<f32> {
     pollster::block_on(cpu().read_f32("test output", buf, len)).unwrap()
-}
-
-/// y [T, N] = x W^T in f64 and sum |w x| per output.
-fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, tokens: usize) -> (Vec<f64>, Vec<f64>) {
-    let (mut y, mut scale) = (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
-    for t in 0..tokens {
-        for r in 0..rows {
-            for k in 0..cols {
-                let term = w[r * cols + k] as f64 * x[t * cols + k] as f64;
-                y[t * rows + r] += term;
-                scale[t * rows + r] += term.abs();
-            }
-        }
-    }
-    (y, scale)
 }
 
 #[test]

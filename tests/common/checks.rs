@@ -34,7 +34,7 @@ fn weights(env: &Env, format: WeightFormat, rows: usize, cols: usize, seed: u64)
 }
 
 /// y [T, N] = x [T, K] W^T in f64, plus sum |w x| per output for the tolerance.
-fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, tokens: usize) -> (Vec<f64>, Vec<f64>) {
+pub fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, tokens: usize) -> (Vec<f64>, Vec<f64>) {
     let (mut y, mut scale) = (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
     for t in 0..tokens {
         for r in 0..rows {
