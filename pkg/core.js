@@ -28,8 +28,10 @@ export async function loadEngine(
   if (backend === "webgpu" && !hasWebGPU) {
     throw namedError("NoWebGPUError", "this browser has no WebGPU (navigator.gpu is missing); use a recent Chrome or Edge, enable WebGPU, or pass backend: \"auto\" or \"cpu\"");
   }
-  // Without navigator.gpu, "auto" is the CPU backend (wgpu is not even asked).
-  if (!hasWebGPU) backend = "cpu";
+  // Without navigator.gpu or without an adapter, "auto" is the CPU backend
+  // (decided here so the memory check below runs before any download); over
+  // an adapter the engine decides (a software rasterizer also means the CPU).
+  if (backend === "auto" && !(hasWebGPU && (await navigator.gpu.requestAdapter().catch(() => null)))) backend = "cpu";
   wasmReady ??= init();
   wasmExports = await wasmReady;
   const started = performance.now();
