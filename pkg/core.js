@@ -2,12 +2,53 @@
 // `worker: false`): fetch the manifest and tokenizer, stream the shards into
 // the wasm engine, run requests. index.js talks to this through worker.js.
 
-import init, { checkCpuMemory, Embedder, Engine, GgufImporter, HfImporter } from "./wasm/phi_web.js";
 import { importModel } from "./importer.js";
 import { fetchFile, fetchManifest, MemoryStore, namedError, openStore, ShardStore, sourceKind } from "./loader.js";
 
-let wasmReady;
-let wasmExports;
+// The two wasm builds, each loaded once per context when first needed:
+// "single" (pkg/wasm: WebGPU, the one-thread CPU backend, importers) and
+// "threads" (pkg/wasm-threads: shared memory, the CPU backend's rayon pool
+// on Web Workers, started once with the first engine's thread count).
+const builds = {};
+
+function wasmBuild(kind, threads = 1) {
+  builds[kind] ??= (async () => {
+    const bindings = kind === "threads" ? await import("./wasm-threads/phi_web.js") : await import("./wasm/phi_web.js");
+    const exports = await bindings.default();
+    if (kind === "threads") await bindings.initThreadPool(threads);
+    return { bindings, exports };
+  })();
+  builds[kind].catch(() => delete builds[kind]);
+  return builds[kind];
+}
+
+/**
+ * How many threads the CPU backend can have here, and why: more than one
+ * needs SharedArrayBuffer (a cross-origin isolated page) and a Worker (the
+ * engine's thread blocks while the pool works; a page's main thread may not).
+ */
+function threadPlan(threads) {
+  if (threads === 1) return { threads: 1, reason: "asked for" };
+  if (!(typeof crossOriginIsolated !== "undefined" && crossOriginIsolated)) {
+    return {
+      threads: 1,
+      reason: "the page is not cross-origin isolated: serve it with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp for threads",
+    };
+  }
+  if (typeof WorkerGlobalScope === "undefined") {
+    return { threads: 1, reason: "the engine runs on the page's main thread (worker: false), which cannot wait for a thread pool" };
+  }
+  if (threads > 0) return { threads, reason: "asked for" };
+  const cores = Math.max(1, navigator.hardwareConcurrency || 1);
+  return { threads: cores, reason: `one per core (navigator.hardwareConcurrency: ${cores})` };
+}
+
+/** A software rasterizer (SwiftShader, llvmpipe, WARP): "auto" runs such models on the CPU. */
+function isSoftwareAdapter(adapter) {
+  const info = adapter.info ?? {};
+  if (info.isFallbackAdapter || adapter.isFallbackAdapter) return true;
+  return /swiftshader|llvmpipe|lavapipe|warp/i.test([info.vendor, info.architecture, info.device, info.description].join(" "));
+}
 
 /** Rebuilds a JS Error from anything the wasm side threw. */
 function asError(e) {
@@ -31,9 +72,9 @@ export async function loadEngine(
   // Without navigator.gpu or without an adapter, "auto" is the CPU backend
   // (decided here so the memory check below runs before any download); over
   // an adapter the engine decides (a software rasterizer also means the CPU).
-  if (backend === "auto" && !(hasWebGPU && (await navigator.gpu.requestAdapter().catch(() => null)))) backend = "cpu";
-  wasmReady ??= init();
-  wasmExports = await wasmReady;
+  const adapter = backend === "auto" && hasWebGPU ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  if (backend === "auto" && !adapter) backend = "cpu";
+  const { checkCpuMemory, cpuBackendRuns, GgufImporter, HfImporter } = (await wasmBuild("single")).bindings;
   const started = performance.now();
   let manifest, baseUrl;
   let imported = { networkBytes: 0, warnings: [] };
@@ -50,13 +91,26 @@ export async function loadEngine(
   // On the CPU backend the model lives in wasm32's 4 GiB: refuse one that
   // cannot fit before downloading it (a software adapter's "auto" is
   // decided in the engine, which checks again).
-  if (backend === "cpu") {
+  let onCpu;
+  try {
+    onCpu = backend === "cpu" || (backend === "auto" && isSoftwareAdapter(adapter) && cpuBackendRuns(JSON.stringify(manifest)));
+    if (onCpu) checkCpuMemory(JSON.stringify(manifest), contextLength, kvCache);
+  } catch (e) {
+    throw asError(e);
+  }
+  // A model on the CPU backend gets the threaded build where the page allows
+  // threads (and the single-threaded one, saying why, where it does not or
+  // the threaded build fails to start).
+  let plan = onCpu ? threadPlan(threads) : { threads: 1, reason: "" };
+  let build = await wasmBuild("single");
+  if (plan.threads > 1) {
     try {
-      checkCpuMemory(JSON.stringify(manifest), contextLength, kvCache);
+      build = await wasmBuild("threads", plan.threads);
     } catch (e) {
-      throw asError(e);
+      plan = { threads: 1, reason: `the threaded build did not start (${e?.message ?? e})` };
     }
   }
+  const { Embedder, Engine } = build.bindings;
   const tokenizer = await fetchFile(baseUrl, manifest.tokenizer, manifest, { cache, store: packageStore });
   const store = new ShardStore(manifest, baseUrl, { cache, store: packageStore, onProgress });
   await store.checkQuota();
@@ -79,7 +133,7 @@ export async function loadEngine(
   const info = JSON.parse(engine.info());
   const adapterInfo =
     info.backend === "webgpu" ? await navigator.gpu.requestAdapter().then((a) => a?.info).catch(() => undefined) : undefined;
-  return new LocalEngine(engine, embedding, manifest, adapterInfo, {
+  return new LocalEngine(engine, embedding, manifest, adapterInfo, build.exports, plan.reason, {
     loadMs: performance.now() - started,
     networkBytes: imported.networkBytes + store.progress.networkBytes,
     shardsFromCache: store.progress.fromCache,
@@ -90,8 +144,10 @@ export async function loadEngine(
 
 /** The wasm engine plus the bookkeeping the JS API reports. */
 class LocalEngine {
-  constructor(engine, embedding, manifest, adapterInfo, load) {
+  constructor(engine, embedding, manifest, adapterInfo, wasmExports, threadsReason, load) {
     this.engine = engine;
+    this.wasmExports = wasmExports;
+    this.threadsReason = threadsReason;
     this.embedding = embedding;
     this.model = manifest.name || "phi-web";
     this.info = JSON.parse(engine.info());
@@ -190,6 +246,7 @@ class LocalEngine {
       backend: this.info.backend,
       backendReason: this.info.backendReason,
       threads: this.info.threads,
+      threadsReason: this.info.backend === "cpu" ? this.threadsReason : "",
       simd: this.info.simd,
       crossOriginIsolated: typeof crossOriginIsolated !== "undefined" && crossOriginIsolated,
       gpuBytes: this.info.gpuBytes,
@@ -208,16 +265,11 @@ class LocalEngine {
       shardsFromCache: this.load.shardsFromCache,
       storageRangeReads: this.load.store.rangeReads,
       expertCache: this.embedding ? null : JSON.parse(this.engine.expertCache()),
-      wasmMemoryBytes: wasmMemoryBytes(),
+      wasmMemoryBytes: this.wasmExports.memory.buffer.byteLength,
     };
   }
 
   unload() {
     this.engine.free();
   }
-}
-
-/** The wasm module's linear memory (it only grows, so this is its peak). */
-function wasmMemoryBytes() {
-  return wasmExports?.memory?.buffer.byteLength ?? 0;
 }

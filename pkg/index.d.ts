@@ -200,6 +200,8 @@ export interface EngineStats {
   backendReason: string;
   /** The CPU backend's threads and instruction set (absent on WebGPU). */
   threads?: number;
+  /** Why the CPU backend has that many threads ("asked for", one per core, or why only one). */
+  threadsReason?: string;
   simd?: string;
   /** Whether the page is cross-origin isolated (what CPU threads need). */
   crossOriginIsolated: boolean;

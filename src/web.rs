@@ -26,6 +26,11 @@ use crate::quant::WeightFormat;
 use crate::structured::tools::Delta;
 use crate::tokenizer::Tokenizer;
 
+// The threaded build's `initThreadPool(n)`: starts n Web Workers on this
+// module and memory as rayon's global pool (the CPU backend's threads).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 #[wasm_bindgen(start)]
 fn start() {
     // A bug that still panics shows its message and location, not `unreachable`.
@@ -370,6 +375,14 @@ impl Embedder {
 /// package (`manifest`: model.json's text) with a KV cache of
 /// `context_length` positions stored as `kv_cache`: called before
 /// downloading when the CPU backend is certain to run it.
+/// Whether the CPU backend runs the package's architecture (pkg/core.js
+/// loads the threaded build only for a model that will run on the CPU).
+#[wasm_bindgen(js_name = cpuBackendRuns)]
+pub fn cpu_backend_runs(manifest: String) -> Result<bool, JsValue> {
+    let manifest = parse_manifest(&manifest).map_err(js_error)?;
+    Ok(engine::cpu_runs(&manifest.config))
+}
+
 #[wasm_bindgen(js_name = checkCpuMemory)]
 pub fn check_cpu_memory(manifest: String, context_length: u32, kv_cache: String) -> Result<(), JsValue> {
     let manifest = parse_manifest(&manifest).map_err(js_error)?;

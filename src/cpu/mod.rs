@@ -42,6 +42,7 @@ pub struct Cpu {
 
 impl Cpu {
     /// A CPU backend with `threads` threads (None: one per core).
+    #[cfg(not(all(target_arch = "wasm32", feature = "threads")))]
     pub fn new(threads: Option<usize>) -> Cpu {
         let mut builder = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("phi-web cpu {i}"));
         if let Some(n) = threads {
@@ -50,6 +51,14 @@ impl Cpu {
         let pool = builder.build().ok();
         let threads = pool.as_ref().map_or(1, rayon::ThreadPool::current_num_threads);
         Cpu { threads, simd: simd::name(), pool }
+    }
+
+    /// The threaded wasm build: the pool is rayon's global one, on the Web
+    /// Workers that `initThreadPool` started (pkg/core.js calls it once,
+    /// before any engine, with the `threads` the first engine asked for).
+    #[cfg(all(target_arch = "wasm32", feature = "threads"))]
+    pub fn new(_threads: Option<usize>) -> Cpu {
+        Cpu { threads: rayon::current_num_threads(), simd: simd::name(), pool: None }
     }
 
     /// A zeroed buffer of `size` bytes (rounded up to whole words).
@@ -72,6 +81,12 @@ impl Cpu {
     pub fn run(&self, ops: &[Op]) -> Result<()> {
         match &self.pool {
             Some(pool) => pool.install(|| ops.iter().try_for_each(Op::run)),
+            // The engine's thread waits (Atomics.wait: it is a Worker) while
+            // one of the pool's Workers runs the forward pass, so the ops'
+            // parallel loops start inside the pool, as natively.
+            #[cfg(all(target_arch = "wasm32", feature = "threads"))]
+            None => rayon::scope(|_| ops.iter().try_for_each(Op::run)),
+            #[cfg(not(all(target_arch = "wasm32", feature = "threads")))]
             None => ops.iter().try_for_each(Op::run),
         }
     }

@@ -7,7 +7,9 @@
 // back to the CPU with no error (and "webgpu" is a NoWebGPUError), for a
 // chat model and for MiniLM embeddings equal to the native CLI's, and a
 // model larger than wasm32 memory is refused before downloading; with the
-// SwiftShader adapter as the only one, "auto" prefers the CPU and says why.
+// SwiftShader adapter as the only one, "auto" prefers the CPU and says why;
+// a page that is not cross-origin isolated gets one thread and says so, and
+// an isolated one the threaded build on a Worker pool, with the same text.
 // Prints figures as JSON at the end.
 
 import assert from "node:assert/strict";
@@ -45,13 +47,15 @@ const hugeDir = mkdtempSync(join(tmpdir(), "phi-web-huge-"));
 const hugeManifest = JSON.parse(readFileSync(join(modelDir, "model.json"), "utf8"));
 hugeManifest.shards[0].bytes = 5e9;
 writeFileSync(join(hugeDir, "model.json"), JSON.stringify(hugeManifest));
-const server = await startServer({ root, models: { smollm2: modelDir, minilm: minilmDir, huge: hugeDir } });
+const models = { smollm2: modelDir, minilm: minilmDir, huge: hugeDir };
+const server = await startServer({ root, models });
+const isolatedServer = await startServer({ root, models, isolated: true });
 
-async function openPage(args) {
+async function openPage(args, url = server.url) {
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...BASE_ARGS, ...args] });
   const page = await browser.newPage();
   page.on("pageerror", (e) => console.log("page error:", e.message));
-  await page.goto(`${server.url}/`);
+  await page.goto(`${url}/`);
   await page.waitForFunction(() => window.ready === true);
   return { browser, page };
 }
@@ -73,6 +77,8 @@ try {
     }, { q: QUESTION, ask: ask.toString() });
     assert.equal(stats.backend, "cpu");
     assert.equal(stats.backendReason, "asked for");
+    assert.equal(stats.threads, 1, "a page that is not cross-origin isolated gets one thread");
+    assert.match(stats.threadsReason, /not cross-origin isolated/);
     assert.match(stats.simd, /simd128/);
     assert.deepEqual(reply.choices[0].message.content, native.text, "greedy text equals the native CLI's");
     assert.equal(reply.usage.completion_tokens, native.tokens.length);
@@ -133,11 +139,40 @@ try {
     assert.equal([...server.requests.keys()].filter((p) => p.startsWith("/models/huge/") && p !== "/models/huge/model.json").length, 0);
     await browser.close();
   }
+  {
+    const { browser, page } = await openPage([], isolatedServer.url);
+    step("a cross-origin isolated page runs the CPU backend on a Worker pool, token for token as the native CLI");
+    const { reply, stats, cores } = await page.evaluate(async ({ q, ask }) => {
+      window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512 });
+      return { ...(await eval(ask)(q)), cores: navigator.hardwareConcurrency };
+    }, { q: QUESTION, ask: ask.toString() });
+    assert.equal(stats.crossOriginIsolated, true);
+    assert.equal(stats.backend, "cpu");
+    assert.equal(stats.threads, cores, stats.threadsReason);
+    assert.match(stats.threadsReason, /one per core/);
+    assert.equal(reply.choices[0].message.content, native.text);
+    figures.threads = stats.threads;
+    figures.threads_decode_tokens_per_s = stats.decode_tokens_per_s;
+    figures.threads_prefill_tokens_per_s = stats.prefill_tokens_per_s;
+    figures.threads_wasm_memory_bytes = stats.wasmMemoryBytes;
+
+    step("threads: 1 on the same page is the single-threaded build");
+    const single = await page.evaluate(async ({ q, ask }) => {
+      await engine.unload();
+      window.engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 512, threads: 1 });
+      return await eval(ask)(q);
+    }, { q: QUESTION, ask: ask.toString() });
+    assert.equal(single.stats.threads, 1);
+    assert.equal(single.stats.threadsReason, "asked for");
+    assert.equal(single.reply.choices[0].message.content, native.text);
+    await browser.close();
+  }
 } catch (e) {
   failed = true;
   console.error(e);
 } finally {
   server.close();
+  isolatedServer.close();
 }
 console.log(JSON.stringify({ cpu_backend: figures }, null, 2));
 process.exit(failed ? 1 : 0);

@@ -9,7 +9,9 @@
 // connection broken mid-body on the first range that starts past 3/4 of the
 // file (an interrupted download, after the first 64 MiB shard of SmolLM2).
 // Folders (Hugging Face-style) are served by range from /hf/NAME/FILE.
-// `bytes` counts body bytes sent per path (per folder for /hf/).
+// `bytes` counts body bytes sent per path (per folder for /hf/). With
+// `isolated`, every response carries COOP/COEP, so pages are cross-origin
+// isolated (SharedArrayBuffer: the CPU backend's threads).
 
 import { createReadStream, readFileSync, statSync } from "node:fs";
 import { createServer } from "node:http";
@@ -24,7 +26,7 @@ const TYPES = {
   ".bin": "application/octet-stream",
 };
 
-export function startServer({ root, models, files = {}, folders = {} }) {
+export function startServer({ root, models, files = {}, folders = {}, isolated = false }) {
   const requests = new Map();
   const bytes = new Map();
   const count = (path) => requests.set(path, (requests.get(path) ?? 0) + 1);
@@ -32,6 +34,10 @@ export function startServer({ root, models, files = {}, folders = {} }) {
   const cut = new Set(); // files whose /gguf-cut/ download was broken once
 
   const server = createServer((req, res) => {
+    if (isolated) {
+      res.setHeader("cross-origin-opener-policy", "same-origin");
+      res.setHeader("cross-origin-embedder-policy", "require-corp");
+    }
     const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
     count(path);
     const send = (status, type, body) => {
