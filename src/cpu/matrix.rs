@@ -173,7 +173,8 @@ fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, out: &mut [f32
 #[inline(always)]
 fn quantized_tokens<B: Blocks, const G: usize>(w: &Matrix, r: usize, xq: &Quantized, first: usize, out: &mut [f32]) {
     let blocks = w.cols / BLOCK;
-    let mut acc = [0f32; G];
+    let mut acc = [B::zero(); G];
+    let mut minimum = [0f32; G];
     for b in 0..blocks {
         let i = r * blocks + b;
         let (weights, d, m) = match w.format {
@@ -187,14 +188,17 @@ fn quantized_tokens<B: Blocks, const G: usize>(w: &Matrix, r: usize, xq: &Quanti
                 (B::unpack_q4(nibbles), d, m)
             }
         };
-        for (t, acc) in acc.iter_mut().enumerate() {
+        for t in 0..G {
             let tb = (first + t) * blocks + b;
             let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
             // As llama.cpp: d_w d_x Σ w q, plus q4_1's minimum m meeting Σx (d_x Σq).
-            *acc += B::dot(&weights, q) as f32 * (d * xq.d[tb]) + m * xq.d_sum[tb];
+            acc[t] = B::dot_scaled(acc[t], &weights, q, d * xq.d[tb]);
+            minimum[t] += m * xq.d_sum[tb];
         }
     }
-    out.copy_from_slice(&acc);
+    for t in 0..G {
+        out[t] = B::total(acc[t]) + minimum[t];
+    }
 }
 
 /// x [T, cols] as 16-bit blocks: q = round(x / d), d = max |x| / 32767.

@@ -60,16 +60,41 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// The per-block operations of the quantized products, one implementation
 /// per instruction set: a weight block unpacked once to 16-bit lanes, and its
-/// exact integer dot product with one token's 16-bit activations. The f32
-/// arithmetic around them is the same code everywhere (`matrix.rs`), so the
-/// browser answers exactly as the native CLI.
+/// dot product with one token's 16-bit activations accumulated into four f32
+/// lanes. Every implementation does the same f32 operations in the same
+/// order, so the browser answers exactly as the native CLI:
+///
+/// - lane l's integer is Σ w_j q_j over the j with j mod 8 ∈ {2l, 2l + 1}
+///   (exact: the partition is what `vpmaddwd` and `i32x4_dot_i16x8` leave
+///   after adding their halves, so no horizontal sum per block);
+/// - acc_l = acc_l + f32(integer_l) × scale (a multiply, then an add: no FMA);
+/// - the total is (acc_0 + acc_1) + (acc_2 + acc_3).
 pub trait Blocks {
     type Unpacked: Copy;
+    type Acc: Copy;
     /// q4: byte j holds value j (low nibble) and value j + 16 (high), minus 8.
     fn unpack_q4(nibbles: &[u8; 16]) -> Self::Unpacked;
     fn unpack_q8(bytes: &[u8; 32]) -> Self::Unpacked;
-    /// Σ w_j q_j, exact.
-    fn dot(w: &Self::Unpacked, q: &[i16; 32]) -> i32;
+    fn zero() -> Self::Acc;
+    /// acc + (the four lanes of w · q) × scale.
+    fn dot_scaled(acc: Self::Acc, w: &Self::Unpacked, q: &[i16; 32], scale: f32) -> Self::Acc;
+    fn total(acc: Self::Acc) -> f32;
+}
+
+/// The four lane integers of w · q (see [`Blocks`]).
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+#[inline(always)]
+fn lanes(w: &[i16; 32], q: &[i16; 32]) -> [i32; 4] {
+    let mut lanes = [0i32; 4];
+    for j in 0..32 {
+        lanes[(j % 8) / 2] += w[j] as i32 * q[j] as i32;
+    }
+    lanes
+}
+
+#[inline(always)]
+fn total_of(acc: [f32; 4]) -> f32 {
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// Plain loops (LLVM vectorises what it can), or simd128 in wasm builds that have it.
@@ -94,9 +119,22 @@ impl Blocks for Portable {
         bytes.map(|b| b as i8 as i16)
     }
 
+    type Acc = [f32; 4];
+
     #[inline(always)]
-    fn dot(w: &[i16; 32], q: &[i16; 32]) -> i32 {
-        w.iter().zip(q).map(|(&w, &q)| w as i32 * q as i32).sum()
+    fn zero() -> [f32; 4] {
+        [0.0; 4]
+    }
+
+    #[inline(always)]
+    fn dot_scaled(acc: [f32; 4], w: &[i16; 32], q: &[i16; 32], scale: f32) -> [f32; 4] {
+        let lanes = lanes(w, q);
+        std::array::from_fn(|l| acc[l] + lanes[l] as f32 * scale)
+    }
+
+    #[inline(always)]
+    fn total(acc: [f32; 4]) -> f32 {
+        total_of(acc)
     }
 }
 
@@ -121,16 +159,33 @@ impl Blocks for Portable {
         wasm::widen(half(low), half(high))
     }
 
+    /// f32x4.
+    type Acc = core::arch::wasm32::v128;
+
     #[inline(always)]
-    fn dot(w: &Self::Unpacked, q: &[i16; 32]) -> i32 {
+    fn zero() -> Self::Acc {
+        core::arch::wasm32::f32x4_splat(0.0)
+    }
+
+    #[inline(always)]
+    fn dot_scaled(acc: Self::Acc, w: &Self::Unpacked, q: &[i16; 32], scale: f32) -> Self::Acc {
         use core::arch::wasm32::*;
         // SAFETY: q holds 64 readable bytes; v128_load takes unaligned addresses.
         let q = |i: usize| unsafe { v128_load(q.as_ptr().add(8 * i) as *const v128) };
         let a = i32x4_add(i32x4_dot_i16x8(w[0], q(0)), i32x4_dot_i16x8(w[1], q(1)));
         let b = i32x4_add(i32x4_dot_i16x8(w[2], q(2)), i32x4_dot_i16x8(w[3], q(3)));
-        let s = i32x4_add(a, b);
-        (i32x4_extract_lane::<0>(s) + i32x4_extract_lane::<1>(s))
-            + (i32x4_extract_lane::<2>(s) + i32x4_extract_lane::<3>(s))
+        f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(i32x4_add(a, b)), f32x4_splat(scale)))
+    }
+
+    #[inline(always)]
+    fn total(acc: Self::Acc) -> f32 {
+        use core::arch::wasm32::*;
+        total_of([
+            f32x4_extract_lane::<0>(acc),
+            f32x4_extract_lane::<1>(acc),
+            f32x4_extract_lane::<2>(acc),
+            f32x4_extract_lane::<3>(acc),
+        ])
     }
 }
 
@@ -192,18 +247,36 @@ impl Blocks for Avx2 {
         }
     }
 
+    /// f32x4.
+    type Acc = std::arch::x86_64::__m128;
+
     #[inline(always)]
-    fn dot(w: &Self::Unpacked, q: &[i16; 32]) -> i32 {
+    fn zero() -> Self::Acc {
+        // SAFETY: SSE is part of x86_64.
+        unsafe { std::arch::x86_64::_mm_setzero_ps() }
+    }
+
+    #[inline(always)]
+    fn dot_scaled(acc: Self::Acc, w: &Self::Unpacked, q: &[i16; 32], scale: f32) -> Self::Acc {
         use std::arch::x86_64::*;
         // SAFETY: 64 readable bytes; AVX2 is present (the callers' contract).
         unsafe {
             let q0 = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
             let q1 = _mm256_loadu_si256(q.as_ptr().add(16) as *const __m256i);
+            // Lane k of the sum pairs values 2k, 2k + 1 (and 16 more); folding
+            // the halves leaves lane l with every j mod 8 ∈ {2l, 2l + 1}.
             let s = _mm256_add_epi32(_mm256_madd_epi16(w.0, q0), _mm256_madd_epi16(w.1, q1));
             let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)))
+            _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(s), _mm_set1_ps(scale)))
         }
+    }
+
+    #[inline(always)]
+    fn total(acc: Self::Acc) -> f32 {
+        let mut lanes = [0f32; 4];
+        // SAFETY: 16 writable bytes.
+        unsafe { std::arch::x86_64::_mm_storeu_ps(lanes.as_mut_ptr(), acc) };
+        total_of(lanes)
     }
 }
 
@@ -211,8 +284,8 @@ impl Blocks for Avx2 {
 mod tests {
     use super::*;
 
-    /// The portable loops give the exact products, and AVX2 (where the CPU
-    /// has it) the portable integers.
+    /// The lanes hold the exact products, and AVX2 (where the CPU has it)
+    /// accumulates bit for bit as the portable loops.
     #[test]
     fn block_implementations_agree() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -222,23 +295,34 @@ mod tests {
             state ^= state << 17;
             state
         };
-        for _ in 0..1000 {
-            let nibbles: [u8; 16] = std::array::from_fn(|_| next() as u8);
-            let bytes: [u8; 32] = std::array::from_fn(|_| next() as u8);
-            let q: [i16; 32] = std::array::from_fn(|_| next() as i16);
-            let q4 = Portable::dot(&Portable::unpack_q4(&nibbles), &q);
-            let q8 = Portable::dot(&Portable::unpack_q8(&bytes), &q);
-            let expected4: i32 = (0..16)
-                .map(|j| {
-                    ((nibbles[j] & 15) as i32 - 8) * q[j] as i32 + ((nibbles[j] >> 4) as i32 - 8) * q[j + 16] as i32
-                })
-                .sum();
-            let expected8: i32 = (0..32).map(|j| bytes[j] as i8 as i32 * q[j] as i32).sum();
-            assert_eq!((q4, q8), (expected4, expected8));
+        for _ in 0..200 {
+            let mut portable = Portable::zero();
+            #[cfg(target_arch = "x86_64")]
+            let mut avx2 = Avx2::zero();
+            for _ in 0..8 {
+                let nibbles: [u8; 16] = std::array::from_fn(|_| next() as u8);
+                let bytes: [u8; 32] = std::array::from_fn(|_| next() as u8);
+                let q: [i16; 32] = std::array::from_fn(|_| next() as i16);
+                let scale = (next() % 2000) as f32 / 997.0 - 1.0;
+                let w4: [i16; 32] = std::array::from_fn(|j| {
+                    let byte = nibbles[j % 16];
+                    (if j < 16 { byte & 15 } else { byte >> 4 }) as i16 - 8
+                });
+                let w8: [i16; 32] = std::array::from_fn(|j| bytes[j] as i8 as i16);
+                let exact = |w: &[i16; 32]| (0..32).map(|j| w[j] as i64 * q[j] as i64).sum::<i64>();
+                assert_eq!(lanes(&w4, &q).iter().map(|&l| l as i64).sum::<i64>(), exact(&w4));
+                assert_eq!(lanes(&w8, &q).iter().map(|&l| l as i64).sum::<i64>(), exact(&w8));
+                portable = Portable::dot_scaled(portable, &Portable::unpack_q4(&nibbles), &q, scale);
+                portable = Portable::dot_scaled(portable, &Portable::unpack_q8(&bytes), &q, scale);
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    avx2 = Avx2::dot_scaled(avx2, &Avx2::unpack_q4(&nibbles), &q, scale);
+                    avx2 = Avx2::dot_scaled(avx2, &Avx2::unpack_q8(&bytes), &q, scale);
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
-                assert_eq!(Avx2::dot(&Avx2::unpack_q4(&nibbles), &q), q4);
-                assert_eq!(Avx2::dot(&Avx2::unpack_q8(&bytes), &q), q8);
+                assert_eq!(Avx2::total(avx2).to_bits(), Portable::total(portable).to_bits());
             }
         }
     }
