@@ -21,9 +21,9 @@ test-native: setup-native models
 # The same kernel checks compiled to wasm and run in headless Chromium on
 # WebGPU (SwiftShader); webdriver.json carries the browser flags.
 test-browser: setup-browser
-	$(CARGO) clippy --release --target $(WASM_TARGET) --lib --test browser -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) --lib --test browser --test cpu -- -D warnings
 	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
-		$(CARGO) test --release --target $(WASM_TARGET) --test browser
+		$(CARGO) test --release --target $(WASM_TARGET) --test browser --test cpu
 
 # The npm package in Chromium through playwright-core. Over SwiftShader's
 # WebGPU adapter, `backend: "auto"` runs SmolLM2 and MiniLM on the CPU backend

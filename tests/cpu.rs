@@ -4,12 +4,17 @@
 //! the activations' rounding, 1/65534 of each block's largest magnitude,
 //! relative to sum |w x|; f32 and f16 weights take f32 activations and are
 //! held to the GPU kernels' f32 tolerance.
-#![cfg(not(target_arch = "wasm32"))]
+//!
+//! Natively (x86: the AVX2 loops) and in Chromium (`make test-browser`: the
+//! wasm simd128 loops the npm package runs), with the same tolerances.
 
 mod common;
 
-use common::checks::reference;
-use common::{assert_close, cpu, Rng};
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
+use common::checks::{self, reference};
+use common::{assert_close, cpu, cpu_env, Rng};
 use phi_web::backend::{Backend, Buf, Commands, Op};
 use phi_web::gpu::{AttentionShape, KvAppendShape, KvFormat, OutputSlice, RopeShape};
 use phi_web::quant::{self, WeightFormat};
@@ -33,11 +38,21 @@ fn run(ops: Vec<Op>) {
     cpu().run(&Commands::Cpu(ops)).unwrap();
 }
 
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// A CPU buffer's contents: its read waits on nothing, so one poll finishes
+/// it (natively and in the browser alike).
 fn read(buf: &Buf, len: usize) -> Vec<f32> {
-    pollster::block_on(cpu().read_f32("test output", buf, len)).unwrap()
+    let mut read = std::pin::pin!(cpu().read_f32("test output", buf, len));
+    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(values) => values.unwrap(),
+        Poll::Pending => panic!("a CPU read waited"),
+    }
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn linear_every_format_decode_and_prefill_with_bias_into_slices() {
     let b: &Backend = cpu();
     for (f, format) in WeightFormat::ALL.into_iter().enumerate() {
@@ -72,7 +87,8 @@ fn linear_every_format_decode_and_prefill_with_bias_into_slices() {
     }
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn embedding_every_format() {
     let b = cpu();
     let (vocab, hidden) = (517, 96);
@@ -101,7 +117,8 @@ fn embedding_every_format() {
 /// RoPE, the append of K and V at the step's positions, and attention over
 /// the cache (GQA, a sliding window in a ring, every KV format) against f64
 /// references of the same math.
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rope_append_and_attention_against_a_scalar_reference() {
     let b = cpu();
     let (heads, kv_heads, d) = (4usize, 2usize, 32usize);
@@ -235,3 +252,34 @@ fn rope_append_and_attention_against_a_scalar_reference() {
         }
     }
 }
+
+/// The GPU kernel checks of the ops whose check goes through `Backend`
+/// (tests/common/checks.rs), on the CPU backend with the same tolerances.
+macro_rules! shared_checks {
+    ($($check:ident),* $(,)?) => {
+        $(
+            #[cfg(not(target_arch = "wasm32"))]
+            #[test]
+            fn $check() {
+                pollster::block_on(checks::$check(cpu_env()));
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[wasm_bindgen_test::wasm_bindgen_test]
+            async fn $check() {
+                checks::$check(cpu_env()).await;
+            }
+        )*
+    };
+}
+
+shared_checks!(
+    rms_norm_rows,
+    layer_norm_rows,
+    silu_mul_over_fused_gate_up,
+    gegelu_clamps_and_gates,
+    scale_in_place,
+    gelu_erf_and_tanh,
+    add_in_place,
+    argmax_rows_first_maximum_wins,
+);

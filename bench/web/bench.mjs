@@ -84,10 +84,16 @@ async function attempt(name, run) {
   log(`${name}: ${JSON.stringify(report[name])}`);
 }
 
-// phi-web on WebGPU (SwiftShader here), and on its CPU backend (wasm SIMD;
-// one thread: the worker pool is not built yet).
-for (const [name, backend] of [["phi_web", "webgpu"], ["phi_web_cpu", "cpu"]]) if (selected(name)) await attempt(name, () =>
-  page.evaluate(async ({ question, newTokens, backend }) => {
+// phi-web on WebGPU (SwiftShader here), and on its CPU backend (wasm SIMD)
+// with one thread per core (the page is cross-origin isolated: the Worker
+// pool) and with one thread.
+const phiWebRuns = [
+  ["phi_web", "webgpu", 0],
+  ["phi_web_cpu", "cpu", 0],
+  ["phi_web_cpu_1_thread", "cpu", 1],
+];
+for (const [name, backend, threads] of phiWebRuns) if (selected(name)) await attempt(name, () =>
+  page.evaluate(async ({ question, newTokens, backend, threads }) => {
     await phiWeb.deleteCachedModel("/models/smollm2/model.json").catch(() => {});
     const ask = async (engine) => {
       const reply = await engine.chat.completions.create({
@@ -97,16 +103,17 @@ for (const [name, backend] of [["phi_web", "webgpu"], ["phi_web_cpu", "cpu"]]) i
       });
       return { reply, stats: await engine.stats() };
     };
-    let engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024, backend });
+    let engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024, backend, threads });
     const cold = await engine.stats();
     engine.unload();
-    engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024, backend });
+    engine = await phiWeb.createEngine("/models/smollm2/model.json", { contextLength: 1024, backend, threads });
     const warm = await engine.stats();
     const { reply, stats } = await ask(engine);
     engine.unload();
     return {
       adapter: stats.backend === "cpu" ? `CPU backend, ${stats.simd}, ${stats.threads} thread(s)` : stats.adapter,
       threads: stats.threads,
+      threads_reason: stats.threadsReason,
       wasm_memory_bytes: stats.wasmMemoryBytes,
       cold_load_ms: cold.loadMs,
       warm_load_ms: warm.loadMs,
@@ -118,7 +125,7 @@ for (const [name, backend] of [["phi_web", "webgpu"], ["phi_web_cpu", "cpu"]]) i
       gpu_bytes: stats.gpuBytes,
       text: reply.choices[0].message.content,
     };
-  }, { question: QUESTION, newTokens: NEW_TOKENS, backend }));
+  }, { question: QUESTION, newTokens: NEW_TOKENS, backend, threads }));
 
 // A synthetic Phi-mini-MoE (real widths, 8 of 32 layers, random q4_0; served
 // from target/bench once `phi-web bench` wrote it): decode with every

@@ -19,9 +19,11 @@ pub fn rms_norm(x: &[f32], w: &[f32], y: &mut [f32], rows: usize, cols: usize, e
 pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], rows: usize, cols: usize, eps: f32) {
     for r in 0..rows {
         let (x, y) = (&x[r * cols..(r + 1) * cols], &mut y[r * cols..(r + 1) * cols]);
-        let mean = x.iter().sum::<f32>() / cols as f32;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
-        let rstd = 1.0 / (var + eps).sqrt();
+        // Sums in f64: a sequential f32 sum of thousands of values with a
+        // large mean drifts (the GPU kernel sums as a tree instead).
+        let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / cols as f64) as f32;
+        let var = x.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / cols as f64;
+        let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
         for (i, y) in y.iter_mut().enumerate() {
             *y = (x[i] - mean) * rstd * w[i] + b[i];
         }

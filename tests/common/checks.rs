@@ -4,7 +4,9 @@
 //! f64 reference, with an explicit tolerance. Matrix, norm and element-wise
 //! checks here; RoPE, KV cache and attention in checks/attention.rs,
 //! Phi-3-small's block-sparse attention in checks/blocksparse.rs; the
-//! mixture-of-experts kernels in checks/moe.rs.
+//! mixture-of-experts kernels in checks/moe.rs. The norm, activation, add,
+//! scale and argmax checks go through `Backend`, so tests/cpu.rs runs them
+//! on the CPU backend too (natively and in Chromium), same tolerances.
 
 mod attention;
 mod blocksparse;
@@ -185,9 +187,9 @@ pub async fn rms_norm_rows(env: &Env) {
     for &(rows, cols) in &[(1usize, 3072usize), (37, 576), (3, 5)] {
         let mut rng = Rng::new(cols as u64);
         let (xv, wv) = (rng.vec(rows * cols, -3.0, 3.0), rng.vec(cols, 0.5, 1.5));
-        let (x, w, y) = (env.upload_f32("x", &xv), env.upload_f32("w", &wv), env.zeros("y", rows * cols));
+        let (x, w, y) = (env.buf_f32("x", &xv), env.buf_f32("w", &wv), env.buf_zeros("y", rows * cols));
         let eps = 1e-5;
-        env.run(&[&env.kernels().rms_norm(&x, &w, &y, rows, cols, eps).unwrap()]);
+        env.exec(vec![env.backend.rms_norm(&x, &w, &y, rows, cols, eps).unwrap()]);
         let mut expected = vec![0.0; rows * cols];
         for r in 0..rows {
             let row = &xv[r * cols..][..cols];
@@ -199,7 +201,7 @@ pub async fn rms_norm_rows(env: &Env) {
         }
         assert_close_rel(
             &format!("rms_norm [{rows}x{cols}]"),
-            &env.read_f32(&y, rows * cols).await,
+            &env.read_buf_f32(&y, rows * cols).await,
             &expected,
             1e-6,
             1e-5,
@@ -214,9 +216,9 @@ pub async fn layer_norm_rows(env: &Env) {
         let xv: Vec<f32> = rng.vec(rows * cols, -1.0, 1.0).iter().map(|v| v + 20.0).collect();
         let (wv, bv) = (rng.vec(cols, 0.5, 1.5), rng.vec(cols, -0.5, 0.5));
         let (x, w, b, y) =
-            (env.upload_f32("x", &xv), env.upload_f32("w", &wv), env.upload_f32("b", &bv), env.zeros("y", rows * cols));
+            (env.buf_f32("x", &xv), env.buf_f32("w", &wv), env.buf_f32("b", &bv), env.buf_zeros("y", rows * cols));
         let eps = 1e-5;
-        env.run(&[&env.kernels().layer_norm(&x, &w, &b, &y, rows, cols, eps).unwrap()]);
+        env.exec(vec![env.backend.layer_norm(&x, &w, &b, &y, rows, cols, eps).unwrap()]);
         let mut expected = vec![0.0; rows * cols];
         for r in 0..rows {
             let row = to_f64(&xv[r * cols..][..cols]);
@@ -229,7 +231,7 @@ pub async fn layer_norm_rows(env: &Env) {
         // f32 input values near 20 carry ~1e-6 absolute rounding, magnified by 1/std ~ 1.7.
         assert_close_rel(
             &format!("layer_norm [{rows}x{cols}]"),
-            &env.read_f32(&y, rows * cols).await,
+            &env.read_buf_f32(&y, rows * cols).await,
             &expected,
             2e-5,
             1e-5,
@@ -240,8 +242,8 @@ pub async fn layer_norm_rows(env: &Env) {
 pub async fn silu_mul_over_fused_gate_up(env: &Env) {
     let (tokens, inter) = (37, 130);
     let gu = Rng::new(3).vec(tokens * 2 * inter, -12.0, 12.0);
-    let (x, out) = (env.upload_f32("gate_up", &gu), env.zeros("out", tokens * inter));
-    env.run(&[&env.kernels().silu_mul(&x, &out, tokens, inter).unwrap()]);
+    let (x, out) = (env.buf_f32("gate_up", &gu), env.buf_zeros("out", tokens * inter));
+    env.exec(vec![env.backend.silu_mul(&x, &out, tokens, inter).unwrap()]);
     let mut expected = vec![0.0; tokens * inter];
     for t in 0..tokens {
         for i in 0..inter {
@@ -250,15 +252,15 @@ pub async fn silu_mul_over_fused_gate_up(env: &Env) {
             expected[t * inter + i] = g / (1.0 + (-g).exp()) * u;
         }
     }
-    assert_close_rel("silu_mul", &env.read_f32(&out, tokens * inter).await, &expected, 1e-6, 1e-5);
+    assert_close_rel("silu_mul", &env.read_buf_f32(&out, tokens * inter).await, &expected, 1e-6, 1e-5);
 }
 
 pub async fn gegelu_clamps_and_gates(env: &Env) {
     let (tokens, inter) = (19, 130);
     let gu = Rng::new(4).vec(tokens * 2 * inter, -12.0, 12.0);
-    let (x, out) = (env.upload_f32("gate_up", &gu), env.zeros("out", tokens * inter));
+    let (x, out) = (env.buf_f32("gate_up", &gu), env.buf_zeros("out", tokens * inter));
     for limit in [Some(2.0f32), None] {
-        env.run(&[&env.kernels().gegelu(&x, &out, tokens, inter, limit).unwrap()]);
+        env.exec(vec![env.backend.gegelu(&x, &out, tokens, inter, limit).unwrap()]);
         let l = limit.map_or(f64::MAX, f64::from);
         let mut expected = vec![0.0; tokens * inter];
         for t in 0..tokens {
@@ -268,17 +270,17 @@ pub async fn gegelu_clamps_and_gates(env: &Env) {
                 expected[t * inter + i] = a / (1.0 + (-1.702 * a).exp()) * (b + 1.0);
             }
         }
-        assert_close_rel("gegelu", &env.read_f32(&out, tokens * inter).await, &expected, 1e-6, 1e-5);
+        assert_close_rel("gegelu", &env.read_buf_f32(&out, tokens * inter).await, &expected, 1e-6, 1e-5);
     }
 }
 
 pub async fn scale_in_place(env: &Env) {
     let values = Rng::new(5).vec(1000, -3.0, 3.0);
-    let x = env.upload_f32("x", &values);
-    env.run(&[&env.kernels().scale(&x, 999, 10.0).unwrap()]);
+    let x = env.buf_f32("x", &values);
+    env.exec(vec![env.backend.scale(&x, 999, 10.0).unwrap()]);
     let expected: Vec<f64> =
         values.iter().enumerate().map(|(i, &v)| v as f64 * if i < 999 { 10.0 } else { 1.0 }).collect();
-    assert_close_rel("scale", &env.read_f32(&x, 1000).await, &expected, 0.0, 1e-7);
+    assert_close_rel("scale", &env.read_buf_f32(&x, 1000).await, &expected, 0.0, 1e-7);
 }
 
 /// erf in f64: Taylor series near 0, continued fraction for erfc beyond.
@@ -306,8 +308,8 @@ pub async fn gelu_erf_and_tanh(env: &Env) {
     let n = 4099;
     let xv = Rng::new(9).vec(n, -8.0, 8.0);
     for kind in [GeluKind::Erf, GeluKind::Tanh] {
-        let x = env.upload_f32("x", &xv);
-        env.run(&[&env.kernels().gelu(&x, n, kind).unwrap()]);
+        let x = env.buf_f32("x", &xv);
+        env.exec(vec![env.backend.gelu(&x, n, kind).unwrap()]);
         let expected: Vec<f64> = xv
             .iter()
             .map(|&v| {
@@ -322,7 +324,7 @@ pub async fn gelu_erf_and_tanh(env: &Env) {
             .collect();
         // The erf approximation is good to 1.5e-7, scaled by |x| / 2.
         let scale: Vec<f64> = xv.iter().map(|v| v.abs() as f64).collect();
-        assert_close(&format!("gelu {kind:?}"), &env.read_f32(&x, n).await, &expected, &scale, 1e-6, 1e-6);
+        assert_close(&format!("gelu {kind:?}"), &env.read_buf_f32(&x, n).await, &expected, &scale, 1e-6, 1e-6);
     }
 }
 
@@ -330,10 +332,10 @@ pub async fn add_in_place(env: &Env) {
     let n = 1027;
     let mut rng = Rng::new(4);
     let (av, bv) = (rng.vec(n, -1.0, 1.0), rng.vec(n, -1.0, 1.0));
-    let (a, b) = (env.upload_f32("a", &av), env.upload_f32("b", &bv));
-    env.run(&[&env.kernels().add(&a, &b, n).unwrap()]);
+    let (a, b) = (env.buf_f32("a", &av), env.buf_f32("b", &bv));
+    env.exec(vec![env.backend.add(&a, &b, n).unwrap()]);
     let expected: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| (x + y) as f64).collect();
-    assert_close_rel("add", &env.read_f32(&a, n).await, &expected, 0.0, 0.0);
+    assert_close_rel("add", &env.read_buf_f32(&a, n).await, &expected, 0.0, 0.0);
 }
 
 pub async fn softmax_rows(env: &Env) {
@@ -363,15 +365,15 @@ pub async fn argmax_rows_first_maximum_wins(env: &Env) {
         // Row 1: every value very negative (below the kernel's sentinel).
         xv[cols..2 * cols].iter_mut().for_each(|v| *v = -3.0e38);
         xv[cols + cols / 3] = -1.0e38;
-        let (x, out) = (env.upload_f32("x", &xv), env.gpu().storage("out", 4 * rows as u64).unwrap());
-        env.run(&[&env.kernels().argmax(&x, &out, rows, cols).unwrap()]);
+        let (x, out) = (env.buf_f32("x", &xv), env.buf_zeros("out", rows));
+        env.exec(vec![env.backend.argmax(&x, &out, rows, cols).unwrap()]);
         let expected: Vec<u32> = (0..rows)
             .map(|r| {
                 let row = &xv[r * cols..][..cols];
                 (0..cols).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as u32
             })
             .collect();
-        assert_eq!(env.read_u32(&out, rows).await, expected, "argmax over {cols} columns");
+        assert_eq!(env.read_buf_u32(&out, rows).await, expected, "argmax over {cols} columns");
     }
 }
 

@@ -7,7 +7,7 @@ pub mod checks;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod models;
 
-use phi_web::backend::{Backend, GpuBackend};
+use phi_web::backend::{Backend, Buf, Commands, GpuBackend, Op};
 use phi_web::gpu::{Dispatch, Gpu, GpuOptions, Kernels};
 
 /// The GPU backend the tests run on (models load through `backend`).
@@ -40,11 +40,25 @@ pub fn portable_env() -> &'static Env {
     })
 }
 
-/// The CPU backend the model tests also run on (one per test binary).
+/// The CPU backend the model tests also run on (one per test binary), as an
+/// Env for the backend-neutral checks.
 #[cfg(not(target_arch = "wasm32"))]
+pub fn cpu_env() -> &'static Env {
+    static CPU: std::sync::OnceLock<Env> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| Env { backend: Backend::Cpu(phi_web::cpu::Cpu::new(None)) })
+}
+
+/// The CPU backend in the browser (wasm simd128, the page's one thread).
+#[cfg(target_arch = "wasm32")]
+pub fn cpu_env() -> &'static Env {
+    thread_local! {
+        static CPU: &'static Env = Box::leak(Box::new(Env { backend: Backend::Cpu(phi_web::cpu::Cpu::new(None)) }));
+    }
+    CPU.with(|cpu| *cpu)
+}
+
 pub fn cpu() -> &'static Backend {
-    static CPU: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
-    CPU.get_or_init(|| Backend::Cpu(phi_web::cpu::Cpu::new(None)))
+    &cpu_env().backend
 }
 
 impl Env {
@@ -93,6 +107,50 @@ impl Env {
 
     pub async fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Vec<u32> {
         self.gpu().read_u32("test output", buffer, len).await.unwrap()
+    }
+
+    // The same through the backend (GPU or CPU), for the checks of ops both have.
+
+    pub fn buf_f32(&self, label: &str, values: &[f32]) -> Buf {
+        self.backend.storage_with(label, bytemuck::cast_slice(values)).unwrap()
+    }
+
+    pub fn buf_zeros(&self, label: &str, floats: usize) -> Buf {
+        self.backend.storage(label, 4 * floats as u64).unwrap()
+    }
+
+    /// Runs backend ops in order (on the GPU, as one submission, then waits).
+    pub fn exec(&self, ops: Vec<Op>) {
+        let commands = match &self.backend {
+            Backend::Gpu(_) => Commands::Gpu(
+                ops.into_iter()
+                    .filter_map(|op| match op {
+                        Op::Gpu(command) => Some(command),
+                        Op::Cpu(_) => None,
+                    })
+                    .collect(),
+            ),
+            Backend::Cpu(_) => Commands::Cpu(
+                ops.into_iter()
+                    .filter_map(|op| match op {
+                        Op::Cpu(op) => Some(op),
+                        Op::Gpu(_) => None,
+                    })
+                    .collect(),
+            ),
+        };
+        self.backend.run(&commands).unwrap();
+        if let Backend::Gpu(g) = &self.backend {
+            g.gpu.wait().unwrap();
+        }
+    }
+
+    pub async fn read_buf_f32(&self, buffer: &Buf, len: usize) -> Vec<f32> {
+        self.backend.read_f32("test output", buffer, len).await.unwrap()
+    }
+
+    pub async fn read_buf_u32(&self, buffer: &Buf, len: usize) -> Vec<u32> {
+        self.read_buf_f32(buffer, len).await.into_iter().map(f32::to_bits).collect()
     }
 }
 
