@@ -4,8 +4,8 @@
 //! f32 words), so that sizes and accounting are the backend's only
 //! difference. Attention runs one (token, head) per rayon task.
 
+use super::team;
 use half::f16;
-use rayon::prelude::*;
 
 use super::simd;
 use crate::error::Result;
@@ -107,7 +107,7 @@ pub fn attention(pos: usize, q: &[f32], k: &[u32], v: &[u32], out: &mut [f32], s
     let (d, kv_dim) = (s.head_dim, s.kv_heads * s.head_dim);
     let group = s.heads / s.kv_heads.max(1);
     let width = s.heads * d;
-    out[..s.tokens * width].par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+    team::for_each_chunk(&mut out[..s.tokens * width], d, |i, out| {
         let (t, h) = (i / s.heads, i % s.heads);
         let p = pos + t;
         let first_key = if s.window > 0 { (p + 1).saturating_sub(s.window) } else { 0 };
@@ -144,7 +144,7 @@ pub fn encoder_attention(qkv: &[f32], segments: &[u32], out: &mut [f32], tokens:
     let width = heads * d;
     let stride = 3 * width;
     let scale = 1.0 / (d as f32).sqrt();
-    out[..tokens * width].par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+    team::for_each_chunk(&mut out[..tokens * width], d, |i, out| {
         let (t, h) = (i / heads, i % heads);
         let (start, end) = (segments[2 * t] as usize, segments[2 * t + 1] as usize);
         let query = &qkv[t * stride + h * d..][..d];

@@ -10,9 +10,8 @@
 //! rows for every token (a weight row stays in L1 across the tokens of a
 //! prefill chunk) into its own slice, scattered into y afterwards.
 
-use rayon::prelude::*;
-
 use super::simd::{self, Blocks};
+use super::team;
 use crate::error::{Error, Result};
 use crate::gpu::OutputSlice;
 use crate::quant::{GpuLayout, WeightFormat, BLOCK};
@@ -71,7 +70,7 @@ impl Matrix {
         };
         let rows_per_task = (TASK_WEIGHTS / cols).clamp(1, rows);
         let mut results = vec![0f32; rows * tokens]; // [rows, T]
-        results.par_chunks_mut(rows_per_task * tokens).enumerate().for_each(|(task, chunk)| {
+        team::for_each_chunk(&mut results, rows_per_task * tokens, |task, chunk| {
             let first = task * rows_per_task;
             compute_rows(self, first, chunk, x, quantized.as_ref(), tokens);
         });
@@ -130,6 +129,29 @@ impl Matrix {
         }
     }
 
+    /// Blocks first.. (as many as `d` holds): their scales d, and for q4_1
+    /// the m of [`Matrix::q4_scale`] (q4_0 and q8_0 leave `m` alone).
+    #[inline(always)]
+    fn block_scales(&self, first: usize, d: &mut [f32], m: &mut [f32]) {
+        let n = d.len();
+        match self.format {
+            WeightFormat::Q4_1 => {
+                let pairs = self.scales.get(4 * first..4 * (first + n)).unwrap_or(&[]);
+                for ((d, m), dm) in d.iter_mut().zip(m.iter_mut()).zip(pairs.chunks_exact(4)) {
+                    let dm = u32::from_le_bytes([dm[0], dm[1], dm[2], dm[3]]);
+                    *d = simd::f16_to_f32(dm as u16);
+                    *m = simd::f16_to_f32((dm >> 16) as u16) + 8.0 * *d;
+                }
+            }
+            _ => {
+                let halves = self.scales.get(2 * first..2 * (first + n)).unwrap_or(&[]);
+                for (d, h) in d.iter_mut().zip(halves.chunks_exact(2)) {
+                    *d = simd::f16_to_f32(u16::from_le_bytes([h[0], h[1]]));
+                }
+            }
+        }
+    }
+
     /// Block i's (d, m) with values (nibble - 8) d + m: q4_0 has m = 0; q4_1's
     /// nibble d + min is (nibble - 8) d + (min + 8 d).
     #[inline(always)]
@@ -169,31 +191,37 @@ fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, out: &mut [f32
     }
 }
 
+/// Blocks whose scales are converted to f32 at a time, before their dot
+/// products: the f16 conversions run as one loop LLVM vectorises instead of
+/// scalar work inside every block.
+const SCALE_CHUNK: usize = 64;
+
 /// Row r against tokens first..first + G: out [G].
 #[inline(always)]
 fn quantized_tokens<B: Blocks, const G: usize>(w: &Matrix, r: usize, xq: &Quantized, first: usize, out: &mut [f32]) {
     let blocks = w.cols / BLOCK;
     let mut acc = [B::zero(); G];
     let mut minimum = [0f32; G];
-    for b in 0..blocks {
-        let i = r * blocks + b;
-        let (weights, d, m) = match w.format {
-            WeightFormat::Q8_0 => {
-                let bytes: &[u8; 32] = w.data[i * 32..i * 32 + 32].try_into().unwrap_or(&[0; 32]);
-                (B::unpack_q8(bytes), half_at(&w.scales, 2 * i), 0.0)
+    let (mut d, mut m) = ([0f32; SCALE_CHUNK], [0f32; SCALE_CHUNK]);
+    for chunk in (0..blocks).step_by(SCALE_CHUNK) {
+        let n = SCALE_CHUNK.min(blocks - chunk);
+        let first_block = r * blocks + chunk;
+        w.block_scales(first_block, &mut d[..n], &mut m[..n]);
+        for k in 0..n {
+            let (b, i) = (chunk + k, first_block + k);
+            let weights = match w.format {
+                WeightFormat::Q8_0 => B::unpack_q8(w.data[i * 32..i * 32 + 32].try_into().unwrap_or(&[0; 32])),
+                _ => B::unpack_q4(w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16])),
+            };
+            for t in 0..G {
+                let tb = (first + t) * blocks + b;
+                let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
+                // As llama.cpp: d_w d_x Σ w q, plus q4_1's minimum m meeting Σx (d_x Σq).
+                acc[t] = B::dot_scaled(acc[t], &weights, q, d[k] * xq.d[tb]);
+                if w.format == WeightFormat::Q4_1 {
+                    minimum[t] += m[k] * xq.d_sum[tb];
+                }
             }
-            _ => {
-                let (d, m) = w.q4_scale(i);
-                let nibbles: &[u8; 16] = w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16]);
-                (B::unpack_q4(nibbles), d, m)
-            }
-        };
-        for t in 0..G {
-            let tb = (first + t) * blocks + b;
-            let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
-            // As llama.cpp: d_w d_x Σ w q, plus q4_1's minimum m meeting Σx (d_x Σq).
-            acc[t] = B::dot_scaled(acc[t], &weights, q, d * xq.d[tb]);
-            minimum[t] += m * xq.d_sum[tb];
         }
     }
     for t in 0..G {

@@ -16,6 +16,9 @@ mod attention;
 mod elementwise;
 mod matrix;
 mod simd;
+// Used by the threaded wasm build only (and its unit test natively).
+#[cfg_attr(not(all(target_arch = "wasm32", feature = "threads")), allow(dead_code))]
+mod team;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -84,8 +87,17 @@ impl Cpu {
             // The engine's thread waits (Atomics.wait: it is a Worker) while
             // one of the pool's Workers runs the forward pass, so the ops'
             // parallel loops start inside the pool, as natively.
+            // Its other Workers help as a spinning team for the pass (team.rs).
             #[cfg(all(target_arch = "wasm32", feature = "threads"))]
-            None => rayon::scope(|_| ops.iter().try_for_each(Op::run)),
+            None => {
+                let team = team::Team::new();
+                rayon::scope(|s| {
+                    for _ in 1..self.threads {
+                        s.spawn(|_| team.help());
+                    }
+                    team.lead(|| ops.iter().try_for_each(Op::run))
+                })
+            }
             #[cfg(not(all(target_arch = "wasm32", feature = "threads")))]
             None => ops.iter().try_for_each(Op::run),
         }
