@@ -63,13 +63,25 @@ for (const [peer, label] of Object.entries(peerNames)) {
   row("browser prefill tok/s", web.phi_web?.prefill_tokens_per_s, p.prefill_tokens_per_s, label);
   row("browser decode tok/s", web.phi_web?.decode_tokens_per_s, p.decode_tokens_per_s, label);
   // The CPU backend against the CPU peers (wasm); its thread count is in the label.
-  const cpu = web.phi_web_cpu;
-  if (cpu && !cpu.error && !/webgpu/.test(peer)) {
-    const ours = `browser CPU backend (${cpu.threads} thread${cpu.threads === 1 ? "" : "s"})`;
-    row(`${ours} prefill tok/s`, cpu.prefill_tokens_per_s, p.prefill_tokens_per_s, label);
-    row(`${ours} decode tok/s`, cpu.decode_tokens_per_s, p.decode_tokens_per_s, label);
+  for (const cpu of [web.phi_web_cpu, web.phi_web_cpu_1_thread]) {
+    if (cpu && !cpu.error && !/webgpu/.test(peer)) {
+      const ours = `browser CPU backend (${cpu.threads} thread${cpu.threads === 1 ? "" : "s"})`;
+      row(`${ours} prefill tok/s`, cpu.prefill_tokens_per_s, p.prefill_tokens_per_s, label);
+      row(`${ours} decode tok/s`, cpu.decode_tokens_per_s, p.decode_tokens_per_s, label);
+    }
   }
 }
+// The synthetic Phi-3-mini on the CPU backend in Chromium (no peer ran it).
+const mini = web.phi_web_cpu_phi3_mini;
+const miniNote = !mini
+  ? "Synthetic Phi-3-mini on the CPU backend in Chromium: not run."
+  : mini.error
+    ? `Synthetic Phi-3-mini on the CPU backend in Chromium: ${mini.error}`
+    : `Synthetic Phi-3-mini (3.8B, random q4_0) on the CPU backend in Chromium, ${mini.threads} thread(s): ` +
+      `${mini.decode_tokens_per_s?.toFixed(2)} tok/s decode (${mini.effective_gbps?.toFixed(2)} GB/s), ` +
+      `${mini.prefill_tokens_per_s?.toFixed(2)} tok/s prefill; wasm memory after load ` +
+      `${(mini.wasm_memory_after_load_bytes / 1e9).toFixed(2)} GB = ${mini.wasm_memory_over_weights_and_kv?.toFixed(3)}× ` +
+      `the weights + KV cache (${(mini.weights_and_kv_bytes / 1e9).toFixed(2)} GB).`;
 const agreement = (file) => (Number.isFinite(exportAgreement[file]) ? `${(100 * exportAgreement[file]).toFixed(0)} %` : "?");
 const exportNote =
   `transformers.js runs bench/export_onnx.py's export of the same GGUF: fp32 = the GGUF's weights dequantized ` +
@@ -101,6 +113,8 @@ const text = [
   ...rows,
   "",
   moeNote,
+  "",
+  miniNote,
   "",
 ].join("\n");
 writeFileSync(`${dir}/peers.md`, text);

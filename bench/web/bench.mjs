@@ -40,10 +40,12 @@ const selected = (name) =>
 
 const modules = `${root}bench/web/node_modules`;
 const moeDir = `${root}target/bench/synthetic-phi-mini-moe`;
+const phi3MiniDir = `${root}target/bench/synthetic-phi3-mini`;
 const mounts = [
   `/pkg=${root}pkg`,
   `/models=${models}`,
   ...(existsSync(`${moeDir}/model.json`) ? [`/models/phi-mini-moe=${moeDir}`] : []),
+  ...(existsSync(`${phi3MiniDir}/model.json`) ? [`/models/phi3-mini=${phi3MiniDir}`] : []),
   `/wllama=${modules}/@wllama/wllama/esm`,
   `/transformers=${modules}/@huggingface/transformers/dist`,
   `/ort=${modules}/onnxruntime-web/dist`,
@@ -126,6 +128,35 @@ for (const [name, backend, threads] of phiWebRuns) if (selected(name)) await att
       text: reply.choices[0].message.content,
     };
   }, { question: QUESTION, newTokens: NEW_TOKENS, backend, threads }));
+
+// The synthetic Phi-3-mini (3.8B, random q4_0; served from target/bench
+// once `phi-web bench` wrote it) on the CPU backend: decode with the Worker
+// pool, and the wasm memory after load against the engine's weights + KV.
+if (selected("phi_web_cpu_phi3_mini") && existsSync(`${phi3MiniDir}/model.json`)) await attempt("phi_web_cpu_phi3_mini", () =>
+  page.evaluate(async ({ newTokens }) => {
+    const engine = await phiWeb.createEngine("/models/phi3-mini/model.json", { contextLength: 512, backend: "cpu", cache: "none" });
+    const loaded = await engine.stats();
+    const reply = await engine.chat.completions.create({
+      messages: [{ role: "user", content: "t1 t2 t3 t4 t5 t6 t7 t8" }],
+      max_tokens: newTokens,
+      temperature: 0,
+    });
+    const stats = await engine.stats();
+    engine.unload();
+    return {
+      threads: stats.threads,
+      prompt_tokens: reply.usage.prompt_tokens,
+      completion_tokens: reply.usage.completion_tokens,
+      prefill_tokens_per_s: stats.prefill_tokens_per_s,
+      decode_tokens_per_s: stats.decode_tokens_per_s,
+      weight_bytes_per_token: stats.weightBytes,
+      effective_gbps: (stats.weightBytes * stats.decode_tokens_per_s) / 1e9,
+      load_ms: loaded.loadMs,
+      weights_and_kv_bytes: loaded.memoryBytes,
+      wasm_memory_after_load_bytes: loaded.wasmMemoryBytes,
+      wasm_memory_over_weights_and_kv: loaded.wasmMemoryBytes / loaded.memoryBytes,
+    };
+  }, { newTokens: 8 }));
 
 // A synthetic Phi-mini-MoE (real widths, 8 of 32 layers, random q4_0; served
 // from target/bench once `phi-web bench` wrote it): decode with every
