@@ -9,7 +9,10 @@ export function showBackend(element, stats) {
     stats.backend === "cpu"
       ? `CPU · ${stats.simd} · ${stats.threads} thread${stats.threads === 1 ? "" : "s"}`
       : `${stats.adapter || "unknown GPU"} · ${stats.shaderF16 ? "f16" : "no f16"}`;
-  element.title = `${stats.backend === "cpu" ? "CPU backend" : "WebGPU"}: ${stats.backendReason}`;
+  element.title =
+    stats.backend === "cpu"
+      ? `CPU backend: ${stats.backendReason}; ${stats.threads} thread${stats.threads === 1 ? "" : "s"}: ${stats.threadsReason}`
+      : `WebGPU: ${stats.backendReason}`;
   element.hidden = false;
 }
 
