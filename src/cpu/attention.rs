@@ -2,7 +2,7 @@
 //! layouts as the WGSL kernels (`kv_f16.wgsl`: f16 pairs in words;
 //! `kv_q8.wgsl`: kv_dim snorm8 bytes then one f32 scale per 32 values;
 //! f32 words), so that sizes and accounting are the backend's only
-//! difference. Attention runs one (token, head) per rayon task.
+//! difference. Attention runs one (token, head) per task.
 
 use super::team;
 use half::f16;
@@ -100,6 +100,46 @@ fn load_head(cache: &[u32], format: KvFormat, kv_dim: usize, slot: usize, first:
     }
 }
 
+/// The largest f32 copy of a cache a prefill chunk makes (floats, K and V).
+const DEQUANTIZED_FLOATS: usize = 8 << 20;
+
+/// A cache read as f32 rows: the cache itself (f32), a copy made once per
+/// prefill chunk (f16 and q8: otherwise each of T × heads tasks would convert
+/// the keys it sees again, a fifth of a long prefill), or row by row (decode,
+/// and caches too large to copy).
+enum Rows<'a> {
+    Cache(&'a [u32]),
+    Copied(Vec<f32>),
+}
+
+impl<'a> Rows<'a> {
+    /// `filled`: the slots written so far (the copy skips the rest).
+    fn new(cache: &'a [u32], format: KvFormat, kv_dim: usize, filled: usize, tokens: usize) -> Rows<'a> {
+        if tokens == 1 || format == KvFormat::F32 || 2 * filled * kv_dim > DEQUANTIZED_FLOATS {
+            return Rows::Cache(cache);
+        }
+        let mut copy = vec![0f32; filled * kv_dim];
+        team::for_each_chunk(&mut copy, kv_dim, |slot, row| load_head(cache, format, kv_dim, slot, 0, row));
+        Rows::Copied(copy)
+    }
+
+    /// Head values `first..first + out.len()` of `slot`: borrowed when they
+    /// are f32 already, else converted into `out`.
+    fn head<'b>(&'b self, format: KvFormat, kv_dim: usize, slot: usize, first: usize, out: &'b mut [f32]) -> &'b [f32] {
+        let d = out.len();
+        match self {
+            Rows::Copied(copy) => &copy[slot * kv_dim + first..][..d],
+            Rows::Cache(cache) if format == KvFormat::F32 => {
+                &bytemuck::cast_slice::<u32, f32>(cache)[slot * kv_dim + first..][..d]
+            }
+            Rows::Cache(cache) => {
+                load_head(cache, format, kv_dim, slot, first, out);
+                out
+            }
+        }
+    }
+}
+
 /// out [T, heads head_dim] = softmax(q k^T · scale) v for each query token
 /// at pos + t over the keys its mask lets it see (causal, or the last
 /// `window`), key j in slot j % slots; query head h reads KV head h / group.
@@ -107,18 +147,18 @@ pub fn attention(pos: usize, q: &[f32], k: &[u32], v: &[u32], out: &mut [f32], s
     let (d, kv_dim) = (s.head_dim, s.kv_heads * s.head_dim);
     let group = s.heads / s.kv_heads.max(1);
     let width = s.heads * d;
+    let filled = (pos + s.tokens).min(s.slots);
+    let (keys, values) =
+        (Rows::new(k, s.kv_format, kv_dim, filled, s.tokens), Rows::new(v, s.kv_format, kv_dim, filled, s.tokens));
     team::for_each_chunk(&mut out[..s.tokens * width], d, |i, out| {
         let (t, h) = (i / s.heads, i % s.heads);
         let p = pos + t;
         let first_key = if s.window > 0 { (p + 1).saturating_sub(s.window) } else { 0 };
         let query = &q[t * s.q_stride + h * d..][..d];
         let head_at = (h / group) * d;
-        let mut key = vec![0f32; d];
+        let mut buffer = vec![0f32; d];
         let mut scores: Vec<f32> = (first_key..=p)
-            .map(|j| {
-                load_head(k, s.kv_format, kv_dim, j % s.slots, head_at, &mut key);
-                simd::dot_f32(query, &key) * s.scale
-            })
+            .map(|j| simd::dot_f32(query, keys.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer)) * s.scale)
             .collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let mut sum = 0f32;
@@ -127,9 +167,8 @@ pub fn attention(pos: usize, q: &[f32], k: &[u32], v: &[u32], out: &mut [f32], s
             sum += *x;
         });
         out.fill(0.0);
-        let value = &mut key;
         for (j, w) in (first_key..=p).zip(&scores) {
-            load_head(v, s.kv_format, kv_dim, j % s.slots, head_at, value);
+            let value = values.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer);
             out.iter_mut().zip(value.iter()).for_each(|(o, v)| *o += w * v);
         }
         out.iter_mut().for_each(|o| *o /= sum);
