@@ -523,20 +523,38 @@ fn smollm2_answers_and_samples_reproducibly() {
 /// Generates greedily with `session`, then checks against fresh full prefills
 /// on a second decoder: every generated token is the argmax of the fresh
 /// logits, and the session's cache gives the fresh logits for one more step.
+/// On each backend; the statistics are the GPU's (the CPU's reuse the same
+/// tokens).
 fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usize) -> Vec<phi_web::session::Stats> {
+    let package = package(model, WeightFormat::F32);
+    let mut runs =
+        backends_for(&package).into_iter().map(|backend| session_on(backend, &package, model, turns, max_tokens));
+    let first = runs.next().unwrap();
+    for other in runs {
+        let cached = |stats: &[phi_web::session::Stats]| stats.iter().map(|s| s.cached_tokens).collect::<Vec<_>>();
+        assert_eq!(cached(&other), cached(&first), "{model}: the backends reuse different prefixes");
+    }
+    first
+}
+
+fn session_on(
+    backend: &Backend,
+    package: &Package,
+    model: &str,
+    turns: &[Vec<u32>],
+    max_tokens: usize,
+) -> Vec<phi_web::session::Stats> {
     use phi_web::session::{generate, GenerateOptions, Session};
     use phi_web::tokenizer::Tokenizer;
 
-    let env = env();
-    let package = package(model, WeightFormat::F32);
     // The tiny models have no tokenizer; SmolLM2's decodes their ids (< 512) to text.
     let tokenizer_json = std::fs::read(smollm2_package().join("tokenizer.json")).unwrap();
     let tokenizer = Tokenizer::from_bytes(&tokenizer_json, &package.manifest).unwrap();
     let (decoder, fresh) = (
-        Decoder::load(&env.backend, &package, &DecoderOptions::new(128, 16, KvFormat::F16)).unwrap(),
-        Decoder::load(&env.backend, &package, &DecoderOptions::new(128, 128, KvFormat::F16)).unwrap(),
+        Decoder::load(backend, package, &DecoderOptions::new(128, 16, KvFormat::F16)).unwrap(),
+        Decoder::load(backend, package, &DecoderOptions::new(128, 128, KvFormat::F16)).unwrap(),
     );
-    let fresh_logits = |ids: &[u32]| pollster::block_on(fresh.forward(&env.backend, ids, 0, Logits::Last)).unwrap();
+    let fresh_logits = |ids: &[u32]| pollster::block_on(fresh.forward(backend, ids, 0, Logits::Last)).unwrap();
     let options =
         GenerateOptions { max_tokens, sampling: Default::default(), stop_token_ids: vec![], ..Default::default() };
     let mut session = Session::new();
@@ -544,17 +562,9 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     let mut stats = Vec::new();
     for turn in turns {
         context.extend_from_slice(turn);
-        let g = pollster::block_on(generate(
-            &env.backend,
-            &decoder,
-            &mut session,
-            &tokenizer,
-            &context,
-            &options,
-            None,
-            |_| {},
-        ))
-        .unwrap();
+        let g =
+            pollster::block_on(generate(backend, &decoder, &mut session, &tokenizer, &context, &options, None, |_| {}))
+                .unwrap();
         assert_eq!(g.tokens.len(), max_tokens);
         for &id in &g.tokens {
             let logits = fresh_logits(&context);
@@ -566,16 +576,13 @@ fn check_session_against_fresh(model: &str, turns: &[Vec<u32>], max_tokens: usiz
     }
     // The cache holds everything but the last generated token: run it.
     assert_eq!(session.cached(), &context[..context.len() - 1]);
-    let ours = pollster::block_on(decoder.forward(
-        &env.backend,
-        &context[context.len() - 1..],
-        context.len() - 1,
-        Logits::Last,
-    ))
-    .unwrap();
+    let ours =
+        pollster::block_on(decoder.forward(backend, &context[context.len() - 1..], context.len() - 1, Logits::Last))
+            .unwrap();
     let err = max_abs_diff(&ours, &fresh_logits(&context));
     eprintln!(
-        "session | {model}, {} tokens over {} turns | max |logit error| against a fresh prefill {err:.3e}",
+        "session | {model} on the {} backend, {} tokens over {} turns | max |logit error| against a fresh prefill {err:.3e}",
+        backend.name(),
         context.len(),
         turns.len()
     );
