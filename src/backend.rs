@@ -272,6 +272,22 @@ impl Backend {
     }
 
     /// Runs recorded ops of this backend in order (GPU: one command encoder).
+    /// Ops this backend recorded, as one command list (in order).
+    pub fn commands(&self, ops: Vec<Op>) -> Result<Commands> {
+        Ok(match self {
+            Backend::Gpu(_) => Commands::Gpu(
+                ops.into_iter()
+                    .map(|op| if let Op::Gpu(command) = op { Ok(command) } else { Err(mixed()) })
+                    .collect::<Result<_>>()?,
+            ),
+            Backend::Cpu(_) => Commands::Cpu(
+                ops.into_iter()
+                    .map(|op| if let Op::Cpu(op) = op { Ok(op) } else { Err(mixed()) })
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+
     pub fn run(&self, ops: &Commands) -> Result<()> {
         match (self, ops) {
             (Backend::Gpu(g), Commands::Gpu(commands)) => {

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use common::checks::{self, reference};
 use common::{assert_close, cpu, cpu_env, Rng};
-use phi_web::backend::{Backend, Buf, Commands, Op};
+use phi_web::backend::{Backend, Buf, Op};
 use phi_web::gpu::{AttentionShape, KvAppendShape, KvFormat, OutputSlice, RopeShape};
 use phi_web::quant::{self, WeightFormat};
 
@@ -28,14 +28,7 @@ fn upload_u32(values: &[u32]) -> Buf {
 }
 
 fn run(ops: Vec<Op>) {
-    let ops = ops
-        .into_iter()
-        .map(|op| match op {
-            Op::Cpu(op) => op,
-            Op::Gpu(_) => panic!("a GPU op from the CPU backend"),
-        })
-        .collect();
-    cpu().run(&Commands::Cpu(ops)).unwrap();
+    cpu_env().exec(ops);
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -7,7 +7,7 @@ pub mod checks;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod models;
 
-use phi_web::backend::{Backend, Buf, Commands, GpuBackend, Op};
+use phi_web::backend::{Backend, Buf, GpuBackend, Op};
 use phi_web::gpu::{Dispatch, Gpu, GpuOptions, Kernels};
 
 /// The GPU backend the tests run on (models load through `backend`).
@@ -121,24 +121,7 @@ impl Env {
 
     /// Runs backend ops in order (on the GPU, as one submission, then waits).
     pub fn exec(&self, ops: Vec<Op>) {
-        let commands = match &self.backend {
-            Backend::Gpu(_) => Commands::Gpu(
-                ops.into_iter()
-                    .filter_map(|op| match op {
-                        Op::Gpu(command) => Some(command),
-                        Op::Cpu(_) => None,
-                    })
-                    .collect(),
-            ),
-            Backend::Cpu(_) => Commands::Cpu(
-                ops.into_iter()
-                    .filter_map(|op| match op {
-                        Op::Cpu(op) => Some(op),
-                        Op::Gpu(_) => None,
-                    })
-                    .collect(),
-            ),
-        };
+        let commands = self.backend.commands(ops).unwrap();
         self.backend.run(&commands).unwrap();
         if let Backend::Gpu(g) = &self.backend {
             g.gpu.wait().unwrap();
