@@ -89,8 +89,8 @@ export async function loadEngine(
   }
   if (!manifest.tokenizer) throw namedError("ModelFormatError", `${baseUrl}: the package has no tokenizer, so it cannot chat`);
   // On the CPU backend the model lives in wasm32's 4 GiB: refuse one that
-  // cannot fit before downloading it (a software adapter's "auto" is
-  // decided in the engine, which checks again).
+  // cannot fit before downloading it (the engine checks again: it makes the
+  // final "auto" choice).
   let onCpu;
   try {
     onCpu = backend === "cpu" || (backend === "auto" && isSoftwareAdapter(adapter) && cpuBackendRuns(JSON.stringify(manifest)));
@@ -101,7 +101,9 @@ export async function loadEngine(
   // A model on the CPU backend gets the threaded build where the page allows
   // threads (and the single-threaded one, saying why, where it does not or
   // the threaded build fails to start).
-  let plan = onCpu ? threadPlan(threads) : { threads: 1, reason: "" };
+  let plan = onCpu
+    ? threadPlan(threads)
+    : { threads: 1, reason: "the engine chose the CPU backend itself, after the single-threaded build was loaded" };
   let build = await wasmBuild("single");
   if (plan.threads > 1) {
     try {
