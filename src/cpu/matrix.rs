@@ -187,13 +187,13 @@ const TOKEN_GROUP: usize = 8;
 /// Row r of a quantized W against every token's activations, into `out` [T]:
 /// groups of [`TOKEN_GROUP`] tokens, then the rest one by one.
 #[inline(always)]
-fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, out: &mut [f32]) {
+fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, scales: &mut BlockScales, out: &mut [f32]) {
     let whole = out.len() / TOKEN_GROUP * TOKEN_GROUP;
     for first in (0..whole).step_by(TOKEN_GROUP) {
-        quantized_tokens::<B, TOKEN_GROUP>(w, r, xq, first, &mut out[first..first + TOKEN_GROUP]);
+        quantized_tokens::<B, TOKEN_GROUP>(w, r, xq, first, scales, &mut out[first..first + TOKEN_GROUP]);
     }
     for t in whole..out.len() {
-        quantized_tokens::<B, 1>(w, r, xq, t, &mut out[t..t + 1]);
+        quantized_tokens::<B, 1>(w, r, xq, t, scales, &mut out[t..t + 1]);
     }
 }
 
@@ -202,13 +202,23 @@ fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, out: &mut [f32
 /// scalar work inside every block.
 const SCALE_CHUNK: usize = 64;
 
+/// A chunk's block scales d and q4_1 minimums m, as f32 (one per task: zeroing
+/// them per row cost more than a small row's dot products in wasm).
+type BlockScales = ([f32; SCALE_CHUNK], [f32; SCALE_CHUNK]);
+
 /// Row r against tokens first..first + G: out [G].
 #[inline(always)]
-fn quantized_tokens<B: Blocks, const G: usize>(w: &Matrix, r: usize, xq: &Quantized, first: usize, out: &mut [f32]) {
+fn quantized_tokens<B: Blocks, const G: usize>(
+    w: &Matrix,
+    r: usize,
+    xq: &Quantized,
+    first: usize,
+    (d, m): &mut BlockScales,
+    out: &mut [f32],
+) {
     let blocks = w.cols / BLOCK;
     let mut acc = [B::zero(); G];
     let mut minimum = [0f32; G];
-    let (mut d, mut m) = ([0f32; SCALE_CHUNK], [0f32; SCALE_CHUNK]);
     for chunk in (0..blocks).step_by(SCALE_CHUNK) {
         let n = SCALE_CHUNK.min(blocks - chunk);
         let first_block = r * blocks + chunk;
@@ -292,6 +302,7 @@ fn compute_rows_inline<B: Blocks>(
         WeightFormat::F32 | WeightFormat::F16 => vec![0f32; cols],
         _ => Vec::new(),
     };
+    let mut scales: BlockScales = ([0.0; SCALE_CHUNK], [0.0; SCALE_CHUNK]);
     for (i, per_token) in out.chunks_exact_mut(tokens).enumerate() {
         let r = first + i;
         match (w.format, xq) {
@@ -316,7 +327,7 @@ fn compute_rows_inline<B: Blocks>(
                 }
             }
             (WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0, Some(xq)) => {
-                quantized_row::<B>(w, r, xq, per_token);
+                quantized_row::<B>(w, r, xq, &mut scales, per_token);
             }
             // Quantized formats always come with quantized activations (`linear`).
             (_, None) => per_token.fill(f32::NAN),
