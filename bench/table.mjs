@@ -53,6 +53,7 @@ const peerNames = {
   transformers_js_wasm_q4: "transformers.js wasm q4, 2 threads",
   transformers_js_webgpu_fp32: "transformers.js WebGPU fp32",
   transformers_js_wasm_fp32: "transformers.js wasm fp32, 2 threads",
+  transformers_js_wasm_fp32_1_thread: "transformers.js wasm fp32, 1 thread",
 };
 for (const [peer, label] of Object.entries(peerNames)) {
   const p = web[peer];
@@ -105,7 +106,8 @@ const moeNote = !moe
 const adapter = native.adapter ?? "?";
 const text = [
   `SmolLM2-135M-Instruct (the Q4_1 GGUF; phi-web converts it losslessly). Native phi-web on ${adapter};`,
-  `browser: ${web.phi_web?.adapter ?? "?"} in Chromium ${web.browser ?? "?"}. Ratios are phi-web ÷ peer, measured in one run.`,
+  `browser: ${web.phi_web?.adapter ?? "?"} in Chromium ${web.browser ?? "?"}. Ratios are phi-web ÷ peer, measured in one run,`,
+  "each runtime's second request (a short warm-up first).",
   exportNote,
   "",
   "| figure | phi-web | peer | phi-web ÷ peer |",

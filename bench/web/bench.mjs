@@ -3,7 +3,9 @@
 // @huggingface/transformers) on the same SmolLM2 weights, in one headless
 // Chromium session (WebGPU on SwiftShader; COOP/COEP from `phi-web serve` so
 // the wasm peers can use threads). Same chat prompt, greedy, same number of
-// new tokens.
+// new tokens. Each runtime first answers a short warm-up question (wasm
+// tiers up from baseline code while it runs hot, ONNX Runtime builds its
+// kernels and arenas on the first call): the figures are a warm run's.
 //
 //   node bench/web/bench.mjs PHI_WEB_BINARY MODELS_DIR OUT.json
 //
@@ -31,6 +33,7 @@ const QUESTION = process.env.BENCH_QUESTION ??
   "Here are some notes about lighthouses. A lighthouse is a tower with a bright lamp that guides ships at night. " +
   "Keepers once lived in them, trimming wicks and winding the clockwork that turned the lens. Most are automatic now, " +
   "watched from far away, and many have become museums. Which job did the keepers do, in one sentence?";
+const WARM_UP = "Say hello.";
 const log = (s) => console.error(`web bench | ${s}`);
 // BENCH_PEERS=none: phi-web alone (when tuning it); BENCH_PEERS=a,b: only the
 // runs whose names start with a or b (phi_web, wllama, transformers_js_wasm, ...).
@@ -63,11 +66,16 @@ const browser = await chromium.launch({
   args: ["--headless=new", "--no-sandbox", "--disable-background-networking", "--no-first-run",
     "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"],
 });
-const page = await (await browser.newContext()).newPage();
-page.on("pageerror", (e) => log(`page error: ${e.message}`));
-await page.goto(url);
-await page.waitForFunction(() => window.ready === true, null, { timeout: 60_000 });
-page.setDefaultTimeout(0); // a SwiftShader prefill takes minutes
+const context = await browser.newContext();
+async function openPage() {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => log(`page error: ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(() => window.ready === true, null, { timeout: 60_000 });
+  page.setDefaultTimeout(0); // a SwiftShader prefill takes minutes
+  return page;
+}
+const page = await openPage();
 const report = {
   browser: browser.version(),
   hardware_concurrency: await page.evaluate(() => navigator.hardwareConcurrency),
@@ -95,9 +103,11 @@ const phiWebRuns = [
   ["phi_web_cpu_1_thread", "cpu", 1],
 ];
 for (const [name, backend, threads] of phiWebRuns) if (selected(name)) await attempt(name, () =>
-  page.evaluate(async ({ question, newTokens, backend, threads }) => {
+  page.evaluate(async ({ question, warmUp, newTokens, backend, threads }) => {
     await phiWeb.deleteCachedModel("/models/smollm2/model.json").catch(() => {});
     const ask = async (engine) => {
+      await engine.chat.completions.create({ messages: [{ role: "user", content: warmUp }], max_tokens: 4, temperature: 0 });
+      await engine.resetChat(); // the measured prompt is computed whole, as the peers' are
       const reply = await engine.chat.completions.create({
         messages: [{ role: "user", content: question }],
         max_tokens: newTokens,
@@ -120,6 +130,7 @@ for (const [name, backend, threads] of phiWebRuns) if (selected(name)) await att
       cold_load_ms: cold.loadMs,
       warm_load_ms: warm.loadMs,
       prompt_tokens: reply.usage.prompt_tokens,
+      cached_tokens: stats.cached_tokens,
       completion_tokens: reply.usage.completion_tokens,
       prefill_tokens_per_s: stats.prefill_tokens_per_s,
       decode_tokens_per_s: stats.decode_tokens_per_s,
@@ -127,7 +138,7 @@ for (const [name, backend, threads] of phiWebRuns) if (selected(name)) await att
       gpu_bytes: stats.gpuBytes,
       text: reply.choices[0].message.content,
     };
-  }, { question: QUESTION, newTokens: NEW_TOKENS, backend, threads }));
+  }, { question: QUESTION, warmUp: WARM_UP, newTokens: NEW_TOKENS, backend, threads }));
 
 // The synthetic Phi-3-mini (3.8B, random q4_0; served from target/bench
 // once `phi-web bench` wrote it) on the CPU backend: decode with the Worker
@@ -198,15 +209,18 @@ const peers = [
 ].filter(([name]) => selected(name));
 for (const [name, params] of peers) {
   await attempt(name, () =>
-    page.evaluate(async ({ question, newTokens, params }) => {
+    page.evaluate(async ({ question, warmUp, newTokens, params }) => {
       const wllama = new Wllama({ default: "/wllama/wasm/wllama.wasm" }, { logger: { debug() {}, log() {}, warn() {}, error: console.error } });
       const start = performance.now();
       await wllama.loadModelFromUrl("/models/smollm2.gguf", { n_ctx: 1024, useCache: false, ...params });
       const loadMs = performance.now() - start;
+      // cache_prompt: false, so the warm-up's tokens are not reused.
+      await wllama.createChatCompletion({ messages: [{ role: "user", content: warmUp }], max_tokens: 4, temperature: 0, cache_prompt: false });
       const reply = await wllama.createChatCompletion({
         messages: [{ role: "user", content: question }],
         max_tokens: newTokens,
         temperature: 0,
+        cache_prompt: false,
       });
       await wllama.exit();
       const t = reply.timings ?? {};
@@ -219,32 +233,34 @@ for (const [name, params] of peers) {
         ttft_ms: t.prompt_ms,
         text: reply.choices?.[0]?.message?.content,
       };
-    }, { question: QUESTION, newTokens: NEW_TOKENS, params }));
+    }, { question: QUESTION, warmUp: WARM_UP, newTokens: NEW_TOKENS, params }));
 }
 
-// transformers.js on the ONNX export: WebGPU and wasm (2 threads), the 4-bit
-// MatMulNBits model (its own re-quantization of the weights) and the f32 one
-// (the GGUF's weights exactly, 4x the bytes).
+// transformers.js on the ONNX export: WebGPU and wasm (2 threads, and 1),
+// the 4-bit MatMulNBits model (its own re-quantization of the weights) and
+// the f32 one (the GGUF's weights exactly, 4x the bytes). Each in a page of
+// its own: ONNX Runtime takes its thread count once per page.
 const tjsPeers = [
   ["transformers_js_webgpu_q4", { device: "webgpu", dtype: "q4" }],
   ["transformers_js_wasm_q4", { device: "wasm", dtype: "q4" }],
   ["transformers_js_webgpu_fp32", { device: "webgpu", dtype: "fp32" }],
   ["transformers_js_wasm_fp32", { device: "wasm", dtype: "fp32" }],
+  ["transformers_js_wasm_fp32_1_thread", { device: "wasm", dtype: "fp32" }, 1],
 ].filter(([name]) => selected(name));
-for (const [name, options] of tjsPeers) {
+for (const [name, options, threads = 2] of tjsPeers) {
+  const tjsPage = await openPage();
   await attempt(name, () =>
-    page.evaluate(async ({ question, newTokens, options }) => {
+    tjsPage.evaluate(async ({ question, warmUp, newTokens, options, threads }) => {
       const { AutoTokenizer, AutoModelForCausalLM, TextStreamer, env } = window.Transformers;
       Object.assign(env, { allowRemoteModels: false, allowLocalModels: true, localModelPath: "/models/", useBrowserCache: false });
-      Object.assign(env.backends.onnx.wasm, { wasmPaths: "/ort/", numThreads: 2 });
+      Object.assign(env.backends.onnx.wasm, { wasmPaths: "/ort/", numThreads: threads });
       const start = performance.now();
       const tokenizer = await AutoTokenizer.from_pretrained("smollm2-onnx");
       const model = await AutoModelForCausalLM.from_pretrained("smollm2-onnx", options);
       const loadMs = performance.now() - start;
-      const inputs = tokenizer.apply_chat_template([{ role: "user", content: question }], {
-        add_generation_prompt: true,
-        return_dict: true,
-      });
+      const chat = (content) => tokenizer.apply_chat_template([{ role: "user", content }], { add_generation_prompt: true, return_dict: true });
+      await model.generate({ ...chat(warmUp), max_new_tokens: 4, do_sample: false });
+      const inputs = chat(question);
       const times = []; // when each new token arrived
       const streamer = new TextStreamer(tokenizer, { skip_prompt: true, token_callback_function: () => times.push(performance.now()) });
       const begin = performance.now();
@@ -253,6 +269,7 @@ for (const [name, options] of tjsPeers) {
       const promptTokens = inputs.input_ids.dims[1];
       const ttft = times[0] - begin;
       return {
+        threads,
         load_ms: loadMs,
         prompt_tokens: promptTokens,
         completion_tokens: output.dims[1] - promptTokens,
@@ -261,7 +278,8 @@ for (const [name, options] of tjsPeers) {
         ttft_ms: ttft,
         text: tokenizer.batch_decode(output.slice(null, [promptTokens, null]), { skip_special_tokens: true })[0],
       };
-    }, { question: QUESTION, newTokens: NEW_TOKENS, options }));
+    }, { question: QUESTION, warmUp: WARM_UP, newTokens: NEW_TOKENS, options, threads }));
+  await tjsPage.close();
 }
 
 // How far the 4-bit export strays from transformers (bench/export_onnx.py).
