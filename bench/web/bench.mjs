@@ -27,7 +27,7 @@ if (!out) {
   process.exit(2);
 }
 const root = new URL("../..", import.meta.url).pathname;
-const NEW_TOKENS = 16;
+const NEW_TOKENS = Number(process.env.BENCH_NEW_TOKENS ?? 16);
 // About 100 prompt tokens once the chat template is applied.
 const QUESTION = process.env.BENCH_QUESTION ??
   "Here are some notes about lighthouses. A lighthouse is a tower with a bright lamp that guides ships at night. " +

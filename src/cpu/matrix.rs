@@ -27,15 +27,40 @@ pub struct Matrix {
 }
 
 /// Activations quantized to 16 bits: per token, blocks of 32 values with
-/// their scale d and d · Σq (what q4_1's minimum multiplies).
+/// their scale d and d · Σq (what q4_1's minimum multiplies). Tokens lie in
+/// groups of [`TOKEN_GROUP`] (the rest singly, as decode's one token): inside
+/// a group, block b of every token is side by side, so a weight block meets
+/// the group's tokens at one address. See [`Quantized::at`].
 struct Quantized {
-    q: Vec<i16>,     // [T, cols]
-    d: Vec<f32>,     // [T, cols / 32]
-    d_sum: Vec<f32>, // [T, cols / 32]
+    blocks: Vec<QuantizedBlock>, // [T · blocks per token]
+    per_token: usize,
+    tokens: usize,
 }
 
+/// 32 values q with their scale d and d · Σq, side by side (one bounds check
+/// reaches all three).
+#[derive(Clone, Copy, Default)]
+struct QuantizedBlock {
+    q: [i16; BLOCK],
+    d: f32,
+    d_sum: f32,
+}
+
+impl Quantized {
+    /// Where block b of token t lies: its group (first token s, n tokens)
+    /// starts at s · blocks, and holds block b of its tokens at b · n.
+    fn at(&self, t: usize, b: usize) -> usize {
+        let whole = self.tokens / TOKEN_GROUP * TOKEN_GROUP;
+        let (s, n) = if t < whole { (t / TOKEN_GROUP * TOKEN_GROUP, TOKEN_GROUP) } else { (t, 1) };
+        s * self.per_token + b * n + (t - s)
+    }
+}
+
+/// Rows of y written together by `linear`'s scatter.
+const SCATTER_ROWS: usize = 16;
+
 /// Weights per rayon task at least: smaller tasks cost more to hand out than they save.
-const TASK_WEIGHTS: usize = 1 << 16;
+const TASK_WEIGHTS: usize = 1 << 14;
 
 impl Matrix {
     pub(super) fn new(format: WeightFormat, rows: usize, cols: usize, layout: GpuLayout) -> Result<Matrix> {
@@ -75,15 +100,40 @@ impl Matrix {
             _ => Some(quantize_rows(&x[..tokens * cols], cols)),
         };
         let rows_per_task = (TASK_WEIGHTS / cols).clamp(1, rows);
+        let add_bias = |first: usize, values: &mut [f32]| {
+            if let Some(bias) = bias {
+                values.iter_mut().zip(&bias[first..]).for_each(|(y, b)| *y += b);
+            }
+        };
+        if tokens == 1 {
+            // One token: the tasks' rows are stretches of y itself.
+            let len = y.len();
+            let y = y.get_mut(out.offset..out.offset + rows).ok_or_else(|| Error::Shape {
+                op: "linear",
+                message: format!("{rows} outputs at column {} do not fit y of {len}", out.offset),
+            })?;
+            team::for_each_chunk(y, rows_per_task, |task, chunk| {
+                let first = task * rows_per_task;
+                compute_rows(self, first, chunk, x, quantized.as_ref(), 1);
+                add_bias(first, chunk);
+            });
+            return Ok(());
+        }
         let mut results = vec![0f32; rows * tokens]; // [rows, T]
         team::for_each_chunk(&mut results, rows_per_task * tokens, |task, chunk| {
             let first = task * rows_per_task;
             compute_rows(self, first, chunk, x, quantized.as_ref(), tokens);
         });
-        for (r, per_token) in results.chunks_exact(tokens).enumerate() {
-            let b = bias.map_or(0.0, |b| b[r]);
-            for (t, value) in per_token.iter().enumerate() {
-                y[t * out.stride + out.offset + r] = value + b;
+        // [rows, T] into y's rows, SCATTER_ROWS at a time: each token's
+        // stretch of y is written whole while the rows' streams are read.
+        for first in (0..rows).step_by(SCATTER_ROWS) {
+            let n = SCATTER_ROWS.min(rows - first);
+            for t in 0..tokens {
+                let at = t * out.stride + out.offset + first;
+                for (i, y) in y[at..at + n].iter_mut().enumerate() {
+                    let r = first + i;
+                    *y = results[r * tokens + t] + bias.map_or(0.0, |b| b[r]);
+                }
             }
         }
         Ok(())
@@ -189,11 +239,19 @@ const TOKEN_GROUP: usize = 8;
 #[inline(always)]
 fn quantized_row<B: Blocks>(w: &Matrix, r: usize, xq: &Quantized, scales: &mut BlockScales, out: &mut [f32]) {
     let whole = out.len() / TOKEN_GROUP * TOKEN_GROUP;
+    let q4_1 = w.format == WeightFormat::Q4_1;
     for first in (0..whole).step_by(TOKEN_GROUP) {
-        quantized_tokens::<B, TOKEN_GROUP>(w, r, xq, first, scales, &mut out[first..first + TOKEN_GROUP]);
+        let out = &mut out[first..first + TOKEN_GROUP];
+        match q4_1 {
+            true => quantized_tokens::<B, TOKEN_GROUP, true>(w, r, xq, first, scales, out),
+            false => quantized_tokens::<B, TOKEN_GROUP, false>(w, r, xq, first, scales, out),
+        }
     }
     for t in whole..out.len() {
-        quantized_tokens::<B, 1>(w, r, xq, t, scales, &mut out[t..t + 1]);
+        match q4_1 {
+            true => quantized_tokens::<B, 1, true>(w, r, xq, t, scales, &mut out[t..t + 1]),
+            false => quantized_tokens::<B, 1, false>(w, r, xq, t, scales, &mut out[t..t + 1]),
+        }
     }
 }
 
@@ -206,9 +264,11 @@ const SCALE_CHUNK: usize = 64;
 /// them per row cost more than a small row's dot products in wasm).
 type BlockScales = ([f32; SCALE_CHUNK], [f32; SCALE_CHUNK]);
 
-/// Row r against tokens first..first + G: out [G].
+/// Row r against the G tokens of the group that starts at `first`: out [G].
+/// `Q4_1`: the format has minimums (a constant, so the other formats' loop
+/// has no branch for them).
 #[inline(always)]
-fn quantized_tokens<B: Blocks, const G: usize>(
+fn quantized_tokens<B: Blocks, const G: usize, const Q4_1: bool>(
     w: &Matrix,
     r: usize,
     xq: &Quantized,
@@ -217,6 +277,7 @@ fn quantized_tokens<B: Blocks, const G: usize>(
     out: &mut [f32],
 ) {
     let blocks = w.cols / BLOCK;
+    let group = first * blocks; // the group's block b lies at group + b · G
     let mut acc = [B::zero(); G];
     let mut minimum = [0f32; G];
     for chunk in (0..blocks).step_by(SCALE_CHUNK) {
@@ -229,40 +290,86 @@ fn quantized_tokens<B: Blocks, const G: usize>(
                 WeightFormat::Q8_0 => B::unpack_q8(w.data[i * 32..i * 32 + 32].try_into().unwrap_or(&[0; 32])),
                 _ => B::unpack_q4(w.data[i * 16..i * 16 + 16].try_into().unwrap_or(&[8; 16])),
             };
+            let at = group + b * G;
+            let Some(x) = xq.blocks.get(at..at + G).and_then(|x| <&[QuantizedBlock; G]>::try_from(x).ok()) else {
+                continue; // never: `linear` quantized every token's blocks
+            };
             for t in 0..G {
-                let tb = (first + t) * blocks + b;
-                let q: &[i16; 32] = xq.q[tb * BLOCK..(tb + 1) * BLOCK].try_into().unwrap_or(&[0; 32]);
                 // As llama.cpp: d_w d_x Σ w q, plus q4_1's minimum m meeting Σx (d_x Σq).
-                acc[t] = B::dot_scaled(acc[t], &weights, q, d[k] * xq.d[tb]);
-                if w.format == WeightFormat::Q4_1 {
-                    minimum[t] += m[k] * xq.d_sum[tb];
+                acc[t] = B::dot_scaled(acc[t], &weights, &x[t].q, d[k] * x[t].d);
+                if Q4_1 {
+                    minimum[t] += m[k] * x[t].d_sum;
                 }
             }
         }
     }
-    for t in 0..G {
+    for t in 0..G.min(out.len()) {
         out[t] = B::total(acc[t]) + minimum[t];
     }
 }
 
-/// x [T, cols] as 16-bit blocks: q = round(x / d), d = max |x| / 32767.
+/// x [T, cols] as 16-bit blocks: q = round(x / d), d = max |x| / 32767, in
+/// the grouped layout of [`Quantized`].
 fn quantize_rows(x: &[f32], cols: usize) -> Quantized {
-    let blocks = x.len() / BLOCK;
-    let mut out = Quantized { q: vec![0; x.len()], d: vec![0.0; blocks], d_sum: vec![0.0; blocks] };
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature this copy was compiled for.
+        return unsafe { quantize_rows_avx2(x, cols) };
+    }
+    quantize_rows_inline(x, cols)
+}
+
+/// Compiled with AVX2 (and so SSE4.1's `roundps`, not a call to `truncf`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_rows_avx2(x: &[f32], cols: usize) -> Quantized {
+    quantize_rows_inline(x, cols)
+}
+
+#[inline(always)]
+fn quantize_rows_inline(x: &[f32], cols: usize) -> Quantized {
     debug_assert!(cols.is_multiple_of(BLOCK));
-    for (b, values) in x.chunks_exact(BLOCK).enumerate() {
-        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = max / 32767.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in out.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(values) {
-            *q = (v * inv).round() as i16;
-            sum += *q as i32;
+    let blocks = vec![QuantizedBlock::default(); x.len() / BLOCK];
+    let mut out = Quantized { blocks, per_token: cols / BLOCK, tokens: x.len() / cols };
+    for (t, row) in x.chunks_exact(cols).enumerate() {
+        for (b, values) in row.chunks_exact(BLOCK).enumerate() {
+            let max = max_abs(values.try_into().unwrap_or(&[0.0; BLOCK]));
+            let d = max / 32767.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let at = out.at(t, b);
+            let block = &mut out.blocks[at];
+            for (q, v) in block.q.iter_mut().zip(values) {
+                *q = round_half_away(v * inv) as i16;
+            }
+            let sum: i32 = block.q.iter().map(|&q| q as i32).sum();
+            block.d = d;
+            block.d_sum = d * sum as f32;
         }
-        out.d[b] = d;
-        out.d_sum[b] = d * sum as f32;
     }
     out
+}
+
+/// `f32::round` (halves away from zero) from `trunc`, one instruction
+/// (f32.trunc, roundps) where `round` is a libm call: x - trunc(x) is exact.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let whole = x.trunc();
+    let step: f32 = if (x - whole).abs() >= 0.5 { 1.0 } else { 0.0 };
+    whole + step.copysign(x) // -0.0 stays -0.0
+}
+
+/// max |v| over a block, in eight lanes (f32::max's NaN rule keeps a
+/// plain fold from vectorising).
+#[inline(always)]
+fn max_abs(values: &[f32; BLOCK]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for chunk in values.chunks_exact(8) {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            let v = v.abs();
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    lanes.into_iter().fold(0.0, |m, v| if v > m { v } else { m })
 }
 
 /// Rows first.. of W for every token into `out` [rows of this task, T].
@@ -331,6 +438,25 @@ fn compute_rows_inline<B: Blocks>(
             }
             // Quantized formats always come with quantized activations (`linear`).
             (_, None) => per_token.fill(f32::NAN),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quantizer's rounding is `f32::round` exactly: halves, their
+    /// neighbours, signs, and the largest activations a block holds.
+    #[test]
+    fn round_half_away_is_f32_round() {
+        let mut values = vec![0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 32766.5, -32767.0, 32767.0, 0.49999997, -0.49999997];
+        for i in 0..200_000 {
+            let x = (i as f32 - 100_000.0) * 0.3276;
+            values.extend([x, f32::from_bits(x.to_bits() + 1), (x * 2.0).round() / 2.0]);
+        }
+        for x in values {
+            assert_eq!(round_half_away(x).to_bits(), x.round().to_bits(), "{x}");
         }
     }
 }
