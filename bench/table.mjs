@@ -22,15 +22,16 @@ const row = (what, ours, peer, peerName) => {
   rows.push(`| ${what} | ${fmt(ours)} | ${peerName}: ${fmt(peer)} | ${ratio} |`);
 };
 
-// Natively: SmolLM2 through phi-web on the wgpu adapter and on its CPU
-// backend (one thread per core) vs llama.cpp on the CPU.
-const smolOn = (backend) => native.models?.find((m) => /smollm2/i.test(m.model) && (m.backend ?? "webgpu") === backend && m.prefill.length);
-for (const [backend, label] of [["webgpu", "native (wgpu)"], ["cpu", "native CPU backend"]]) {
-  const smol = smolOn(backend);
-  if (!smol) continue;
+// Natively: SmolLM2 through phi-web on the wgpu adapter, and on its CPU
+// backend (a run per thread count, each against llama.cpp at the same
+// count), vs llama.cpp on the CPU.
+const smolRuns = (backend) =>
+  native.models?.filter((m) => /smollm2/i.test(m.model) && (m.backend ?? "webgpu") === backend && m.prefill.length) ?? [];
+const runsOf = [...smolRuns("webgpu").slice(0, 1).map((smol) => ["native (wgpu)", smol]),
+  ...smolRuns("cpu").map((smol) => [`native CPU backend (${smol.threads} thread${smol.threads === 1 ? "" : "s"})`, smol])];
+for (const [label, smol] of runsOf) {
   for (const run of llama.runs ?? []) {
-    // The CPU backend against llama.cpp at its own thread count.
-    if (backend === "cpu" && run.threads !== smol.threads) continue;
+    if (smol.backend === "cpu" && run.threads !== smol.threads) continue;
     const peer = `llama.cpp ${run.threads} thread${run.threads > 1 ? "s" : ""}`;
     for (const p of run.prefill) {
       row(`${label} prefill tok/s, ${p.prompt_tokens} tokens`, smol.prefill.find((q) => q.prompt_tokens === p.prompt_tokens)?.tokens_per_s, p.tokens_per_s, peer);

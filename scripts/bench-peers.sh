@@ -15,9 +15,12 @@ mkdir -p "$out"
 gguf=.models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 venv=$out/venv
+# Built for AVX2/AVX-512 without -march=native: the native build's AMX path
+# segfaults on this machine's Sapphire Rapids vCPUs (peers.md).
 if ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
   echo "bench-peers: building llama-cpp-python 0.3.36 (llama.cpp from source, several minutes, once)"
-  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "llama-cpp-python==0.3.36"
+  python3 -m venv "$venv" && CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" \
+    "$venv/bin/pip" install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
 fi
 if ! "$venv/bin/python" bench/llama_cpp_bench.py "$gguf" "$out/llama_cpp.json" >/dev/null; then
   echo '{"error": "llama-cpp-python did not install or run; see the output above"}' > "$out/llama_cpp.json"

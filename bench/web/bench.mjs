@@ -28,11 +28,12 @@ if (!out) {
 }
 const root = new URL("../..", import.meta.url).pathname;
 const NEW_TOKENS = Number(process.env.BENCH_NEW_TOKENS ?? 16);
-// About 100 prompt tokens once the chat template is applied.
+// 128 prompt tokens once SmolLM2's chat template is applied (peers.md's length).
 const QUESTION = process.env.BENCH_QUESTION ??
   "Here are some notes about lighthouses. A lighthouse is a tower with a bright lamp that guides ships at night. " +
   "Keepers once lived in them, trimming wicks and winding the clockwork that turned the lens. Most are automatic now, " +
-  "watched from far away, and many have become museums. Which job did the keepers do, in one sentence?";
+  "watched from far away, and many have become museums. Visitors climb their stairs in summer, painters set up " +
+  "easels on the rocks below, and a few still warn sailors in the fog. Which job did the keepers do, in one sentence?";
 const WARM_UP = "Say hello.";
 const log = (s) => console.error(`web bench | ${s}`);
 // BENCH_PEERS=none: phi-web alone (when tuning it); BENCH_PEERS=a,b: only the

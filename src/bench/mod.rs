@@ -706,7 +706,7 @@ pub fn markdown(report: &KernelReport) -> String {
             "| {}{cache} | {} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
             m.model,
             match m.backend {
-                "cpu" => format!("CPU, {} threads", m.threads),
+                "cpu" => format!("CPU, {} thread{}", m.threads, if m.threads == 1 { "" } else { "s" }),
                 _ => "WebGPU".into(),
             },
             m.context,

@@ -145,35 +145,64 @@ impl<'a> Rows<'a> {
 /// `window`), key j in slot j % slots; query head h reads KV head h / group.
 pub fn attention(pos: usize, q: &[f32], k: &[u32], v: &[u32], out: &mut [f32], s: &AttentionShape) -> Result<()> {
     let (d, kv_dim) = (s.head_dim, s.kv_heads * s.head_dim);
-    let group = s.heads / s.kv_heads.max(1);
     let width = s.heads * d;
     let filled = (pos + s.tokens).min(s.slots);
     let (keys, values) =
         (Rows::new(k, s.kv_format, kv_dim, filled, s.tokens), Rows::new(v, s.kv_format, kv_dim, filled, s.tokens));
     team::for_each_chunk(&mut out[..s.tokens * width], d, |i, out| {
-        let (t, h) = (i / s.heads, i % s.heads);
-        let p = pos + t;
-        let first_key = if s.window > 0 { (p + 1).saturating_sub(s.window) } else { 0 };
-        let query = &q[t * s.q_stride + h * d..][..d];
-        let head_at = (h / group) * d;
-        let mut buffer = vec![0f32; d];
-        let mut scores: Vec<f32> = (first_key..=p)
-            .map(|j| simd::dot_f32(query, keys.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer)) * s.scale)
-            .collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
-        scores.iter_mut().for_each(|x| {
-            *x = (*x - max).exp();
-            sum += *x;
-        });
-        out.fill(0.0);
-        for (j, w) in (first_key..=p).zip(&scores) {
-            let value = values.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer);
-            out.iter_mut().zip(value.iter()).for_each(|(o, v)| *o += w * v);
+        let task = Task { pos, q, keys: &keys, values: &values, s };
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature this copy was compiled for.
+            return unsafe { attend_avx2(&task, i, out) };
         }
-        out.iter_mut().for_each(|o| *o /= sum);
+        attend(&task, i, out);
     });
     Ok(())
+}
+
+/// What every (token, head) task of `attention` reads.
+struct Task<'a> {
+    pos: usize,
+    q: &'a [f32],
+    keys: &'a Rows<'a>,
+    values: &'a Rows<'a>,
+    s: &'a AttentionShape,
+}
+
+/// The same task compiled with AVX2 (the f32 operations are the same).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(task: &Task, i: usize, out: &mut [f32]) {
+    attend(task, i, out)
+}
+
+/// Task i = (token t, head h): out [head_dim].
+#[inline(always)]
+fn attend(&Task { pos, q, keys, values, s }: &Task, i: usize, out: &mut [f32]) {
+    let (d, kv_dim) = (s.head_dim, s.kv_heads * s.head_dim);
+    let group = s.heads / s.kv_heads.max(1);
+    let (t, h) = (i / s.heads, i % s.heads);
+    let p = pos + t;
+    let first_key = if s.window > 0 { (p + 1).saturating_sub(s.window) } else { 0 };
+    let query = &q[t * s.q_stride + h * d..][..d];
+    let head_at = (h / group) * d;
+    let mut buffer = vec![0f32; d];
+    let mut scores: Vec<f32> = (first_key..=p)
+        .map(|j| simd::dot_f32(query, keys.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer)) * s.scale)
+        .collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f32;
+    scores.iter_mut().for_each(|x| {
+        *x = (*x - max).exp();
+        sum += *x;
+    });
+    out.fill(0.0);
+    for (j, w) in (first_key..=p).zip(&scores) {
+        let value = values.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer);
+        out.iter_mut().zip(value.iter()).for_each(|(o, v)| *o += w * v);
+    }
+    out.iter_mut().for_each(|o| *o /= sum);
 }
 
 /// Bidirectional attention of each token over its sequence [start, end)

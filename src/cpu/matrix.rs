@@ -6,9 +6,11 @@
 //! block, f32 accumulation across blocks. f32 and f16 weights take f32
 //! activations as they are.
 //!
-//! Work is split over rayon's threads by rows of W; each task computes its
-//! rows for every token (a weight row stays in L1 across the tokens of a
-//! prefill chunk) into its own slice, scattered into y afterwards.
+//! Work is split over the threads by rows of W; each task computes its rows
+//! for every token (a weight row stays in L1 across the tokens of a prefill
+//! chunk, and each weight block is unpacked once per group of
+//! [`TOKEN_GROUP`] tokens) into its own slice, scattered into y afterwards;
+//! with one token (decode) the slices are y's own.
 
 use super::simd::{self, Blocks};
 use super::team;

@@ -411,7 +411,7 @@ pub fn run() -> Outcome {
             Ok(())
         }
         Command::Info => info(&gpu),
-        Command::Bench(args) => bench(&gpu, &args),
+        Command::Bench(args) => bench(&gpu, &args, device.threads),
         Command::Serve(args) => Ok(crate::serve::serve(&args.root, &args.mounts, &args.host, args.port)?),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "phi-web", &mut std::io::stdout());
@@ -586,7 +586,8 @@ fn structured_bench(stages: &Stages) -> Result<phi_web::bench::structured::Struc
     Ok(report)
 }
 
-fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
+/// `threads`: the CPU backend's (default: one per core, and SmolLM2 again on one).
+fn bench(options: &GpuOptions, args: &BenchArgs, threads: Option<usize>) -> Outcome {
     let gpu = pollster::block_on(Gpu::new(options))?;
     let kernels = Kernels::new(&gpu);
     let backend = Backend::Gpu(GpuBackend { gpu, kernels });
@@ -607,8 +608,8 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
         pollster::block_on(phi_web::bench::model_figure(backend, dir, plan, cpu, |s| stages.log(&format!("    {s}"))))
     };
     let figure = |dir: &Path, plan: &ModelBench| figure_on(&backend, dir, plan);
-    // The CPU backend (one thread per core) on the same packages.
-    let cpu_backend = Backend::Cpu(phi_web::cpu::Cpu::new(None));
+    // The CPU backend (one thread per core unless --threads) on the same packages.
+    let cpu_backend = Backend::Cpu(phi_web::cpu::Cpu::new(threads));
     let decode_plan = |prompts: Vec<usize>, decode_tokens: usize| ModelBench {
         context: 4096,
         kv_cache: KvFormat::F16,
@@ -628,8 +629,14 @@ fn bench(options: &GpuOptions, args: &BenchArgs) -> Outcome {
         let q8 = ModelBench { kv_cache: KvFormat::Q8, prompts: vec![], ..plan.clone() };
         report.models.push(figure(dir, &q8)?);
         stages.log("  SmolLM2 on the CPU backend");
-        report.models.push(figure_on(&cpu_backend, dir, &ModelBench { decode_tokens: 64, ..plan })?);
+        report.models.push(figure_on(&cpu_backend, dir, &ModelBench { decode_tokens: 64, ..plan.clone() })?);
         report.models.push(figure_on(&cpu_backend, dir, &ModelBench { decode_tokens: 64, ..q8 })?);
+        if threads.is_none() {
+            // Beside llama.cpp's one-thread figures.
+            stages.log("  SmolLM2 on the CPU backend, one thread");
+            let one = Backend::Cpu(phi_web::cpu::Cpu::new(Some(1)));
+            report.models.push(figure_on(&one, dir, &ModelBench { decode_tokens: 64, ..plan })?);
+        }
     } else if want(BenchModel::Smollm2) {
         stages.log("  SmolLM2 skipped: run `make models`");
     }
