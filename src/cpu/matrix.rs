@@ -50,7 +50,7 @@ struct QuantizedBlock {
 
 impl Quantized {
     /// Where block b of token t lies: its group (first token s, n tokens)
-    /// starts at s · blocks, and holds block b of its tokens at b · n.
+    /// starts at s · per_token, and holds block b of its tokens at b · n.
     fn at(&self, t: usize, b: usize) -> usize {
         let whole = self.tokens / TOKEN_GROUP * TOKEN_GROUP;
         let (s, n) = if t < whole { (t / TOKEN_GROUP * TOKEN_GROUP, TOKEN_GROUP) } else { (t, 1) };
@@ -61,7 +61,7 @@ impl Quantized {
 /// Rows of y written together by `linear`'s scatter.
 const SCATTER_ROWS: usize = 16;
 
-/// Weights per rayon task at least: smaller tasks cost more to hand out than they save.
+/// Weights per task at least: smaller tasks cost more to hand out than they save.
 const TASK_WEIGHTS: usize = 1 << 14;
 
 impl Matrix {
@@ -452,7 +452,8 @@ mod tests {
     /// neighbours, signs, and the largest activations a block holds.
     #[test]
     fn round_half_away_is_f32_round() {
-        let mut values = vec![0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 32766.5, -32767.0, 32767.0, 0.49999997, -0.49999997];
+        let mut values =
+            vec![0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 32766.5, -32767.0, 32767.0, 0.49999997, -0.49999997];
         for i in 0..200_000 {
             let x = (i as f32 - 100_000.0) * 0.3276;
             values.extend([x, f32::from_bits(x.to_bits() + 1), (x * 2.0).round() / 2.0]);
