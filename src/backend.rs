@@ -145,7 +145,9 @@ impl Backend {
             Backend::Gpu(g) => Ok(g),
             Backend::Cpu(_) => Err(Error::Unsupported {
                 what: format!("{what} on the CPU backend"),
-                supported: "Phi-3, Phi-3.5-mini, Phi-4, Llama and BERT encoders on the CPU; the rest on WebGPU".into(),
+                supported:
+                    "Phi-3, Phi-3.5-mini, Phi-4, Phi-3-small, Llama and BERT encoders on the CPU; the rest on WebGPU"
+                        .into(),
             }),
         }
     }

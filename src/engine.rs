@@ -360,7 +360,10 @@ pub fn backend_info(backend: &Backend, reason: &str) -> serde_json::Value {
 
 /// Whether the CPU backend runs `config`'s architecture.
 pub fn cpu_runs(config: &ModelConfig) -> bool {
-    matches!(config.architecture, Architecture::Phi3 | Architecture::Llama | Architecture::Bert)
+    matches!(
+        config.architecture,
+        Architecture::Phi3 | Architecture::Phi3Small | Architecture::Llama | Architecture::Bert
+    )
 }
 
 /// The backend `options` ask for, and why it was chosen. `auto` takes WebGPU

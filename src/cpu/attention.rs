@@ -141,8 +141,9 @@ impl<'a> Rows<'a> {
 }
 
 /// out [T, heads head_dim] = softmax(q k^T · scale) v for each query token
-/// at pos + t over the keys its mask lets it see (causal, or the last
-/// `window`), key j in slot j % slots; query head h reads KV head h / group.
+/// at pos + t over the keys its mask lets it see (causal, the last `window`,
+/// or Phi-3-small's block-sparse pattern), key j in slot j % slots; query
+/// head h reads KV head h / group.
 pub fn attention(pos: usize, q: &[f32], k: &[u32], v: &[u32], out: &mut [f32], s: &AttentionShape) -> Result<()> {
     let (d, kv_dim) = (s.head_dim, s.kv_heads * s.head_dim);
     let width = s.heads * d;
@@ -187,8 +188,11 @@ fn attend(&Task { pos, q, keys, values, s }: &Task, i: usize, out: &mut [f32]) {
     let first_key = if s.window > 0 { (p + 1).saturating_sub(s.window) } else { 0 };
     let query = &q[t * s.q_stride + h * d..][..d];
     let head_at = (h / group) * d;
+    // Block-sparse (Phi-3-small): the keys of this head's stripes and local blocks only.
+    let seen = (first_key..=p).filter(|&j| s.sparse.as_ref().is_none_or(|b| b.sees(h, p, j)));
     let mut buffer = vec![0f32; d];
-    let mut scores: Vec<f32> = (first_key..=p)
+    let mut scores: Vec<f32> = seen
+        .clone()
         .map(|j| simd::dot_f32(query, keys.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer)) * s.scale)
         .collect();
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -198,7 +202,7 @@ fn attend(&Task { pos, q, keys, values, s }: &Task, i: usize, out: &mut [f32]) {
         sum += *x;
     });
     out.fill(0.0);
-    for (j, w) in (first_key..=p).zip(&scores) {
+    for (j, w) in seen.zip(&scores) {
         let value = values.head(s.kv_format, kv_dim, j % s.slots, head_at, &mut buffer);
         out.iter_mut().zip(value.iter()).for_each(|(o, v)| *o += w * v);
     }

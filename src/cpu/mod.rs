@@ -451,12 +451,6 @@ impl Cpu {
         out: &Tensor,
         shape: &AttentionShape,
     ) -> Result<Op> {
-        if shape.sparse.is_some() {
-            return Err(Error::Unsupported {
-                what: "block-sparse attention (Phi-3-small) on the CPU backend".into(),
-                supported: "causal and sliding-window attention; Phi-3-small runs on WebGPU".into(),
-            });
-        }
         check_len("attention", "q", q, shape.tokens * shape.q_stride)?;
         check_len("attention", "out", out, shape.tokens * shape.heads * shape.head_dim)?;
         let cache = shape.slots * shape.kv_format.row_bytes(shape.kv_heads * shape.head_dim);

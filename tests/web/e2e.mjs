@@ -4,7 +4,8 @@
 //
 // With only a software adapter, `backend: "auto"` runs SmolLM2 and MiniLM on
 // the CPU backend (wasm SIMD), as the native CLI does over lavapipe; the
-// models the CPU backend does not run (PhiMoE, Phi-3-small) and the lost
+// models the CPU backend does not run (PhiMoE), Phi-3-small's block-sparse
+// kernels (backend: "webgpu"; once on the CPU backend too) and the lost
 // device run on WebGPU, which is what only WebGPU can show.
 //
 // Checks: a greedy completion equals the native CLI's (SmolLM2, and a tiny
@@ -570,22 +571,26 @@ try {
   // reference: dense and block-sparse layers over 40 tokens (ten blocks),
   // read whole, in chunks of 5 and token by token (the decode path), with
   // the f32 and q8 KV caches; and the q8_0 package on its own weights.
-  step("tiny Phi-3-small's logits in Chromium match the reference: prefill, chunks and token by token; f32 and q8 KV; q8_0 weights");
+  step("tiny Phi-3-small's logits in Chromium match the reference: prefill, chunks and token by token; f32 and q8 KV; q8_0 weights; the CPU backend");
   const smallGolden = (file) => {
     const meta = JSON.parse(readFileSync(`${root}tests/data/tiny-phi3small/${file}`, "utf8"));
     const bytes = readFileSync(`${root}tests/data/tiny-phi3small/${meta.logits_file}`);
     return { ids: meta.input_ids, logits: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) };
   };
   const [small, smallQ8] = [smallGolden("golden.json"), smallGolden("golden-q8_0.json")];
+  // WebGPU (SwiftShader) for the block-sparse WGSL kernels, which `auto`
+  // would skip here for the CPU backend; the CPU backend's own run last.
+  const gpu = { backend: "webgpu" };
   const runs = [
-    ["f32 package, f32 KV, one prefill", "phi3small-f32", { kvCache: "f32" }],
-    ["f32 package, f32 KV, chunks of 5", "phi3small-f32", { kvCache: "f32", prefillChunk: 5 }],
-    ["f32 package, f32 KV, token by token", "phi3small-f32", { kvCache: "f32", prefillChunk: 1 }],
-    ["f32 package, q8 KV, chunks of 5", "phi3small-f32", { kvCache: "q8", prefillChunk: 5 }],
-    ["q8_0 package, f32 KV, chunks of 5", "phi3small", { kvCache: "f32", prefillChunk: 5 }],
+    ["f32 package, f32 KV, one prefill", "phi3small-f32", { ...gpu, kvCache: "f32" }],
+    ["f32 package, f32 KV, chunks of 5", "phi3small-f32", { ...gpu, kvCache: "f32", prefillChunk: 5 }],
+    ["f32 package, f32 KV, token by token", "phi3small-f32", { ...gpu, kvCache: "f32", prefillChunk: 1 }],
+    ["f32 package, q8 KV, chunks of 5", "phi3small-f32", { ...gpu, kvCache: "q8", prefillChunk: 5 }],
+    ["q8_0 package, f32 KV, chunks of 5", "phi3small", { ...gpu, kvCache: "f32", prefillChunk: 5 }],
+    ["f32 package, f32 KV, chunks of 5, CPU backend", "phi3small-f32", { backend: "cpu", kvCache: "f32", prefillChunk: 5 }],
   ];
   const { out: smallLogits, gpuBytes: smallGpuBytes, refused: badChunk } = await page.evaluate(
-    async ({ runs, ids }) => {
+    async ({ runs, ids, gpu }) => {
       const [out, gpuBytes] = [[], []];
       for (const [, model, options] of runs) {
         const engine = await phiWeb.createEngine(`/models/${model}/model.json`, { contextLength: 64, ...options });
@@ -593,10 +598,10 @@ try {
         gpuBytes.push((await engine.stats()).gpuBytes);
         await engine.unload();
       }
-      const refused = await phiWeb.createEngine("/models/phi3small/model.json", { prefillChunk: 5000 }).then(() => "loaded", (e) => e.name);
+      const refused = await phiWeb.createEngine("/models/phi3small/model.json", { ...gpu, prefillChunk: 5000 }).then(() => "loaded", (e) => e.name);
       return { out, gpuBytes, refused };
     },
-    { runs, ids: small.ids },
+    { runs, ids: small.ids, gpu },
   );
   // prefillChunk sizes the activation scratch: token by token holds less than 64 at a time.
   assert.ok(smallGpuBytes[2] < smallGpuBytes[0], `prefillChunk 1: ${smallGpuBytes[2]} GPU bytes, default: ${smallGpuBytes[0]}`);
