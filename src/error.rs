@@ -55,6 +55,11 @@ pub enum Error {
     /// A model configuration that is missing a key or disagrees with the weights.
     #[error("model config: {message}")]
     Config { message: String },
+
+    /// An image that cannot be decoded or used: a corrupt or unsupported
+    /// file, an impossible size.
+    #[error("image: {message}")]
+    Image { message: String },
 }
 
 impl Error {
@@ -74,6 +79,7 @@ impl Error {
             Error::Config { .. } => "ModelConfigError",
             Error::GpuMemoryBudget { .. } => "MemoryBudgetError",
             Error::WasmMemory { .. } => "ModelTooLargeError",
+            Error::Image { .. } => "ImageError",
         }
     }
 

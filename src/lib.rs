@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod gpu;
+pub mod image;
 pub mod model;
 pub mod quant;
 pub mod sampler;
