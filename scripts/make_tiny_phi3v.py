@@ -204,7 +204,13 @@ def main():
                 param.normal_(1.0, 0.2)
 
     tensors = {k: v.contiguous() for k, v in decoder.state_dict().items()}
-    tensors.update({f"model.vision_embed_tokens.{k}": v.contiguous() for k, v in embedding.state_dict().items()})
+    # The hub's names: CLIPVisionModel's weights under img_processor.vision_model.
+    # (transformers 5's state_dict leaves out "vision_model.").
+    def hub_name(k):
+        if k.startswith("img_processor.") and not k.startswith("img_processor.vision_model."):
+            k = "img_processor.vision_model." + k[len("img_processor."):]
+        return f"model.vision_embed_tokens.{k}"
+    tensors.update({hub_name(k): v.contiguous() for k, v in embedding.state_dict().items()})
     save_file(tensors, str(OUT / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads(decoder_config.to_json_string())
     params = config.pop("rope_parameters", None) or {}

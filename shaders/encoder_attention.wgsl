@@ -10,7 +10,7 @@ struct Params {
     scale: f32,
 }
 
-const MAX_KEYS: u32 = 512u;  // longest sequence (BERT's position table)
+const MAX_KEYS: u32 = 1024u;  // longest sequence (BERT: 512; a CLIP-L/14-336 crop: 577)
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;            // [T, 3 * heads * head_dim]: q, k, v

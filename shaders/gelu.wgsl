@@ -1,5 +1,6 @@
 // GELU in place: gelu_erf = 0.5 x (1 + erf(x / sqrt 2)) (BERT, torch default),
-// gelu_tanh = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ("gelu_new").
+// gelu_tanh = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ("gelu_new"),
+// gelu_quick = x sigmoid(1.702 x) (CLIP's "quick_gelu").
 
 struct Params {
     n: u32,
@@ -41,5 +42,16 @@ fn gelu_tanh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         // compute tanh through exp(2u) which overflows for large u.
         let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -10.0, 10.0);
         x[i] = 0.5 * v * (1.0 + tanh(u));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn gelu_quick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    if (i < p.n) {
+        let v = x[i];
+        // exp overflows to +inf for v < -52: v / inf is -0, the limit.
+        x[i] = v / (1.0 + exp(-1.702 * v));
     }
 }

@@ -474,6 +474,18 @@ impl Backend {
         }
     }
 
+    /// x [T, width] row t = rows row t where flags [T] u32 is set (a vision
+    /// model's image features over its image positions' token embeddings).
+    pub fn splice_rows(&self, flags: &Buf, rows: &Buf, x: &Buf, tokens: usize, width: usize) -> Result<Op> {
+        match self {
+            Backend::Gpu(g) => Ok(g.kernels.splice_rows(flags.gpu()?, rows.gpu()?, x.gpu()?, tokens, width)?.into()),
+            Backend::Cpu(c) => {
+                let (flags, rows, x) = (flags.cpu()?.clone(), rows.cpu()?.clone(), x.cpu()?.clone());
+                Ok(c.elementwise(cpu::Op::SpliceRows { flags, rows, x, tokens, width })?.into())
+            }
+        }
+    }
+
     /// x *= s over `n` values.
     pub fn scale(&self, x: &Buf, n: usize, s: f32) -> Result<Op> {
         match self {

@@ -37,7 +37,7 @@ impl Architecture {
 
     pub fn parse(name: &str) -> Result<Architecture> {
         match name {
-            "phi3" | "Phi3ForCausalLM" => Ok(Self::Phi3),
+            "phi3" | "Phi3ForCausalLM" | "phi3_v" | "Phi3VForCausalLM" => Ok(Self::Phi3),
             "llama" | "LlamaForCausalLM" => Ok(Self::Llama),
             "phimoe" | "PhimoeForCausalLM" | "PhiMoEForCausalLM" => Ok(Self::PhiMoe),
             "phi3small" | "Phi3SmallForCausalLM" => Ok(Self::Phi3Small),
@@ -237,6 +237,118 @@ pub struct ModelConfig {
     /// Phi-3-small only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi3small: Option<Phi3SmallExtras>,
+    /// The image tower of Phi-3-vision and Phi-3.5-vision (a Phi3 decoder that takes images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<VisionConfig>,
+}
+
+/// Phi-3(.5)-vision's CLIP tower and its HD transform (config.json's
+/// `img_processor`, preprocessor_config.json's `num_crops`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    /// CLIP's width (1024 in CLIP-L/14-336); a merged 2×2 patch row is 4× this.
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    /// Layers that run: the features are `hidden_states[layer_idx]`, so the
+    /// layers after it never do (23 of CLIP-L's 24).
+    pub num_layers: usize,
+    /// Square crops of `image_size` pixels in `patch_size` patches (336, 14).
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub norm_eps: f32,
+    /// Most crops the HD transform cuts an image into (besides the global view).
+    pub num_crops: usize,
+}
+
+impl VisionConfig {
+    /// The tower's CLIP-L/14-336 shape, which config.json only names.
+    const CLIP_L_336: &'static str = "openai/clip-vit-large-patch14-336";
+    /// Phi-3.5-vision's published processor config (Phi-3-vision's says 16).
+    pub const DEFAULT_NUM_CROPS: usize = 4;
+
+    /// Patches per side of a crop (24).
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// From config.json's `img_processor`; `num_crops` from preprocessor_config.json.
+    pub fn from_hf(json: &Json, num_crops: usize) -> Result<VisionConfig> {
+        let img = key(json, "img_processor")
+            .ok_or_else(|| Error::Config { message: "a Phi-3-vision config.json needs `img_processor`".into() })?;
+        let embd = key(json, "embd_layer");
+        let embd_str = |name: &str| embd.and_then(|e| key(e, name)).and_then(Json::as_str);
+        if embd_str("hd_transform_order").is_some_and(|o| o != "sub_glb")
+            || embd_str("projection_cls").is_some_and(|p| p != "mlp")
+        {
+            return Err(Error::Unsupported {
+                what: format!("embd_layer {}", embd.map(Json::to_string).unwrap_or_default()),
+                supported: "the HD transform in sub_glb order with the mlp projection (Phi-3-vision, Phi-3.5-vision)"
+                    .into(),
+            });
+        }
+        let model = key(img, "model_name").and_then(Json::as_str).unwrap_or(Self::CLIP_L_336);
+        let clip = match (key(img, "clip_config"), model) {
+            (Some(clip), _) => clip.clone(),
+            (None, Self::CLIP_L_336) => serde_json::json!({
+                "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
+                "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
+            }),
+            (None, other) => {
+                return Err(Error::Unsupported {
+                    what: format!("image tower {other}"),
+                    supported: format!("{} (or `img_processor.clip_config`)", Self::CLIP_L_336),
+                })
+            }
+        };
+        if key(&clip, "hidden_act").and_then(Json::as_str).unwrap_or("quick_gelu") != "quick_gelu" {
+            return Err(Error::Unsupported {
+                what: "a CLIP activation other than quick_gelu".into(),
+                supported: "quick_gelu".into(),
+            });
+        }
+        let layers = required_usize(&clip, "num_hidden_layers")?;
+        // hidden_states[i]: 0 is the embeddings, k the output of layer k.
+        let layer_idx = key(img, "layer_idx").and_then(Json::as_i64).unwrap_or(-2);
+        let num_layers = if layer_idx < 0 { layers as i64 + 1 + layer_idx } else { layer_idx };
+        if num_layers < 0 || num_layers > layers as i64 {
+            return Err(Error::Config {
+                message: format!("img_processor.layer_idx {layer_idx} for {layers} CLIP layers"),
+            });
+        }
+        if key(img, "type_feature").and_then(Json::as_str).is_some_and(|t| t != "patch") {
+            return Err(Error::Unsupported {
+                what: "img_processor.type_feature other than patch".into(),
+                supported: "patch".into(),
+            });
+        }
+        let vision = VisionConfig {
+            hidden_size: required_usize(&clip, "hidden_size")?,
+            intermediate_size: required_usize(&clip, "intermediate_size")?,
+            num_heads: required_usize(&clip, "num_attention_heads")?,
+            num_layers: num_layers as usize,
+            image_size: required_usize(&clip, "image_size")?,
+            patch_size: required_usize(&clip, "patch_size")?,
+            norm_eps: key(&clip, "layer_norm_eps").and_then(Json::as_f64).unwrap_or(1e-5) as f32,
+            num_crops: num_crops.max(1),
+        };
+        // The HD transform cuts 336-pixel crops, and the merge pairs patches.
+        if vision.image_size != crate::image::CROP
+            || vision.patch_size == 0
+            || vision.grid() % 2 != 0
+            || vision.hidden_size % vision.num_heads.max(1) != 0
+            || vision.num_heads == 0
+        {
+            return Err(Error::Config {
+                message: format!(
+                    "a CLIP tower of {}-pixel crops in {}-pixel patches, width {} in {} heads; the HD transform needs 336-pixel crops of an even patch grid",
+                    vision.image_size, vision.patch_size, vision.hidden_size, vision.num_heads
+                ),
+            });
+        }
+        Ok(vision)
+    }
 }
 
 /// How an encoder's token states become one vector.
@@ -490,6 +602,11 @@ impl ModelConfig {
             pooling: None,
             attention_scale,
             phi3small,
+            // num_crops is the processor's (preprocessor_config.json): the importer sets it.
+            vision: match key(json, "img_processor") {
+                Some(_) => Some(VisionConfig::from_hf(json, VisionConfig::DEFAULT_NUM_CROPS)?),
+                None => None,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -570,6 +687,7 @@ impl ModelConfig {
             pooling: None,
             attention_scale: None,
             phi3small: None,
+            vision: None,
         };
         config.validate()?;
         Ok(config)

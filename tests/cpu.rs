@@ -272,7 +272,8 @@ shared_checks!(
     silu_mul_over_fused_gate_up,
     gegelu_clamps_and_gates,
     scale_in_place,
-    gelu_erf_and_tanh,
+    gelu_erf_tanh_and_quick,
     add_in_place,
+    splice_rows_over_flagged_tokens,
     argmax_rows_first_maximum_wins,
 );

@@ -562,6 +562,7 @@ pub(crate) fn synthetic_config(
         pooling: None,
         attention_scale: None,
         phi3small: None,
+        vision: None,
         attention_bias: false,
         lm_head_bias: false,
         moe: None,

@@ -53,7 +53,7 @@ pub fn gegelu(gate_up: &[f32], out: &mut [f32], tokens: usize, i: usize, limit: 
     }
 }
 
-/// GELU in place (gelu.wgsl: erf by Abramowitz–Stegun 7.1.26, or tanh).
+/// GELU in place (gelu.wgsl: erf by Abramowitz–Stegun 7.1.26, tanh, or quick).
 #[allow(clippy::excessive_precision)] // the constants as gelu.wgsl writes them
 pub fn gelu(x: &mut [f32], kind: GeluKind) {
     for v in x.iter_mut() {
@@ -72,6 +72,7 @@ pub fn gelu(x: &mut [f32], kind: GeluKind) {
                 let u = (0.7978845608028654 * (x + 0.044715 * x * x * x)).clamp(-10.0, 10.0);
                 0.5 * x * (1.0 + u.tanh())
             }
+            GeluKind::Quick => x / (1.0 + (-1.702 * x).exp()),
         };
     }
 }

@@ -293,6 +293,13 @@ pub enum Op {
         b: Tensor,
         n: usize,
     },
+    SpliceRows {
+        flags: Tensor,
+        rows: Tensor,
+        x: Tensor,
+        tokens: usize,
+        width: usize,
+    },
     Scale {
         x: Tensor,
         n: usize,
@@ -362,6 +369,13 @@ impl Op {
             }
             Op::Gelu { x, n, kind } => {
                 elementwise::gelu(&mut x.f32_mut()?[..*n], *kind);
+                Ok(())
+            }
+            Op::SpliceRows { flags, rows, x, tokens, width } => {
+                let (flags, rows, mut x) = (flags.words()?, rows.f32()?, x.f32_mut()?);
+                for t in (0..*tokens).filter(|&t| flags[t] != 0) {
+                    x[t * width..(t + 1) * width].copy_from_slice(&rows[t * width..(t + 1) * width]);
+                }
                 Ok(())
             }
             Op::Add { a, b, n } => {
@@ -501,6 +515,11 @@ impl Cpu {
             Op::Add { a, b, n } => {
                 check_len("add", "b", b, *n)?;
                 ("a", a, *n)
+            }
+            Op::SpliceRows { flags, rows, x, tokens, width } => {
+                check_len("splice_rows", "flags", flags, *tokens)?;
+                check_len("splice_rows", "rows", rows, tokens * width)?;
+                ("x", x, tokens * width)
             }
             Op::RmsNorm { x, w, y, rows, cols, .. } | Op::LayerNorm { x, w, y, rows, cols, .. } => {
                 check_len("norm", "x", x, rows * cols)?;

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Architecture, ModelConfig, Pooling, PoolingMode};
+use crate::config::{Architecture, ModelConfig, Pooling, PoolingMode, VisionConfig};
 use crate::error::{Error, Result};
 use crate::formats::encode::{
     check_shape, check_shards, check_step_bytes, count_formats, describe_quantization, encode_tensor, is_router,
@@ -82,6 +82,16 @@ impl HfImport {
         if config.architecture == Architecture::Bert {
             config.pooling = Some(sentence_pooling(&config, &|n| read_json(files, n), &mut warnings)?);
         }
+        if let Some(vision) = config.vision.as_mut() {
+            let processor = read_json(files, "preprocessor_config.json")?;
+            match processor.as_ref().and_then(|p| p.get("num_crops")).and_then(|n| n.as_u64()) {
+                Some(n) => vision.num_crops = (n as usize).max(1),
+                None => warnings.push(format!(
+                    "no num_crops in preprocessor_config.json: images are cut into at most {} crops",
+                    vision.num_crops
+                )),
+            }
+        }
         // Phi-3-small ties by its config even where a checkpoint keeps a copy of lm_head.
         if config.architecture != Architecture::Phi3Small {
             config.tie_word_embeddings =
@@ -106,13 +116,25 @@ impl HfImport {
                     Some(layout) => layout,
                     None => continue,
                 },
-                _ => (tensor.name.clone(), None),
+                // CLIPVisionModel's weights sit under img_processor.vision_model. in hub checkpoints.
+                _ => (tensor.name.replace(".img_processor.vision_model.", ".img_processor."), None),
             };
-            check_shape(&config, &name, &tensor.shape)?;
-            let format = match tensor.shape.len() {
+            let vision = name.starts_with(VISION_PREFIX);
+            let shape = match (vision, &config.vision) {
+                (true, Some(v)) => match vision_shape(v, &name, &tensor.shape) {
+                    Some(shape) => shape,
+                    None => continue, // not used by the features the decoder takes
+                },
+                _ => {
+                    check_shape(&config, &name, &tensor.shape)?;
+                    tensor.shape.clone()
+                }
+            };
+            let format = match shape.len() {
                 1 => WeightFormat::F32,
                 2 if is_router(&tensor.name) => WeightFormat::F32,
-                2 => matrix_format(options, hf_default, tensor.shape[1], &tensor.name, &mut warnings),
+                2 if vision => vision_matrix_format(options.quant.unwrap_or(hf_default), shape[1]),
+                2 => matrix_format(options, hf_default, shape[1], &tensor.name, &mut warnings),
                 _ => {
                     return Err(Error::Unsupported {
                         what: format!("tensor {} with shape {:?}", tensor.name, tensor.shape),
@@ -121,7 +143,7 @@ impl HfImport {
                 }
             };
             let start = layout.total_bytes;
-            entries.push(layout.place(&name, &tensor.shape, format)?);
+            entries.push(layout.place(&name, &shape, format)?);
             steps.push(HfStep {
                 file: tensor.file.display().to_string(),
                 tensor: tensor.name.clone(),
@@ -272,6 +294,49 @@ impl HfImport {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+}
+
+/// Where Phi-3(.5)-vision keeps its image tower, separators and projector.
+pub const VISION_PREFIX: &str = "model.vision_embed_tokens.";
+
+/// The stored shape of a Phi-3-vision image tensor, or None for what the
+/// features never use: CLIP's layers after `layer_idx`, its post-LayerNorm,
+/// and `wte` (a second name for embed_tokens). The patch convolution
+/// [C, 3, p, p] becomes the matrix [C, 3p²] of an im2col product; the
+/// separators [1, 1, (1,) 4C] become vectors.
+fn vision_shape(vision: &VisionConfig, name: &str, shape: &[usize]) -> Option<Vec<usize>> {
+    let rest = &name[VISION_PREFIX.len()..];
+    if rest.starts_with("wte.") || rest.contains("post_layernorm.") {
+        return None;
+    }
+    if let Some((_, after)) = rest.split_once("encoder.layers.") {
+        let layer: usize = after.split('.').next()?.parse().ok()?;
+        if layer >= vision.num_layers {
+            return None;
+        }
+    }
+    Some(match rest {
+        "glb_GN" | "sub_GN" => vec![shape.iter().product()],
+        _ if rest.ends_with("patch_embedding.weight") && shape.len() == 4 => {
+            vec![shape[0], shape[1..].iter().product()]
+        }
+        _ => shape.to_vec(),
+    })
+}
+
+/// The image tower keeps at least 8 bits (q4 costs a vision tower more than
+/// a decoder, and it is a tenth of the model); a matrix whose rows are not
+/// whole blocks (the patch embedding's 588 columns) is f16.
+fn vision_matrix_format(requested: WeightFormat, cols: usize) -> WeightFormat {
+    let format = match requested {
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 => WeightFormat::Q8_0,
+        other => other,
+    };
+    match format {
+        WeightFormat::F32 | WeightFormat::F16 => format,
+        _ if cols % crate::quant::BLOCK != 0 => WeightFormat::F16,
+        _ => format,
     }
 }
 

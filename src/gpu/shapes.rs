@@ -163,4 +163,6 @@ pub enum GeluKind {
     Erf,
     /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     Tanh,
+    /// x·sigmoid(1.702 x) (CLIP's `quick_gelu`).
+    Quick,
 }

@@ -4,11 +4,13 @@
 //! Phi-3.5-MoE and its SlimMoE descendants, on the experts of `moe.rs`
 //! and, when they do not all fit, `expert_cache.rs`; `phi3small.rs`:
 //! Phi-3-small's dense and block-sparse layers;
-//! `bert.rs`: sentence encoders), and the `Decoder` that drives any generating
+//! `bert.rs`: sentence encoders; `clip.rs`: Phi-3-vision's image tower and
+//! projector), and the `Decoder` that drives any generating
 //! architecture (KV cache, recorded lists, readout).
 
 mod bert;
 mod blocks;
+mod clip;
 mod decoder;
 mod expert_cache;
 mod moe;
@@ -18,6 +20,7 @@ mod phimoe;
 mod recorder;
 
 pub use bert::Encoder;
+pub use clip::ImageEncoder;
 pub use decoder::{Decoder, DecoderMemory, DecoderOptions, Logits};
 pub use expert_cache::{ExpertSizes, ExpertStats};
 

@@ -304,10 +304,10 @@ fn erf(x: f64) -> f64 {
     value.copysign(x)
 }
 
-pub async fn gelu_erf_and_tanh(env: &Env) {
+pub async fn gelu_erf_tanh_and_quick(env: &Env) {
     let n = 4099;
     let xv = Rng::new(9).vec(n, -8.0, 8.0);
-    for kind in [GeluKind::Erf, GeluKind::Tanh] {
+    for kind in [GeluKind::Erf, GeluKind::Tanh, GeluKind::Quick] {
         let x = env.buf_f32("x", &xv);
         env.exec(vec![env.backend.gelu(&x, n, kind).unwrap()]);
         let expected: Vec<f64> = xv
@@ -319,6 +319,7 @@ pub async fn gelu_erf_and_tanh(env: &Env) {
                     GeluKind::Tanh => {
                         0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
                     }
+                    GeluKind::Quick => v / (1.0 + (-1.702 * v).exp()),
                 }
             })
             .collect();
@@ -326,6 +327,19 @@ pub async fn gelu_erf_and_tanh(env: &Env) {
         let scale: Vec<f64> = xv.iter().map(|v| v.abs() as f64).collect();
         assert_close(&format!("gelu {kind:?}"), &env.read_buf_f32(&x, n).await, &expected, &scale, 1e-6, 1e-6);
     }
+}
+
+pub async fn splice_rows_over_flagged_tokens(env: &Env) {
+    let (tokens, width) = (37, 72);
+    let mut rng = Rng::new(5);
+    let (xv, rows_v) = (rng.vec(tokens * width, -1.0, 1.0), rng.vec(tokens * width, -1.0, 1.0));
+    let flags: Vec<u32> = (0..tokens).map(|t| u32::from(t % 3 == 1 || (20..30).contains(&t))).collect();
+    let (x, rows) = (env.buf_f32("x", &xv), env.buf_f32("rows", &rows_v));
+    let flag_buf = env.backend.storage_with("flags", bytemuck::cast_slice(&flags)).unwrap();
+    env.exec(vec![env.backend.splice_rows(&flag_buf, &rows, &x, tokens, width).unwrap()]);
+    let expected: Vec<f64> =
+        (0..tokens * width).map(|i| if flags[i / width] != 0 { rows_v[i] } else { xv[i] } as f64).collect();
+    assert_close_rel("splice_rows", &env.read_buf_f32(&x, tokens * width).await, &expected, 0.0, 0.0);
 }
 
 pub async fn add_in_place(env: &Env) {

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need, u32_of, Kernels, Variant, ADD, ARGMAX, GEGELU, GELU, SCALE, SILU_MUL, SOFTMAX};
+use super::{need, u32_of, Kernels, Variant, ADD, ARGMAX, GEGELU, GELU, SCALE, SILU_MUL, SOFTMAX, SPLICE_ROWS};
 use crate::error::Result;
 use crate::gpu::shapes::GeluKind;
 use crate::gpu::Dispatch;
@@ -44,7 +44,7 @@ struct CountParams {
     _pad: [u32; 3],
 }
 
-/// softmax.wgsl and argmax.wgsl: `Params`.
+/// softmax.wgsl, argmax.wgsl and splice_rows.wgsl: `Params` (rows of cols).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct RowsParams {
@@ -109,6 +109,7 @@ impl Kernels {
         let entry = match kind {
             GeluKind::Erf => "gelu_erf",
             GeluKind::Tanh => "gelu_tanh",
+            GeluKind::Quick => "gelu_quick",
         };
         let params = CountParams { n: u32_of("gelu", "n", n)?, _pad: [0; 3] };
         let variant = Variant { entry: Some(entry), ..Default::default() };
@@ -121,6 +122,27 @@ impl Kernels {
         need("add", "b", b, n * 4)?;
         let params = CountParams { n: u32_of("add", "n", n)?, _pad: [0; 3] };
         Ok(self.dispatch(&ADD, Variant::default(), &params, &[(1, a), (2, b)], vec![], self.grid_for(&ADD, n)))
+    }
+
+    /// x [T, width] row t = rows row t where flags[t] != 0 (image rows over token embeddings).
+    pub fn splice_rows(
+        &self,
+        flags: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        tokens: usize,
+        width: usize,
+    ) -> Result<Dispatch> {
+        need("splice_rows", "flags", flags, tokens * 4)?;
+        need("splice_rows", "rows", rows, tokens * width * 4)?;
+        need("splice_rows", "x", x, tokens * width * 4)?;
+        let params = RowsParams {
+            rows: u32_of("splice_rows", "tokens", tokens)?,
+            cols: u32_of("splice_rows", "width", width)?,
+            _pad: [0; 2],
+        };
+        let grid = self.grid_for(&SPLICE_ROWS, tokens * width);
+        Ok(self.dispatch(&SPLICE_ROWS, Variant::default(), &params, &[(1, flags), (2, rows), (3, x)], vec![], grid))
     }
 
     /// Softmax in place over each row of x [rows, cols].

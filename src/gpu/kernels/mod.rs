@@ -33,7 +33,7 @@ use crate::error::{ensure_shape, Error, Result};
 use crate::quant::WeightFormat;
 
 /// Longest sequence encoder_attention takes (encoder_attention.wgsl: MAX_KEYS).
-pub const ENCODER_MAX_KEYS: usize = 512;
+pub const ENCODER_MAX_KEYS: usize = 1024;
 
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
@@ -103,6 +103,7 @@ static GEGELU: Shader = shader!("gegelu", 256, [], Knobs::None);
 static SCALE: Shader = shader!("scale", 256, [], Knobs::None);
 static GELU: Shader = shader!("gelu", 256, [], Knobs::None);
 static ADD: Shader = shader!("add", 256, [], Knobs::None);
+static SPLICE_ROWS: Shader = shader!("splice_rows", 256, [], Knobs::None);
 static SOFTMAX: Shader = shader!("softmax", 256, [REDUCE], Knobs::None);
 static ARGMAX: Shader = shader!("argmax", 256, [REDUCE], Knobs::None);
 static MOE_ROUTE: Shader = shader!("moe_route", 64, [MOE], Knobs::None);
