@@ -263,7 +263,7 @@ def main():
             logits = decoder(inputs_embeds=embeds).logits[0].float()
         keep = [i for i, t in enumerate(ids) if t >= 0 or i % 16 == 0]
         cases.append({"name": case, "images": [f"images/{n}.png" for n in names], "input_ids": ids,
-                      "rows": keep, "logits_offset": sum(len(r) for r in logits_rows) * 512})
+                      "rows": keep, "logits_offset": len(logits_rows) * 512})
         logits_rows.extend(logits[keep].numpy())
     (OUT / "logits.f32").write_bytes(np.stack(logits_rows).astype("<f4").tobytes())
     (OUT / "golden.json").write_text(json.dumps({

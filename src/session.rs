@@ -328,7 +328,7 @@ async fn forward_step(
             Next::Token(decoder.greedy_in_sequence(backend, ids, pos, sequence_len).await?)
         }
         false => {
-            let logits = decoder.forward_while(backend, ids, pos, sequence_len, Logits::Last, during);
+            let logits = decoder.forward_while(backend, ids, &[], pos, sequence_len, Logits::Last, during);
             Next::Logits(logits.await?)
         }
     })

@@ -96,3 +96,76 @@ fn image_tower_matches_clip_vision_model() {
         assert!(err <= 1e-4, "{}: max |error| {err}", backend.name());
     }
 }
+
+/// Logits of every position of `ids` (negative: a row of image -id) in calls
+/// of `chunk` tokens, each call's image rows spliced in.
+fn run_prompt(backend: &phi_web::backend::Backend, ids: &[i64], chunk: usize) -> Vec<f32> {
+    use phi_web::model::{Decoder, DecoderOptions, ImageEncoder, ImageRows, Logits};
+    let package = common::models::package(MODEL, phi_web::quant::WeightFormat::F32);
+    let decoder =
+        Decoder::load(backend, &package, &DecoderOptions::new(2048, chunk, phi_web::gpu::KvFormat::F32)).unwrap();
+    let encoder = pollster::block_on(ImageEncoder::load(backend, &package)).unwrap().unwrap();
+    let h = decoder.config.hidden_size;
+    let golden = json("golden.json");
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["input_ids"].as_array().unwrap().len() == ids.len())
+        .unwrap();
+    let images: Vec<Vec<f32>> = case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|path| {
+            let hd = hd_transform(&image(path.as_str().unwrap()), encoder.config.num_crops);
+            pollster::block_on(encoder.embed(backend, &hd)).unwrap()
+        })
+        .collect();
+    // Image k's rows in order of its positions.
+    let mut next_row = vec![0usize; images.len()];
+    let tokens: Vec<u32> = ids.iter().map(|&id| id.max(0) as u32).collect();
+    let mut logits = Vec::new();
+    for (c, chunk_ids) in tokens.chunks(chunk).enumerate() {
+        let start = c * chunk;
+        let mut spliced = Vec::new();
+        for (i, &id) in ids[start..start + chunk_ids.len()].iter().enumerate() {
+            if id < 0 {
+                let k = (-id - 1) as usize;
+                let row = next_row[k];
+                next_row[k] += 1;
+                spliced.push(ImageRows { at: i, rows: &images[k][row * h..(row + 1) * h] });
+            }
+        }
+        let call = decoder.forward_with_images(backend, chunk_ids, &spliced, start, tokens.len(), Logits::All);
+        logits.extend(pollster::block_on(call).unwrap());
+    }
+    for (k, image) in images.iter().enumerate() {
+        assert_eq!(next_row[k] * h, image.len(), "image {} has as many rows as positions", k + 1);
+    }
+    logits
+}
+
+#[test]
+fn tiny_phi3v_matches_the_reference_with_one_and_two_images() {
+    let golden = json("golden.json");
+    let expected = f32s("logits.f32");
+    let vocab = golden["vocab"].as_u64().unwrap() as usize;
+    for case in golden["cases"].as_array().unwrap() {
+        let ids: Vec<i64> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let rows: Vec<usize> = case["rows"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let offset = case["logits_offset"].as_u64().unwrap() as usize;
+        let want = &expected[offset..offset + rows.len() * vocab];
+        for backend in backends() {
+            for chunk in [64, 512] {
+                let all = run_prompt(backend, &ids, chunk);
+                let got: Vec<f32> =
+                    rows.iter().flat_map(|&r| all[r * vocab..(r + 1) * vocab].iter().copied()).collect();
+                let err = common::models::max_abs_diff(&got, want);
+                let name = case["name"].as_str().unwrap();
+                eprintln!("parity | {MODEL} {name} ({} tokens) on {}, prefill chunks of {chunk}, f32 KV | max |logit error| {err:.2e}", ids.len(), backend.name());
+                assert!(err <= 1e-3, "{name} on {}: max |logit error| {err}", backend.name());
+            }
+        }
+    }
+}

@@ -91,12 +91,28 @@ impl DecoderOptions {
 
 /// The buffers a forward call reads and writes, outside the architecture.
 pub(crate) struct DecoderIo {
-    pub ids: Buf,         // [T] u32
+    pub ids: Buf, // [T] u32
+    /// A vision model's image rows for the call's image positions.
+    pub images: Option<ImageIo>,
     pub logits: Buf,      // [T, vocab]
     step: Buf,            // Step: the position of the first token
     logits_readback: Buf, // [vocab] mappable copy of the last token's logits
     token: Buf,           // [1] u32, argmax of the last token's logits
     token_readback: Buf,  // [1] u32 mappable
+}
+
+/// Image feature rows in place of some token embeddings of a forward call.
+pub(crate) struct ImageIo {
+    pub flags: Buf, // [T] u32: 1 where the row is an image row
+    pub rows: Buf,  // [T, H] the image rows at their token's index
+}
+
+/// Rows of image features standing in for the token embeddings of a forward
+/// call's tokens at..at + rows / hidden_size.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageRows<'a> {
+    pub at: usize,
+    pub rows: &'a [f32],
 }
 
 /// GPU memory of a loaded decoder, in bytes.
@@ -196,8 +212,16 @@ impl Decoder {
             _ => capacity,
         };
         let vocab = config.vocab_size;
+        let images = match config.vision {
+            Some(_) => Some(ImageIo {
+                flags: b.storage("image flags", 4 * t as u64)?,
+                rows: b.storage("image rows", (4 * t * config.hidden_size) as u64)?,
+            }),
+            None => None,
+        };
         let io = DecoderIo {
             ids: b.storage("ids", 4 * t as u64)?,
+            images,
             logits: b.storage("logits", (4 * t * vocab) as u64)?,
             step: b.step_buffer()?,
             logits_readback: b.readback_buffer("logits readback", 4 * vocab as u64)?,
@@ -233,7 +257,20 @@ impl Decoder {
         sequence_len: usize,
         which: Logits,
     ) -> Result<Vec<f32>> {
-        self.forward_while(b, ids, pos, sequence_len, which, || {}).await
+        self.forward_while(b, ids, &[], pos, sequence_len, which, || {}).await
+    }
+
+    /// `forward_in_sequence` with image rows in place of some tokens' embeddings.
+    pub async fn forward_with_images(
+        &self,
+        b: &Backend,
+        ids: &[u32],
+        images: &[ImageRows<'_>],
+        pos: usize,
+        sequence_len: usize,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        self.forward_while(b, ids, images, pos, sequence_len, which, || {}).await
     }
 
     /// `forward_in_sequence`, running `during` on the CPU once the pass is
@@ -244,12 +281,13 @@ impl Decoder {
         &self,
         b: &Backend,
         ids: &[u32],
+        images: &[ImageRows<'_>],
         pos: usize,
         sequence_len: usize,
         which: Logits,
         during: impl FnOnce(),
     ) -> Result<Vec<f32>> {
-        self.submit(b, ids, pos, sequence_len, Readout::Logits(which)).await?;
+        self.submit(b, ids, images, pos, sequence_len, Readout::Logits(which)).await?;
         during();
         match which {
             Logits::Last => b.read_mapped_f32("logits", &self.io.logits_readback, self.config.vocab_size).await,
@@ -260,12 +298,32 @@ impl Decoder {
     /// `forward_in_sequence` for greedy decoding: the id of the last token's
     /// largest logit (the first on ties), picked on the GPU.
     pub async fn greedy_in_sequence(&self, b: &Backend, ids: &[u32], pos: usize, sequence_len: usize) -> Result<u32> {
-        self.submit(b, ids, pos, sequence_len, Readout::Argmax).await?;
+        self.greedy_with_images(b, ids, &[], pos, sequence_len).await
+    }
+
+    /// `greedy_in_sequence` with image rows in place of some tokens' embeddings.
+    pub async fn greedy_with_images(
+        &self,
+        b: &Backend,
+        ids: &[u32],
+        images: &[ImageRows<'_>],
+        pos: usize,
+        sequence_len: usize,
+    ) -> Result<u32> {
+        self.submit(b, ids, images, pos, sequence_len, Readout::Argmax).await?;
         let token = b.read_mapped_u32("token", &self.io.token_readback, 1).await?;
         Ok(token[0])
     }
 
-    async fn submit(&self, b: &Backend, ids: &[u32], pos: usize, sequence_len: usize, readout: Readout) -> Result<()> {
+    async fn submit(
+        &self,
+        b: &Backend,
+        ids: &[u32],
+        images: &[ImageRows<'_>],
+        pos: usize,
+        sequence_len: usize,
+        readout: Readout,
+    ) -> Result<()> {
         let t = ids.len();
         if t == 0 || t > self.max_tokens {
             return Err(Error::Shape {
@@ -286,6 +344,7 @@ impl Decoder {
                 message: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
+        self.write_images(b, images, t)?;
         b.write(&self.io.ids, 0, bytemuck::cast_slice(ids))?;
         b.set_step(&self.io.step, pos as u32)?;
         let long_rope = self.config.uses_long_rope(sequence_len.max(pos + t));
@@ -301,6 +360,38 @@ impl Decoder {
         }
         b.yield_now().await;
         Ok(())
+    }
+
+    /// Flags and rows of the call's image positions (every call: a decode
+    /// step clears the flags its prefill set).
+    fn write_images(&self, b: &Backend, images: &[ImageRows<'_>], tokens: usize) -> Result<()> {
+        let Some(io) = &self.io.images else {
+            return match images.is_empty() {
+                true => Ok(()),
+                false => Err(Error::Shape {
+                    op: "forward",
+                    message: "this model takes no images (it has no vision tower)".into(),
+                }),
+            };
+        };
+        let h = self.config.hidden_size;
+        let mut flags = vec![0u32; tokens];
+        for image in images {
+            let n = image.rows.len() / h;
+            if image.rows.len() % h != 0 || image.at + n > tokens {
+                return Err(Error::Shape {
+                    op: "forward",
+                    message: format!(
+                        "{} image values at token {} of a {tokens}-token call of width {h}",
+                        image.rows.len(),
+                        image.at
+                    ),
+                });
+            }
+            flags[image.at..image.at + n].fill(1);
+            b.write(&io.rows, (image.at * h * 4) as u64, bytemuck::cast_slice(image.rows))?;
+        }
+        b.write(&io.flags, 0, bytemuck::cast_slice(&flags))
     }
 
     /// The recorded pass for `key`, recorded on first use.

@@ -21,7 +21,7 @@ mod recorder;
 
 pub use bert::Encoder;
 pub use clip::ImageEncoder;
-pub use decoder::{Decoder, DecoderMemory, DecoderOptions, Logits};
+pub use decoder::{Decoder, DecoderMemory, DecoderOptions, ImageRows, Logits};
 pub use expert_cache::{ExpertSizes, ExpertStats};
 
 use crate::backend::{Backend, Buf};

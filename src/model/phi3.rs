@@ -105,6 +105,10 @@ impl CausalLm for Phi3 {
     fn record(&self, r: &mut Recorder, io: &DecoderIo, cache: &KvCache, pass: Pass) -> Result<()> {
         let s = &self.scratch;
         self.embed_tokens.lookup(r, &io.ids, &s.x)?;
+        if let Some(images) = &io.images {
+            // Phi-3-vision: image rows replace the embeddings of their positions.
+            r.push(r.backend.splice_rows(&images.flags, &images.rows, &s.x, r.tokens, self.config.hidden_size)?);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             self.layer(r, layer, cache, i, pass.long_rope)?;
         }
