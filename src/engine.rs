@@ -13,12 +13,13 @@ use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::formats::package::{Manifest, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
-use crate::model::{Decoder, DecoderOptions, Logits};
+use crate::image::{hd_transform, HdImage, Rgb};
+use crate::model::{Decoder, DecoderOptions, ImageEncoder, Logits};
 use crate::sampler::SamplingOptions;
-use crate::session::{self, GenerateOptions, Generation, Interrupt, Session};
+use crate::session::{self, GenerateOptions, Generation, Interrupt, Prompt, PromptImage, Session};
 use crate::structured::tools::{render_messages, Delta, Tool, ToolChoice, ToolPlan, ToolStream};
 use crate::structured::{Constraint, Grammars, ResponseFormat};
-use crate::tokenizer::{Message, Tokenizer};
+use crate::tokenizer::{Message, Tokenizer, IMAGE_MARK};
 
 /// Tokens per prefill call (longer prompts run in chunks of this many).
 pub const PREFILL_CHUNK: usize = 64;
@@ -90,6 +91,8 @@ pub struct Engine {
     /// Why `backend` runs the model (`stats().backendReason`).
     pub backend_reason: String,
     pub decoder: Decoder,
+    /// A vision model's image tower and projector.
+    pub vision: Option<ImageEncoder>,
     /// None for packages without one (they can compute logits, not generate).
     pub tokenizer: Option<Tokenizer>,
     stop_token_ids: Vec<u32>,
@@ -123,10 +126,12 @@ impl Engine {
             gpu_memory: options.gpu_memory,
         };
         let decoder = Decoder::load_from(&backend, source, &plan).await?;
+        let vision = ImageEncoder::load(&backend, source).await?;
         Ok(Engine {
             backend,
             backend_reason,
             decoder,
+            vision,
             tokenizer,
             stop_token_ids: source.manifest().stop_token_ids.clone(),
             session: RefCell::new(Session::new()),
@@ -182,17 +187,30 @@ impl Engine {
     /// Answers `request.messages` through the model's chat template; the KV
     /// cache of the previous request's shared prefix is reused. `on_delta`
     /// receives the answer's text, or the pieces of its tool call.
-    pub async fn chat(&self, request: &Request, mut on_delta: impl FnMut(Delta)) -> Result<Generation> {
+    pub async fn chat(&self, request: &Request, on_delta: impl FnMut(Delta)) -> Result<Generation> {
+        self.chat_with_images(request, &[], on_delta).await
+    }
+
+    /// `chat` where messages show images: a content part `{"type": "image",
+    /// "index": i}` is `images[i]` (a vision model only).
+    pub async fn chat_with_images(
+        &self,
+        request: &Request,
+        images: &[Rgb],
+        mut on_delta: impl FnMut(Delta),
+    ) -> Result<Generation> {
         if request.messages.is_empty() {
             return Err(Error::Shape { op: "request", message: "messages is empty".into() });
         }
         let tokenizer = self.tokenizer()?;
         let plan = ToolPlan::new(&request.tools, request.tool_choice.as_ref())?;
         let messages = render_messages(&request.messages, plan.as_ref())?;
-        let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages)?)?;
+        let (prompt, prompt_images) =
+            self.prompt_with_images(&tokenizer.apply_chat_template(&messages)?, &messages, images).await?;
+        let prompt = Prompt { ids: &prompt, images: &prompt_images };
         let Some(plan) = plan else {
             let constraint = self.format_constraint(request)?;
-            return self.run(&prompt, request, constraint, |text| on_delta(Delta::Text(text))).await;
+            return self.run(prompt, request, constraint, |text| on_delta(Delta::Text(text))).await;
         };
         if !matches!(request.response_format, None | Some(ResponseFormat::Text)) {
             let message = "response_format together with tools is not supported yet; ask for the call's arguments \
@@ -202,7 +220,7 @@ impl Engine {
         }
         let constraint = plan.constraint(self.grammars()?)?;
         let mut stream = ToolStream::default();
-        let mut result = self.run(&prompt, request, Some(constraint), |text| stream.push(text, &mut on_delta)).await?;
+        let mut result = self.run(prompt, request, Some(constraint), |text| stream.push(text, &mut on_delta)).await?;
         stream.finish(&mut on_delta);
         if let Some(call) = stream.call() {
             result.tool_calls.push(call);
@@ -222,7 +240,82 @@ impl Engine {
             return Err(Error::Shape { op: "request", message });
         }
         let constraint = self.format_constraint(request)?;
-        self.run(prompt, request, constraint, on_text).await
+        self.run(prompt.into(), request, constraint, on_text).await
+    }
+
+    /// The prompt's token ids and image rows from the chat template's text,
+    /// where each [`IMAGE_MARK`] stands for the next image of `messages`:
+    /// as Phi-3-vision's processor, the text between images is tokenized
+    /// piece by piece, each piece after BOS, and an image takes
+    /// [`crate::image::image_tokens`] positions. The context is checked
+    /// before any image runs through the tower.
+    async fn prompt_with_images(
+        &self,
+        text: &str,
+        messages: &[Message],
+        images: &[Rgb],
+    ) -> Result<(Vec<u32>, Vec<PromptImage>)> {
+        let tokenizer = self.tokenizer()?;
+        let shown: Vec<usize> = messages.iter().flat_map(|m| m.images.iter().copied()).collect();
+        if shown.is_empty() {
+            return Ok((tokenizer.encode(text)?, Vec::new()));
+        }
+        let input = |message: String| Error::Shape { op: "request", message };
+        let Some(vision) = &self.vision else {
+            return Err(input(format!(
+                "this model takes no images ({} in the messages); use a vision model such as Phi-3.5-vision",
+                shown.len()
+            )));
+        };
+        if let Some(bad) = shown.iter().find(|&&i| i >= images.len()) {
+            return Err(input(match *bad {
+                usize::MAX => {
+                    "an image_url part reached the engine unresolved (the JavaScript API decodes them)".into()
+                }
+                i => format!("an image part shows image {i} but the request has {}", images.len()),
+            }));
+        }
+        let pieces: Vec<&str> = text.split(IMAGE_MARK).collect();
+        if pieces.len() != shown.len() + 1 {
+            return Err(input(format!(
+                "the chat template kept {} of the messages' {} images",
+                pieces.len() - 1,
+                shown.len()
+            )));
+        }
+        let bos = self.decoder.config.bos_token_id;
+        let mut pieces_ids = Vec::with_capacity(pieces.len());
+        for piece in &pieces {
+            pieces_ids.push(bos.into_iter().chain(tokenizer.encode(piece)?).collect::<Vec<u32>>());
+        }
+        let transformed: Vec<HdImage> =
+            shown.iter().map(|&i| hd_transform(&images[i], vision.config.num_crops)).collect();
+        let image_tokens: Vec<usize> = transformed.iter().map(HdImage::tokens).collect();
+        let total = pieces_ids.iter().map(Vec::len).sum::<usize>() + image_tokens.iter().sum::<usize>();
+        if total >= self.decoder.capacity {
+            return Err(input(format!(
+                "the prompt needs {total} tokens, {} of them for its images ({}), but the context holds {}; use fewer or smaller images, or a longer context",
+                image_tokens.iter().sum::<usize>(),
+                image_tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" + "),
+                self.decoder.capacity
+            )));
+        }
+        let mut ids = pieces_ids[0].clone();
+        let mut prompt_images = Vec::with_capacity(shown.len());
+        for (image, piece) in transformed.iter().zip(&pieces_ids[1..]) {
+            let rows = vision.embed(&self.backend, image).await?;
+            prompt_images.push(PromptImage::new(ids.len(), rows));
+            ids.extend(std::iter::repeat_n(0, image.tokens()));
+            ids.extend_from_slice(piece);
+        }
+        Ok((ids, prompt_images))
+    }
+
+    /// Positions an image takes in the prompt (None: the model takes no images).
+    pub fn image_tokens(&self, image: &Rgb) -> Option<usize> {
+        let vision = self.vision.as_ref()?;
+        let (rows, cols) = crate::image::crop_grid(image.width, image.height, vision.config.num_crops);
+        Some(crate::image::image_tokens(rows, cols))
     }
 
     // The session's RefMut is held across awaits on purpose: it is the "one
@@ -231,7 +324,7 @@ impl Engine {
     #[allow(clippy::await_holding_refcell_ref)]
     async fn run(
         &self,
-        prompt: &[u32],
+        prompt: Prompt<'_>,
         request: &Request,
         mut constraint: Option<Constraint>,
         on_text: impl FnMut(&str),
@@ -300,6 +393,10 @@ impl Engine {
         info["kvCache"] = d.kv_format().name().into();
         info["architecture"] = format!("{:?}", d.config.architecture).into();
         info["weightBytes"] = d.weight_bytes().into();
+        info["vision"] = match &self.vision {
+            Some(v) => serde_json::json!({ "numCrops": v.config.num_crops, "weightBytes": v.weight_bytes() }),
+            None => serde_json::Value::Null,
+        };
         if matches!(self.backend, Backend::Cpu(_)) {
             info["memoryBytes"] = (memory.weights + memory.kv_cache).into();
         }

@@ -18,7 +18,7 @@ use web_time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::{Decoder, ExpertStats, Logits};
+use crate::model::{Decoder, ExpertStats, ImageRows, Logits};
 use crate::sampler::{Sampler, SamplingOptions};
 use crate::structured::Constraint;
 use crate::tokenizer::{Detokenizer, Tokenizer};
@@ -64,12 +64,66 @@ impl Interrupt {
     }
 }
 
+/// An image in a prompt: the rows of its embedding ([n, hidden], from
+/// [`crate::model::ImageEncoder::embed`]) stand at positions start..start + n,
+/// in place of those tokens' embeddings.
+#[derive(Clone, Debug)]
+pub struct PromptImage {
+    pub start: usize,
+    pub rows: Vec<f32>,
+    /// Tells two images' rows apart for the KV cache's reuse (a hash of them).
+    pub fingerprint: u64,
+}
+
+impl PromptImage {
+    pub fn new(start: usize, rows: Vec<f32>) -> PromptImage {
+        // FNV-1a over the values' bits.
+        let fingerprint =
+            rows.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3));
+        PromptImage { start, rows, fingerprint }
+    }
+
+    fn span(&self, hidden: usize) -> ImageSpan {
+        ImageSpan { start: self.start, len: self.rows.len() / hidden, fingerprint: self.fingerprint }
+    }
+}
+
+/// Token ids, and the images whose rows replace some of their embeddings
+/// (the ids there are placeholders, any id of the vocabulary).
+#[derive(Clone, Copy, Debug)]
+pub struct Prompt<'a> {
+    pub ids: &'a [u32],
+    pub images: &'a [PromptImage],
+}
+
+impl<'a> From<&'a [u32]> for Prompt<'a> {
+    fn from(ids: &'a [u32]) -> Prompt<'a> {
+        Prompt { ids, images: &[] }
+    }
+}
+
+impl<'a> From<&'a Vec<u32>> for Prompt<'a> {
+    fn from(ids: &'a Vec<u32>) -> Prompt<'a> {
+        Prompt { ids, images: &[] }
+    }
+}
+
+/// Where an image's rows sit in the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ImageSpan {
+    start: usize,
+    len: usize,
+    fingerprint: u64,
+}
+
 /// What the decoder's KV cache holds, so a conversation's next turn only
 /// prefills what is new. One session per decoder.
 #[derive(Debug, Default)]
 pub struct Session {
     /// Token ids whose keys and values are in the cache, from position 0.
     cached: Vec<u32>,
+    /// The images among them.
+    images: Vec<ImageSpan>,
     /// Whether the cache was computed with LongRoPE's long factors.
     long: bool,
 }
@@ -87,8 +141,65 @@ impl Session {
     /// Forgets the cache (e.g. after an error mid-step).
     pub fn reset(&mut self) {
         self.cached.clear();
+        self.images.clear();
         self.long = false;
     }
+
+    /// Keeps positions 0..len.
+    fn truncate(&mut self, len: usize) {
+        self.cached.truncate(len);
+        self.images.retain(|s| s.start + s.len <= len);
+    }
+}
+
+/// The first position from which `cached` and `prompt` images differ
+/// (usize::MAX when they agree): their placeholder ids are alike, so ids
+/// alone cannot tell two images apart.
+fn first_image_difference(cached: &[ImageSpan], prompt: &[ImageSpan]) -> usize {
+    for i in 0..cached.len().max(prompt.len()) {
+        match (cached.get(i), prompt.get(i)) {
+            (Some(a), Some(b)) if a == b => continue,
+            (a, b) => return a.into_iter().chain(b).map(|s| s.start).min().unwrap_or(usize::MAX),
+        }
+    }
+    usize::MAX
+}
+
+/// Checks that images sit inside the prompt, in order, without overlapping.
+fn check_images(prompt: &Prompt, hidden: usize) -> Result<()> {
+    let mut end = 0;
+    for (k, image) in prompt.images.iter().enumerate() {
+        let n = image.rows.len() / hidden;
+        if n == 0 || image.rows.len() % hidden != 0 || image.start < end || image.start + n > prompt.ids.len() {
+            return Err(Error::Shape {
+                op: "generate",
+                message: format!(
+                    "image {} ({} values at position {}) does not fit the prompt's {} tokens of width {hidden}",
+                    k + 1,
+                    image.rows.len(),
+                    image.start,
+                    prompt.ids.len()
+                ),
+            });
+        }
+        end = image.start + n;
+    }
+    Ok(())
+}
+
+/// The image rows among positions pos..pos + len, for one forward call.
+fn rows_in<'a>(images: &'a [PromptImage], pos: usize, len: usize, hidden: usize) -> Vec<ImageRows<'a>> {
+    images
+        .iter()
+        .filter_map(|image| {
+            let n = image.rows.len() / hidden;
+            let (from, to) = (image.start.max(pos), (image.start + n).min(pos + len));
+            (from < to).then(|| ImageRows {
+                at: from - pos,
+                rows: &image.rows[(from - image.start) * hidden..(to - image.start) * hidden],
+            })
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -150,11 +261,14 @@ pub async fn generate(
     decoder: &Decoder,
     session: &mut Session,
     tokenizer: &Tokenizer,
-    prompt: &[u32],
+    prompt: impl Into<Prompt<'_>>,
     options: &GenerateOptions,
     mut constraint: Option<&mut Constraint>,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
+    let Prompt { ids: prompt, images } = prompt.into();
+    let hidden = decoder.config.hidden_size;
+    check_images(&Prompt { ids: prompt, images }, hidden)?;
     if prompt.is_empty() {
         return Err(Error::Shape { op: "generate", message: "the prompt is empty".into() });
     }
@@ -171,10 +285,12 @@ pub async fn generate(
     let needs_long = |len: usize| decoder.config.uses_long_rope(len);
     // Reuse the common prefix, but always run at least the last prompt token.
     let mut reuse = session.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+    let spans: Vec<ImageSpan> = images.iter().map(|i| i.span(hidden)).collect();
+    reuse = reuse.min(first_image_difference(&session.images, &spans));
     if needs_long(prompt.len()) != session.long || !decoder.can_resume(session.cached.len(), reuse) {
         reuse = 0; // rotated with the other LongRoPE factors, or overwritten (ring cache)
     }
-    session.cached.truncate(reuse);
+    session.truncate(reuse);
 
     let start = Instant::now();
     let experts_before = decoder.expert_stats();
@@ -184,7 +300,8 @@ pub async fn generate(
     let greedy = options.sampling.is_greedy() && constraint.is_none();
     let mask_error = Cell::new(None);
     let during = || prepare_mask(&mut constraint, &mask_error);
-    let prefilled = prefill(backend, decoder, session, &context, reuse, &options.interrupt, greedy, during).await?;
+    let prefilled = prefill(backend, decoder, session, &context, images, reuse, &options.interrupt, greedy, during);
+    let prefilled = prefilled.await?;
     let ttft = start.elapsed().as_secs_f64();
     let Some(mut next) = prefilled else {
         // Interrupted during the prompt: what was computed stays cached.
@@ -259,7 +376,7 @@ pub async fn generate(
             session.cached.clear();
             forwarded += context.len();
             let during = || prepare_mask(&mut constraint, &mask_error);
-            match prefill(backend, decoder, session, &context, 0, &options.interrupt, greedy, during).await? {
+            match prefill(backend, decoder, session, &context, images, 0, &options.interrupt, greedy, during).await? {
                 Some(next) => next,
                 None => {
                     finish_reason = "abort";
@@ -269,7 +386,7 @@ pub async fn generate(
         } else {
             forwarded += 1;
             let during = || prepare_mask(&mut constraint, &mask_error);
-            let result = forward_step(backend, decoder, &[id], pos, pos + 1, greedy, during).await;
+            let result = forward_step(backend, decoder, &[id], &[], pos, pos + 1, greedy, during).await;
             session.cached.push(id);
             result.inspect_err(|_| session.reset())?
         };
@@ -317,6 +434,7 @@ async fn forward_step(
     backend: &Backend,
     decoder: &Decoder,
     ids: &[u32],
+    images: &[ImageRows<'_>],
     pos: usize,
     sequence_len: usize,
     greedy: bool,
@@ -325,10 +443,10 @@ async fn forward_step(
     Ok(match greedy {
         true => {
             during(); // nothing to mask on the greedy path
-            Next::Token(decoder.greedy_in_sequence(backend, ids, pos, sequence_len).await?)
+            Next::Token(decoder.greedy_with_images(backend, ids, images, pos, sequence_len).await?)
         }
         false => {
-            let logits = decoder.forward_while(backend, ids, &[], pos, sequence_len, Logits::Last, during);
+            let logits = decoder.forward_while(backend, ids, images, pos, sequence_len, Logits::Last, during);
             Next::Logits(logits.await?)
         }
     })
@@ -343,11 +461,13 @@ async fn prefill(
     decoder: &Decoder,
     session: &mut Session,
     tokens: &[u32],
+    images: &[PromptImage],
     from: usize,
     interrupt: &Interrupt,
     greedy: bool,
     during: impl FnOnce(),
 ) -> Result<Option<Next>> {
+    let hidden = decoder.config.hidden_size;
     // Every chunk uses the factors of the whole sequence's length.
     session.long = decoder.config.uses_long_rope(tokens.len());
     let mut next = None;
@@ -359,10 +479,14 @@ async fn prefill(
         }
         let once = during.take();
         let during = move || once.into_iter().for_each(|f| f());
-        let result = forward_step(backend, decoder, chunk, pos, tokens.len(), greedy, during).await;
+        let rows = rows_in(images, pos, chunk.len(), hidden);
+        let result = forward_step(backend, decoder, chunk, &rows, pos, tokens.len(), greedy, during).await;
         next = Some(result.inspect_err(|_| session.reset())?);
         pos += chunk.len();
         session.cached.extend_from_slice(chunk);
+        // The images this chunk completed are in the cache now.
+        let done = |s: &ImageSpan| s.start + s.len <= pos && s.start + s.len > pos - chunk.len();
+        session.images.extend(images.iter().map(|i| i.span(hidden)).filter(done));
     }
     Ok(next)
 }

@@ -10,25 +10,107 @@ use crate::structured::tools::ToolCall;
 
 /// A chat message, OpenAI-shaped: an assistant's may carry `tool_calls`
 /// (its `content` then null), a `tool` message answers one by `tool_call_id`.
+/// `content` is a string or a list of parts: `{"type": "text", "text"}`
+/// and `{"type": "image", "index"}` (an image of the request's, already
+/// decoded; the JavaScript API turns `image_url` parts into these).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "RawMessage")]
 pub struct Message {
     pub role: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    /// The text, with [`IMAGE_MARK`] where each image part stands.
     pub content: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// The request's images this message shows, in the order of their marks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<usize>,
 }
+
+/// Where an image part stands in a message's text (U+FFFC, the object
+/// replacement character; removed from text parts), followed by a newline:
+/// the engine puts the image's rows there, as Phi-3-vision's processor
+/// does for `<|image_k|>\n`.
+pub const IMAGE_MARK: char = '\u{FFFC}';
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+        let content = content.replace(IMAGE_MARK, "");
+        Message { role: role.into(), content, tool_calls: Vec::new(), tool_call_id: None, images: Vec::new() }
+    }
+
+    /// A message showing the request's images `images`, then saying `text`.
+    pub fn with_images(role: &str, images: &[usize], text: &str) -> Message {
+        let mut message = Message::new(role, text);
+        message.content = images.iter().flat_map(|_| [IMAGE_MARK, '\n']).chain(message.content.chars()).collect();
+        message.images = images.to_vec();
+        message
     }
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+/// One part of a message's content.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ContentPart {
+    Text { text: String },
+    Image { index: usize },
+    ImageUrl {},
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<RawContent>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    images: Vec<usize>,
+}
+
+impl From<RawMessage> for Message {
+    fn from(raw: RawMessage) -> Message {
+        let mut message = Message::new(&raw.role, "");
+        message.tool_calls = raw.tool_calls;
+        message.tool_call_id = raw.tool_call_id;
+        match raw.content {
+            None => {}
+            // A message serialised by phi-web keeps its marks and image list.
+            Some(RawContent::Text(text)) if text.matches(IMAGE_MARK).count() == raw.images.len() => {
+                message.content = text;
+                message.images = raw.images;
+            }
+            Some(RawContent::Text(text)) => message.content = text.replace(IMAGE_MARK, ""),
+            Some(RawContent::Parts(parts)) => {
+                for part in parts {
+                    match part {
+                        ContentPart::Text { text } => message.content.push_str(&text.replace(IMAGE_MARK, "")),
+                        ContentPart::Image { index } => {
+                            message.content.extend([IMAGE_MARK, '\n']);
+                            message.images.push(index);
+                        }
+                        // Unresolved URLs (only the JavaScript API fetches them):
+                        // an index no request has, which the engine reports.
+                        ContentPart::ImageUrl {} => {
+                            message.content.extend([IMAGE_MARK, '\n']);
+                            message.images.push(usize::MAX);
+                        }
+                    }
+                }
+            }
+        }
+        message
+    }
 }
 
 /// A piece of a text for retrieval: [start, end) in UTF-16 code units.

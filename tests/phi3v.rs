@@ -169,3 +169,88 @@ fn tiny_phi3v_matches_the_reference_with_one_and_two_images() {
         }
     }
 }
+
+fn engine(backend: phi_web::backend::BackendChoice, model: &str, context: usize) -> phi_web::engine::Engine {
+    use phi_web::engine::{Engine, EngineOptions};
+    let package = common::models::package(model, phi_web::quant::WeightFormat::F32);
+    let dir = common::models::root().join("target/test-scratch").join(format!("engine-{model}-f32"));
+    let bytes = std::fs::read(dir.join(package.manifest.tokenizer.as_ref().unwrap())).unwrap();
+    let tokenizer = phi_web::tokenizer::Tokenizer::from_bytes(&bytes, &package.manifest).unwrap();
+    let options = EngineOptions { context, backend, kv_cache: phi_web::gpu::KvFormat::F32, ..Default::default() };
+    pollster::block_on(Engine::load(&package, Some(tokenizer), &options)).unwrap()
+}
+
+fn request(body: serde_json::Value) -> phi_web::engine::Request {
+    serde_json::from_value(body).unwrap()
+}
+
+/// A chat with images through the engine: the prompt the template and the
+/// processor's rules build, the KV cache reused across turns only while the
+/// images agree, and the answer the same as a fresh engine's.
+#[test]
+fn chat_with_images_reuses_the_cache_only_for_the_same_images() {
+    use phi_web::backend::BackendChoice;
+    let (wide, tall) = (image("images/wide.png"), image("images/tall.png"));
+    for choice in [BackendChoice::Gpu, BackendChoice::Cpu] {
+        let e = engine(choice, MODEL, 2048);
+        assert_eq!(e.image_tokens(&wide), Some(757));
+        assert_eq!(e.info()["vision"]["numCrops"], 4);
+        let ask = |image: usize, text: &str| {
+            request(serde_json::json!({
+                "messages": [{ "role": "user", "content": [
+                    { "type": "image", "index": image }, { "type": "text", "text": text }
+                ]}],
+                "max_tokens": 6, "temperature": 0.0
+            }))
+        };
+        let images = [wide.clone(), tall.clone()];
+        let first = pollster::block_on(e.chat_with_images(&ask(0, "What is this?"), &images, |_| {})).unwrap();
+        // <s><|user|>\n, the image, <s>\nWhat is this?<|end|>\n<|assistant|>\n
+        assert!(first.stats.prompt_tokens > 757 && first.stats.prompt_tokens < 790, "{:?}", first.stats);
+        assert_eq!(first.stats.cached_tokens, 0);
+        // The same image and question again: everything but the last token is reused.
+        let again = pollster::block_on(e.chat_with_images(&ask(0, "What is this?"), &images, |_| {})).unwrap();
+        assert_eq!((again.stats.cached_tokens, &again.tokens), (first.stats.prompt_tokens - 1, &first.tokens));
+        // Another image at the same positions: nothing from the image on is reused.
+        let other = pollster::block_on(e.chat_with_images(&ask(1, "What is this?"), &images, |_| {})).unwrap();
+        assert!(other.stats.cached_tokens < 10, "{:?}", other.stats);
+        let fresh = engine(choice, MODEL, 2048);
+        let expected = pollster::block_on(fresh.chat_with_images(&ask(1, "What is this?"), &images, |_| {})).unwrap();
+        assert_eq!(other.tokens, expected.tokens, "{choice:?}: a reused prefix answers as a fresh engine");
+        eprintln!(
+            "chat | {MODEL} on {choice:?} | prompt {} tokens | reused {} then {}",
+            first.stats.prompt_tokens, again.stats.cached_tokens, other.stats.cached_tokens
+        );
+    }
+}
+
+#[test]
+fn bad_image_requests_are_input_errors_and_the_engine_stays_usable() {
+    use phi_web::backend::BackendChoice;
+    let wide = image("images/wide.png");
+    let ask = serde_json::json!({
+        "messages": [{ "role": "user", "content": [{ "type": "image", "index": 0 }, { "type": "text", "text": "Hi" }]}],
+        "max_tokens": 3, "temperature": 0.0
+    });
+    let text_only = request(serde_json::json!({ "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 3 }));
+
+    // An image for a model without a vision tower.
+    let e = engine(BackendChoice::Gpu, "tiny-phimoe", 256);
+    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), &[wide.clone()], |_| {})).unwrap_err();
+    assert_eq!(err.js_name(), "InputError", "{err}");
+    assert!(err.to_string().contains("takes no images"), "{err}");
+    assert!(pollster::block_on(e.chat(&text_only, |_| {})).is_ok());
+
+    // An image too large for the context; an index with no image; an unresolved URL.
+    let e = engine(BackendChoice::Cpu, MODEL, 512);
+    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), &[wide.clone()], |_| {})).unwrap_err();
+    assert!(err.to_string().contains("757 of them for its images"), "{err}");
+    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), &[], |_| {})).unwrap_err();
+    assert!(err.to_string().contains("the request has 0"), "{err}");
+    let url = serde_json::json!({ "messages": [{ "role": "user", "content": [
+        { "type": "image_url", "image_url": { "url": "https://example.com/cat.png" } }] }] });
+    let err = pollster::block_on(e.chat_with_images(&request(url), &[wide.clone()], |_| {})).unwrap_err();
+    assert!(err.to_string().contains("unresolved"), "{err}");
+    let answer = pollster::block_on(e.chat(&text_only, |_| {})).unwrap();
+    assert_eq!(answer.stats.cached_tokens, 0, "nothing was generated or cached by the failed requests");
+}

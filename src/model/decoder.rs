@@ -193,6 +193,12 @@ impl Decoder {
                 ),
             });
         }
+        if config.vision.is_some() && config.architecture != Architecture::Phi3 {
+            return Err(Error::Unsupported {
+                what: format!("an image tower on {:?}", config.architecture),
+                supported: "Phi-3-vision and Phi-3.5-vision (a phi3 decoder)".into(),
+            });
+        }
         // A context shorter than a call's tokens takes calls of its own length.
         let t = max_tokens.clamp(1, capacity.max(1));
         let plan = LoadPlan { max_tokens: t, capacity, gpu_memory };

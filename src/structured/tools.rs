@@ -259,7 +259,8 @@ pub fn render_messages(messages: &[Message], plan: Option<&ToolPlan>) -> Result<
                 }
                 out.push(Message::new("assistant", &parts.join("\n")));
             }
-            _ => out.push(Message::new(&message.role, &message.content)),
+            // With its images (their marks are in the content).
+            _ => out.push(message.clone()),
         }
         previous_was_tool = false;
     }

@@ -222,6 +222,10 @@ pub struct GenerateArgs {
     /// Send the prompt as one user message through the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// An image (PNG, JPEG or WebP) shown before the prompt, for a vision
+    /// model; repeat for several. Implies --chat.
+    #[arg(long, value_name = "FILE")]
+    pub image: Vec<PathBuf>,
     /// Print {"text", "tokens", "finish_reason", "stats"} instead of streaming.
     #[arg(long)]
     pub json: bool,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use phi_web::engine::{Engine, EngineOptions};
 use phi_web::formats::package::Package;
+use phi_web::image::Rgb;
 use phi_web::structured::tools::Delta;
 use phi_web::tokenizer::{Message, Tokenizer};
 
@@ -51,12 +52,18 @@ pub fn generate(args: &GenerateArgs, device: &EngineOptions) -> Outcome {
             let _ = stdout.flush();
         }
     };
-    let result = if args.chat {
+    let result = if args.chat || !args.image.is_empty() {
         if let Some(system) = &args.sampling.system {
             request.messages.push(Message::new("system", system));
         }
-        request.messages.push(Message::new("user", &args.prompt));
-        pollster::block_on(engine.chat(&request, |delta| {
+        let mut images = Vec::with_capacity(args.image.len());
+        for path in &args.image {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            images.push(Rgb::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?);
+        }
+        let shown: Vec<usize> = (0..images.len()).collect();
+        request.messages.push(Message::with_images("user", &shown, &args.prompt));
+        pollster::block_on(engine.chat_with_images(&request, &images, |delta| {
             if let Delta::Text(text) = delta {
                 on_text(text)
             }
