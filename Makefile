@@ -31,14 +31,16 @@ test-browser: setup-browser
 # SmolLM2 served locally, loaded, cached, chatted with, and a tiny PhiMoE
 # answering as the native CLI does and matching transformers' logits, with
 # every expert resident and through the expert cache, and a tiny Phi-3-small
-# matching its reference's logits (tests/web/e2e.mjs);
+# matching its reference's logits, and a tiny Phi-3.5-vision's logits with
+# one and two images, its chat with an image and its bad images (tests/web/e2e.mjs);
 # then the CPU backend asked for, chosen over SwiftShader, and in a Chromium
 # without WebGPU, answering as the native CLI's (tests/web/cpu.mjs);
 # then the SmolLM2 GGUF loaded by URL and as a File, converted in the
 # browser, with its bad-input and resume cases, and a tiny bf16 Hugging
 # Face folder by URL (tests/web/import.mjs);
 # then the demo page served by `phi-web serve`, used as a person would
-# (tests/web/demo.mjs; screenshots in target/test-artifacts/).
+# (tests/web/demo.mjs, with a tiny Phi-3.5-vision taking an attached and a
+# pasted image; screenshots in target/test-artifacts/).
 test-web: setup-browser models demo-models
 	@[ -d tests/web/node_modules/llama-tokenizer-js ] || npm ci --prefix tests/web --no-audit --no-fund
 	./target/release/phi-web convert .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 >/dev/null
@@ -47,9 +49,11 @@ test-web: setup-browser models demo-models
 	./target/release/phi-web convert tests/data/tiny-phimoe target/web-models/phimoe-f32 --quant f32 >/dev/null
 	./target/release/phi-web convert tests/data/tiny-phi3small target/web-models/phi3small --quant q8_0 >/dev/null
 	./target/release/phi-web convert tests/data/tiny-phi3small target/web-models/phi3small-f32 --quant f32 >/dev/null
+	./target/release/phi-web convert tests/data/tiny-phi3v target/web-models/phi3v-f32 --quant f32 >/dev/null
+	./target/release/phi-web convert tests/data/tiny-phi3v target/demo/models/tiny-phi3v --quant f32 >/dev/null
 	./tests/web/vite-build.sh
 	node tests/web/e2e.mjs target/web-models/smollm2 target/release/phi-web target/web-models/minilm target/web-models/phimoe \
-		target/web-models/phimoe-f32 target/web-models/phi3small target/web-models/phi3small-f32
+		target/web-models/phimoe-f32 target/web-models/phi3small target/web-models/phi3small-f32 target/web-models/phi3v-f32
 	node tests/web/cpu.mjs target/web-models/smollm2 target/web-models/minilm target/release/phi-web
 	node tests/web/import.mjs .models/SmolLM2-135M-Instruct.Q4_1.gguf target/web-models/smollm2 target/release/phi-web
 	node tests/web/demo.mjs target/release/phi-web

@@ -90,6 +90,17 @@ const exportNote =
   `(top-1 agreement with transformers ${agreement("model.onnx")}), q4 = onnxruntime's MatMulNBits re-quantization ` +
   `of them (agreement ${agreement("model_q4.onnx")}; the embedding stays f32).`;
 
+// The synthetic Phi-3.5-vision on the CPU backend in Chromium (no peer ran it).
+const vision = web.phi_web_cpu_phi3_vision;
+const visionNote = !vision
+  ? "Synthetic Phi-3.5-vision on the CPU backend in Chromium: not run."
+  : vision.error
+    ? `Synthetic Phi-3.5-vision on the CPU backend in Chromium: ${vision.error}`
+    : `Synthetic Phi-3.5-vision (CLIP-L tower, 4 of 32 decoder layers) on the CPU backend in Chromium, ${vision.threads} thread(s): ` +
+      `a ${vision.crops}-crop image through the tower in ${(vision.encode_ms_per_image / 1000).toFixed(1)} s ` +
+      `(${(vision.encode_ms_per_crop / 1000).toFixed(1)} s a crop), then ${vision.prompt_tokens} prompt tokens ` +
+      `(${vision.image_tokens} of them the image's) prefilled at ${vision.prefill_tokens_per_s?.toFixed(1)} tok/s.`;
+
 // The mixture of experts in Chromium (no peer runs PhiMoE): resident and cached.
 const moe = web.phi_web_moe;
 const moeRun = (r) =>
@@ -118,6 +129,8 @@ const text = [
   moeNote,
   "",
   miniNote,
+  "",
+  visionNote,
   "",
 ].join("\n");
 writeFileSync(`${dir}/peers.md`, text);

@@ -144,6 +144,64 @@ export async function loadEngine(
   });
 }
 
+/**
+ * The `image_url` parts of `messages` decoded to RGBA pixels, in order: each
+ * part becomes `{type: "image", index}` into `images` ({width, height, data}).
+ * `image_url` is `{url}` or the source itself: a URL (data:, blob:, http(s):),
+ * a Blob or File, an ImageBitmap or an ImageData. Nothing leaves the machine
+ * but the fetch of an http(s) URL.
+ */
+async function decodeImages(messages) {
+  const images = [];
+  const decoded = [];
+  for (const message of messages ?? []) {
+    if (!Array.isArray(message?.content)) {
+      decoded.push(message);
+      continue;
+    }
+    const content = [];
+    for (const part of message.content) {
+      if (part?.type !== "image_url") {
+        content.push(part);
+        continue;
+      }
+      const source = typeof part.image_url === "string" || !("url" in Object(part.image_url)) ? part.image_url : part.image_url.url;
+      images.push(await decodeImage(source, images.length + 1));
+      content.push({ type: "image", index: images.length - 1 });
+    }
+    decoded.push({ ...message, content });
+  }
+  return { messages: decoded, images };
+}
+
+async function decodeImage(source, number) {
+  const what = typeof source === "string" ? `image ${number} (${source.slice(0, 64)})` : `image ${number}`;
+  if (typeof ImageData !== "undefined" && source instanceof ImageData) {
+    return { width: source.width, height: source.height, data: new Uint8Array(source.data.buffer) };
+  }
+  let bitmap = typeof ImageBitmap !== "undefined" && source instanceof ImageBitmap ? source : undefined;
+  if (!bitmap) {
+    let blob = source;
+    if (typeof source === "string") {
+      const response = await fetch(source).catch((e) => {
+        throw namedError("ImageError", `${what} could not be fetched: ${e.message}`);
+      });
+      if (!response.ok) throw namedError("ImageError", `${what}: HTTP ${response.status}`);
+      blob = await response.blob();
+    } else if (!(typeof Blob !== "undefined" && source instanceof Blob)) {
+      throw namedError("TypeError", `${what}: image_url must be a URL, a Blob, an ImageBitmap or an ImageData`);
+    }
+    bitmap = await createImageBitmap(blob, { premultiplyAlpha: "none", colorSpaceConversion: "none" }).catch(() => {
+      throw namedError("ImageError", `${what} is not an image the browser can decode (PNG, JPEG, WebP, …)`);
+    });
+  }
+  const { width, height } = bitmap;
+  const context = new OffscreenCanvas(width, height).getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  const pixels = context.getImageData(0, 0, width, height).data;
+  return { width, height, data: new Uint8Array(pixels.buffer) };
+}
+
 /** The wasm engine plus the bookkeeping the JS API reports. */
 class LocalEngine {
   constructor(engine, embedding, manifest, adapterInfo, wasmExports, threadsReason, load) {
@@ -174,9 +232,14 @@ class LocalEngine {
     const fields = ["messages", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "response_format", "tools", "tool_choice"];
     const body = Object.fromEntries(fields.filter((f) => request[f] != null).map((f) => [f, request[f]]));
     if (body.stop != null) body.stop = [].concat(body.stop);
+    const { messages, images } = await decodeImages(body.messages);
+    if (images.length && !this.info.vision) {
+      throw namedError("InputError", `${this.model} takes no images (${images.length} in the messages); load a vision model such as Phi-3.5-vision`);
+    }
+    body.messages = messages;
     let result;
     try {
-      result = JSON.parse(await this.engine.generate(JSON.stringify(body), onDelta));
+      result = JSON.parse(await this.engine.generate(JSON.stringify(body), onDelta, images.length ? images : undefined));
     } catch (e) {
       throw asError(e);
     }
@@ -210,11 +273,13 @@ class LocalEngine {
     }
   }
 
-  /** Logits of token ids as one sequence: Float32Array [ids.length * vocab]. */
-  async logits(ids) {
+  /** Logits of token ids as one sequence: Float32Array [ids.length * vocab]; images: [{at, image}]. */
+  async logits(ids, images = []) {
     if (this.embedding) throw namedError("InputError", `${this.model} is an embedding model: it has no logits`);
+    const placed = [];
+    for (const { at, image } of images) placed.push({ at, ...(await decodeImage(image, placed.length + 1)) });
     try {
-      return await this.engine.logits(Uint32Array.from(ids));
+      return await this.engine.logits(Uint32Array.from(ids), placed.length ? placed : undefined);
     } catch (e) {
       throw asError(e);
     }
@@ -257,6 +322,7 @@ class LocalEngine {
       adapter: this.info.adapter,
       shaderF16: this.info.shaderF16,
       contextLength: this.info.contextLength,
+      vision: this.info.vision ?? null,
       kvCache: this.info.kvCache,
       pipelines: this.info.pipelines,
       kind: this.embedding ? "embedding" : "chat",

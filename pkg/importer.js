@@ -26,6 +26,7 @@ const HF_FILES = [
   "tokenizer.json",
   "tokenizer_config.json",
   "generation_config.json",
+  "preprocessor_config.json",
   "modules.json",
   "sentence_bert_config.json",
   "1_Pooling/config.json",

@@ -58,15 +58,29 @@ export interface EngineOptions {
    * only a software rasterizer (SwiftShader, llvmpipe). "webgpu" fails with
    * NoWebGPUError without it. `stats().backend` and `backendReason` say
    * which runs and why. The CPU backend runs Phi-3, Phi-3.5-mini, Phi-4,
-   * Llama and BERT encoders; Phi-3-small and Phi-3.5-MoE need WebGPU.
+   * Phi-3-small, Phi-3.5-vision, Llama and BERT encoders; Phi-3.5-MoE needs WebGPU.
    */
   backend?: "auto" | "webgpu" | "cpu";
   /** The CPU backend's threads (0, the default: what the page allows; one without cross-origin isolation). */
   threads?: number;
 }
 
+/**
+ * An image for a vision model (Phi-3.5-vision): a URL (data:, blob:,
+ * http(s):), or phi-web's addition, the image itself. Decoded in the browser;
+ * it never leaves the machine.
+ */
+export type ImageSource = string | Blob | ImageBitmap | ImageData;
+
+/** OpenAI's content parts: text, and images for a vision model. */
+export type ContentPart =
+  | { type: "text"; text: string }
+  | { type: "image_url"; image_url: { url: ImageSource } | ImageSource };
+
 export type ChatMessage =
-  | { role: "system" | "user"; content: string }
+  | { role: "system"; content: string }
+  /** A user turn: text, or parts with images (a vision model only; several per message allowed). */
+  | { role: "user"; content: string | ContentPart[] }
   /** An assistant turn; one that called tools has `tool_calls` (and content null). */
   | { role: "assistant"; content: string | null; tool_calls?: ToolCall[] }
   /** A tool's result, for the call with id `tool_call_id`. */
@@ -214,6 +228,8 @@ export interface EngineStats {
   adapter: string;
   shaderF16: boolean;
   contextLength: number;
+  /** A vision model's image tower: at most numCrops crops per image (besides its global view). */
+  vision: { numCrops: number; weightBytes: number } | null;
   kvCache: "f16" | "q8" | "f32";
   /** Compute pipelines compiled for this model (at load, nothing else compiles). */
   pipelines: number;
@@ -275,7 +291,13 @@ export interface Engine {
   /** Token ids of `text` as a prompt is encoded: special tokens in it recognised, no bos, no chat template. */
   tokenize(text: string): Promise<Uint32Array>;
   /** Logits of token ids as one sequence from position 0: ids.length rows of the vocabulary. Forgets the KV cache. */
-  logits(tokenIds: number[] | Uint32Array): Promise<Float32Array>;
+  logits(
+    tokenIds: number[] | Uint32Array,
+    options?: {
+      /** A vision model: each image's rows at positions at.. in place of those tokens. */
+      images?: { at: number; image: ImageSource }[];
+    },
+  ): Promise<Float32Array>;
   stats(): Promise<EngineStats>;
   /** Frees GPU memory and ends the worker. */
   unload(): Promise<void>;
@@ -291,7 +313,7 @@ export interface Engine {
 /**
  * Loads a phi-web model package (the URL of its model.json). Errors are
  * `Error`s with a `name`: NoWebGPUError, NetworkError, ShardError,
- * QuotaExceededError, ModelFormatError, DeviceLostError, GPUError, InputError.
+ * QuotaExceededError, ModelFormatError, DeviceLostError, GPUError, InputError, ImageError.
  */
 /**
  * Loads a model: a package's model.json URL, a GGUF's URL (the server must

@@ -52,8 +52,8 @@ class WorkerBackend {
   chunk(text, options) {
     return this.call({ type: "chunk", text, options });
   }
-  logits(ids) {
-    return this.call({ type: "logits", ids });
+  logits(ids, images) {
+    return this.call({ type: "logits", ids, images });
   }
   tokenize(text) {
     return this.call({ type: "tokenize", text });
@@ -94,8 +94,8 @@ class PageBackend {
   async chunk(text, options) {
     return this.engine.chunk(text, options);
   }
-  logits(ids) {
-    return this.engine.logits(ids);
+  logits(ids, images) {
+    return this.engine.logits(ids, images);
   }
   async tokenize(text) {
     return this.engine.tokenize(text);
@@ -334,13 +334,16 @@ class PhiEngine {
   /**
    * Logits of `tokenIds` as one sequence from position 0: a Float32Array of
    * tokenIds.length rows of the vocabulary (for checks and research; chat
-   * does not need it). Forgets the conversation's KV cache.
+   * does not need it). Forgets the conversation's KV cache. A vision model
+   * takes `{ images: [{ at, image }] }`: each image's rows (an ImageSource)
+   * stand at positions at.. in place of those tokens (as many as the image
+   * takes: stats().vision and the README say how many).
    */
-  logits(tokenIds) {
+  logits(tokenIds, { images = [] } = {}) {
     if (!Array.isArray(tokenIds) && !ArrayBuffer.isView(tokenIds)) {
       return Promise.reject(namedError("TypeError", "logits(tokenIds): expected an array of token ids"));
     }
-    return this.backend.logits(Array.from(tokenIds));
+    return this.backend.logits(Array.from(tokenIds), images);
   }
 
   /** {prefill_tokens_per_s, decode_tokens_per_s, ttft_ms, gpuBytes, wasmMemoryBytes, …} */

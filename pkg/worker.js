@@ -33,7 +33,7 @@ self.onmessage = async ({ data }) => {
         post({ id, type: "result", value: await engine.embed(data.input) });
         break;
       case "logits": {
-        const value = await engine.logits(data.ids);
+        const value = await engine.logits(data.ids, data.images);
         post({ id, type: "result", value }, [value.buffer]);
         break;
       }

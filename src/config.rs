@@ -336,8 +336,8 @@ impl VisionConfig {
         // The HD transform cuts 336-pixel crops, and the merge pairs patches.
         if vision.image_size != crate::image::CROP
             || vision.patch_size == 0
-            || vision.grid() % 2 != 0
-            || vision.hidden_size % vision.num_heads.max(1) != 0
+            || !vision.grid().is_multiple_of(2)
+            || !vision.hidden_size.is_multiple_of(vision.num_heads.max(1))
             || vision.num_heads == 0
         {
             return Err(Error::Config {

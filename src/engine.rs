@@ -4,6 +4,7 @@
 //! `web.rs` and `src/bin/phi-web/run.rs` only translate their inputs.
 
 use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 
 use serde::Deserialize;
 
@@ -16,7 +17,7 @@ use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
 use crate::image::{hd_transform, HdImage, Rgb};
 use crate::model::{Decoder, DecoderOptions, ImageEncoder, Logits};
 use crate::sampler::SamplingOptions;
-use crate::session::{self, GenerateOptions, Generation, Interrupt, Prompt, PromptImage, Session};
+use crate::session::{self, GenerateOptions, Generation, ImageUse, Interrupt, Prompt, PromptImage, Session};
 use crate::structured::tools::{render_messages, Delta, Tool, ToolChoice, ToolPlan, ToolStream};
 use crate::structured::{Constraint, Grammars, ResponseFormat};
 use crate::tokenizer::{Message, Tokenizer, IMAGE_MARK};
@@ -102,7 +103,14 @@ pub struct Engine {
     interrupt: Interrupt,
     /// The vocabulary for constrained decoding, built on first use.
     grammars: OnceCell<Grammars>,
+    /// The rows of the last images embedded, by their pixels' fingerprint:
+    /// a conversation sends its images again every turn, and the tower
+    /// need not run again.
+    image_rows: RefCell<Vec<(u64, Rc<Vec<f32>>)>>,
 }
+
+/// Images whose rows the engine keeps (Phi-3.5-vision: 9 MB each at 4 crops).
+const IMAGE_ROWS_KEPT: usize = 4;
 
 impl Engine {
     /// Creates the device and loads the model from `source`.
@@ -137,6 +145,7 @@ impl Engine {
             session: RefCell::new(Session::new()),
             interrupt: Interrupt::default(),
             grammars: OnceCell::new(),
+            image_rows: RefCell::new(Vec::new()),
         })
     }
 
@@ -205,12 +214,13 @@ impl Engine {
         let tokenizer = self.tokenizer()?;
         let plan = ToolPlan::new(&request.tools, request.tool_choice.as_ref())?;
         let messages = render_messages(&request.messages, plan.as_ref())?;
-        let (prompt, prompt_images) =
-            self.prompt_with_images(&tokenizer.apply_chat_template(&messages)?, &messages, images).await?;
+        let text = tokenizer.apply_chat_template(&messages)?;
+        let (prompt, prompt_images, image_use) = self.prompt_with_images(&text, &messages, images).await?;
         let prompt = Prompt { ids: &prompt, images: &prompt_images };
         let Some(plan) = plan else {
             let constraint = self.format_constraint(request)?;
-            return self.run(prompt, request, constraint, |text| on_delta(Delta::Text(text))).await;
+            let result = self.run(prompt, request, constraint, |text| on_delta(Delta::Text(text))).await?;
+            return Ok(with_images(result, image_use));
         };
         if !matches!(request.response_format, None | Some(ResponseFormat::Text)) {
             let message = "response_format together with tools is not supported yet; ask for the call's arguments \
@@ -220,8 +230,9 @@ impl Engine {
         }
         let constraint = plan.constraint(self.grammars()?)?;
         let mut stream = ToolStream::default();
-        let mut result = self.run(prompt, request, Some(constraint), |text| stream.push(text, &mut on_delta)).await?;
+        let result = self.run(prompt, request, Some(constraint), |text| stream.push(text, &mut on_delta)).await?;
         stream.finish(&mut on_delta);
+        let mut result = with_images(result, image_use);
         if let Some(call) = stream.call() {
             result.tool_calls.push(call);
             result.text.clear();
@@ -254,11 +265,11 @@ impl Engine {
         text: &str,
         messages: &[Message],
         images: &[Rgb],
-    ) -> Result<(Vec<u32>, Vec<PromptImage>)> {
+    ) -> Result<(Vec<u32>, Vec<PromptImage>, Option<ImageUse>)> {
         let tokenizer = self.tokenizer()?;
         let shown: Vec<usize> = messages.iter().flat_map(|m| m.images.iter().copied()).collect();
         if shown.is_empty() {
-            return Ok((tokenizer.encode(text)?, Vec::new()));
+            return Ok((tokenizer.encode(text)?, Vec::new(), None));
         }
         let input = |message: String| Error::Shape { op: "request", message };
         let Some(vision) = &self.vision else {
@@ -302,13 +313,28 @@ impl Engine {
         }
         let mut ids = pieces_ids[0].clone();
         let mut prompt_images = Vec::with_capacity(shown.len());
-        for (image, piece) in transformed.iter().zip(&pieces_ids[1..]) {
-            let rows = vision.embed(&self.backend, image).await?;
-            prompt_images.push(PromptImage::new(ids.len(), rows));
+        let mut used = ImageUse { images: shown.len(), tokens: image_tokens.iter().sum(), ..Default::default() };
+        let start = web_time::Instant::now();
+        for ((image, &index), piece) in transformed.iter().zip(&shown).zip(&pieces_ids[1..]) {
+            let fingerprint = images[index].fingerprint();
+            let kept = self.image_rows.borrow().iter().find(|(f, _)| *f == fingerprint).map(|(_, rows)| rows.clone());
+            let rows = match kept {
+                Some(rows) => rows,
+                None => {
+                    used.crops += image.crops();
+                    let rows = Rc::new(vision.embed(&self.backend, image).await?);
+                    let mut kept = self.image_rows.borrow_mut();
+                    kept.truncate(IMAGE_ROWS_KEPT - 1);
+                    kept.insert(0, (fingerprint, rows.clone()));
+                    rows
+                }
+            };
+            prompt_images.push(PromptImage { start: ids.len(), rows, fingerprint });
             ids.extend(std::iter::repeat_n(0, image.tokens()));
             ids.extend_from_slice(piece);
         }
-        Ok((ids, prompt_images))
+        used.encode_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok((ids, prompt_images, Some(used)))
     }
 
     /// Positions an image takes in the prompt (None: the model takes no images).
@@ -346,6 +372,14 @@ impl Engine {
     /// is overwritten, so the conversation's is forgotten.
     #[allow(clippy::await_holding_refcell_ref)] // the session lock, as in `complete`
     pub async fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.logits_with_images(ids, &[]).await
+    }
+
+    /// `logits` where image `images[k].1` stands at positions `images[k].0..`
+    /// (as many as the image takes; the ids there are placeholders): a vision
+    /// model's logits for parity checks.
+    #[allow(clippy::await_holding_refcell_ref)] // the session lock, as in `complete`
+    pub async fn logits_with_images(&self, ids: &[u32], images: &[(usize, Rgb)]) -> Result<Vec<f32>> {
         self.backend.check()?;
         let mut session = self.session.try_borrow_mut().map_err(|_| Error::Shape {
             op: "logits",
@@ -359,10 +393,24 @@ impl Engine {
                 message: format!("{} token ids; the context takes 1 to {}", ids.len(), d.capacity),
             });
         }
+        let mut placed = Vec::with_capacity(images.len());
+        if !images.is_empty() {
+            let vision = self.vision.as_ref().ok_or_else(|| Error::Shape {
+                op: "logits",
+                message: "this model takes no images (it has no vision tower)".into(),
+            })?;
+            for (at, image) in images {
+                let rows = vision.embed(&self.backend, &hd_transform(image, vision.config.num_crops)).await?;
+                placed.push(PromptImage { start: *at, rows: Rc::new(rows), fingerprint: image.fingerprint() });
+            }
+        }
+        let hidden = d.config.hidden_size;
+        session::check_images(&Prompt { ids, images: &placed }, hidden)?;
         let mut rows = Vec::with_capacity(ids.len() * d.config.vocab_size);
         for (i, chunk) in ids.chunks(d.max_tokens).enumerate() {
             let pos = i * d.max_tokens;
-            let call = d.forward_in_sequence(&self.backend, chunk, pos, ids.len(), Logits::All);
+            let spliced = session::rows_in(&placed, pos, chunk.len(), hidden);
+            let call = d.forward_with_images(&self.backend, chunk, &spliced, pos, ids.len(), Logits::All);
             rows.extend(call.await?);
         }
         Ok(rows)
@@ -402,6 +450,15 @@ impl Engine {
         }
         info
     }
+}
+
+/// `result` with its prompt's images: the tower's time counts in the time to first token.
+fn with_images(mut result: Generation, images: Option<ImageUse>) -> Generation {
+    if let Some(images) = &images {
+        result.stats.ttft_ms += images.encode_ms;
+    }
+    result.stats.images = images;
+    result
 }
 
 /// Positions of context for a request of `asked` (0: the default cap).

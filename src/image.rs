@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 
 /// The side of a crop, in pixels.
 pub const CROP: usize = 336;
-/// OpenAI CLIP's normalisation (transformers' OPENAI_CLIP_MEAN / _STD).
+/// OpenAI CLIP's normalisation (transformers' OPENAI_CLIP_MEAN / _STD, as written there).
+#[allow(clippy::excessive_precision)]
 const MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 const STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 /// Largest side accepted, in pixels (beyond it the resize costs more memory than any crop grid needs).
 pub const MAX_SIDE: usize = 16384;
@@ -68,6 +70,18 @@ impl Rgb {
         } else {
             Rgb::from_rgb(width, height, decoded.to_rgb8().into_raw())
         }
+    }
+
+    /// A hash of the size and pixels (FNV-1a over 8-byte words): tells
+    /// images apart for the caches of their rows.
+    pub fn fingerprint(&self) -> u64 {
+        let step = |h: u64, word: u64| (h ^ word).wrapping_mul(0x100_0000_01b3);
+        let mut h = step(step(0xcbf2_9ce4_8422_2325, self.width as u64), self.height as u64);
+        let mut words = self.data.chunks_exact(8);
+        for word in &mut words {
+            h = step(h, u64::from_le_bytes(word.try_into().unwrap_or_default()));
+        }
+        words.remainder().iter().fold(h, |h, &b| step(h, b as u64))
     }
 
     fn transposed(&self) -> Rgb {

@@ -7,8 +7,13 @@
 //! factors for the whole sequence. Like transformers' Phi-3
 //! `prepare_inputs_for_generation`, the first time a sequence crosses that
 //! point the whole cache is recomputed with the long factors.
+//!
+//! Images (a vision model): a [`PromptImage`]'s rows stand in for the
+//! embeddings of its positions, whose ids are placeholders; the cache is
+//! reused across turns only while the images agree too.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -70,19 +75,12 @@ impl Interrupt {
 #[derive(Clone, Debug)]
 pub struct PromptImage {
     pub start: usize,
-    pub rows: Vec<f32>,
-    /// Tells two images' rows apart for the KV cache's reuse (a hash of them).
+    pub rows: Rc<Vec<f32>>,
+    /// Tells two images apart for the KV cache's reuse ([`crate::image::Rgb::fingerprint`]).
     pub fingerprint: u64,
 }
 
 impl PromptImage {
-    pub fn new(start: usize, rows: Vec<f32>) -> PromptImage {
-        // FNV-1a over the values' bits.
-        let fingerprint =
-            rows.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3));
-        PromptImage { start, rows, fingerprint }
-    }
-
     fn span(&self, hidden: usize) -> ImageSpan {
         ImageSpan { start: self.start, len: self.rows.len() / hidden, fingerprint: self.fingerprint }
     }
@@ -166,11 +164,12 @@ fn first_image_difference(cached: &[ImageSpan], prompt: &[ImageSpan]) -> usize {
 }
 
 /// Checks that images sit inside the prompt, in order, without overlapping.
-fn check_images(prompt: &Prompt, hidden: usize) -> Result<()> {
+pub(crate) fn check_images(prompt: &Prompt, hidden: usize) -> Result<()> {
     let mut end = 0;
     for (k, image) in prompt.images.iter().enumerate() {
         let n = image.rows.len() / hidden;
-        if n == 0 || image.rows.len() % hidden != 0 || image.start < end || image.start + n > prompt.ids.len() {
+        if n == 0 || !image.rows.len().is_multiple_of(hidden) || image.start < end || image.start + n > prompt.ids.len()
+        {
             return Err(Error::Shape {
                 op: "generate",
                 message: format!(
@@ -188,7 +187,7 @@ fn check_images(prompt: &Prompt, hidden: usize) -> Result<()> {
 }
 
 /// The image rows among positions pos..pos + len, for one forward call.
-fn rows_in<'a>(images: &'a [PromptImage], pos: usize, len: usize, hidden: usize) -> Vec<ImageRows<'a>> {
+pub(crate) fn rows_in<'a>(images: &'a [PromptImage], pos: usize, len: usize, hidden: usize) -> Vec<ImageRows<'a>> {
     images
         .iter()
         .filter_map(|image| {
@@ -219,6 +218,21 @@ pub struct Stats {
     pub masks: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask_ms: Option<f64>,
+    /// The prompt's images (a vision model): what they took, before the prefill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageUse>,
+}
+
+/// A prompt's images: positions, crops and the image tower's time.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImageUse {
+    pub images: usize,
+    /// Positions they take in the prompt.
+    pub tokens: usize,
+    /// Crops (with each image's global view) through the tower; rows of an
+    /// image the engine had embedded before are reused, not counted.
+    pub crops: usize,
+    pub encode_ms: f64,
 }
 
 /// An expert cache's work over some tokens.
@@ -319,6 +333,7 @@ pub async fn generate(
                 experts: ExpertUse::since(decoder, experts_before, computed),
                 masks: None,
                 mask_ms: None,
+                images: None,
             },
             tool_calls: Vec::new(),
         });
@@ -408,6 +423,7 @@ pub async fn generate(
             experts: ExpertUse::since(decoder, experts_before, forwarded),
             masks,
             mask_ms,
+            images: None,
         },
     })
 }

@@ -47,6 +47,21 @@ fn input_error(message: String) -> JsValue {
     js_error(Error::Shape { op: "request", message })
 }
 
+/// `{width, height, data: Uint8Array of RGBA}` as an RGB image (transparency on white).
+fn rgba_image(value: &JsValue) -> Result<crate::image::Rgb, JsValue> {
+    let field = |name: &str| js_sys::Reflect::get(value, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED);
+    let size = |name: &str| field(name).as_f64().filter(|v| *v >= 0.0 && v.fract() == 0.0).map(|v| v as usize);
+    let (Some(width), Some(height)) = (size("width"), size("height")) else {
+        return Err(js_error(Error::Image { message: "an image needs whole-number width and height".into() }));
+    };
+    let data = field("data");
+    if !data.is_instance_of::<js_sys::Uint8Array>() && !data.is_instance_of::<js_sys::Uint8ClampedArray>() {
+        return Err(js_error(Error::Image { message: "an image's data must be a Uint8Array of RGBA pixels".into() }));
+    }
+    let bytes = js_sys::Uint8Array::new(&data).to_vec();
+    crate::image::Rgb::from_rgba(width, height, &bytes).map_err(js_error)
+}
+
 /// Shard bytes from JavaScript: `read(shard, offset, length)` returns a
 /// `Promise<Uint8Array>` (the worker serves it from Cache Storage).
 struct JsShards {
@@ -208,11 +223,19 @@ impl Engine {
     /// string) or tool-call delta (an object). Resolves to JSON {text,
     /// tokens, finish_reason, tool_calls, stats}.
     /// The KV cache of the previous request's shared prefix is reused.
-    pub fn generate(&self, request: String, on_text: Function) -> Promise {
+    /// `images`: the request's images, each `{width, height, data}` with
+    /// `data` a Uint8Array of RGBA pixels; a content part `{type: "image",
+    /// index}` shows `images[index]` (pkg/core.js decodes `image_url` parts
+    /// into these).
+    pub fn generate(&self, request: String, on_text: Function, images: Option<js_sys::Array>) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let request: Request =
                 serde_json::from_str(&request).map_err(|e| input_error(format!("malformed request: {e}")))?;
+            let images: Vec<crate::image::Rgb> = match images {
+                Some(list) => list.iter().map(|image| rgba_image(&image)).collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            };
             let on_delta = |delta: Delta| {
                 // Text as a string, a tool call's piece as an object in the
                 // shape of OpenAI's delta.tool_calls[i].
@@ -226,7 +249,7 @@ impl Engine {
                 // A throwing callback must not break the generation.
                 let _ = on_text.call1(&JsValue::NULL, &value);
             };
-            let result = inner.chat(&request, on_delta).await.map_err(js_error)?;
+            let result = inner.chat_with_images(&request, &images, on_delta).await.map_err(js_error)?;
             serde_json::to_string(&result).map(JsValue::from).map_err(|e| input_error(e.to_string()))
         })
     }
@@ -239,10 +262,19 @@ impl Engine {
 
     /// Logits of the token ids `ids` as one sequence from position 0: a
     /// Float32Array [T * vocab], row-major. Forgets the conversation's KV cache.
-    pub fn logits(&self, ids: Vec<u32>) -> Promise {
+    /// `images` (a vision model): `{at, width, height, data}` each, the image's
+    /// rows at positions at.. (RGBA `data`, as `generate` takes).
+    pub fn logits(&self, ids: Vec<u32>, images: Option<js_sys::Array>) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let rows = inner.logits(&ids).await.map_err(js_error)?;
+            let mut placed = Vec::new();
+            for image in images.map(|list| list.to_vec()).unwrap_or_default() {
+                let at = js_sys::Reflect::get(&image, &JsValue::from_str("at")).ok().and_then(|v| v.as_f64());
+                let at =
+                    at.filter(|v| *v >= 0.0).ok_or_else(|| input_error("an image needs its position `at`".into()))?;
+                placed.push((at as usize, rgba_image(&image)?));
+            }
+            let rows = inner.logits_with_images(&ids, &placed).await.map_err(js_error)?;
             Ok(js_sys::Float32Array::from(&rows[..]).into())
         })
     }

@@ -29,6 +29,9 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   newChat: $("new-chat"),
+  attach: $("attach"),
+  attachLabel: $("attach-label"),
+  attachments: $("attachments"),
 };
 
 const state = {
@@ -36,8 +39,10 @@ const state = {
   contextLength: 2048,
   engine: undefined,
   loadedUrl: undefined,
-  messages: [], // the conversation, OpenAI-shaped
+  messages: [], // the conversation, OpenAI-shaped (a user turn with images has content parts)
   generating: false,
+  vision: false, // the loaded model takes images
+  pending: [], // images attached to the next message: File/Blob
 };
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
@@ -166,6 +171,7 @@ async function loadModel() {
       `${stats.shardsFromCache} of ${model.manifest?.shards.length ?? stats.shardsFromCache} shards from cache · ` +
       `${MB(stats.networkBytes)} MB downloaded · ${memoryText(stats)}`;
     showBackend(ui.adapter, stats);
+    state.vision = Boolean(stats.vision);
     model.cached = true;
     newChat();
   } catch (error) {
@@ -199,15 +205,62 @@ function setBusy(busy) {
   ui.send.disabled = !ready;
   ui.newChat.disabled = !ready;
   ui.stop.disabled = !busy || !state.engine;
+  ui.attachLabel.hidden = !state.vision;
+  ui.attach.disabled = !ready;
   ui.picker.disabled = busy;
   onPick();
 }
 
-function addMessage(role, text) {
+/** Thumbnails of `images` (Blobs) in `parent`; with `remove(i)`, a button to drop each. */
+function showThumbnails(parent, images, remove) {
+  const box = document.createElement("div");
+  box.className = "thumbnails";
+  images.forEach((image, i) => {
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(image);
+    img.alt = image.name || `image ${i + 1}`;
+    img.onload = () => URL.revokeObjectURL(img.src);
+    box.append(img);
+    if (remove) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary";
+      button.textContent = "×";
+      button.title = `Remove ${img.alt}`;
+      button.onclick = () => remove(i);
+      box.append(button);
+    }
+  });
+  parent.replaceChildren(...box.childNodes);
+  return parent;
+}
+
+function renderPending() {
+  ui.attachments.hidden = state.pending.length === 0;
+  showThumbnails(ui.attachments, state.pending, (i) => {
+    state.pending.splice(i, 1);
+    renderPending();
+  });
+}
+
+function attachImages(files) {
+  const images = [...files].filter((f) => f.type.startsWith("image/"));
+  if (!images.length) return false;
+  if (!state.vision) {
+    showError(Object.assign(new Error("this model takes no images; load a vision model (Phi-3.5-vision)"), { name: "InputError" }));
+    return true;
+  }
+  state.pending.push(...images);
+  renderPending();
+  return true;
+}
+
+function addMessage(role, text, images = []) {
   ui.emptyChat.hidden = true;
   const div = document.createElement("div");
   div.className = `message ${role}`;
-  if (role === "user") div.textContent = text;
+  if (images.length) div.append(showThumbnails(document.createElement("div"), images));
+  if (role === "user") div.append(text);
   ui.chat.append(div);
   div.scrollIntoView({ block: "end" });
   return div;
@@ -215,6 +268,8 @@ function addMessage(role, text) {
 
 function newChat() {
   state.messages = [];
+  state.pending = [];
+  renderPending();
   ui.chat.querySelectorAll(".message").forEach((m) => m.remove());
   ui.emptyChat.hidden = false;
   state.engine?.resetChat().catch(showError);
@@ -222,11 +277,16 @@ function newChat() {
 
 async function send() {
   const text = ui.prompt.value.trim();
-  if (!text || !state.engine || state.generating) return;
+  const images = state.pending;
+  if ((!text && !images.length) || !state.engine || state.generating) return;
   clearError();
   ui.prompt.value = "";
-  addMessage("user", text);
-  state.messages.push({ role: "user", content: text });
+  state.pending = [];
+  renderPending();
+  addMessage("user", text, images);
+  // Images as content parts; the engine decodes the Blobs in this browser.
+  const parts = [...images.map((url) => ({ type: "image_url", image_url: { url } })), { type: "text", text }];
+  state.messages.push({ role: "user", content: images.length ? parts : text });
   const answer = addMessage("assistant", "");
   answer.classList.add("streaming");
   answer.setAttribute("aria-busy", "true");
@@ -304,6 +364,13 @@ ui.newChat.addEventListener("click", () => {
   ui.prompt.focus();
 });
 ui.temperature.addEventListener("input", () => (ui.temperatureValue.textContent = ui.temperature.value));
+ui.attach.addEventListener("change", () => {
+  attachImages(ui.attach.files);
+  ui.attach.value = "";
+});
+ui.prompt.addEventListener("paste", (event) => {
+  if (attachImages(event.clipboardData?.files ?? [])) event.preventDefault();
+});
 
 async function start() {
   if ("serviceWorker" in navigator && window.isSecureContext) {

@@ -9,6 +9,7 @@ const HINTS = {
   NetworkError: "A download failed. Check the connection (or that the model was converted and is served).",
   ModelFormatError: "The model package is not usable by this version of phi-web.",
   InputError: "The request could not be run.",
+  ImageError: "An image could not be read. Try a PNG, JPEG or WebP file.",
 };
 
 export function explain(error) {

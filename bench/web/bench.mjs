@@ -45,11 +45,13 @@ const selected = (name) =>
 const modules = `${root}bench/web/node_modules`;
 const moeDir = `${root}target/bench/synthetic-phi-mini-moe`;
 const phi3MiniDir = `${root}target/bench/synthetic-phi3-mini`;
+const visionDir = `${root}target/bench/synthetic-phi3-vision`;
 const mounts = [
   `/pkg=${root}pkg`,
   `/models=${models}`,
   ...(existsSync(`${moeDir}/model.json`) ? [`/models/phi-mini-moe=${moeDir}`] : []),
   ...(existsSync(`${phi3MiniDir}/model.json`) ? [`/models/phi3-mini=${phi3MiniDir}`] : []),
+  ...(existsSync(`${visionDir}/model.json`) ? [`/models/phi3-vision=${visionDir}`] : []),
   `/wllama=${modules}/@wllama/wllama/esm`,
   `/transformers=${modules}/@huggingface/transformers/dist`,
   `/ort=${modules}/onnxruntime-web/dist`,
@@ -169,6 +171,42 @@ if (selected("phi_web_cpu_phi3_mini") && existsSync(`${phi3MiniDir}/model.json`)
       wasm_memory_over_weights_and_kv: loaded.wasmMemoryBytes / loaded.memoryBytes,
     };
   }, { newTokens: 8 }));
+
+// The synthetic Phi-3.5-vision (the CLIP-L tower, 4 of 32 decoder layers;
+// served from target/bench once `phi-web bench` wrote it) on the CPU
+// backend: a 640×480 picture (2×2 crops and the global view) through the
+// image tower, then the prompt with its 757 image positions.
+if (selected("phi_web_cpu_phi3_vision") && existsSync(`${visionDir}/model.json`)) await attempt("phi_web_cpu_phi3_vision", () =>
+  page.evaluate(async () => {
+    const canvas = new OffscreenCanvas(640, 480);
+    const context = canvas.getContext("2d");
+    const gradient = context.createLinearGradient(0, 0, 640, 480);
+    gradient.addColorStop(0, "#1d4ed8");
+    gradient.addColorStop(1, "#f59e0b");
+    context.fillStyle = gradient;
+    context.fillRect(0, 0, 640, 480);
+    const image = await canvas.convertToBlob({ type: "image/png" });
+    const engine = await phiWeb.createEngine("/models/phi3-vision/model.json", { contextLength: 1024, backend: "cpu", cache: "none" });
+    const reply = await engine.chat.completions.create({
+      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: image } }, { type: "text", text: "t1 t2 t3" }] }],
+      max_tokens: 2,
+      temperature: 0,
+    });
+    const stats = await engine.stats();
+    engine.unload();
+    // ttft covers the tower and the prefill; the prefill alone is the rest.
+    const prefillMs = stats.ttft_ms - stats.images.encode_ms;
+    return {
+      threads: stats.threads,
+      crops: stats.images.crops,
+      image_tokens: stats.images.tokens,
+      encode_ms_per_image: stats.images.encode_ms,
+      encode_ms_per_crop: stats.images.encode_ms / stats.images.crops,
+      prompt_tokens: reply.usage.prompt_tokens,
+      prefill_tokens_per_s: (1000 * reply.usage.prompt_tokens) / prefillMs,
+      memory_bytes: stats.memoryBytes,
+    };
+  }));
 
 // A synthetic Phi-mini-MoE (real widths, 8 of 32 layers, random q4_0; served
 // from target/bench once `phi-web bench` wrote it): decode with every

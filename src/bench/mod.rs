@@ -5,6 +5,7 @@
 
 pub mod phi3small;
 pub mod structured;
+pub mod vision;
 
 use std::time::Instant;
 
@@ -35,6 +36,9 @@ pub struct KernelReport {
     /// KV bytes per decode token in Phi-3-small's dense and block-sparse layers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub blocksparse_kv_read: Vec<phi3small::KvReadFigure>,
+    /// Phi-3.5-vision: the image tower and a prompt with an image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vision: Vec<vision::VisionFigure>,
 }
 
 #[derive(Serialize)]
@@ -210,6 +214,7 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         kernels: figures,
         structured: None,
         blocksparse_kv_read: Vec::new(),
+        vision: Vec::new(),
     })
 }
 
@@ -594,9 +599,14 @@ pub(crate) fn synthetic_package(
     };
     for (name, shape) in shapes {
         let router = name.ends_with("block_sparse_moe.gate.weight");
+        let vision = name.starts_with(crate::formats::hf_import::VISION_PREFIX);
         let (format, rows, cols) = match shape[..] {
             [n] => (WeightFormat::F32, 1, n),
             [rows, cols] if router => (WeightFormat::F32, rows, cols),
+            // As `convert` stores an image tower.
+            [rows, cols] if vision => {
+                (crate::formats::hf_import::vision_matrix_format(&name, WeightFormat::Q4_0, cols), rows, cols)
+            }
             [rows, cols] => (WeightFormat::Q4_0, rows, cols),
             _ => return Err(crate::Error::Config { message: format!("synthetic tensor {name}: shape {shape:?}") }),
         };
@@ -615,10 +625,21 @@ pub(crate) fn synthetic_package(
                     let unit = (next() >> 40) as f32 / (1u64 << 24) as f32;
                     w.copy_from_slice(&(0.02 * unit - 0.01).to_le_bytes());
                 }
+            } else if format == WeightFormat::F32 && rows > 1 {
+                // A table (an image tower's positions): small random values.
+                for w in layout.data.chunks_exact_mut(4) {
+                    let unit = (next() >> 40) as f32 / (1u64 << 24) as f32;
+                    w.copy_from_slice(&(0.02 * unit - 0.01).to_le_bytes());
+                }
             } else if format == WeightFormat::F32 {
                 // Norm weights 1, biases 0 (a LayerNorm bias of 1 would route every token alike).
                 let value = if name.ends_with(".bias") { 0.0f32 } else { 1.0 };
                 layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&value.to_le_bytes()));
+            } else if format == WeightFormat::F16 {
+                for w in layout.data.chunks_exact_mut(2) {
+                    let unit = (next() >> 40) as f32 / (1u64 << 24) as f32;
+                    w.copy_from_slice(&half::f16::from_f32(0.02 * unit - 0.01).to_le_bytes());
+                }
             } else {
                 layout.data.chunks_exact_mut(8).for_each(|word| word.copy_from_slice(&next().to_le_bytes()));
                 let scale = half::f16::from_f32(0.02).to_le_bytes();
@@ -724,6 +745,9 @@ pub fn markdown(report: &KernelReport) -> String {
     }
     if let Some(s) = &report.structured {
         out += &structured::markdown(s);
+    }
+    if !report.vision.is_empty() {
+        out += &vision::markdown(&report.vision);
     }
     if !report.blocksparse_kv_read.is_empty() {
         out += &phi3small::markdown(&report.blocksparse_kv_read);

@@ -133,7 +133,7 @@ impl HfImport {
             let format = match shape.len() {
                 1 => WeightFormat::F32,
                 2 if is_router(&tensor.name) => WeightFormat::F32,
-                2 if vision => vision_matrix_format(options.quant.unwrap_or(hf_default), shape[1]),
+                2 if vision => vision_matrix_format(&name, options.quant.unwrap_or(hf_default), shape[1]),
                 2 => matrix_format(options, hf_default, shape[1], &tensor.name, &mut warnings),
                 _ => {
                     return Err(Error::Unsupported {
@@ -327,15 +327,19 @@ fn vision_shape(vision: &VisionConfig, name: &str, shape: &[usize]) -> Option<Ve
 
 /// The image tower keeps at least 8 bits (q4 costs a vision tower more than
 /// a decoder, and it is a tenth of the model); a matrix whose rows are not
-/// whole blocks (the patch embedding's 588 columns) is f16.
-fn vision_matrix_format(requested: WeightFormat, cols: usize) -> WeightFormat {
+/// whole blocks (the patch embedding's 588 columns) is f16, the position
+/// table (read once at load, 2.4 MB) f32.
+pub fn vision_matrix_format(name: &str, requested: WeightFormat, cols: usize) -> WeightFormat {
+    if name.ends_with("position_embedding.weight") {
+        return WeightFormat::F32;
+    }
     let format = match requested {
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => WeightFormat::Q8_0,
         other => other,
     };
     match format {
         WeightFormat::F32 | WeightFormat::F16 => format,
-        _ if cols % crate::quant::BLOCK != 0 => WeightFormat::F16,
+        _ if !cols.is_multiple_of(crate::quant::BLOCK) => WeightFormat::F16,
         _ => format,
     }
 }

@@ -384,7 +384,7 @@ impl Decoder {
         let mut flags = vec![0u32; tokens];
         for image in images {
             let n = image.rows.len() / h;
-            if image.rows.len() % h != 0 || image.at + n > tokens {
+            if !image.rows.len().is_multiple_of(h) || image.at + n > tokens {
                 return Err(Error::Shape {
                     op: "forward",
                     message: format!(

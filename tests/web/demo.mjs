@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 import { renderMarkdown } from "../../web/markdown.js";
@@ -261,6 +261,41 @@ try {
   const warm = await loadModel();
   assert.match(warm, /2 of 2 shards from cache · 0\.0 MB downloaded/, warm);
   figures.warm_load = warm;
+
+  // A tiny random Phi-3.5-vision (converted by make test-web) added to the
+  // page's models.json: its answers are noise, what is checked is the flow.
+  step("a vision model takes an attached and a pasted image: thumbnails in the composer and in the message, then an answer");
+  await page.route("**/models.json", async (route) => {
+    const response = await route.fetch();
+    const catalog = await response.json();
+    catalog.models.push({ id: "tiny-phi3v", name: "tiny Phi-3.5-vision (test)", url: "models/tiny-phi3v/model.json", description: "random weights" });
+    await route.fulfill({ response, json: catalog });
+  });
+  await openPage();
+  assert.equal(await page.isVisible("#attach-label"), false, "no image button before a vision model is loaded");
+  await page.selectOption("#model-picker", "tiny-phi3v");
+  await page.click("#load");
+  await page.waitForSelector("#prompt:not([disabled])", { timeout: 180_000 });
+  assert.equal(await page.isVisible("#attach-label"), true, "the image button shows for a vision model");
+  await page.setInputFiles("#attach", `${root}tests/data/tiny-phi3v/images/wide.png`);
+  const pasted = readFileSync(`${root}tests/data/tiny-phi3v/images/small.png`).toString("base64");
+  await page.evaluate((b64) => {
+    const data = new DataTransfer();
+    data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], "pasted.png", { type: "image/png" }));
+    const paste = new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+    document.getElementById("prompt").dispatchEvent(paste);
+  }, pasted);
+  assert.equal(await page.locator("#attachments img").count(), 2);
+  await page.fill("#max-tokens", "4");
+  await page.fill("#prompt", "What is in these pictures?");
+  await page.press("#prompt", "Enter");
+  const pictures = await finished(page.locator(".message.assistant").last());
+  assert.ok(["stop", "length"].includes(pictures.finish), JSON.stringify(pictures));
+  assert.equal(await page.locator(".message.user").last().locator("img").count(), 2, "the message shows both images");
+  assert.equal(await page.locator("#attachments img").count(), 0, "the composer is cleared");
+  assert.ok(await page.isHidden("#error"), await page.textContent("#error"));
+  await page.screenshot({ path: `${artifacts}/demo-vision.png`, fullPage: true });
+  await page.unroute("**/models.json");
 
   step("retrieval over 10,000 chunks in the browser");
   figures.retrieval_ms_10k = await page.evaluate(async () => {

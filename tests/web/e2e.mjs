@@ -28,7 +28,7 @@ import { chromium } from "playwright-core";
 import { expertSizes } from "../../pkg/loader.js";
 import { startServer } from "./server.mjs";
 
-const [modelDir, phiWeb, minilmDir, phimoeDir, phimoeF32Dir, phi3smallDir, phi3smallF32Dir] = process.argv.slice(2);
+const [modelDir, phiWeb, minilmDir, phimoeDir, phimoeF32Dir, phi3smallDir, phi3smallF32Dir, phi3vF32Dir] = process.argv.slice(2);
 const root = new URL("../..", import.meta.url).pathname;
 const QUESTION = "What is the capital of France?";
 const figures = {};
@@ -94,7 +94,9 @@ const server = await startServer({
     "phimoe-f32": phimoeF32Dir,
     phi3small: phi3smallDir,
     "phi3small-f32": phi3smallF32Dir,
+    "phi3v-f32": phi3vF32Dir,
   },
+  folders: { "phi3v-images": join(root, "tests/data/tiny-phi3v/images") },
 });
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
@@ -619,6 +621,86 @@ try {
     assert.ok(err <= bound, `${name}: max |logit error| ${err} > ${bound}`);
     assert.equal(top1(smallLogits[i], small.logits), small.ids.length, `${name}: top-1 against the f32 reference`);
   });
+
+  // tests/data/tiny-phi3v against scripts/make_tiny_phi3v.py's reference:
+  // the browser decodes the PNGs, then the HD transform, the CLIP tower,
+  // the projector and the splice run in wasm / WGSL, as natively.
+  step("tiny Phi-3.5-vision's logits in Chromium match the reference with one and two images (a URL, a data: URL, a Blob), on the CPU backend and WebGPU");
+  const vision = JSON.parse(readFileSync(`${root}tests/data/tiny-phi3v/golden.json`, "utf8"));
+  const visionBytes = readFileSync(`${root}tests/data/tiny-phi3v/logits.f32`);
+  const visionLogits = new Float32Array(visionBytes.buffer, visionBytes.byteOffset, visionBytes.length / 4);
+  const png = (path) => readFileSync(`${root}tests/data/tiny-phi3v/${path}`).toString("base64");
+  const visionCases = vision.cases.map((c) => ({ ...c, pngs: c.images.map(png) }));
+  const visionOut = await page.evaluate(async ({ cases, vocab }) => {
+    const out = {};
+    for (const backend of ["cpu", "webgpu"]) {
+      const engine = await phiWeb.createEngine("/models/phi3v-f32/model.json", { backend, kvCache: "f32", contextLength: 2048 });
+      for (const c of cases) {
+        // Image k's rows stand where its id -k first appears.
+        const images = c.pngs.map((b64, k) => {
+          const at = c.input_ids.indexOf(-(k + 1));
+          const name = c.images[k].split("/").pop();
+          const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+          const image = [`/hf/phi3v-images/${name}`, `data:image/png;base64,${b64}`, new Blob([bytes], { type: "image/png" })][(k + c.name.length) % 3];
+          return { at, image };
+        });
+        const logits = await engine.logits(c.input_ids.map((id) => Math.max(id, 0)), { images });
+        out[`${c.name} ${backend}`] = c.rows.flatMap((r) => Array.from(logits.slice(r * vocab, (r + 1) * vocab)));
+      }
+      await engine.unload();
+    }
+    return out;
+  }, { cases: visionCases, vocab: vision.vocab });
+  for (const c of vision.cases) {
+    const want = visionLogits.slice(c.logits_offset, c.logits_offset + c.rows.length * vision.vocab);
+    for (const backend of ["cpu", "webgpu"]) {
+      const err = maxDiff(visionOut[`${c.name} ${backend}`], want);
+      figures[`phi3v_logit_error_${c.name.replaceAll("-", "_")}_${backend}`] = err;
+      assert.ok(err <= 1e-3, `${c.name} on ${backend}: max |logit error| ${err}`);
+    }
+  }
+
+  step("a chat with an image answers as the native CLI; an undecodable image, an image for a text-only model and images beyond the context are named errors, and the engine answers after them");
+  const nativeVision = JSON.parse(
+    execFileSync(phiWeb, ["generate", phi3vF32Dir, "--image", join(root, "tests/data/tiny-phi3v/images/wide.png"), "--prompt", QUESTION, "--max-tokens", "8", "--context", "2048", "--backend", "cpu", "--json"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }),
+  );
+  const visionChat = await page.evaluate(async (question) => {
+    const ask = (engine, image, text = question) =>
+      engine.chat.completions.create({
+        messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: image } }, { type: "text", text }] }],
+        max_tokens: 8,
+      });
+    const named = (promise) => promise.then(() => "no error", (e) => `${e.name}: ${e.message}`);
+    const engine = await phiWeb.createEngine("/models/phi3v-f32/model.json", { backend: "cpu", contextLength: 2048 });
+    const answer = await ask(engine, "/hf/phi3v-images/wide.png");
+    const again = await ask(engine, "/hf/phi3v-images/wide.png");
+    const stats = await engine.stats();
+    const broken = await named(ask(engine, new Blob([new TextEncoder().encode("<!doctype html>not an image")])));
+    const missing = await named(ask(engine, "/hf/phi3v-images/missing.png"));
+    const after = await engine.chat.completions.create({ messages: [{ role: "user", content: question }], max_tokens: 4 });
+    await engine.unload();
+    const small = await phiWeb.createEngine("/models/phi3v-f32/model.json", { backend: "cpu", contextLength: 512 });
+    const tooLarge = await named(ask(small, "/hf/phi3v-images/wide.png"));
+    await small.unload();
+    const textOnly = await phiWeb.createEngine("/models/phi3small-f32/model.json", { backend: "cpu", contextLength: 64 });
+    const refused = await named(ask(textOnly, "/hf/phi3v-images/wide.png"));
+    await textOnly.unload();
+    return { answer, again, stats, broken, missing, after: after.choices[0].finish_reason, tooLarge, refused };
+  }, QUESTION);
+  assert.equal(visionChat.answer.choices[0].message.content, nativeVision.text, "the same greedy answer as the native CLI");
+  assert.equal(visionChat.answer.usage.prompt_tokens, nativeVision.stats.prompt_tokens);
+  assert.equal(visionChat.again.choices[0].message.content, nativeVision.text);
+  assert.equal(visionChat.stats.cached_tokens, nativeVision.stats.prompt_tokens - 1, "the second turn reuses the image's KV cache");
+  assert.deepEqual(visionChat.stats.vision, { numCrops: 4, weightBytes: visionChat.stats.vision.weightBytes });
+  assert.match(visionChat.broken, /^ImageError: image 1 is not an image the browser can decode/);
+  assert.match(visionChat.missing, /^ImageError: image 1 \(\/hf\/phi3v-images\/missing.png\): HTTP 404/);
+  assert.ok(["stop", "length"].includes(visionChat.after), visionChat.after);
+  assert.match(visionChat.tooLarge, /^InputError: .*757 of them for its images/);
+  assert.match(visionChat.refused, /^InputError: .*takes no images/);
+  figures.phi3v_prompt_tokens_one_image = nativeVision.stats.prompt_tokens;
 
   step("an embedding model: embeddings.create matches transformers, and chat is refused");
   const reference = JSON.parse(readFileSync(`${root}tests/data/minilm-reference.json`, "utf8")).sentences;

@@ -316,6 +316,8 @@ enum BenchModel {
     Phi3Small,
     /// Constrained decoding: mask cost per token, decode with ÷ without a schema.
     Structured,
+    /// A synthetic Phi-3.5-vision (4 of 32 decoder layers): the image tower per crop and per image, a prompt with an image.
+    Phi3Vision,
 }
 
 #[derive(Args)]
@@ -708,6 +710,16 @@ fn bench(options: &GpuOptions, args: &BenchArgs, threads: Option<usize>) -> Outc
             for context in [2048, 8000] {
                 report.blocksparse_kv_read.push(phi_web::bench::phi3small::kv_read(gpu, kernels, context, kv_cache)?);
             }
+        }
+    }
+    if want(BenchModel::Phi3Vision) {
+        let dir = Path::new("target/bench/synthetic-phi3-vision");
+        stages.log(&format!("  synthetic Phi-3.5-vision, 4 decoder layers (writing it to {} once)", dir.display()));
+        phi_web::bench::vision::synthetic_phi3_vision(dir, 4)?;
+        for b in [&backend, &cpu_backend] {
+            stages.log(&format!("  synthetic Phi-3.5-vision on {}", b.name()));
+            let log = |s: &str| stages.log(&format!("    {s}"));
+            report.vision.push(pollster::block_on(phi_web::bench::vision::figure(b, dir, log))?);
         }
     }
     if want(BenchModel::Structured) {
