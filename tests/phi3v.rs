@@ -211,6 +211,10 @@ fn chat_with_images_reuses_the_cache_only_for_the_same_images() {
         // The same image and question again: everything but the last token is reused.
         let again = pollster::block_on(e.chat_with_images(&ask(0, "What is this?"), &images, |_| {})).unwrap();
         assert_eq!((again.stats.cached_tokens, &again.tokens), (first.stats.prompt_tokens - 1, &first.tokens));
+        // The image's rows too: the tower ran for the first request only.
+        let (used, reused) = (first.stats.images.clone().unwrap(), again.stats.images.clone().unwrap());
+        assert_eq!((used.images, used.tokens, used.crops), (1, 757, 5));
+        assert_eq!((reused.images, reused.tokens, reused.crops), (1, 757, 0));
         // Another image at the same positions: nothing from the image on is reused.
         let other = pollster::block_on(e.chat_with_images(&ask(1, "What is this?"), &images, |_| {})).unwrap();
         assert!(other.stats.cached_tokens < 10, "{:?}", other.stats);
@@ -236,20 +240,20 @@ fn bad_image_requests_are_input_errors_and_the_engine_stays_usable() {
 
     // An image for a model without a vision tower.
     let e = engine(BackendChoice::Gpu, "tiny-phimoe", 256);
-    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), &[wide.clone()], |_| {})).unwrap_err();
+    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), std::slice::from_ref(&wide), |_| {})).unwrap_err();
     assert_eq!(err.js_name(), "InputError", "{err}");
     assert!(err.to_string().contains("takes no images"), "{err}");
     assert!(pollster::block_on(e.chat(&text_only, |_| {})).is_ok());
 
     // An image too large for the context; an index with no image; an unresolved URL.
     let e = engine(BackendChoice::Cpu, MODEL, 512);
-    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), &[wide.clone()], |_| {})).unwrap_err();
+    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), std::slice::from_ref(&wide), |_| {})).unwrap_err();
     assert!(err.to_string().contains("757 of them for its images"), "{err}");
     let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), &[], |_| {})).unwrap_err();
     assert!(err.to_string().contains("the request has 0"), "{err}");
     let url = serde_json::json!({ "messages": [{ "role": "user", "content": [
         { "type": "image_url", "image_url": { "url": "https://example.com/cat.png" } }] }] });
-    let err = pollster::block_on(e.chat_with_images(&request(url), &[wide.clone()], |_| {})).unwrap_err();
+    let err = pollster::block_on(e.chat_with_images(&request(url), std::slice::from_ref(&wide), |_| {})).unwrap_err();
     assert!(err.to_string().contains("unresolved"), "{err}");
     let answer = pollster::block_on(e.chat(&text_only, |_| {})).unwrap();
     assert_eq!(answer.stats.cached_tokens, 0, "nothing was generated or cached by the failed requests");

@@ -142,15 +142,11 @@ pub async fn figure(b: &Backend, dir: &Path, progress: impl Fn(&str)) -> Result<
     })?;
     let decoder = Decoder::load_from(b, &package, &DecoderOptions::new(1024, 256, KvFormat::F16)).await?;
     let image = hd_transform(&picture(), encoder.config.num_crops);
-    progress("image tower: warm-up");
-    let rows = encoder.embed(b, &image).await?;
+    // One run, without a warm-up: it takes a minute on a CPU, the tower's
+    // first pipeline compilations a fraction of a second.
     progress(&format!("image tower: {} crops", image.crops()));
     let start = Instant::now();
-    let rows = {
-        let again = encoder.embed(b, &image).await?;
-        debug_assert_eq!(again.len(), rows.len());
-        again
-    };
+    let rows = encoder.embed(b, &image).await?;
     let encode = start.elapsed().as_secs_f64();
 
     progress("prefill of the image and 16 tokens");
