@@ -30,6 +30,7 @@ Writes tests/data/tiny-phi3v/:
 import hashlib
 import json
 import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
 from transformers.image_transforms import convert_to_rgb
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import make_tiny_models  # noqa: E402  (randomise, the chat vocabulary)
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny-phi3v"
 NUM_CROPS = 4
@@ -195,13 +199,8 @@ def main():
                       "long_factor": [2.0 + 0.5 * i for i in range(rotary_half)]})
     decoder = Phi3ForCausalLM(decoder_config).eval()
     clip = CLIPVisionConfig(**CLIP)
-    embedding = ImageEmbedding(clip, decoder_config.hidden_size).eval()
-    with torch.no_grad():
-        for name, param in embedding.named_parameters():
-            if name.endswith("bias"):
-                param.normal_(0.0, 0.1)
-            elif "norm" in name:
-                param.normal_(1.0, 0.2)
+    # Non-trivial biases and norms (HF initialises them to 0 and 1).
+    embedding = make_tiny_models.randomise(ImageEmbedding(clip, decoder_config.hidden_size))
 
     tensors = {k: v.contiguous() for k, v in decoder.state_dict().items()}
     # The hub's names: CLIPVisionModel's weights under img_processor.vision_model.
@@ -272,11 +271,9 @@ def main():
         "transformers": transformers.__version__, "torch": torch.__version__, "vocab": 512, "cases": cases},
         indent=2) + "\n")
 
-    import make_tiny_models  # noqa: E402  (the chat vocabulary of the other tiny models)
+    # The chat vocabulary of the other tiny models.
     make_tiny_models.write_chat_tokenizer(OUT, 512)
 
 
 if __name__ == "__main__":
-    import sys
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     main()

@@ -481,8 +481,14 @@ pub async fn model_figure(
 /// Writes a Phi-3-mini-shaped package with random q4_0 weights into `dir`
 /// (skipped when a complete one is already there).
 pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
-    let (h, inter, layers, vocab) = (3072, 8192, 32, 32064);
-    let config = synthetic_config(crate::config::Architecture::Phi3, h, inter, layers, [32, 32, 96], vocab);
+    let config = synthetic_config(crate::config::Architecture::Phi3, 3072, 8192, 32, [32, 32, 96], 32064);
+    synthetic_package(dir, "synthetic Phi-3-mini (random q4_0)", config, phi3_mini_shapes(32))
+}
+
+/// The tensors of Phi-3-mini's decoder with `layers` layers (hidden 3072,
+/// MLP 8192, 32 heads of 96, vocabulary 32064).
+pub(crate) fn phi3_mini_shapes(layers: usize) -> Vec<(String, Vec<usize>)> {
+    let (h, inter, vocab) = (3072, 8192, 32064);
     let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
     for i in 0..layers {
         let p = |s: &str| format!("model.layers.{i}.{s}");
@@ -495,7 +501,7 @@ pub fn synthetic_phi3_mini(dir: &std::path::Path) -> Result<()> {
     }
     shapes.push(("model.norm.weight".into(), vec![h]));
     shapes.push(("lm_head.weight".into(), vec![vocab, h]));
-    synthetic_package(dir, "synthetic Phi-3-mini (random q4_0)", config, shapes)
+    shapes
 }
 
 /// A Phi-mini-MoE-shaped package with random q4_0 weights and f32 routers:

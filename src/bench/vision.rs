@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 use web_time::Instant;
 
-use super::{synthetic_config, synthetic_package};
+use super::{phi3_mini_shapes, synthetic_config, synthetic_package};
 use crate::backend::Backend;
 use crate::config::{Architecture, VisionConfig};
 use crate::error::Result;
@@ -51,20 +51,9 @@ pub struct VisionFigure {
 
 /// Tensor shapes of a Phi-3.5-vision with `layers` decoder layers.
 fn shapes(layers: usize) -> Vec<(String, Vec<usize>)> {
-    let (h, inter, vocab) = (3072, 8192, 32064);
+    let h = 3072;
     let (c, ci) = (CLIP_L.hidden_size, CLIP_L.intermediate_size);
-    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
-    for i in 0..layers {
-        let p = |s: &str| format!("model.layers.{i}.{s}");
-        shapes.push((p("input_layernorm.weight"), vec![h]));
-        shapes.push((p("self_attn.qkv_proj.weight"), vec![3 * h, h]));
-        shapes.push((p("self_attn.o_proj.weight"), vec![h, h]));
-        shapes.push((p("post_attention_layernorm.weight"), vec![h]));
-        shapes.push((p("mlp.gate_up_proj.weight"), vec![2 * inter, h]));
-        shapes.push((p("mlp.down_proj.weight"), vec![h, inter]));
-    }
-    shapes.push(("model.norm.weight".into(), vec![h]));
-    shapes.push(("lm_head.weight".into(), vec![vocab, h]));
+    let mut shapes = phi3_mini_shapes(layers);
     let v = |s: &str| format!("model.vision_embed_tokens.{s}");
     let t = |s: &str| v(&format!("img_processor.{s}"));
     shapes.push((t("embeddings.patch_embedding.weight"), vec![c, 3 * 14 * 14]));
