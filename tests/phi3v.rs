@@ -240,14 +240,16 @@ fn bad_image_requests_are_input_errors_and_the_engine_stays_usable() {
 
     // An image for a model without a vision tower.
     let e = engine(BackendChoice::Gpu, "tiny-phimoe", 256);
-    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), std::slice::from_ref(&wide), |_| {})).unwrap_err();
+    let err =
+        pollster::block_on(e.chat_with_images(&request(ask.clone()), std::slice::from_ref(&wide), |_| {})).unwrap_err();
     assert_eq!(err.js_name(), "InputError", "{err}");
     assert!(err.to_string().contains("takes no images"), "{err}");
     assert!(pollster::block_on(e.chat(&text_only, |_| {})).is_ok());
 
     // An image too large for the context; an index with no image; an unresolved URL.
     let e = engine(BackendChoice::Cpu, MODEL, 512);
-    let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), std::slice::from_ref(&wide), |_| {})).unwrap_err();
+    let err =
+        pollster::block_on(e.chat_with_images(&request(ask.clone()), std::slice::from_ref(&wide), |_| {})).unwrap_err();
     assert!(err.to_string().contains("757 of them for its images"), "{err}");
     let err = pollster::block_on(e.chat_with_images(&request(ask.clone()), &[], |_| {})).unwrap_err();
     assert!(err.to_string().contains("the request has 0"), "{err}");

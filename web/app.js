@@ -211,16 +211,16 @@ function setBusy(busy) {
   onPick();
 }
 
-/** Thumbnails of `images` (Blobs) in `parent`; with `remove(i)`, a button to drop each. */
+/** Thumbnails of `images` (Blobs) as `parent`'s children; with `remove(i)`, a button to drop each. */
 function showThumbnails(parent, images, remove) {
-  const box = document.createElement("div");
-  box.className = "thumbnails";
+  parent.classList.add("thumbnails");
+  parent.replaceChildren();
   images.forEach((image, i) => {
     const img = document.createElement("img");
     img.src = URL.createObjectURL(image);
     img.alt = image.name || `image ${i + 1}`;
     img.onload = () => URL.revokeObjectURL(img.src);
-    box.append(img);
+    parent.append(img);
     if (remove) {
       const button = document.createElement("button");
       button.type = "button";
@@ -228,10 +228,9 @@ function showThumbnails(parent, images, remove) {
       button.textContent = "×";
       button.title = `Remove ${img.alt}`;
       button.onclick = () => remove(i);
-      box.append(button);
+      parent.append(button);
     }
   });
-  parent.replaceChildren(...box.childNodes);
   return parent;
 }
 

@@ -47,6 +47,10 @@ pub struct VisionFigure {
     /// Weights of the image tower and projector, and of the whole model at 32 decoder layers.
     pub vision_weights_mb: f64,
     pub full_model_weights_mb: f64,
+    /// Device memory the loaded model takes (`decoder_layers` layers, a
+    /// 1024-position f16 KV cache, scratch), from buffer accounting; weights
+    /// and KV cache on the CPU backend.
+    pub memory_mb: f64,
 }
 
 /// Tensor shapes of a Phi-3.5-vision with `layers` decoder layers.
@@ -126,10 +130,19 @@ fn picture() -> Rgb {
 /// The figures on `b` for the package in `dir`.
 pub async fn figure(b: &Backend, dir: &Path, progress: impl Fn(&str)) -> Result<VisionFigure> {
     let package = Package::open(dir)?;
+    let allocated = || match b {
+        Backend::Gpu(g) => g.gpu.storage_bytes(),
+        Backend::Cpu(_) => 0,
+    };
+    let before = allocated();
     let encoder = ImageEncoder::load(b, &package).await?.ok_or_else(|| crate::Error::Config {
         message: format!("{}: the synthetic vision package has no image tower", dir.display()),
     })?;
     let decoder = Decoder::load_from(b, &package, &DecoderOptions::new(1024, 256, KvFormat::F16)).await?;
+    let memory = match b {
+        Backend::Gpu(_) => allocated() - before,
+        Backend::Cpu(_) => encoder.weight_bytes() + decoder.memory().weights + decoder.memory().kv_cache,
+    };
     let image = hd_transform(&picture(), encoder.config.num_crops);
     // One run, without a warm-up: it takes a minute on a CPU, the tower's
     // first pipeline compilations a fraction of a second.
@@ -172,19 +185,20 @@ pub async fn figure(b: &Backend, dir: &Path, progress: impl Fn(&str)) -> Result<
         prefill_tokens_per_s: tokens as f64 / prefill,
         vision_weights_mb: mb(encoder.weight_bytes()),
         full_model_weights_mb: mb(package_bytes(&shapes(32))),
+        memory_mb: mb(memory),
     })
 }
 
 /// The figures as the Markdown table `phi-web bench` writes beside its JSON.
 pub fn markdown(figures: &[VisionFigure]) -> String {
-    let mut out = String::from("\n| Phi-3.5-vision (synthetic) | image tower, per image | per crop | prefill with the image | tower weights | whole model (32 layers) |\n|---|---|---|---|---|---|\n");
+    let mut out = String::from("\n| Phi-3.5-vision (synthetic) | image tower, per image | per crop | prefill with the image | memory, as loaded | tower weights | whole model's weights (32 layers) |\n|---|---|---|---|---|---|---|\n");
     for f in figures {
         let on = match f.threads {
             0 => f.backend.to_string(),
             n => format!("{} ({n} thread{})", f.backend, if n == 1 { "" } else { "s" }),
         };
         out += &format!(
-            "| {on}: {} crops, {} image tokens | {:.0} ms | {:.0} ms | {:.1} tok/s ({} tokens, {} decoder layers) | {:.0} MB | {:.0} MB |\n",
+            "| {on}: {} crops, {} image tokens | {:.0} ms | {:.0} ms | {:.1} tok/s ({} tokens, {} decoder layers) | {:.0} MB | {:.0} MB | {:.0} MB |\n",
             f.crops,
             f.image_tokens,
             f.encode_ms_per_image,
@@ -192,6 +206,7 @@ pub fn markdown(figures: &[VisionFigure]) -> String {
             f.prefill_tokens_per_s,
             f.prefill_tokens,
             f.decoder_layers,
+            f.memory_mb,
             f.vision_weights_mb,
             f.full_model_weights_mb
         );

@@ -265,37 +265,44 @@ try {
   // A tiny random Phi-3.5-vision (converted by make test-web) added to the
   // page's models.json: its answers are noise, what is checked is the flow.
   step("a vision model takes an attached and a pasted image: thumbnails in the composer and in the message, then an answer");
-  await page.route("**/models.json", async (route) => {
+  // A context of its own: the page's service worker would answer models.json before a route could.
+  const visionContext = await browser.newContext({ viewport: { width: 1000, height: 900 }, serviceWorkers: "block" });
+  const vision = await visionContext.newPage();
+  vision.on("pageerror", (e) => console.log("page error:", e.message));
+  await vision.route("**/models.json", async (route) => {
     const response = await route.fetch();
     const catalog = await response.json();
     catalog.models.push({ id: "tiny-phi3v", name: "tiny Phi-3.5-vision (test)", url: "models/tiny-phi3v/model.json", description: "random weights" });
     await route.fulfill({ response, json: catalog });
   });
-  await openPage();
-  assert.equal(await page.isVisible("#attach-label"), false, "no image button before a vision model is loaded");
-  await page.selectOption("#model-picker", "tiny-phi3v");
-  await page.click("#load");
-  await page.waitForSelector("#prompt:not([disabled])", { timeout: 180_000 });
-  assert.equal(await page.isVisible("#attach-label"), true, "the image button shows for a vision model");
-  await page.setInputFiles("#attach", `${root}tests/data/tiny-phi3v/images/wide.png`);
+  await vision.goto(url);
+  await vision.waitForSelector("body[data-ready=true]");
+  assert.equal(await vision.isVisible("#attach-label"), false, "no image button before a vision model is loaded");
+  await vision.selectOption("#model-picker", "tiny-phi3v");
+  await vision.click("#load");
+  await vision.waitForSelector("#prompt:not([disabled])", { timeout: 180_000 });
+  assert.equal(await vision.isVisible("#attach-label"), true, "the image button shows for a vision model");
+  await vision.setInputFiles("#attach", `${root}tests/data/tiny-phi3v/images/wide.png`);
   const pasted = readFileSync(`${root}tests/data/tiny-phi3v/images/small.png`).toString("base64");
-  await page.evaluate((b64) => {
+  await vision.evaluate((b64) => {
     const data = new DataTransfer();
     data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], "pasted.png", { type: "image/png" }));
     const paste = new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
     document.getElementById("prompt").dispatchEvent(paste);
   }, pasted);
-  assert.equal(await page.locator("#attachments img").count(), 2);
-  await page.fill("#max-tokens", "4");
-  await page.fill("#prompt", "What is in these pictures?");
-  await page.press("#prompt", "Enter");
-  const pictures = await finished(page.locator(".message.assistant").last());
-  assert.ok(["stop", "length"].includes(pictures.finish), JSON.stringify(pictures));
-  assert.equal(await page.locator(".message.user").last().locator("img").count(), 2, "the message shows both images");
-  assert.equal(await page.locator("#attachments img").count(), 0, "the composer is cleared");
-  assert.ok(await page.isHidden("#error"), await page.textContent("#error"));
-  await page.screenshot({ path: `${artifacts}/demo-vision.png`, fullPage: true });
-  await page.unroute("**/models.json");
+  assert.equal(await vision.locator("#attachments img").count(), 2);
+  await vision.click("#settings summary");
+  await vision.fill("#max-tokens", "4");
+  await vision.fill("#prompt", "What is in these pictures?");
+  await vision.press("#prompt", "Enter");
+  await vision.waitForFunction(() => [...document.querySelectorAll(".message.assistant")].at(-1)?.dataset.finish, null, { timeout: 600_000 });
+  const pictures = await vision.locator(".message.assistant").last().getAttribute("data-finish");
+  assert.ok(["stop", "length"].includes(pictures), pictures);
+  assert.equal(await vision.locator(".message.user").last().locator("img").count(), 2, "the message shows both images");
+  assert.equal(await vision.locator("#attachments img").count(), 0, "the composer is cleared");
+  assert.ok(await vision.isHidden("#error"), await vision.textContent("#error"));
+  await vision.screenshot({ path: `${artifacts}/demo-vision.png`, fullPage: true });
+  await visionContext.close();
 
   step("retrieval over 10,000 chunks in the browser");
   figures.retrieval_ms_10k = await page.evaluate(async () => {
