@@ -260,3 +260,40 @@ fn bad_image_requests_are_input_errors_and_the_engine_stays_usable() {
     let answer = pollster::block_on(e.chat(&text_only, |_| {})).unwrap();
     assert_eq!(answer.stats.cached_tokens, 0, "nothing was generated or cached by the failed requests");
 }
+
+/// Phi-3.5-vision-instruct's published config.json (its keys; the tower
+/// named, not described) and its processor's num_crops.
+#[test]
+fn published_phi35_vision_config_loads() {
+    use phi_web::config::{Architecture, ModelConfig};
+    let config = serde_json::json!({
+        "architectures": ["Phi3VForCausalLM"], "model_type": "phi3_v",
+        "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "vocab_size": 32064, "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "rope_scaling": { "type": "su", "short_factor": vec![1.0; 48], "long_factor": vec![1.5; 48] },
+        "sliding_window": 262144, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "img_processor": { "image_dim_out": 1024, "model_name": "openai/clip-vit-large-patch14-336",
+                           "name": "clip_vision_model", "num_img_tokens": 144 },
+        "embd_layer": { "embedding_cls": "image", "hd_transform_order": "sub_glb", "projection_cls": "mlp",
+                        "use_hd_transform": true, "with_learnable_separator": true }
+    });
+    let c = ModelConfig::from_hf(&config).unwrap();
+    assert_eq!(c.architecture, Architecture::Phi3);
+    let v = c.vision.as_ref().expect("a vision tower");
+    assert_eq!((v.hidden_size, v.intermediate_size, v.num_heads), (1024, 4096, 16));
+    assert_eq!(
+        (v.num_layers, v.image_size, v.patch_size, v.grid()),
+        (23, 336, 14, 24),
+        "layer_idx -2: 23 of 24 layers"
+    );
+    assert_eq!(v.num_crops, 4);
+    // Another tower or merge order is refused, not guessed.
+    let mut other = config.clone();
+    other["embd_layer"]["hd_transform_order"] = "glb_sub".into();
+    assert_eq!(ModelConfig::from_hf(&other).unwrap_err().js_name(), "UnsupportedError");
+    let mut other = config.clone();
+    other["img_processor"]["model_name"] = "openai/clip-vit-base-patch32".into();
+    assert_eq!(ModelConfig::from_hf(&other).unwrap_err().js_name(), "UnsupportedError");
+}
