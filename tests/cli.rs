@@ -298,3 +298,53 @@ fn phimoe_package_is_inspected_and_chats() {
     let stderr = text(&o.stderr);
     assert!(o.status.code() == Some(2) && stderr.contains("smollm2, phi3-mini, phi-mini-moe"), "{stderr}");
 }
+
+/// A tiny Phi-3.5-vision: `generate --image` shows images before the prompt
+/// (757 positions each at 2×2 crops), and `chat`'s `/image FILE` attaches
+/// one to the next message, whose later turns reuse its cache.
+#[test]
+fn vision_generate_and_chat_take_images() {
+    use std::io::Write;
+    let out = root().join("target/test-scratch/cli-phi3v");
+    let _ = std::fs::remove_dir_all(&out);
+    let data = root().join("tests/data/tiny-phi3v");
+    let o = phi_web(&["convert", data.to_str().unwrap(), out.to_str().unwrap(), "--quant", "f32"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (dir, wide) = (out.to_str().unwrap(), data.join("images/wide.png"));
+    let (wide, tall) = (wide.to_str().unwrap(), data.join("images/tall.png"));
+    let args = ["generate", dir, "--image", wide, "--prompt", "Hi", "--max-tokens", "2", "--json"];
+    let one = phi_web(&args);
+    assert!(one.status.success(), "{}", text(&one.stderr));
+    let one: serde_json::Value = serde_json::from_str(&text(&one.stdout)).unwrap();
+    let two = phi_web(&[&args[..4], &["--image", tall.to_str().unwrap()], &args[4..]].concat());
+    assert!(two.status.success(), "{}", text(&two.stderr));
+    let two: serde_json::Value = serde_json::from_str(&text(&two.stdout)).unwrap();
+    // The tall image: 2×1 crops, 469 positions, then the piece after it: <s> and its newline.
+    let (one, two) = (one["stats"]["prompt_tokens"].as_u64().unwrap(), two["stats"]["prompt_tokens"].as_u64().unwrap());
+    assert!(one > 757 && two == one + 469 + 2, "{one} then {two}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phi-web"))
+        .args(["chat", dir, "--max-tokens", "2"])
+        .env("NODEVICE_SELECT", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!("/image {wide}\nWhat is this?\nAnd now?\n/image /no/such/file.png\n/exit\n");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let stderr = text(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let turns: Vec<(usize, usize)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let (prompt, rest) = l.strip_prefix('[')?.split_once(" prompt tokens, ")?;
+            Some((prompt.parse().ok()?, rest.split(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(turns.len(), 2, "{stderr}");
+    assert!(turns[0].0 > 757 && turns[0].1 == 0, "{stderr}");
+    assert!(turns[1].1 > 757, "the second turn reuses the image's cache: {stderr}");
+    assert!(stderr.contains("error: /no/such/file.png"), "{stderr}");
+}

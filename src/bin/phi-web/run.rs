@@ -85,6 +85,7 @@ pub fn generate(args: &GenerateArgs, device: &EngineOptions) -> Outcome {
 
 /// `phi-web chat`: one line per user turn, the reply streamed; the session
 /// keeps the conversation's KV cache so each turn prefills only what is new.
+/// `/image FILE` shows an image with the next message (a vision model).
 pub fn chat(args: &ChatArgs, device: &EngineOptions) -> Outcome {
     let (dir, engine) = (&args.dir, load(&args.dir, &args.load, device, true)?);
     let mut request = args.sampling.request()?;
@@ -94,13 +95,17 @@ pub fn chat(args: &ChatArgs, device: &EngineOptions) -> Outcome {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
-            "phi-web chat: {} ({} tokens of context). /reset starts over, /exit or Ctrl-D quits.",
+            "phi-web chat: {} ({} tokens of context). /reset starts over, /exit or Ctrl-D quits{}.",
             dir.display(),
-            engine.decoder.capacity
+            engine.decoder.capacity,
+            if engine.vision.is_some() { ", /image FILE shows an image with the next message" } else { "" }
         );
     }
     let mut stdout = std::io::stdout();
     let mut line = String::new();
+    // The conversation's images (every turn sends them again: their rows and
+    // KV cache are reused) and those waiting for the next message.
+    let (mut images, mut pending) = (Vec::new(), Vec::new());
     loop {
         if interactive {
             eprint!("> ");
@@ -114,11 +119,27 @@ pub fn chat(args: &ChatArgs, device: &EngineOptions) -> Outcome {
             "/exit" | "/quit" => return Ok(()),
             "/reset" => {
                 request.messages = fresh();
+                (images, pending) = (Vec::new(), Vec::new());
                 continue;
             }
-            text => request.messages.push(Message::new("user", text)),
+            text if text.starts_with("/image ") => {
+                let path = Path::new(text["/image ".len()..].trim());
+                match std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| Rgb::decode(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(image) => {
+                        pending.push(images.len());
+                        images.push(image);
+                        eprintln!("[{} attached: it goes with your next message]", path.display());
+                    }
+                    Err(e) => eprintln!("error: {}: {e}", path.display()),
+                }
+                continue;
+            }
+            text => request.messages.push(Message::with_images("user", &std::mem::take(&mut pending), text)),
         }
-        let result = pollster::block_on(engine.chat(&request, |delta| {
+        let result = pollster::block_on(engine.chat_with_images(&request, &images, |delta| {
             if let Delta::Text(text) = delta {
                 let _ = stdout.write_all(text.as_bytes());
                 let _ = stdout.flush();
@@ -137,7 +158,9 @@ pub fn chat(args: &ChatArgs, device: &EngineOptions) -> Outcome {
             Err(e) => {
                 // e.g. the conversation outgrew the context: say so and let the user go on.
                 eprintln!("error: {e}");
-                request.messages.pop();
+                if let Some(message) = request.messages.pop() {
+                    images.truncate(images.len() - message.images.len()); // its images went with it
+                }
             }
         }
     }
