@@ -232,10 +232,12 @@ class LocalEngine {
     const fields = ["messages", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "response_format", "tools", "tool_choice"];
     const body = Object.fromEntries(fields.filter((f) => request[f] != null).map((f) => [f, request[f]]));
     if (body.stop != null) body.stop = [].concat(body.stop);
-    const { messages, images } = await decodeImages(body.messages);
-    if (images.length && !this.info.vision) {
-      throw namedError("InputError", `${this.model} takes no images (${images.length} in the messages); load a vision model such as Phi-3.5-vision`);
+    const shown = (body.messages ?? []).flatMap((m) => (Array.isArray(m?.content) ? m.content : [])).filter((p) => p?.type === "image_url");
+    if (shown.length && !this.info.vision) {
+      // Refused before any image is fetched or decoded.
+      throw namedError("InputError", `${this.model} takes no images (${shown.length} in the messages); load a vision model such as Phi-3.5-vision`);
     }
+    const { messages, images } = await decodeImages(body.messages);
     body.messages = messages;
     let result;
     try {
