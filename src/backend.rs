@@ -146,7 +146,7 @@ impl Backend {
             Backend::Cpu(_) => Err(Error::Unsupported {
                 what: format!("{what} on the CPU backend"),
                 supported:
-                    "Phi-3, Phi-3.5-mini, Phi-4, Phi-3-small, Llama and BERT encoders on the CPU; the rest on WebGPU"
+                    "Phi-3, Phi-3.5-mini, Phi-4, Phi-3-small, Phi-3.5-vision, Llama and BERT encoders on the CPU; the rest on WebGPU"
                         .into(),
             }),
         }
