@@ -14,7 +14,7 @@ use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::formats::package::{Manifest, ShardSource};
 use crate::gpu::{Gpu, GpuOptions, Kernels, KvFormat};
-use crate::image::{hd_transform, HdImage, Rgb};
+use crate::image::{hd_transform, Rgb};
 use crate::model::{Decoder, DecoderOptions, ImageEncoder, Logits};
 use crate::sampler::SamplingOptions;
 use crate::session::{self, GenerateOptions, Generation, ImageUse, Interrupt, Prompt, PromptImage, Session};
@@ -299,9 +299,7 @@ impl Engine {
         for piece in &pieces {
             pieces_ids.push(bos.into_iter().chain(tokenizer.encode(piece)?).collect::<Vec<u32>>());
         }
-        let transformed: Vec<HdImage> =
-            shown.iter().map(|&i| hd_transform(&images[i], vision.config.num_crops)).collect();
-        let image_tokens: Vec<usize> = transformed.iter().map(HdImage::tokens).collect();
+        let image_tokens: Vec<usize> = shown.iter().map(|&i| vision.tokens(&images[i])).collect();
         let total = pieces_ids.iter().map(Vec::len).sum::<usize>() + image_tokens.iter().sum::<usize>();
         if total >= self.decoder.capacity {
             return Err(input(format!(
@@ -315,14 +313,15 @@ impl Engine {
         let mut prompt_images = Vec::with_capacity(shown.len());
         let mut used = ImageUse { images: shown.len(), tokens: image_tokens.iter().sum(), ..Default::default() };
         let start = web_time::Instant::now();
-        for ((image, &index), piece) in transformed.iter().zip(&shown).zip(&pieces_ids[1..]) {
+        for ((&index, &tokens), piece) in shown.iter().zip(&image_tokens).zip(&pieces_ids[1..]) {
             let fingerprint = images[index].fingerprint();
             let kept = self.image_rows.borrow().iter().find(|(f, _)| *f == fingerprint).map(|(_, rows)| rows.clone());
             let rows = match kept {
                 Some(rows) => rows,
                 None => {
+                    let image = hd_transform(&images[index], vision.config.num_crops);
                     used.crops += image.crops();
-                    let rows = Rc::new(vision.embed(&self.backend, image).await?);
+                    let rows = Rc::new(vision.embed(&self.backend, &image).await?);
                     let mut kept = self.image_rows.borrow_mut();
                     kept.truncate(IMAGE_ROWS_KEPT - 1);
                     kept.insert(0, (fingerprint, rows.clone()));
@@ -330,7 +329,7 @@ impl Engine {
                 }
             };
             prompt_images.push(PromptImage { start: ids.len(), rows, fingerprint });
-            ids.extend(std::iter::repeat_n(0, image.tokens()));
+            ids.extend(std::iter::repeat_n(0, tokens));
             ids.extend_from_slice(piece);
         }
         used.encode_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -339,9 +338,7 @@ impl Engine {
 
     /// Positions an image takes in the prompt (None: the model takes no images).
     pub fn image_tokens(&self, image: &Rgb) -> Option<usize> {
-        let vision = self.vision.as_ref()?;
-        let (rows, cols) = crate::image::crop_grid(image.width, image.height, vision.config.num_crops);
-        Some(crate::image::image_tokens(rows, cols))
+        self.vision.as_ref().map(|vision| vision.tokens(image))
     }
 
     // The session's RefMut is held across awaits on purpose: it is the "one

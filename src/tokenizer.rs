@@ -24,7 +24,7 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
     /// The request's images this message shows, in the order of their marks.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing)]
     pub images: Vec<usize>,
 }
 
@@ -74,8 +74,6 @@ struct RawMessage {
     tool_calls: Vec<ToolCall>,
     #[serde(default)]
     tool_call_id: Option<String>,
-    #[serde(default)]
-    images: Vec<usize>,
 }
 
 impl From<RawMessage> for Message {
@@ -85,11 +83,6 @@ impl From<RawMessage> for Message {
         message.tool_call_id = raw.tool_call_id;
         match raw.content {
             None => {}
-            // A message serialised by phi-web keeps its marks and image list.
-            Some(RawContent::Text(text)) if text.matches(IMAGE_MARK).count() == raw.images.len() => {
-                message.content = text;
-                message.images = raw.images;
-            }
             Some(RawContent::Text(text)) => message.content = text.replace(IMAGE_MARK, ""),
             Some(RawContent::Parts(parts)) => {
                 for part in parts {

@@ -150,6 +150,12 @@ impl ImageEncoder {
             + self.projection_2.gpu_bytes()
     }
 
+    /// Positions `image` takes in a prompt, from its size alone (no transform).
+    pub fn tokens(&self, image: &crate::image::Rgb) -> usize {
+        let (rows, cols) = crate::image::crop_grid(image.width, image.height, self.config.num_crops);
+        crate::image::image_tokens(rows, cols)
+    }
+
     /// The rows an image stands for in the prompt, [image.tokens(), H].
     pub async fn embed(&self, b: &Backend, image: &HdImage) -> Result<Vec<f32>> {
         let (c, grid) = (self.config.hidden_size, self.config.grid());

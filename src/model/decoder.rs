@@ -105,6 +105,8 @@ pub(crate) struct DecoderIo {
 pub(crate) struct ImageIo {
     pub flags: Buf, // [T] u32: 1 where the row is an image row
     pub rows: Buf,  // [T, H] the image rows at their token's index
+    /// Whether `flags` has any set (text-only calls after a clear write nothing).
+    flagged: std::cell::Cell<bool>,
 }
 
 /// Rows of image features standing in for the token embeddings of a forward
@@ -222,6 +224,7 @@ impl Decoder {
             Some(_) => Some(ImageIo {
                 flags: b.storage("image flags", 4 * t as u64)?,
                 rows: b.storage("image rows", (4 * t * config.hidden_size) as u64)?,
+                flagged: Default::default(),
             }),
             None => None,
         };
@@ -368,8 +371,8 @@ impl Decoder {
         Ok(())
     }
 
-    /// Flags and rows of the call's image positions (every call: a decode
-    /// step clears the flags its prefill set).
+    /// Flags and rows of the call's image positions; a call without images
+    /// clears the flags an earlier call set, then writes nothing (decode steps).
     fn write_images(&self, b: &Backend, images: &[ImageRows<'_>], tokens: usize) -> Result<()> {
         let Some(io) = &self.io.images else {
             return match images.is_empty() {
@@ -380,6 +383,9 @@ impl Decoder {
                 }),
             };
         };
+        if images.is_empty() && !io.flagged.get() {
+            return Ok(());
+        }
         let h = self.config.hidden_size;
         let mut flags = vec![0u32; tokens];
         for image in images {
@@ -397,7 +403,11 @@ impl Decoder {
             flags[image.at..image.at + n].fill(1);
             b.write(&io.rows, (image.at * h * 4) as u64, bytemuck::cast_slice(image.rows))?;
         }
-        b.write(&io.flags, 0, bytemuck::cast_slice(&flags))
+        // All max_tokens flags: a longer earlier call may have set some past `tokens`.
+        flags.resize(self.max_tokens, 0);
+        b.write(&io.flags, 0, bytemuck::cast_slice(&flags))?;
+        io.flagged.set(!images.is_empty());
+        Ok(())
     }
 
     /// The recorded pass for `key`, recorded on first use.
