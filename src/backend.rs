@@ -360,6 +360,17 @@ impl Backend {
         }
     }
 
+    /// x += h, then h = RMSNorm(x) * w (a residual add folded into the next norm).
+    pub fn add_rms_norm(&self, x: &Buf, h: &Buf, w: &Buf, rows: usize, cols: usize, eps: f32) -> Result<Op> {
+        match self {
+            Backend::Gpu(g) => Ok(g.kernels.add_rms_norm(x.gpu()?, h.gpu()?, w.gpu()?, rows, cols, eps)?.into()),
+            Backend::Cpu(c) => {
+                let (x, h, w) = (x.cpu()?.clone(), h.cpu()?.clone(), w.cpu()?.clone());
+                Ok(c.elementwise(cpu::Op::AddRmsNorm { x, h, w, rows, cols, eps })?.into())
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn layer_norm(&self, x: &Buf, w: &Buf, b: &Buf, y: &Buf, rows: usize, cols: usize, eps: f32) -> Result<Op> {
         match self {

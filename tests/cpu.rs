@@ -268,6 +268,7 @@ macro_rules! shared_checks {
 
 shared_checks!(
     rms_norm_rows,
+    add_rms_norm_rows,
     layer_norm_rows,
     silu_mul_over_fused_gate_up,
     gegelu_clamps_and_gates,

@@ -3,6 +3,7 @@
 //! bandwidth measured in the same run, so that the ratio means something on
 //! a shared, noisy machine.
 
+pub mod gpu;
 pub mod phi3small;
 pub mod structured;
 pub mod vision;
@@ -79,6 +80,11 @@ pub fn cpu_read_bandwidth(threads: usize) -> f64 {
 /// Random quantized bytes of the right shape (the values do not matter for
 /// timing; scales are kept small and finite).
 fn random_matrix(gpu: &Gpu, format: WeightFormat, rows: usize, cols: usize, seed: u64) -> Result<Matrix> {
+    Matrix::upload(gpu, "bench weights", format, rows, cols, &random_layout(format, rows, cols, seed))
+}
+
+/// The GPU layout of a random [rows, cols] matrix in `format`.
+fn random_layout(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> GpuLayout {
     let mut state = seed | 1;
     let mut next = move || {
         state ^= state << 13;
@@ -98,7 +104,7 @@ fn random_matrix(gpu: &Gpu, format: WeightFormat, rows: usize, cols: usize, seed
     if matches!(format, WeightFormat::F32) {
         layout.data.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&0.01f32.to_le_bytes()));
     }
-    Matrix::upload(gpu, "bench weights", format, rows, cols, &layout)
+    layout
 }
 
 /// Median seconds per dispatch list: `reps` copies in one submit, `trials` times.
@@ -289,6 +295,8 @@ pub struct ModelFigure {
     /// GPU memory the decoder allocated, from exact buffer accounting.
     pub gpu_memory: MemoryFigure,
     pub prefill: Vec<PrefillFigure>,
+    /// Kernel launches (GPU) or ops (CPU backend) per decode step.
+    pub dispatches_per_token: usize,
     pub decode: Vec<DecodeFigure>,
     /// Decode tokens/s at the longest context ÷ at the shortest.
     pub decode_long_over_short: f64,
@@ -334,6 +342,13 @@ pub struct DecodeFigure {
     pub effective_gbps: f64,
     /// effective_gbps ÷ the CPU memory-read bandwidth of the same run.
     pub fraction_of_cpu_bandwidth: f64,
+    /// GPU time per token from timestamp queries (first pass start to last
+    /// pass end of each submit), where the adapter has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_ms_per_token: Option<f64>,
+    /// CPU time per token spent encoding and submitting the recorded commands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encode_ms_per_token: Option<f64>,
 }
 
 /// What `model_figure` measures.
@@ -349,6 +364,10 @@ pub struct ModelBench {
     /// attention reads every cached position either way).
     pub decode_contexts: Vec<usize>,
     pub decode_tokens: usize,
+    /// Prefill the cache before timing decode at a context (else the steps
+    /// just start there, over a zeroed cache: the same reads, and no
+    /// minutes-long prefill on a CPU adapter).
+    pub fill_cache: bool,
     /// Bytes of weights the GPU may hold (a mixture of experts over it caches them).
     pub gpu_memory: Option<u64>,
 }
@@ -417,7 +436,7 @@ pub async fn model_figure(
     let (mut decode_cache, mut decoded) = (ExpertStats::default(), 0);
     for &context in &plan.decode_contexts {
         progress(&format!("decode at {context} tokens of context"));
-        if !plan.prompts.contains(&context) {
+        if plan.fill_cache && !plan.prompts.contains(&context) {
             // Fill the cache only when a prefill of this length is cheap.
             let ids = random_ids(context.min(decoder.max_tokens), vocab, 3);
             decoder.forward(b, &ids, context - ids.len(), Logits::Last).await?;
@@ -427,12 +446,24 @@ pub async fn model_figure(
         // routing an expert cache would hit every time.
         let feed = random_ids(plan.decode_tokens, vocab, 11 + context as u64);
         let cache_before = decoder.expert_stats().unwrap_or_default();
+        let timed = match b {
+            Backend::Gpu(g) if g.gpu.features.timestamps => Some(&g.gpu),
+            _ => None,
+        };
+        if let Some(gpu) = timed {
+            gpu.start_timer(64 * plan.decode_tokens as u32)?;
+        }
         let start = Instant::now();
         for (step, &id) in feed.iter().enumerate() {
             let pos = context + step;
             decoder.greedy_in_sequence(b, &[id], pos, pos + 1).await?;
         }
         let per_token = start.elapsed().as_secs_f64() / plan.decode_tokens.max(1) as f64;
+        let times = match timed {
+            Some(gpu) => gpu.stop_timer().await?,
+            None => None,
+        };
+        let ms_per_token = |d: std::time::Duration| d.as_secs_f64() * 1e3 / plan.decode_tokens.max(1) as f64;
         let cache_after = decoder.expert_stats().unwrap_or_default();
         decode_cache.add(&cache_after.since(&cache_before));
         decoded += plan.decode_tokens;
@@ -446,6 +477,8 @@ pub async fn model_figure(
             bytes_per_token: bytes,
             effective_gbps: gbps,
             fraction_of_cpu_bandwidth: gbps / cpu_gbps,
+            gpu_ms_per_token: times.map(|t| ms_per_token(t.gpu)),
+            encode_ms_per_token: times.map(|t| ms_per_token(t.encode)),
         });
     }
     let rate = |f: Option<&DecodeFigure>| f.map_or(f64::NAN, |f| f.tokens_per_s);
@@ -467,6 +500,7 @@ pub async fn model_figure(
             scratch_mb: mb(total - memory.weights - memory.kv_cache),
         },
         prefill,
+        dispatches_per_token: decoder.dispatches_per_token(b)?,
         decode_long_over_short: rate(decode.last()) / rate(decode.first()),
         decode,
         expert_cache: decoder.expert_stats().map(|stats| ExpertCacheFigure {
@@ -710,8 +744,8 @@ pub fn markdown(report: &KernelReport) -> String {
         "Adapter: {}. CPU read bandwidth in the same run: {:.1} GB/s ({} threads).\n\n",
         report.adapter, report.cpu_read_gbps_all_threads, report.threads
     );
-    out += "| model | backend | context, KV cache | memory (weights + KV + scratch) | prefill tok/s | decode tok/s | decode ÷ memory bandwidth | long ÷ short context decode |\n";
-    out += "|---|---|---|---|---|---|---|---|\n";
+    out += "| model | backend | context, KV cache | memory (weights + KV + scratch) | prefill tok/s | decode tok/s | decode ÷ memory bandwidth | long ÷ short context decode | per decode token: dispatches, MB read, GPU ms (CPU encode ms) |\n";
+    out += "|---|---|---|---|---|---|---|---|---|\n";
     for m in &report.models {
         let g = &m.gpu_memory;
         let prefill: Vec<String> =
@@ -721,6 +755,16 @@ pub fn markdown(report: &KernelReport) -> String {
         let fraction: Vec<String> =
             m.decode.iter().map(|d| format!("{:.1} %", 100.0 * d.fraction_of_cpu_bandwidth)).collect();
         let or_dash = |v: Vec<String>| if v.is_empty() { "—".to_string() } else { v.join(", ") };
+        let per_token = match m.decode.first() {
+            Some(d) => {
+                let ms = match (d.gpu_ms_per_token, d.encode_ms_per_token) {
+                    (Some(gpu), Some(encode)) => format!(", {gpu:.2} ({encode:.2}) @ {}", d.context_tokens),
+                    _ => String::new(),
+                };
+                format!("{}, {:.0}{ms}", m.dispatches_per_token, d.bytes_per_token as f64 / 1e6)
+            }
+            None => "—".into(),
+        };
         let cache = m.expert_cache.as_ref().map_or(String::new(), |c| {
             format!(
                 ", expert cache {}/{} per layer (decode hit rate {:.2}, {:.1} MB uploaded per token)",
@@ -731,7 +775,7 @@ pub fn markdown(report: &KernelReport) -> String {
             )
         });
         out += &format!(
-            "| {}{cache} | {} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} |\n",
+            "| {}{cache} | {} | {}, {} | {:.0} MB ({:.0} + {:.0} + {:.0}) | {} | {} | {} | {} | {per_token} |\n",
             m.model,
             match m.backend {
                 "cpu" => format!("CPU, {} thread{}", m.threads, if m.threads == 1 { "" } else { "s" }),

@@ -232,6 +232,15 @@ pub enum Op {
         cols: usize,
         eps: f32,
     },
+    /// x += h, then h = RMSNorm(x).
+    AddRmsNorm {
+        x: Tensor,
+        h: Tensor,
+        w: Tensor,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    },
     LayerNorm {
         x: Tensor,
         w: Tensor,
@@ -336,6 +345,10 @@ impl Op {
             }
             Op::RmsNorm { x, w, y, rows, cols, eps } => {
                 elementwise::rms_norm(&x.f32()?, &w.f32()?, &mut y.f32_mut()?, *rows, *cols, *eps);
+                Ok(())
+            }
+            Op::AddRmsNorm { x, h, w, rows, cols, eps } => {
+                elementwise::add_rms_norm(&mut x.f32_mut()?, &mut h.f32_mut()?, &w.f32()?, *rows, *cols, *eps);
                 Ok(())
             }
             Op::LayerNorm { x, w, b, y, rows, cols, eps } => {
@@ -520,6 +533,11 @@ impl Cpu {
                 check_len("splice_rows", "flags", flags, *tokens)?;
                 check_len("splice_rows", "rows", rows, tokens * width)?;
                 ("x", x, tokens * width)
+            }
+            Op::AddRmsNorm { x, h, w, rows, cols, .. } => {
+                check_len("norm", "x", x, rows * cols)?;
+                check_len("norm", "w", w, *cols)?;
+                ("h", h, rows * cols)
             }
             Op::RmsNorm { x, w, y, rows, cols, .. } | Op::LayerNorm { x, w, y, rows, cols, .. } => {
                 check_len("norm", "x", x, rows * cols)?;

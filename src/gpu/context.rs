@@ -35,22 +35,25 @@ impl Default for GpuOptions {
 
 /// Which tile sizes the matrix kernels use (tuning.rs: `Tuning`): lavapipe
 /// and WARP gather every buffer load lane by lane and want large register
-/// tiles; GPUs want many small invocations (SwiftShader runs these too: the
-/// CPU tiles measured no faster there).
+/// tiles; SwiftShader runs small tiles; GPUs want many small workgroups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelTuning {
+    /// Software rasterisers that compile register tiles well (lavapipe, WARP).
     Cpu,
+    /// Other software rasterisers (SwiftShader).
+    Software,
+    /// Hardware GPUs.
     Gpu,
 }
 
 impl KernelTuning {
-    /// CPU tuning for the software rasterisers that compile register tiles
-    /// well (lavapipe, WARP).
     pub fn for_adapter(adapter: &AdapterSummary) -> KernelTuning {
         let name = adapter.name.to_lowercase();
-        let software = ["llvmpipe", "warp"].iter().any(|n| name.contains(n));
-        if adapter.device_type == "Cpu" || software {
+        // A fallback adapter (device type Cpu) keeps the CPU tiles it always had.
+        if adapter.device_type == "Cpu" || ["llvmpipe", "lavapipe", "warp"].iter().any(|n| name.contains(n)) {
             KernelTuning::Cpu
+        } else if adapter.is_software() {
+            KernelTuning::Software
         } else {
             KernelTuning::Gpu
         }
@@ -104,6 +107,8 @@ pub struct Gpu {
     fault: Fault,
     /// Bytes of storage buffers created so far (weights, scratch, KV cache).
     storage_bytes: std::sync::atomic::AtomicU64,
+    /// Timestamp queries over submits while a benchmark times them (timer.rs).
+    pub(super) timer: Mutex<Option<super::timer::Timer>>,
 }
 
 impl Gpu {
@@ -169,7 +174,17 @@ impl Gpu {
         }));
 
         let tuning = options.tuning.unwrap_or_else(|| KernelTuning::for_adapter(&summary));
-        Ok(Gpu { device, queue, adapter: summary, features, limits, tuning, fault, storage_bytes: Default::default() })
+        Ok(Gpu {
+            device,
+            queue,
+            adapter: summary,
+            features,
+            limits,
+            tuning,
+            fault,
+            storage_bytes: Default::default(),
+            timer: Mutex::default(),
+        })
     }
 
     /// The first device loss or uncaptured GPU error since the last check, if

@@ -5,11 +5,14 @@
 mod context;
 mod kernels;
 mod shapes;
+mod timer;
 mod tuning;
 
 pub use context::{AdapterSummary, Gpu, GpuFeatures, GpuOptions, KernelTuning};
 pub use kernels::{Bias, ExpertInput, ExpertStack, Kernels, Routing, ENCODER_MAX_KEYS, ROUTE_BYTES};
 pub use shapes::{AttentionScratch, AttentionShape, GeluKind, KvAppendShape, KvFormat, OutputSlice, RopeShape};
+pub use timer::GpuTimes;
+pub use tuning::Tuning;
 
 use crate::error::{ensure_shape, Result};
 use crate::quant::{self, GpuLayout, WeightFormat};
@@ -48,10 +51,22 @@ impl From<Dispatch> for Command {
 
 impl Gpu {
     /// Records `commands` into ONE command encoder (compute passes between
-    /// copies) and submits it.
+    /// copies) and submits it; timed when a [`Gpu::start_timer`] timer is on.
     pub fn submit(&self, commands: &[Command]) -> wgpu::SubmissionIndex {
+        #[cfg(not(target_arch = "wasm32"))]
+        let start = std::time::Instant::now();
+        let mut timer = self.timer_slot();
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("phi-web step") });
+        let passes = commands
+            .iter()
+            .enumerate()
+            .filter(|&(i, c)| {
+                matches!(c, Command::Dispatch(_)) && (i == 0 || !matches!(commands[i - 1], Command::Dispatch(_)))
+            })
+            .count();
+        let stamps = timer.as_mut().and_then(|t| t.next());
+        let mut pass_index = 0;
         let mut i = 0;
         while i < commands.len() {
             match &commands[i] {
@@ -60,16 +75,35 @@ impl Gpu {
                     i += 1;
                 }
                 Command::Dispatch(_) => {
-                    let mut pass = encoder
-                        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                    let timestamp_writes = stamps.as_ref().and_then(|(first, last)| match pass_index {
+                        0 if passes == 1 => Some(wgpu::ComputePassTimestampWrites {
+                            end_of_pass_write_index: last.end_of_pass_write_index,
+                            ..first.clone()
+                        }),
+                        0 => Some(first.clone()),
+                        n if n + 1 == passes => Some(last.clone()),
+                        _ => None,
+                    });
+                    let mut pass =
+                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                     while let Some(Command::Dispatch(d)) = commands.get(i) {
                         d.encode(&mut pass);
                         i += 1;
                     }
+                    pass_index += 1;
                 }
             }
         }
-        self.queue.submit([encoder.finish()])
+        drop(stamps);
+        if let Some(t) = timer.as_mut().filter(|_| passes > 0) {
+            t.resolve(&mut encoder);
+        }
+        let index = self.queue.submit([encoder.finish()]);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(t) = timer.as_mut() {
+            t.add_encode(start.elapsed());
+        }
+        index
     }
 }
 

@@ -136,7 +136,7 @@ impl AttentionShape {
         match tuning {
             _ if tokens >= 16 => 1,
             KernelTuning::Cpu => (8 / kv_heads.max(1)).clamp(1, most),
-            KernelTuning::Gpu => most,
+            KernelTuning::Software | KernelTuning::Gpu => most,
         }
     }
 }

@@ -175,6 +175,22 @@ impl Norm {
         Ok(())
     }
 
+    /// x += h (the previous block's output), then h [T, cols] = norm(x):
+    /// one dispatch for RMSNorm (add_rms_norm), two for LayerNorm.
+    pub fn forward_after_add(&self, r: &mut Recorder, x: &Buf, h: &Buf) -> Result<()> {
+        match &self.bias {
+            None => {
+                let d = r.backend.add_rms_norm(x, h, &self.weight, r.tokens, self.cols, self.eps)?;
+                r.push(d);
+                Ok(())
+            }
+            Some(_) => {
+                r.add(x, h, self.cols)?;
+                self.forward(r, x, h)
+            }
+        }
+    }
+
     pub fn gpu_bytes(&self) -> u64 {
         self.weight.size() + self.bias.as_ref().map_or(0, |b| b.size())
     }

@@ -15,7 +15,7 @@ use super::phi3::Phi3;
 use super::phi3small::Phi3Small;
 use super::phimoe::PhiMoe;
 use super::recorder::{Recorder, Segment};
-use crate::backend::{Backend, Buf};
+use crate::backend::{Backend, Buf, Commands};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::formats::package::ShardSource;
@@ -408,6 +408,21 @@ impl Decoder {
         b.write(&io.flags, 0, bytemuck::cast_slice(&flags))?;
         io.flagged.set(!images.is_empty());
         Ok(())
+    }
+
+    /// Kernel launches (GPU) or ops (CPU) of one greedy decode step: what
+    /// `phi-web bench` reports as dispatches per token.
+    pub fn dispatches_per_token(&self, b: &Backend) -> Result<usize> {
+        let pass = self.recorded(b, RecordKey { tokens: 1, long_rope: false, readout: Readout::Argmax })?;
+        let gpu = |commands: &[Command]| commands.iter().filter(|c| matches!(c, Command::Dispatch(_))).count();
+        Ok(pass
+            .iter()
+            .map(|segment| match segment {
+                Segment::Run(Commands::Gpu(commands)) => gpu(commands),
+                Segment::Run(Commands::Cpu(ops)) => ops.len(),
+                Segment::Experts { commands, .. } => gpu(commands),
+            })
+            .sum())
     }
 
     /// The recorded pass for `key`, recorded on first use.

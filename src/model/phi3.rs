@@ -87,17 +87,21 @@ impl Phi3 {
 
     /// hidden_states += self_attn(input_layernorm(hidden_states)), then
     /// hidden_states += mlp(post_attention_layernorm(hidden_states)).
+    /// Each residual add is folded into the norm after it (add_rms_norm):
+    /// the layer leaves its MLP output in `h`, and the next layer's input
+    /// norm (or, after the last layer, `record`) adds it.
     fn layer(&self, r: &mut Recorder, layer: &Layer, cache: &KvCache, i: usize, long_rope: bool) -> Result<()> {
-        let (s, h) = (&self.scratch, self.config.hidden_size);
-        layer.input_layernorm.forward(r, &s.x, &s.h)?;
+        let s = &self.scratch;
+        match i {
+            0 => layer.input_layernorm.forward(r, &s.x, &s.h)?,
+            _ => layer.input_layernorm.forward_after_add(r, &s.x, &s.h)?,
+        }
         layer.qkv_proj.forward(r, &s.h, &s.qkv)?;
         self.rope.forward(r, &s.qkv, long_rope)?;
         self.attention.forward(r, &s.qkv, cache, i, &s.attn)?;
         layer.o_proj.forward(r, &s.attn, &s.h)?;
-        r.add(&s.x, &s.h, h)?;
-        layer.post_attention_layernorm.forward(r, &s.x, &s.h)?;
-        layer.mlp.forward(r, &s.h, &s.mlp, &s.h)?;
-        r.add(&s.x, &s.h, h)
+        layer.post_attention_layernorm.forward_after_add(r, &s.x, &s.h)?;
+        layer.mlp.forward(r, &s.h, &s.mlp, &s.h)
     }
 }
 
@@ -111,6 +115,9 @@ impl CausalLm for Phi3 {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             self.layer(r, layer, cache, i, pass.long_rope)?;
+        }
+        if !self.layers.is_empty() {
+            r.add(&s.x, &s.h, self.config.hidden_size)?; // the last MLP's residual
         }
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         s.last.logits(r, &self.norm, lm_head, &s.x, &s.h, &io.logits, pass.all_logits)

@@ -85,6 +85,74 @@ pub async fn matmul_every_format(env: &Env) {
     }
 }
 
+/// The matrix kernels under every tuning preset and the corners of the
+/// bench-gpu sweep (one row per invocation over 64 lanes, 4 rows over 8,
+/// workgroups of 64 to 256), portable and, where the device has them, with
+/// subgroups: the tiles change the grid and every reduction, never the result.
+pub async fn matrix_kernels_every_tuning(env: &Env) {
+    use phi_web::gpu::{Kernels, Tuning};
+    let corner = |wg, rows, lanes| Tuning {
+        matvec_wg: wg,
+        matvec_rows_per_thread: rows,
+        matvec_lanes: lanes,
+        matvec_subgroup_rows: rows * wg / 32,
+        ..Tuning::GPU
+    };
+    let tunings = [Tuning::CPU, Tuning::SOFTWARE, Tuning::GPU, corner(256, 1, 64), corner(128, 4, 8)];
+    for (t, tuning) in tunings.into_iter().enumerate() {
+        for subgroups in [false, true] {
+            if subgroups && !env.gpu().features.subgroups {
+                continue;
+            }
+            let kernels = Kernels::with_tuning(env.gpu(), tuning, subgroups).unwrap();
+            for (f, format) in WeightFormat::ALL.into_iter().enumerate() {
+                for (s, &(rows, cols)) in SHAPES.iter().enumerate() {
+                    let (w, wf) = weights(env, format, rows, cols, 300 + t as u64 * 100 + f as u64 * 10 + s as u64);
+                    let xv = Rng::new(17 + s as u64).vec(cols, -1.0, 1.0);
+                    let (x, y) = (env.upload_f32("x", &xv), env.zeros("y", rows));
+                    env.run(&[&kernels.matvec(&w, &x, &y).unwrap()]);
+                    let (expected, scale) = reference(&wf, &xv, rows, cols, 1);
+                    let what = format!(
+                        "matvec {} subgroups={subgroups} {} [{rows}x{cols}]",
+                        tuning.matvec_name(),
+                        format.name()
+                    );
+                    assert_close(&what, &env.read_f32(&y, rows).await, &expected, &scale, 1e-6, 2e-6);
+                }
+            }
+            if subgroups {
+                continue; // the prefill kernels take no subgroups
+            }
+            // Prefill: the register tiles (CPU) or the workgroup tiles, T = 37.
+            let ((rows, cols), tokens) = (SHAPES[0], 37);
+            let (w, wf) = weights(env, WeightFormat::Q4_1, rows, cols, 390 + t as u64);
+            let xv = Rng::new(19).vec(tokens * cols, -1.0, 1.0);
+            let (x, y) = (env.upload_f32("x", &xv), env.zeros("y", tokens * rows));
+            env.run(&[&kernels.matmul(&w, &x, &y, tokens).unwrap()]);
+            let (expected, scale) = reference(&wf, &xv, rows, cols, tokens);
+            let what = format!("matmul {} T={tokens} [{rows}x{cols}]", tuning.matvec_name());
+            assert_close(&what, &env.read_f32(&y, tokens * rows).await, &expected, &scale, 1e-6, 2e-6);
+        }
+    }
+}
+
+/// bench-gpu's read probe: workgroup g XORs the 16-byte words whose index
+/// modulo the grid's invocations falls in its 256.
+pub async fn read_bandwidth_xors_every_word(env: &Env) {
+    // 9000 words: the four-load loop runs once per invocation, then the tail.
+    let (words, groups, wg) = (9000usize, 7usize, 256usize);
+    let mut rng = Rng::new(77);
+    let data: Vec<u32> = (0..4 * words).map(|_| (rng.next_u64() >> 32) as u32).collect();
+    let out = env.upload_u32("out", &vec![0xffff_ffff; groups]);
+    let d = env.kernels().read_bandwidth(&env.upload_u32("data", &data), &out, groups).unwrap();
+    env.run(&[&d]);
+    let mut expected = vec![0u32; groups];
+    for (i, word) in data.chunks(4).enumerate() {
+        expected[i % (groups * wg) / wg] ^= word.iter().fold(0, |a, w| a ^ w);
+    }
+    assert_eq!(env.read_u32(&out, groups).await, expected, "read_bandwidth per workgroup XOR");
+}
+
 /// Two projections written side by side into one fused buffer (Llama's
 /// separate q/k/v into a QKV row), by matvec (T = 1) and matmul (T = 5).
 pub async fn linear_into_slices_of_a_fused_buffer(env: &Env) {
@@ -206,6 +274,31 @@ pub async fn rms_norm_rows(env: &Env) {
             1e-6,
             1e-5,
         );
+    }
+}
+
+/// A residual add folded into the next RMSNorm: the residual stream gets
+/// x + h exactly (one f32 add, as add.wgsl), and h its norm.
+pub async fn add_rms_norm_rows(env: &Env) {
+    for &(rows, cols) in &[(1usize, 3072usize), (37, 576), (3, 5)] {
+        let mut rng = Rng::new(cols as u64 + 9);
+        let (xv, hv, wv) = (rng.vec(rows * cols, -3.0, 3.0), rng.vec(rows * cols, -3.0, 3.0), rng.vec(cols, 0.5, 1.5));
+        let (x, h, w) = (env.buf_f32("x", &xv), env.buf_f32("h", &hv), env.buf_f32("w", &wv));
+        let eps = 1e-5;
+        env.exec(vec![env.backend.add_rms_norm(&x, &h, &w, rows, cols, eps).unwrap()]);
+        let sum: Vec<f32> = xv.iter().zip(&hv).map(|(x, h)| x + h).collect();
+        assert_eq!(env.read_buf_f32(&x, rows * cols).await, sum, "add_rms_norm [{rows}x{cols}]: x + h");
+        let mut expected = vec![0.0; rows * cols];
+        for r in 0..rows {
+            let row = &sum[r * cols..][..cols];
+            let mean_sq = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (mean_sq + eps as f64).sqrt();
+            for c in 0..cols {
+                expected[r * cols + c] = wv[c] as f64 * row[c] as f64 * inv;
+            }
+        }
+        let what = format!("add_rms_norm [{rows}x{cols}]: norm");
+        assert_close_rel(&what, &env.read_buf_f32(&h, rows * cols).await, &expected, 1e-6, 1e-5);
     }
 }
 

@@ -84,6 +84,12 @@ enum Command {
         after_help = "Examples:\n  phi-web bench --kernels-only\n  phi-web bench --only phi-mini-moe --out target/bench/moe.json"
     )]
     Bench(BenchArgs),
+    /// The GPU benchmark: read ceiling, matvec tuning sweep, attention, a synthetic Phi-3-mini (`make bench-gpu`).
+    #[command(
+        name = "bench-gpu",
+        after_help = "Examples:\n  phi-web bench-gpu --out target/bench-gpu\n  phi-web bench-gpu --profile full --nominal-gbps 4800"
+    )]
+    BenchGpu(crate::bench_gpu::BenchGpuArgs),
     /// Static server for a page using phi-web: application/wasm, COOP/COEP, ranges, no listings.
     #[command(
         after_help = "Example:\n  phi-web serve web --mount /pkg=pkg --mount /models=target/demo/models --port 8080"
@@ -418,6 +424,7 @@ pub fn run() -> Outcome {
         }
         Command::Info => info(&gpu),
         Command::Bench(args) => bench(&gpu, &args, device.threads),
+        Command::BenchGpu(args) => crate::bench_gpu::bench_gpu(&gpu, &args),
         Command::Serve(args) => Ok(crate::serve::serve(&args.root, &args.mounts, &args.host, args.port)?),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "phi-web", &mut std::io::stdout());
@@ -623,6 +630,7 @@ fn bench(options: &GpuOptions, args: &BenchArgs, threads: Option<usize>) -> Outc
         decode_contexts: vec![64, 2048],
         decode_tokens,
         gpu_memory: None,
+        fill_cache: true,
     };
     let gguf = Path::new(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if want(BenchModel::Smollm2) && gguf.exists() {
@@ -668,6 +676,7 @@ fn bench(options: &GpuOptions, args: &BenchArgs, threads: Option<usize>) -> Outc
                 decode_contexts: vec![],
                 decode_tokens: 0,
                 gpu_memory: None,
+                fill_cache: true,
             };
             report.models.push(figure(dir, &plan)?);
         }
@@ -704,6 +713,7 @@ fn bench(options: &GpuOptions, args: &BenchArgs, threads: Option<usize>) -> Outc
                     decode_contexts: vec![2048, 8000],
                     decode_tokens: 8,
                     gpu_memory: None,
+                    fill_cache: true,
                 };
                 report.models.push(figure(dir, &plan)?);
             }
@@ -731,12 +741,12 @@ fn bench(options: &GpuOptions, args: &BenchArgs, threads: Option<usize>) -> Outc
 
 /// The bench's stages on stderr: on a terminal each is logged above a spinner
 /// that names the running one with its elapsed time; elsewhere a line each.
-struct Stages {
+pub struct Stages {
     spinner: Option<ProgressBar>,
 }
 
 impl Stages {
-    fn new() -> Stages {
+    pub fn new() -> Stages {
         let spinner = std::io::stderr().is_terminal().then(|| {
             let spinner = ProgressBar::new_spinner();
             if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
@@ -748,7 +758,7 @@ impl Stages {
         Stages { spinner }
     }
 
-    fn log(&self, stage: &str) {
+    pub fn log(&self, stage: &str) {
         match &self.spinner {
             Some(spinner) => {
                 spinner.println(stage);
@@ -758,7 +768,7 @@ impl Stages {
         }
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(spinner) = &self.spinner {
             spinner.finish_and_clear();
         }

@@ -2,6 +2,8 @@
 //! `cargo test --target wasm32`) the binary is empty.
 
 #[cfg(not(target_arch = "wasm32"))]
+mod bench_gpu;
+#[cfg(not(target_arch = "wasm32"))]
 mod cli;
 #[cfg(not(target_arch = "wasm32"))]
 mod embed;

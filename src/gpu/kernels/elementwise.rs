@@ -1,9 +1,12 @@
 //! Element-wise and row-wise kernels: SiLU·mul, gegelu, GELU, the residual
-//! add, scaling, softmax and argmax (greedy decoding's pick on the GPU).
+//! add, scaling, softmax and argmax (greedy decoding's pick on the GPU);
+//! and the memory-read probe of `phi-web bench-gpu`.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need, u32_of, Kernels, Variant, ADD, ARGMAX, GEGELU, GELU, SCALE, SILU_MUL, SOFTMAX, SPLICE_ROWS};
+use super::{
+    need, u32_of, Kernels, Variant, ADD, ARGMAX, GEGELU, GELU, READ_BANDWIDTH, SCALE, SILU_MUL, SOFTMAX, SPLICE_ROWS,
+};
 use crate::error::Result;
 use crate::gpu::shapes::GeluKind;
 use crate::gpu::Dispatch;
@@ -54,6 +57,20 @@ struct RowsParams {
 }
 
 impl Kernels {
+    /// out [workgroups] = the XOR of the 16-byte words of `data` each
+    /// workgroup read (a grid-stride walk over all of them, `workgroups` of
+    /// 256 invocations): a read-bandwidth probe whose result can be checked.
+    pub fn read_bandwidth(&self, data: &wgpu::Buffer, out: &wgpu::Buffer, workgroups: usize) -> Result<Dispatch> {
+        let words = data.size() / 16;
+        need("read_bandwidth", "out", out, workgroups * 4)?;
+        let params = CountParams { n: u32_of("read_bandwidth", "words", words as usize)?, _pad: [0; 3] };
+        let groups = self.grid(workgroups);
+        crate::error::ensure_shape(groups[0] as usize * groups[1] as usize == workgroups, "read_bandwidth", || {
+            format!("{workgroups} workgroups do not fill a grid of {:?}", groups)
+        })?;
+        Ok(self.dispatch(&READ_BANDWIDTH, Variant::default(), &params, &[(1, data), (2, out)], vec![], groups))
+    }
+
     /// out [T, I] = silu(gate) * up, with gate_up [T, 2I] (gate first).
     pub fn silu_mul(
         &self,

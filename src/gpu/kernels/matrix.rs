@@ -12,9 +12,6 @@ use crate::gpu::tuning::WORKGROUP_TILE;
 use crate::gpu::{Dispatch, Matrix};
 use crate::quant;
 
-/// Rows per workgroup of matvec_subgroup.wgsl (its subgroups share them).
-pub(super) const MATVEC_SUBGROUP_ROWS_PER_WG: usize = 64;
-
 /// matrix.wgsl: `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -109,8 +106,8 @@ impl Kernels {
             (&MATMUL_ANY, self.grid_for(&MATMUL_ANY, tokens * w.rows))
         } else if tokens == 1 {
             let (shader, rows_per_wg) = match self.subgroups {
-                true => (&MATVEC_SUBGROUP, MATVEC_SUBGROUP_ROWS_PER_WG),
-                false => (&MATVEC, self.tuning.matvec_rows_per_wg(MATVEC.wg)),
+                true => (&MATVEC_SUBGROUP, self.tuning.matvec_subgroup_rows),
+                false => (&MATVEC, self.tuning.matvec_rows_per_wg(self.tuning.matvec_wg)),
             };
             (shader, self.grid(w.rows.div_ceil(rows_per_wg)))
         } else {

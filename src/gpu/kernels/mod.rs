@@ -90,6 +90,7 @@ static MATMUL_ANY: Shader = shader!("matmul_any", 64, [MATRIX], Knobs::None, bia
 static EMBEDDING: Shader = shader!("embedding", 64, [EMBEDDING_PARAMS], Knobs::None);
 static EMBEDDING_ANY: Shader = shader!("embedding_any", 64, [EMBEDDING_PARAMS], Knobs::None);
 static RMS_NORM: Shader = shader!("rms_norm", 256, [REDUCE], Knobs::None);
+static ADD_RMS_NORM: Shader = shader!("add_rms_norm", 256, [REDUCE], Knobs::None);
 static LAYER_NORM: Shader = shader!("layer_norm", 256, [REDUCE], Knobs::None);
 static ROPE: Shader = shader!("rope", 64, [], Knobs::None);
 const KV_APPEND_F16: Shader = shader!("kv_append_f16", 64, [KV_APPEND_PARAMS], Knobs::None);
@@ -106,6 +107,7 @@ static ADD: Shader = shader!("add", 256, [], Knobs::None);
 static SPLICE_ROWS: Shader = shader!("splice_rows", 256, [], Knobs::None);
 static SOFTMAX: Shader = shader!("softmax", 256, [REDUCE], Knobs::None);
 static ARGMAX: Shader = shader!("argmax", 256, [REDUCE], Knobs::None);
+static READ_BANDWIDTH: Shader = shader!("read_bandwidth", 256, [], Knobs::None);
 static MOE_ROUTE: Shader = shader!("moe_route", 64, [MOE], Knobs::None);
 static MOE_GROUP: Shader = shader!("moe_group", 1, [MOE], Knobs::None);
 static MOE_MATVEC: Shader = shader!("moe_matvec", 64, [MOE], Knobs::Matvec);
@@ -184,11 +186,54 @@ impl Kernels {
         }
     }
 
+    /// The kernels for `gpu` with other tile sizes (the tuning sweep of
+    /// `phi-web bench-gpu`, the tests of every variant); `subgroups: false`
+    /// takes the portable matvec on a device that has subgroups.
+    pub fn with_tuning(gpu: &Gpu, tuning: Tuning, subgroups: bool) -> Result<Kernels> {
+        let wg = tuning.matvec_wg;
+        let problem = if wg == 0 || wg > gpu.limits.max_compute_invocations_per_workgroup as usize {
+            Some(format!(
+                "a workgroup of {wg} exceeds the device's {}",
+                gpu.limits.max_compute_invocations_per_workgroup
+            ))
+        } else if tuning.matvec_lanes == 0 || !wg.is_multiple_of(tuning.matvec_lanes) {
+            Some(format!("{} lanes do not divide a workgroup of {wg}", tuning.matvec_lanes))
+        } else if tuning.matvec_rows_per_thread == 0
+            || !tuning.matvec_subgroup_rows.is_multiple_of(tuning.matvec_rows_per_thread)
+            || tuning.matvec_subgroup_rows == 0
+        {
+            Some(format!(
+                "{} subgroup rows are not whole groups of {} rows",
+                tuning.matvec_subgroup_rows, tuning.matvec_rows_per_thread
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            return Err(Error::Shape { op: "kernel tuning", message });
+        }
+        Ok(Kernels { tuning, subgroups: subgroups && gpu.features.subgroups, ..Kernels::new(gpu) })
+    }
+
     /// Which kernel variants this device runs ("portable" or "subgroups",
-    /// with CPU or GPU tiles).
+    /// with CPU, software or GPU tiles).
     pub fn variant(&self) -> String {
         let matvec = if self.subgroups { "subgroups" } else { "portable" };
         format!("{matvec}, {:?} tiles", self.class)
+    }
+
+    /// The tile sizes in use.
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// The workgroup size `shader` is compiled with: the matvec kernels'
+    /// comes from the tuning, every other's from its `Shader`.
+    fn wg(&self, shader: &Shader) -> usize {
+        match shader.knobs {
+            Knobs::Matvec | Knobs::MatvecSubgroup if shader.name.starts_with("matvec") => self.tuning.matvec_wg,
+            _ => shader.wg,
+        }
     }
 
     /// Pipelines compiled so far.
@@ -225,7 +270,7 @@ impl Kernels {
         }
         shader.preludes.iter().for_each(|p| push(p));
         let t = &self.tuning;
-        let mut constants = vec![("WG", shader.wg as f64)];
+        let mut constants = vec![("WG", self.wg(shader) as f64)];
         match shader.knobs {
             Knobs::None => {}
             Knobs::Matvec => {
@@ -234,7 +279,7 @@ impl Kernels {
             }
             Knobs::MatvecSubgroup => {
                 push(&t.matvec_constants());
-                constants.push(("ROWS_PER_WG", matrix::MATVEC_SUBGROUP_ROWS_PER_WG as f64));
+                constants.push(("ROWS_PER_WG", t.matvec_subgroup_rows as f64));
             }
             Knobs::MatmulRegisters => {
                 push(&t.matmul_constants());

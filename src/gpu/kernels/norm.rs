@@ -1,8 +1,9 @@
-//! Row normalisations: RMSNorm (Phi-3, Llama) and LayerNorm (BERT, the MoE).
+//! Row normalisations: RMSNorm (Phi-3, Llama), with the residual add folded
+//! in or not, and LayerNorm (BERT, the MoE).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need, u32_of, Kernels, Variant, LAYER_NORM, RMS_NORM};
+use super::{need, u32_of, Kernels, Variant, ADD_RMS_NORM, LAYER_NORM, RMS_NORM};
 use crate::error::Result;
 use crate::gpu::Dispatch;
 
@@ -37,6 +38,25 @@ impl Kernels {
         let params = norm_params("rms_norm", rows, cols, eps)?;
         let buffers = [(1, x), (2, w), (3, y)];
         Ok(self.dispatch(&RMS_NORM, Variant::default(), &params, &buffers, vec![], self.grid(rows)))
+    }
+
+    /// x [rows, cols] += h, then h = RMSNorm(x) * w: a block's residual add
+    /// folded into the next norm.
+    pub fn add_rms_norm(
+        &self,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Dispatch> {
+        need("add_rms_norm", "x", x, rows * cols * 4)?;
+        need("add_rms_norm", "w", w, cols * 4)?;
+        need("add_rms_norm", "h", h, rows * cols * 4)?;
+        let params = norm_params("add_rms_norm", rows, cols, eps)?;
+        let buffers = [(1, x), (2, w), (3, h)];
+        Ok(self.dispatch(&ADD_RMS_NORM, Variant::default(), &params, &buffers, vec![], self.grid(rows)))
     }
 
     /// y [rows, cols] = LayerNorm(x) * w + b.
