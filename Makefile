@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-unknown-unknown
 # Silences Mesa's harmless device-select layer warnings on headless machines.
 export NODEVICE_SELECT := 1
 
-.PHONY: test test-native test-browser test-web pkg bench demo demo-models models setup-native setup-browser lint
+.PHONY: test test-native test-browser test-web pkg bench bench-gpu device-bench-binary demo demo-models models setup-native setup-browser lint
 
 test: lint test-native test-browser test-web
 
@@ -71,6 +71,21 @@ bench: setup-native setup-browser models pkg
 	$(CARGO) build --release --bin phi-web
 	./target/release/phi-web bench --out target/bench/bench.json
 	./scripts/bench-peers.sh
+
+# The GPU benchmark (src/bench/gpu.rs) as it runs on a GPU machine: the
+# stripped binary scripts/device-bench.sh takes, then the script itself;
+# bench-gpu.json + .md in target/bench-gpu/. Here, on lavapipe, it takes its
+# quick profile (presets only, no cache fills): about 15 minutes.
+bench-gpu: setup-native device-bench-binary
+	./scripts/device-bench.sh --bin target/device-bench/phi-web --out target/bench-gpu
+
+# A stripped, glibc-linked release phi-web (the release profile keeps
+# line tables: 82 MB unstripped) for a GPU machine: carry target/device-bench.
+device-bench-binary:
+	$(CARGO) build --release --bin phi-web
+	@mkdir -p target/device-bench
+	strip -o target/device-bench/phi-web target/release/phi-web
+	@ls -l target/device-bench/phi-web
 
 # The npm package: the wasm engine (wasm-bindgen ES-module glue, wasm-opt)
 # next to the hand-written JS in pkg/. `cd pkg && npm pack` makes the tarball.

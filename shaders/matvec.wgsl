@@ -13,7 +13,7 @@
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
-override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
+override WG: u32;  // workgroup size: Tuning::matvec_wg (src/gpu/tuning.rs)
 override LANES: u32 = 4u;           // invocations per row group (divides WG; src/gpu/tuning.rs)
 // ROWS_PER_THREAD: a tuning constant put in front (src/gpu/tuning.rs)
 

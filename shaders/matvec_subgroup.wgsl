@@ -1,6 +1,6 @@
 // y = W x for one token (decode), reducing with subgroup operations instead
 // of workgroup memory. Chosen at run time when the device has subgroups
-// (natively; wgpu's browser backend does not expose them yet). Concatenated
+// (natively, and in browsers through the vendored wgpu: vendor/wgpu). Concatenated
 // after a weights_{format}.wgsl file that provides weight_block(), a bias_*.wgsl
 // and matrix.wgsl (Params).
 //
@@ -9,12 +9,14 @@
 // subgroup takes a slot from a workgroup counter and walks the workgroup's
 // groups of ROWS_PER_THREAD rows slot, slot + subgroups, ...; its lanes split
 // the blocks, each reading a block of x once for all the group's rows.
+// Browsers need `enable subgroups;`, which src/gpu/kernels/mod.rs puts first
+// on wasm32 (naga has not implemented the directive and needs none).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
-override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
+override WG: u32;  // workgroup size: Tuning::matvec_wg (src/gpu/tuning.rs)
 override ROWS_PER_WG: u32 = 64u;    // rows per workgroup (a multiple of ROWS_PER_THREAD)
 // ROWS_PER_THREAD: a tuning constant put in front (src/gpu/tuning.rs)
 
@@ -32,7 +34,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     let row0 = flat_workgroup(wid, nwg) * ROWS_PER_WG;
     let blocks = p.cols / 32u;
-    for (var g = slot * ROWS_PER_THREAD; g < ROWS_PER_WG; g += count * ROWS_PER_THREAD) {
+    // The pass loop's bounds are workgroup-uniform (`count` is), so that
+    // subgroupAdd below runs in uniform control flow as browsers' WGSL
+    // compilers check; in the last pass, subgroups past the rows read rows
+    // they do not store.
+    for (var pass_rows = 0u; pass_rows < ROWS_PER_WG; pass_rows += count * ROWS_PER_THREAD) {
+        let g = pass_rows + slot * ROWS_PER_THREAD;
         let first = row0 + g;
         var acc: array<f32, ROWS_PER_THREAD>;
         for (var j = lane; j < blocks; j += lanes) {
@@ -55,7 +62,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         for (var r = 0u; r < ROWS_PER_THREAD; r++) {
             let total = subgroupAdd(acc[r]);
-            if (lane == 0u && first + r < p.rows) {
+            if (lane == 0u && g < ROWS_PER_WG && first + r < p.rows) {
                 y[p.y_offset + first + r] = total + bias(p.bias_offset + first + r);
             }
         }

@@ -248,7 +248,12 @@ impl Kernels {
     }
 
     fn compile(&self, shader: &Shader, variant: Variant) -> wgpu::ComputePipeline {
-        let mut source = String::from(COMMON);
+        // Browsers' WGSL compilers want the extension enabled; naga (natively)
+        // rejects the directive it has not implemented and needs none.
+        let mut source = match shader.knobs {
+            Knobs::MatvecSubgroup if cfg!(target_arch = "wasm32") => format!("enable subgroups;\n{COMMON}"),
+            _ => String::from(COMMON),
+        };
         let mut label = shader.name.to_string();
         let mut push = |part: &str| {
             source.push('\n');
