@@ -1,4 +1,4 @@
-// Appends T tokens of K (or V) to a KV cache stored in f32 (kv_f32.wgsl reads
+// Appends T tokens of K and V (workgroup z) to KV caches in f32 (kv_f32.wgsl reads
 // it): exact, for parity checks and where memory is no concern. Rows of
 // kv_dim words. Concatenated after kv_append_params.wgsl.
 
@@ -13,5 +13,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let j = i % p.kv_dim;
-    cache[((step.pos + t) % p.slots) * p.kv_dim + j] = bitcast<u32>(src[t * p.src_stride + p.src_offset + j]);
+    store(wid.z, ((step.pos + t) % p.slots) * p.kv_dim + j, bitcast<u32>(src[t * p.src_stride + src_start(wid.z) + j]));
 }

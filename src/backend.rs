@@ -391,10 +391,11 @@ impl Backend {
         }
     }
 
-    pub fn kv_append(&self, step: &Buf, src: &Buf, cache: &Buf, shape: &KvAppendShape) -> Result<Op> {
+    /// A layer's keys and values from a fused [Q | K | V] src into its caches.
+    pub fn kv_append(&self, step: &Buf, src: &Buf, k: &Buf, v: &Buf, shape: &KvAppendShape) -> Result<Op> {
         match self {
-            Backend::Gpu(g) => Ok(g.kernels.kv_append(step.gpu()?, src.gpu()?, cache.gpu()?, shape)?.into()),
-            Backend::Cpu(c) => Ok(c.kv_append(step.cpu()?, src.cpu()?, cache.cpu()?, shape)?.into()),
+            Backend::Gpu(g) => Ok(g.kernels.kv_append(step.gpu()?, src.gpu()?, k.gpu()?, v.gpu()?, shape)?.into()),
+            Backend::Cpu(c) => Ok(c.kv_append(step.cpu()?, src.cpu()?, k.cpu()?, v.cpu()?, shape)?.into()),
         }
     }
 

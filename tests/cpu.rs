@@ -155,8 +155,7 @@ fn rope_append_and_attention_against_a_scalar_reference() {
                 let mut ops = vec![
                     b.rope(&step, &freq, &qkv, &rope(heads, 0)).unwrap(),
                     b.rope(&step, &freq, &qkv, &rope(kv_heads, heads * d)).unwrap(),
-                    b.kv_append(&step, &qkv, &k, &append(heads * d)).unwrap(),
-                    b.kv_append(&step, &qkv, &v, &append(heads * d + kv_dim)).unwrap(),
+                    b.kv_append(&step, &qkv, &k, &v, &append(heads * d)).unwrap(),
                 ];
                 if attend {
                     let shape = AttentionShape {

@@ -69,7 +69,9 @@ native_tests!(
 );
 
 /// The matrix kernels again on a device without shader-f16 and subgroups,
-/// so both the subgroup variant and the portable path are proven.
+/// with the GPU tiles (the default device takes lavapipe's CPU tiles and the
+/// portable matvec; matrix_kernels_every_tuning runs every tiling with and
+/// without subgroups).
 #[test]
 fn matvec_every_format_portable() {
     pollster::block_on(checks::matvec_every_format(portable_env()));

@@ -195,7 +195,7 @@ pub async fn run(b: &Backend, plan: &GpuBenchPlan, mut progress: impl FnMut(&str
             let best = points.iter().max_by(|a, b| a.gbps.total_cmp(&b.gbps)).cloned();
             let default = points
                 .iter()
-                .find(|p| p.tuning == kernels.tuning().matvec_name() && p.subgroups == gpu.features.subgroups)
+                .find(|p| p.tuning == kernels.tuning().matvec_name() && p.subgroups == kernels.subgroups())
                 .cloned();
             if let (Some(best), Some(default)) = (best, default) {
                 matvec_best.push(MatvecBest { best, default });

@@ -35,7 +35,8 @@ fn row_layout(format: KvFormat, kv_dim: usize) -> usize {
     format.row_bytes(kv_dim)
 }
 
-/// Writes tokens' K (or V) values into slots (pos + t) % slots of `cache`.
+/// Writes tokens' values at `s.src_offset` of src's rows into slots
+/// (pos + t) % slots of `cache` (the K, or with the offset moved, the V of kv_append).
 pub fn kv_append(pos: usize, src: &[f32], cache: &mut [u32], s: &KvAppendShape) {
     let row_bytes = row_layout(s.format, s.kv_dim);
     for t in 0..s.tokens {

@@ -256,10 +256,12 @@ pub enum Op {
         x: Tensor,
         shape: RopeShape,
     },
+    /// A layer's keys and values (kv_append_*.wgsl).
     KvAppend {
         step: Tensor,
         src: Tensor,
-        cache: Tensor,
+        k: Tensor,
+        v: Tensor,
         shape: KvAppendShape,
     },
     Attention {
@@ -359,8 +361,11 @@ impl Op {
                 attention::rope(step.step()?, &inv_freq.f32()?, &mut x.f32_mut()?, shape);
                 Ok(())
             }
-            Op::KvAppend { step, src, cache, shape } => {
-                attention::kv_append(step.step()?, &src.f32()?, &mut cache.words_mut()?, shape);
+            Op::KvAppend { step, src, k, v, shape } => {
+                let (pos, src) = (step.step()?, src.f32()?);
+                attention::kv_append(pos, &src, &mut k.words_mut()?, shape);
+                let v_shape = KvAppendShape { src_offset: shape.src_offset + shape.kv_dim, ..*shape };
+                attention::kv_append(pos, &src, &mut v.words_mut()?, &v_shape);
                 Ok(())
             }
             Op::Attention { step, q, k, v, out, shape } => {
@@ -460,13 +465,18 @@ impl Cpu {
         Ok(Op::Rope { step: step.clone(), inv_freq: inv_freq.clone(), x: x.clone(), shape: *shape })
     }
 
-    pub fn kv_append(&self, step: &Tensor, src: &Tensor, cache: &Tensor, shape: &KvAppendShape) -> Result<Op> {
+    pub fn kv_append(&self, step: &Tensor, src: &Tensor, k: &Tensor, v: &Tensor, shape: &KvAppendShape) -> Result<Op> {
         check_len("kv_append", "src", src, shape.tokens * shape.src_stride)?;
-        let row = shape.format.row_bytes(shape.kv_dim);
-        crate::error::ensure_shape(cache.size() as usize >= shape.slots * row, "kv_append", || {
-            format!("the cache holds {} bytes, needs {}", cache.size(), shape.slots * row)
+        crate::error::ensure_shape(shape.src_offset + 2 * shape.kv_dim <= shape.src_stride, "kv_append", || {
+            format!("K and V of {} values at {} must fit rows of {}", shape.kv_dim, shape.src_offset, shape.src_stride)
         })?;
-        Ok(Op::KvAppend { step: step.clone(), src: src.clone(), cache: cache.clone(), shape: *shape })
+        let row = shape.format.row_bytes(shape.kv_dim);
+        for cache in [k, v] {
+            crate::error::ensure_shape(cache.size() as usize >= shape.slots * row, "kv_append", || {
+                format!("the cache holds {} bytes, needs {}", cache.size(), shape.slots * row)
+            })?;
+        }
+        Ok(Op::KvAppend { step: step.clone(), src: src.clone(), k: k.clone(), v: v.clone(), shape: *shape })
     }
 
     pub fn attention(

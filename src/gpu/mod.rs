@@ -94,7 +94,6 @@ impl Gpu {
                 }
             }
         }
-        drop(stamps);
         if let Some(t) = timer.as_mut().filter(|_| passes > 0) {
             t.resolve(&mut encoder);
         }

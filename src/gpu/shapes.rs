@@ -88,13 +88,15 @@ impl KvFormat {
     }
 }
 
-/// Which slice of an activation buffer goes into a KV cache.
+/// Which slices of an activation buffer go into a layer's K and V caches:
+/// K at `src_offset` of each row, V right after it (a fused [Q | K | V] row).
 #[derive(Clone, Copy, Debug)]
 pub struct KvAppendShape {
     pub tokens: usize,
     /// kv_heads * head_dim.
     pub kv_dim: usize,
     pub src_stride: usize,
+    /// Where K starts in a row of src; V starts at src_offset + kv_dim.
     pub src_offset: usize,
     /// Positions the cache buffer holds; position p goes to slot p % slots
     /// (a ring when a sliding window leaves older keys unreachable).

@@ -304,15 +304,18 @@ impl Rope {
     }
 
     /// Rotates q and k in place in qkv [T, (heads + 2 kv_heads) head_dim];
-    /// `long`: LongRoPE's long factors.
+    /// `long`: LongRoPE's long factors. The k heads follow the q heads in a
+    /// row, and both turn by the same angles: one dispatch rotates them all.
     pub fn forward(&self, r: &mut Recorder, qkv: &Buf, long: bool) -> Result<()> {
         let inv_freq = if long { &self.inv_freq_long } else { &self.inv_freq_short };
-        let q = RopeShape { tokens: r.tokens, attn_factor: self.attn_factor[long as usize], ..self.shape };
-        let k = RopeShape { heads: self.kv_heads, offset: q.heads * q.head_dim, ..q };
-        for shape in [q, k] {
-            let op = r.backend.rope(r.step, inv_freq, qkv, &shape)?;
-            r.push(op);
-        }
+        let shape = RopeShape {
+            tokens: r.tokens,
+            heads: self.shape.heads + self.kv_heads,
+            attn_factor: self.attn_factor[long as usize],
+            ..self.shape
+        };
+        let op = r.backend.rope(r.step, inv_freq, qkv, &shape)?;
+        r.push(op);
         Ok(())
     }
 }
@@ -407,17 +410,15 @@ impl Attention {
     pub fn forward(&self, r: &mut Recorder, qkv: &Buf, cache: &KvCache, layer: usize, out: &Buf) -> Result<()> {
         let (s, layer) = (&self.shape, &cache.layers[layer]);
         let kv_dim = s.kv_heads * s.head_dim;
-        let append = |offset| KvAppendShape {
+        let append = KvAppendShape {
             tokens: r.tokens,
             kv_dim,
             src_stride: s.q_stride,
-            src_offset: offset,
+            src_offset: s.heads * s.head_dim,
             slots: cache.slots,
             format: cache.format,
         };
-        let q_width = s.heads * s.head_dim;
-        let k = r.backend.kv_append(r.step, qkv, &layer.k, &append(q_width))?;
-        let v = r.backend.kv_append(r.step, qkv, &layer.v, &append(q_width + kv_dim))?;
+        let kv = r.backend.kv_append(r.step, qkv, &layer.k, &layer.v, &append)?;
         let shape = AttentionShape {
             tokens: r.tokens,
             slots: cache.slots,
@@ -426,8 +427,7 @@ impl Attention {
             ..*s
         };
         let attend = r.backend.attention(r.step, qkv, &layer.k, &layer.v, self.scratch.as_ref(), out, &shape)?;
-        r.push(k);
-        r.push(v);
+        r.push(kv);
         attend.into_iter().for_each(|op| r.push(op));
         Ok(())
     }

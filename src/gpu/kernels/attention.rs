@@ -108,26 +108,28 @@ impl Kernels {
         Ok(self.dispatch(&ROPE, Variant::default(), &params, &buffers, vec![], groups))
     }
 
-    /// Writes T tokens of K or V into `cache` [slots, kv_dim] (in `s.format`)
-    /// at positions `step.pos`.., each in slot position % slots.
+    /// Appends T tokens' keys and values from a fused [Q | K | V] src to a
+    /// layer's K and V caches, in one dispatch.
     pub fn kv_append(
         &self,
         step: &wgpu::Buffer,
         src: &wgpu::Buffer,
-        cache: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
         s: &KvAppendShape,
     ) -> Result<Dispatch> {
         ensure_shape(s.format.supports(s.kv_dim), "kv_append", || {
             format!("a {} KV cache cannot hold rows of {} values", s.format.name(), s.kv_dim)
         })?;
-        ensure_shape(s.src_offset + s.kv_dim <= s.src_stride, "kv_append", || {
-            format!("kv_dim {} at offset {} must fit rows of {}", s.kv_dim, s.src_offset, s.src_stride)
+        ensure_shape(s.src_offset + 2 * s.kv_dim <= s.src_stride, "kv_append", || {
+            format!("K and V of {} values at offset {} must fit rows of {}", s.kv_dim, s.src_offset, s.src_stride)
         })?;
         need("kv_append", "src", src, s.tokens * s.src_stride * 4)?;
         ensure_shape(s.tokens <= s.slots, "kv_append", || {
             format!("{} tokens would overwrite each other in a cache of {} slots", s.tokens, s.slots)
         })?;
-        need("kv_append", "cache", cache, s.slots * s.format.row_bytes(s.kv_dim))?;
+        need("kv_append", "k_cache", k_cache, s.slots * s.format.row_bytes(s.kv_dim))?;
+        need("kv_append", "v_cache", v_cache, s.slots * s.format.row_bytes(s.kv_dim))?;
         let params = KvAppendParams {
             tokens: u32_of("kv_append", "tokens", s.tokens)?,
             kv_dim: u32_of("kv_append", "kv_dim", s.kv_dim)?,
@@ -136,14 +138,16 @@ impl Kernels {
             slots: u32_of("kv_append", "slots", s.slots)?,
             _pad: [0; 3],
         };
-        // One invocation per f16 pair, per block of 32 values, or per value.
+        // One invocation per f16 pair, per block of 32 values, or per value;
+        // z = 0 appends K, z = 1 V.
         let (shader, threads) = match s.format {
             KvFormat::F16 => (&KV_APPEND_F16, s.tokens * s.kv_dim / 2),
             KvFormat::Q8 => (&KV_APPEND_Q8, s.tokens * s.kv_dim / KvFormat::Q8_BLOCK),
             KvFormat::F32 => (&KV_APPEND_F32, s.tokens * s.kv_dim),
         };
-        let buffers = [(1, step), (2, src), (3, cache)];
-        Ok(self.dispatch(shader, Variant::default(), &params, &buffers, vec![], self.grid_for(shader, threads)))
+        let [x, y, _] = self.grid_for(shader, threads);
+        let buffers = [(1, step), (2, src), (3, k_cache), (4, v_cache)];
+        Ok(self.dispatch(shader, Variant::default(), &params, &buffers, vec![], [x, y, 2]))
     }
 
     /// out [T, heads * head_dim] = causal softmax(q k^T * scale) v over the

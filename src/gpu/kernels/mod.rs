@@ -181,7 +181,10 @@ impl Kernels {
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
             class: gpu.tuning,
             tuning: Tuning::of(gpu.tuning),
-            subgroups: gpu.features.subgroups,
+            // On lavapipe the subgroup matvec measured 2-3x slower than the
+            // portable one with the same tiles (`phi-web bench-gpu`, q4_0 and
+            // q4_1); CPU adapters take the portable kernel.
+            subgroups: gpu.features.subgroups && gpu.tuning != KernelTuning::Cpu,
             pipelines: Mutex::default(),
         }
     }
@@ -220,6 +223,11 @@ impl Kernels {
     pub fn variant(&self) -> String {
         let matvec = if self.subgroups { "subgroups" } else { "portable" };
         format!("{matvec}, {:?} tiles", self.class)
+    }
+
+    /// Whether decode matvecs use the subgroup kernel.
+    pub fn subgroups(&self) -> bool {
+        self.subgroups
     }
 
     /// The tile sizes in use.

@@ -108,39 +108,44 @@ pub async fn kv_append_packs_f16_at_the_step_position(env: &Env) {
     for (slots, pos0) in [(64, 20u32), (40, 60)] {
         let (tokens, kv_dim) = (37, 2 * 96);
         let src_stride = 3 * kv_dim;
-        let src_offset = kv_dim; // the K slice of a [Q | K | V] row
+        let src_offset = kv_dim; // K of a [Q | K | V] row; V follows it
         let sv = Rng::new(12).vec(tokens * src_stride, -4.0, 4.0);
-        let (src, cache, step) = (
-            env.upload_f32("src", &sv),
-            env.gpu().storage("cache", (slots * kv_dim * 2) as u64).unwrap(),
-            env.gpu().step_buffer(pos0),
-        );
+        let cache = || env.gpu().storage("cache", (slots * kv_dim * 2) as u64).unwrap();
+        let (src, k, v, step) = (env.upload_f32("src", &sv), cache(), cache(), env.gpu().step_buffer(pos0));
         let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::F16 };
-        env.run(&[&env.kernels().kv_append(&step, &src, &cache, &shape).unwrap()]);
-        let words = env.read_u32(&cache, slots * kv_dim / 2).await;
-        let got: Vec<f32> = words
-            .iter()
-            .flat_map(|w| [f16::from_bits(*w as u16).to_f32(), f16::from_bits((*w >> 16) as u16).to_f32()])
-            .collect();
-        let mut expected = vec![0.0f64; slots * kv_dim];
-        for t in 0..tokens {
-            let slot = (pos0 as usize + t) % slots;
-            for j in 0..kv_dim {
-                expected[slot * kv_dim + j] = sv[t * src_stride + src_offset + j] as f64;
+        env.run(&[&env.kernels().kv_append(&step, &src, &k, &v, &shape).unwrap()]);
+        for (which, cache) in [(0, &k), (1, &v)] {
+            let words = env.read_u32(cache, slots * kv_dim / 2).await;
+            let got: Vec<f32> = words
+                .iter()
+                .flat_map(|w| [f16::from_bits(*w as u16).to_f32(), f16::from_bits((*w >> 16) as u16).to_f32()])
+                .collect();
+            let mut expected = vec![0.0f64; slots * kv_dim];
+            for t in 0..tokens {
+                let slot = (pos0 as usize + t) % slots;
+                for j in 0..kv_dim {
+                    expected[slot * kv_dim + j] = sv[t * src_stride + src_offset + which * kv_dim + j] as f64;
+                }
             }
+            // f32 -> f16 rounds to 11 significant bits.
+            let what = format!("kv_append {}, {slots} slots", ["K", "V"][which]);
+            assert_close_rel(&what, &got, &expected, 0.0, 1.0 / 1024.0);
         }
-        // f32 -> f16 rounds to 11 significant bits.
-        assert_close_rel(&format!("kv_append, {slots} slots"), &got, &expected, 0.0, 1.0 / 1024.0);
     }
     // More tokens than slots would race for a slot: an error, not a write.
     let shape = KvAppendShape { tokens: 9, kv_dim: 4, src_stride: 12, src_offset: 4, slots: 8, format: KvFormat::F16 };
     let buf = env.zeros("buf", 4096);
-    let err = env.kernels().kv_append(&env.gpu().step_buffer(0), &buf, &buf, &shape).unwrap_err();
+    let step = env.gpu().step_buffer(0);
+    let err = env.kernels().kv_append(&step, &buf, &buf, &buf, &shape).unwrap_err();
     assert!(err.to_string().contains("9 tokens would overwrite each other"), "{err}");
     // An 8-bit cache stores whole blocks of 32.
-    let shape = KvAppendShape { tokens: 1, kv_dim: 48, src_stride: 48, src_offset: 0, slots: 8, format: KvFormat::Q8 };
-    let err = env.kernels().kv_append(&env.gpu().step_buffer(0), &buf, &buf, &shape).unwrap_err();
+    let shape = KvAppendShape { tokens: 1, kv_dim: 48, src_stride: 96, src_offset: 0, slots: 8, format: KvFormat::Q8 };
+    let err = env.kernels().kv_append(&step, &buf, &buf, &buf, &shape).unwrap_err();
     assert!(err.to_string().contains("a q8 KV cache cannot hold rows of 48 values"), "{err}");
+    // V must fit the row after K.
+    let shape = KvAppendShape { tokens: 1, kv_dim: 4, src_stride: 12, src_offset: 8, slots: 8, format: KvFormat::F16 };
+    let err = env.kernels().kv_append(&step, &buf, &buf, &buf, &shape).unwrap_err();
+    assert!(err.to_string().contains("K and V of 4 values at offset 8 must fit rows of 12"), "{err}");
 }
 
 /// The 8-bit cache: every value within half a step (scale / 127 / 2) of its
@@ -148,35 +153,38 @@ pub async fn kv_append_packs_f16_at_the_step_position(env: &Env) {
 pub async fn kv_append_q8_rounds_each_block_to_its_scale(env: &Env) {
     for (slots, pos0) in [(64, 20u32), (40, 60)] {
         let (tokens, kv_dim) = (37, 2 * 96);
-        let (src_stride, src_offset) = (3 * kv_dim, kv_dim);
+        let (src_stride, k_offset) = (3 * kv_dim, kv_dim);
         let mut sv = Rng::new(14).vec(tokens * src_stride, -4.0, 4.0);
-        sv[src_offset..src_offset + 32].fill(0.0); // an all-zero block: scale 0, no NaN
+        sv[k_offset..k_offset + 32].fill(0.0); // an all-zero block: scale 0, no NaN
         let (src, step) = (env.upload_f32("src", &sv), env.gpu().step_buffer(pos0));
         let row_words = KvFormat::Q8.row_bytes(kv_dim) / 4;
-        let cache = env.gpu().storage("cache", (slots * row_words * 4) as u64).unwrap();
-        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::Q8 };
-        env.run(&[&env.kernels().kv_append(&step, &src, &cache, &shape).unwrap()]);
-        let words = env.read_u32(&cache, slots * row_words).await;
-        let written: Vec<usize> = (0..tokens).map(|t| (pos0 as usize + t) % slots).collect();
-        for slot in (0..slots).filter(|s| !written.contains(s)) {
-            assert!(words[slot * row_words..][..row_words].iter().all(|w| *w == 0), "slot {slot} was written");
-        }
-        for (t, &slot) in written.iter().enumerate() {
-            let row = &words[slot * row_words..][..row_words];
-            let codes: &[u8] = bytemuck::cast_slice(&row[..kv_dim / 4]);
-            for (b, block) in sv[t * src_stride + src_offset..][..kv_dim].chunks(KvFormat::Q8_BLOCK).enumerate() {
-                let scale = f32::from_bits(row[kv_dim / 4 + b]);
-                let largest = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert_eq!(scale, largest, "token {t} block {b}: scale");
-                for (i, &v) in block.iter().enumerate() {
-                    let code = codes[b * KvFormat::Q8_BLOCK + i] as i8;
-                    let decoded = code as f64 / 127.0 * scale as f64;
-                    let half_step = scale as f64 / 127.0 / 2.0;
-                    assert!(
-                        (decoded - v as f64).abs() <= half_step * (1.0 + 1e-5) && code != i8::MIN,
-                        "token {t} value {}: {v} stored as {code} (scale {scale})",
-                        b * KvFormat::Q8_BLOCK + i
-                    );
+        let cache = || env.gpu().storage("cache", (slots * row_words * 4) as u64).unwrap();
+        let (k, v) = (cache(), cache());
+        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset: k_offset, slots, format: KvFormat::Q8 };
+        env.run(&[&env.kernels().kv_append(&step, &src, &k, &v, &shape).unwrap()]);
+        for (src_offset, cache) in [(k_offset, &k), (k_offset + kv_dim, &v)] {
+            let words = env.read_u32(cache, slots * row_words).await;
+            let written: Vec<usize> = (0..tokens).map(|t| (pos0 as usize + t) % slots).collect();
+            for slot in (0..slots).filter(|s| !written.contains(s)) {
+                assert!(words[slot * row_words..][..row_words].iter().all(|w| *w == 0), "slot {slot} was written");
+            }
+            for (t, &slot) in written.iter().enumerate() {
+                let row = &words[slot * row_words..][..row_words];
+                let codes: &[u8] = bytemuck::cast_slice(&row[..kv_dim / 4]);
+                for (b, block) in sv[t * src_stride + src_offset..][..kv_dim].chunks(KvFormat::Q8_BLOCK).enumerate() {
+                    let scale = f32::from_bits(row[kv_dim / 4 + b]);
+                    let largest = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    assert_eq!(scale, largest, "token {t} block {b}: scale");
+                    for (i, &v) in block.iter().enumerate() {
+                        let code = codes[b * KvFormat::Q8_BLOCK + i] as i8;
+                        let decoded = code as f64 / 127.0 * scale as f64;
+                        let half_step = scale as f64 / 127.0 / 2.0;
+                        assert!(
+                            (decoded - v as f64).abs() <= half_step * (1.0 + 1e-5) && code != i8::MIN,
+                            "token {t} value {}: {v} stored as {code} (scale {scale})",
+                            b * KvFormat::Q8_BLOCK + i
+                        );
+                    }
                 }
             }
         }
@@ -187,21 +195,24 @@ pub async fn kv_append_q8_rounds_each_block_to_its_scale(env: &Env) {
 pub async fn kv_append_f32_is_exact(env: &Env) {
     for (slots, pos0) in [(64, 20u32), (40, 60)] {
         let (tokens, kv_dim) = (37, 2 * 36);
-        let (src_stride, src_offset) = (3 * kv_dim, 2 * kv_dim); // the V slice of a [Q | K | V] row
+        let (src_stride, k_offset) = (4 * kv_dim, 2 * kv_dim); // K and V of a wider row
         let sv = Rng::new(16).vec(tokens * src_stride, -4.0, 4.0);
         let (src, step) = (env.upload_f32("src", &sv), env.gpu().step_buffer(pos0));
-        let cache = env.gpu().storage("cache", (slots * kv_dim * 4) as u64).unwrap();
-        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset, slots, format: KvFormat::F32 };
-        env.run(&[&env.kernels().kv_append(&step, &src, &cache, &shape).unwrap()]);
-        let mut expected = vec![0.0f64; slots * kv_dim];
-        for t in 0..tokens {
-            let slot = (pos0 as usize + t) % slots;
-            for j in 0..kv_dim {
-                expected[slot * kv_dim + j] = sv[t * src_stride + src_offset + j] as f64;
+        let cache = || env.gpu().storage("cache", (slots * kv_dim * 4) as u64).unwrap();
+        let (k, v) = (cache(), cache());
+        let shape = KvAppendShape { tokens, kv_dim, src_stride, src_offset: k_offset, slots, format: KvFormat::F32 };
+        env.run(&[&env.kernels().kv_append(&step, &src, &k, &v, &shape).unwrap()]);
+        for (src_offset, cache) in [(k_offset, &k), (k_offset + kv_dim, &v)] {
+            let mut expected = vec![0.0f64; slots * kv_dim];
+            for t in 0..tokens {
+                let slot = (pos0 as usize + t) % slots;
+                for j in 0..kv_dim {
+                    expected[slot * kv_dim + j] = sv[t * src_stride + src_offset + j] as f64;
+                }
             }
+            let got = env.read_f32(cache, slots * kv_dim).await;
+            assert_close_rel(&format!("kv_append f32 at {src_offset}, {slots} slots"), &got, &expected, 0.0, 0.0);
         }
-        let got = env.read_f32(&cache, slots * kv_dim).await;
-        assert_close_rel(&format!("kv_append f32, {slots} slots"), &got, &expected, 0.0, 0.0);
     }
 }
 
