@@ -46,6 +46,7 @@ browser_tests!(
     matvec_every_format,
     matmul_every_format,
     matrix_kernels_every_tuning,
+    matvec_every_sweep_point,
     read_bandwidth_xors_every_word,
     linear_into_slices_of_a_fused_buffer,
     embedding_every_format,

@@ -136,6 +136,40 @@ pub async fn matrix_kernels_every_tuning(env: &Env) {
     }
 }
 
+/// Every point of bench-gpu's matvec sweep gives the right answer (a fast
+/// wrong kernel must not win the sweep): q4_0 over a long row and q8_0 over
+/// rows that fill no workgroup evenly, portable and with subgroups.
+pub async fn matvec_every_sweep_point(env: &Env) {
+    use phi_web::gpu::{Kernels, Tuning};
+    let cases = [(WeightFormat::Q4_0, 300, 3072), (WeightFormat::Q8_0, 1001, 608)];
+    let inputs: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(format, rows, cols))| {
+            let (w, wf) = weights(env, format, rows, cols, 500 + i as u64);
+            let xv = Rng::new(23 + i as u64).vec(cols, -1.0, 1.0);
+            let expected = reference(&wf, &xv, rows, cols, 1);
+            (w, env.upload_f32("x", &xv), expected)
+        })
+        .collect();
+    let sweep = Tuning::GPU.matvec_sweep();
+    assert!(sweep.len() >= 50, "{} sweep points", sweep.len());
+    for tuning in sweep {
+        for subgroups in [false, true] {
+            if subgroups && !env.gpu().features.subgroups {
+                continue;
+            }
+            let kernels = Kernels::with_tuning(env.gpu(), tuning, subgroups).unwrap();
+            for (w, x, (expected, scale)) in &inputs {
+                let y = env.zeros("y", w.rows);
+                env.run(&[&kernels.matvec(w, x, &y).unwrap()]);
+                let what = format!("matvec {} subgroups={subgroups} {}", tuning.matvec_name(), w.format.name());
+                assert_close(&what, &env.read_f32(&y, w.rows).await, expected, scale, 1e-6, 2e-6);
+            }
+        }
+    }
+}
+
 /// bench-gpu's read probe: workgroup g XORs the 16-byte words whose index
 /// modulo the grid's invocations falls in its 256.
 pub async fn read_bandwidth_xors_every_word(env: &Env) {
