@@ -546,6 +546,7 @@ fn verify(dir: &Path) -> Outcome {
 
 fn info(options: &GpuOptions) -> Outcome {
     let gpu = pollster::block_on(Gpu::new(options))?;
+    let kernels = Kernels::new(&gpu);
     let l = &gpu.limits;
     let info = serde_json::json!({
         "adapter": gpu.adapter.name,
@@ -553,6 +554,7 @@ fn info(options: &GpuOptions) -> Outcome {
         "device_type": gpu.adapter.device_type,
         "driver": gpu.adapter.driver,
         "features": { "shader_f16": gpu.features.shader_f16, "subgroups": gpu.features.subgroups, "timestamps": gpu.features.timestamps },
+        "kernels": format!("{} ({})", kernels.variant(), kernels.tuning().matvec_name()),
         "limits": {
             "max_buffer_size": l.max_buffer_size,
             "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
