@@ -1,5 +1,8 @@
 // y = w * x * rsqrt(mean(x^2) + eps), row by row, in f32 (HF Phi3RMSNorm).
-// Concatenated after reduce.wgsl.
+// With RESIDUAL, a block's residual add is folded in first (one dispatch
+// instead of add.wgsl then this): x += y, then y = norm(x); y holds the
+// block's output on entry and the normed rows on exit. Every invocation reads
+// back only the values it wrote itself. Concatenated after reduce.wgsl.
 
 struct Params {
     rows: u32,  // T
@@ -9,11 +12,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;          // [T, D]
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;    // [T, D] (RESIDUAL: the residual stream, updated)
 @group(0) @binding(2) var<storage, read> w: array<f32>;          // [D]
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // [T, D]
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // [T, D] (RESIDUAL: the block output in)
 
 override WG: u32;  // workgroup size: Shader::wg in src/gpu/kernels/mod.rs
+override RESIDUAL: bool = false;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -25,7 +29,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = row * p.cols;
     var sum = 0.0;
     for (var i = lid; i < p.cols; i += WG) {
-        let v = x[base + i];
+        var v = x[base + i];
+        if (RESIDUAL) {
+            v += y[base + i];
+            x[base + i] = v;
+        }
         sum += v * v;
     }
     let scale = inverseSqrt(workgroup_sum(sum, lid) / f32(p.cols) + p.eps);

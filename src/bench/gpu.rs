@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::{model_figure, random_layout, ModelBench, ModelFigure};
 use crate::backend::{Backend, GpuBackend};
 use crate::error::Result;
-use crate::gpu::{AttentionScratch, AttentionShape, Command, Dispatch, Gpu, Kernels, KvFormat, Matrix, Tuning};
+use crate::gpu::{AttentionScratch, Command, Dispatch, Gpu, Kernels, KvFormat, Matrix, Tuning};
 use crate::quant::WeightFormat;
 
 /// Copies of each matrix the matvec rotates through.
@@ -287,20 +287,8 @@ fn attention_figure(
     ceiling: f64,
     reps: usize,
 ) -> Result<AttentionFigure> {
-    let (heads, head_dim, capacity) = (32, 96, 4096);
-    let shape = AttentionShape {
-        tokens: 1,
-        heads,
-        kv_heads: heads,
-        head_dim,
-        q_stride: heads * head_dim,
-        slots: capacity,
-        window: 0,
-        scale: 0.1,
-        splits: AttentionShape::default_splits(1, context, heads, gpu.tuning),
-        kv_format,
-        sparse: None,
-    };
+    let shape = super::phi3_mini_decode_attention(gpu, kv_format, context);
+    let (heads, head_dim, capacity) = (shape.heads, shape.head_dim, shape.slots);
     let cache_bytes = (capacity * kv_format.row_bytes(heads * head_dim)) as u64;
     let q = gpu.storage("q", (heads * head_dim * 4) as u64)?;
     let out = gpu.storage("out", (heads * head_dim * 4) as u64)?;

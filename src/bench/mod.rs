@@ -180,20 +180,8 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
     // Decode attention over a 4k cache, Phi-3-mini heads (32 x 96).
     for kv_format in KvFormat::ALL {
         progress(&format!("attention decode, {} cache", kv_format.name()));
-        let (heads, head_dim, capacity) = (32, 96, 4096);
-        let shape = AttentionShape {
-            tokens: 1,
-            heads,
-            kv_heads: heads,
-            head_dim,
-            q_stride: heads * head_dim,
-            slots: capacity,
-            window: 0,
-            scale: 0.1,
-            splits: AttentionShape::default_splits(1, capacity, heads, gpu.tuning),
-            kv_format,
-            sparse: None,
-        };
+        let shape = phi3_mini_decode_attention(gpu, kv_format, 4096);
+        let (heads, head_dim, capacity) = (shape.heads, shape.head_dim, shape.slots);
         let cache_bytes = (capacity * kv_format.row_bytes(heads * head_dim)) as u64;
         let (k, v) = (gpu.storage("k", cache_bytes)?, gpu.storage("v", cache_bytes)?);
         let (q, out) =
@@ -222,6 +210,25 @@ pub async fn kernel_report(gpu: &Gpu, kernels: &Kernels, mut progress: impl FnMu
         blocksparse_kv_read: Vec::new(),
         vision: Vec::new(),
     })
+}
+
+/// One decode query per head of Phi-3-mini (32 heads of 96, no GQA) over a
+/// 4096-slot cache, split for `context` positions as the adapter's class splits.
+pub(crate) fn phi3_mini_decode_attention(gpu: &Gpu, kv_format: KvFormat, context: usize) -> AttentionShape {
+    let (heads, head_dim) = (32, 96);
+    AttentionShape {
+        tokens: 1,
+        heads,
+        kv_heads: heads,
+        head_dim,
+        q_stride: heads * head_dim,
+        slots: 4096,
+        window: 0,
+        scale: 0.1,
+        splits: AttentionShape::default_splits(1, context, heads, gpu.tuning),
+        kv_format,
+        sparse: None,
+    }
 }
 
 /// Phi-mini-MoE's experts (16 of [960, 4096] per projection, top-2), q4_0:

@@ -15,7 +15,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], y: &mut [f32], rows: usize, cols: usize, e
     }
 }
 
-/// x += h, then h = rms_norm(x) (add_rms_norm.wgsl).
+/// x += h, then h = rms_norm(x) (rms_norm.wgsl with RESIDUAL).
 pub fn add_rms_norm(x: &mut [f32], h: &mut [f32], w: &[f32], rows: usize, cols: usize, eps: f32) {
     x[..rows * cols].iter_mut().zip(&h[..rows * cols]).for_each(|(x, h)| *x += h);
     rms_norm(x, w, h, rows, cols, eps);

@@ -285,6 +285,17 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
+/// w * x / sqrt(mean(x²) + eps) per row of `cols`, in f64.
+fn rms_norm_reference(x: &[f32], w: &[f32], cols: usize, eps: f32) -> Vec<f64> {
+    x.chunks(cols)
+        .flat_map(|row| {
+            let mean_sq = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (mean_sq + eps as f64).sqrt();
+            row.iter().zip(w).map(move |(&v, &w)| w as f64 * v as f64 * inv)
+        })
+        .collect()
+}
+
 pub async fn rms_norm_rows(env: &Env) {
     for &(rows, cols) in &[(1usize, 3072usize), (37, 576), (3, 5)] {
         let mut rng = Rng::new(cols as u64);
@@ -292,15 +303,7 @@ pub async fn rms_norm_rows(env: &Env) {
         let (x, w, y) = (env.buf_f32("x", &xv), env.buf_f32("w", &wv), env.buf_zeros("y", rows * cols));
         let eps = 1e-5;
         env.exec(vec![env.backend.rms_norm(&x, &w, &y, rows, cols, eps).unwrap()]);
-        let mut expected = vec![0.0; rows * cols];
-        for r in 0..rows {
-            let row = &xv[r * cols..][..cols];
-            let mean_sq = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
-            let inv = 1.0 / (mean_sq + eps as f64).sqrt();
-            for c in 0..cols {
-                expected[r * cols + c] = wv[c] as f64 * row[c] as f64 * inv;
-            }
-        }
+        let expected = rms_norm_reference(&xv, &wv, cols, eps);
         assert_close_rel(
             &format!("rms_norm [{rows}x{cols}]"),
             &env.read_buf_f32(&y, rows * cols).await,
@@ -322,15 +325,7 @@ pub async fn add_rms_norm_rows(env: &Env) {
         env.exec(vec![env.backend.add_rms_norm(&x, &h, &w, rows, cols, eps).unwrap()]);
         let sum: Vec<f32> = xv.iter().zip(&hv).map(|(x, h)| x + h).collect();
         assert_eq!(env.read_buf_f32(&x, rows * cols).await, sum, "add_rms_norm [{rows}x{cols}]: x + h");
-        let mut expected = vec![0.0; rows * cols];
-        for r in 0..rows {
-            let row = &sum[r * cols..][..cols];
-            let mean_sq = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
-            let inv = 1.0 / (mean_sq + eps as f64).sqrt();
-            for c in 0..cols {
-                expected[r * cols + c] = wv[c] as f64 * row[c] as f64 * inv;
-            }
-        }
+        let expected = rms_norm_reference(&sum, &wv, cols, eps);
         let what = format!("add_rms_norm [{rows}x{cols}]: norm");
         assert_close_rel(&what, &env.read_buf_f32(&h, rows * cols).await, &expected, 1e-6, 1e-5);
     }

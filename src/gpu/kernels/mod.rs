@@ -90,7 +90,6 @@ static MATMUL_ANY: Shader = shader!("matmul_any", 64, [MATRIX], Knobs::None, bia
 static EMBEDDING: Shader = shader!("embedding", 64, [EMBEDDING_PARAMS], Knobs::None);
 static EMBEDDING_ANY: Shader = shader!("embedding_any", 64, [EMBEDDING_PARAMS], Knobs::None);
 static RMS_NORM: Shader = shader!("rms_norm", 256, [REDUCE], Knobs::None);
-static ADD_RMS_NORM: Shader = shader!("add_rms_norm", 256, [REDUCE], Knobs::None);
 static LAYER_NORM: Shader = shader!("layer_norm", 256, [REDUCE], Knobs::None);
 static ROPE: Shader = shader!("rope", 64, [], Knobs::None);
 const KV_APPEND_F16: Shader = shader!("kv_append_f16", 64, [KV_APPEND_PARAMS], Knobs::None);
@@ -130,6 +129,8 @@ struct Variant {
     entry: Option<&'static str>,
     /// attention: the block-sparse pattern (`override SPARSE`).
     sparse: bool,
+    /// rms_norm: the residual add folded in (`override RESIDUAL`).
+    residual: bool,
 }
 
 fn weights_reader(format: WeightFormat) -> &'static str {
@@ -306,6 +307,9 @@ impl Kernels {
                     constants.push(("SPARSE", 1.0));
                 }
             }
+        }
+        if variant.residual {
+            constants.push(("RESIDUAL", 1.0));
         }
         push(shader.source);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need, u32_of, Kernels, Variant, ADD_RMS_NORM, LAYER_NORM, RMS_NORM};
+use super::{need, u32_of, Kernels, Variant, LAYER_NORM, RMS_NORM};
 use crate::error::Result;
 use crate::gpu::Dispatch;
 
@@ -32,12 +32,7 @@ impl Kernels {
         cols: usize,
         eps: f32,
     ) -> Result<Dispatch> {
-        need("rms_norm", "x", x, rows * cols * 4)?;
-        need("rms_norm", "w", w, cols * 4)?;
-        need("rms_norm", "y", y, rows * cols * 4)?;
-        let params = norm_params("rms_norm", rows, cols, eps)?;
-        let buffers = [(1, x), (2, w), (3, y)];
-        Ok(self.dispatch(&RMS_NORM, Variant::default(), &params, &buffers, vec![], self.grid(rows)))
+        self.rms_norm_variant("rms_norm", x, w, y, rows, cols, eps, false)
     }
 
     /// x [rows, cols] += h, then h = RMSNorm(x) * w: a block's residual add
@@ -51,12 +46,27 @@ impl Kernels {
         cols: usize,
         eps: f32,
     ) -> Result<Dispatch> {
-        need("add_rms_norm", "x", x, rows * cols * 4)?;
-        need("add_rms_norm", "w", w, cols * 4)?;
-        need("add_rms_norm", "h", h, rows * cols * 4)?;
-        let params = norm_params("add_rms_norm", rows, cols, eps)?;
-        let buffers = [(1, x), (2, w), (3, h)];
-        Ok(self.dispatch(&ADD_RMS_NORM, Variant::default(), &params, &buffers, vec![], self.grid(rows)))
+        self.rms_norm_variant("add_rms_norm", x, w, h, rows, cols, eps, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_variant(
+        &self,
+        op: &'static str,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+        residual: bool,
+    ) -> Result<Dispatch> {
+        need(op, "x", x, rows * cols * 4)?;
+        need(op, "w", w, cols * 4)?;
+        need(op, "y", y, rows * cols * 4)?;
+        let params = norm_params(op, rows, cols, eps)?;
+        let variant = Variant { residual, ..Default::default() };
+        Ok(self.dispatch(&RMS_NORM, variant, &params, &[(1, x), (2, w), (3, y)], vec![], self.grid(rows)))
     }
 
     /// y [rows, cols] = LayerNorm(x) * w + b.
