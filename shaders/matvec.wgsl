@@ -1,6 +1,7 @@
 // y = W x + b for one token (decode). Concatenated after a weights_{format}.wgsl
-// file that provides weight_block(), a bias_*.wgsl that provides bias() and
-// matrix.wgsl (Params). Accumulates in f32.
+// file that provides weight_block(), a bias_*.wgsl that provides bias(), an
+// input reader that provides x_block() (input_f32.wgsl, or input_silu_mul.wgsl:
+// x = silu(gate) * up) and matrix.wgsl (Params). Accumulates in f32.
 //
 // LANES invocations share a group of ROWS_PER_THREAD consecutive rows: lane l
 // takes the row group's 32-column blocks l, l + LANES, ... and reads each
@@ -10,7 +11,7 @@
 // The lanes' partial sums meet in workgroup memory once, behind one barrier.
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;     // [K / 4]
+// binding 1, x: declared by the input reader (input_f32.wgsl or input_silu_mul.wgsl)
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [y_offset + N]
 
 override WG: u32;  // workgroup size: Tuning::matvec_wg (src/gpu/tuning.rs)
@@ -28,21 +29,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     var acc: array<f32, ROWS_PER_THREAD>;
     for (var j = lane; j < blocks; j += LANES) {
-        let xj = j * 8u;
-        let x0 = x[xj];
-        let x1 = x[xj + 1u];
-        let x2 = x[xj + 2u];
-        let x3 = x[xj + 3u];
-        let x4 = x[xj + 4u];
-        let x5 = x[xj + 5u];
-        let x6 = x[xj + 6u];
-        let x7 = x[xj + 7u];
+        let xb = x_block(j);
         for (var r = 0u; r < ROWS_PER_THREAD; r++) {
             // Rows past the end repeat the last row (no divergent branch); not stored.
             let row = min(first + r, p.rows - 1u);
             let w = weight_block(row * blocks + j);
-            acc[r] += dot(w[0], x0) + dot(w[1], x1) + dot(w[2], x2) + dot(w[3], x3)
-                    + dot(w[4], x4) + dot(w[5], x5) + dot(w[6], x6) + dot(w[7], x7);
+            acc[r] += dot(w[0], xb[0]) + dot(w[1], xb[1]) + dot(w[2], xb[2]) + dot(w[3], xb[3])
+                    + dot(w[4], xb[4]) + dot(w[5], xb[5]) + dot(w[6], xb[6]) + dot(w[7], xb[7]);
         }
     }
     partial[lid] = acc;

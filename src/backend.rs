@@ -444,6 +444,29 @@ impl Backend {
         }
     }
 
+    /// Whether [`Backend::linear_after_silu_mul`] takes `tokens` tokens into
+    /// a matrix of `cols` columns: one token, whole 32-column blocks, on a GPU
+    /// with the GPU tiles (`Kernels::fuses_silu_into_matvec`).
+    pub fn fuses_silu_into_matvec(&self, tokens: usize, cols: usize) -> bool {
+        let shape = tokens == 1 && cols.is_multiple_of(crate::quant::BLOCK);
+        matches!(self, Backend::Gpu(g) if shape && g.kernels.fuses_silu_into_matvec())
+    }
+
+    /// y = W (silu(gate) * up) for one token of gate_up [2 cols] (gate first),
+    /// written into the slice `out` of y: silu_mul and the down projection
+    /// in one dispatch, where `fuses_silu_into_matvec` says so.
+    pub fn linear_after_silu_mul(&self, w: &Matrix, gate_up: &Buf, y: &Buf, out: OutputSlice) -> Result<Op> {
+        match (self, w) {
+            (Backend::Gpu(g), Matrix::Gpu(w)) if self.fuses_silu_into_matvec(1, w.cols) => {
+                Ok(g.kernels.matvec_after_silu_mul(w, gate_up.gpu()?, y.gpu()?, out)?.into())
+            }
+            _ => Err(Error::Shape {
+                op: "linear_after_silu_mul",
+                message: format!("the {} backend does not fuse silu_mul into the matvec", self.name()),
+            }),
+        }
+    }
+
     pub fn silu_mul(&self, gate_up: &Buf, out: &Buf, tokens: usize, intermediate: usize) -> Result<Op> {
         match self {
             Backend::Gpu(g) => Ok(g.kernels.silu_mul(gate_up.gpu()?, out.gpu()?, tokens, intermediate)?.into()),

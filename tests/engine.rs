@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use common::models::{
     argmax, f16_cache_bound, golden, golden_file, max_abs_diff, package, root, run, run_on, run_with,
 };
-use common::{cpu, env};
+use common::{cpu, env, portable_env};
 use phi_web::backend::Backend;
 use phi_web::convert::{convert, ConvertOptions};
 use phi_web::formats::package::Package;
@@ -48,9 +48,12 @@ fn check_f32_parity(model: &str) {
     }
 }
 
-/// The GPU, and the CPU backend where it runs the package's architecture.
+/// The GPU (with lavapipe's CPU tiles, and again with the GPU tiles and the
+/// portable kernels: the decode path of hardware GPUs, down_proj reading
+/// silu(gate) * up as it goes), and the CPU backend where it runs the
+/// package's architecture.
 fn backends_for(package: &Package) -> Vec<&'static Backend> {
-    let mut backends = vec![&env().backend];
+    let mut backends = vec![&env().backend, &portable_env().backend];
     if phi_web::engine::cpu_runs(&package.manifest.config) {
         backends.push(cpu());
     }
@@ -276,6 +279,28 @@ fn tiny_llama_144_matches_transformers() {
         .count();
     eprintln!("tiny-llama-144 q4_0 ({kept} matrices kept in f32): top-1 agreement {agree}/{}", g.ids.len());
     assert!(agree * 4 >= g.ids.len() * 3, "top-1 agreement {agree}/{}", g.ids.len());
+}
+
+/// A Phi-3 decode step's kernel launches: 11 per layer with lavapipe's CPU
+/// tiles (input norm with the residual add folded in, qkv, RoPE over q and k,
+/// the K and V append, attention's two passes, o_proj, the post-attention norm
+/// with its residual, gate_up, silu_mul, down_proj), one fewer with the GPU
+/// tiles (down_proj reads silu(gate) * up itself), and a few outside the layers.
+#[test]
+fn phi3_decode_dispatches_per_layer() {
+    let package = package("tiny-phi3", WeightFormat::F32);
+    let layers = package.manifest.config.num_layers;
+    let count = |backend: &Backend| {
+        let decoder = Decoder::load(backend, &package, &DecoderOptions::new(128, 5, KvFormat::F16)).unwrap();
+        decoder.dispatches_per_token(backend).unwrap()
+    };
+    let (cpu_tiles, gpu_tiles) = (count(&env().backend), count(&portable_env().backend));
+    eprintln!(
+        "dispatches | tiny-phi3, {layers} layers: {cpu_tiles} with the CPU tiles, {gpu_tiles} with the GPU tiles"
+    );
+    assert_eq!(cpu_tiles - gpu_tiles, layers, "one fused silu_mul per layer");
+    let outside = cpu_tiles - 11 * layers;
+    assert!(cpu_tiles >= 11 * layers && outside <= 6, "{cpu_tiles} dispatches: {outside} outside the layers");
 }
 
 /// Greedy steps pick the token on the GPU: the same id as the CPU's argmax of

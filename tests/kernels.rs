@@ -23,6 +23,7 @@ native_tests!(
     matmul_every_format,
     matrix_kernels_every_tuning,
     matvec_every_sweep_point,
+    matvec_after_silu_mul_every_format,
     read_bandwidth_xors_every_word,
     linear_into_slices_of_a_fused_buffer,
     embedding_every_format,

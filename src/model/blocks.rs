@@ -66,6 +66,17 @@ impl Linear {
         Ok(())
     }
 
+    /// y [1, rows] = (silu(gate) * up) W^T for one token of gate_up [2 cols]
+    /// (gate first), where the backend fuses the two (no bias).
+    pub fn forward_after_silu_mul(&self, r: &mut Recorder, gate_up: &Buf, y: &Buf) -> Result<()> {
+        for (matrix, first) in &self.chunks {
+            let slice = OutputSlice { stride: self.rows, offset: *first };
+            let op = r.backend.linear_after_silu_mul(matrix, gate_up, y, slice)?;
+            r.push(op);
+        }
+        Ok(())
+    }
+
     /// out [T, cols] = rows ids [T] of W (an embedding table).
     pub fn lookup(&self, r: &mut Recorder, ids: &Buf, out: &Buf) -> Result<()> {
         for (table, first) in &self.chunks {
@@ -469,6 +480,11 @@ impl Mlp {
     /// y [T, H] = down(act(gate, up)) of x [T, H].
     pub fn forward(&self, r: &mut Recorder, x: &Buf, s: &MlpScratch, y: &Buf) -> Result<()> {
         self.gate_up.forward(r, x, &s.gate_up)?;
+        let silu = matches!(self.gate, Gate::Silu);
+        if silu && self.down.bias.is_none() && r.backend.fuses_silu_into_matvec(r.tokens, self.down.cols) {
+            // Decode on the GPU tiles: down_proj computes silu(gate) * up as it reads it.
+            return self.down.forward_after_silu_mul(r, &s.gate_up, y);
+        }
         let d = match self.gate {
             Gate::Silu => r.backend.silu_mul(&s.gate_up, &s.act, r.tokens, self.down.cols)?,
             Gate::Gegelu { limit } => r.backend.gegelu(&s.gate_up, &s.act, r.tokens, self.down.cols, limit)?,

@@ -170,6 +170,38 @@ pub async fn matvec_every_sweep_point(env: &Env) {
     }
 }
 
+/// A down projection reading silu(gate) * up straight from the fused gate_up
+/// buffer (input_silu_mul.wgsl) on the GPU tiles, portable and with
+/// subgroups, every format, against silu_mul's formula then the matvec in f64.
+pub async fn matvec_after_silu_mul_every_format(env: &Env) {
+    use phi_web::gpu::{Kernels, Tuning};
+    for subgroups in [false, true] {
+        if subgroups && !env.gpu().features.subgroups {
+            continue;
+        }
+        let kernels = Kernels::with_tuning(env.gpu(), Tuning::GPU, subgroups).unwrap();
+        for (f, format) in WeightFormat::ALL.into_iter().enumerate() {
+            for (s, &(rows, cols)) in SHAPES.iter().enumerate() {
+                let (w, wf) = weights(env, format, rows, cols, 600 + f as u64 * 10 + s as u64);
+                // Gates down to -100: the exp clamp must keep them finite.
+                let gate_up = Rng::new(29 + s as u64).vec(2 * cols, -100.0, 8.0);
+                let act: Vec<f32> = (0..cols)
+                    .map(|k| {
+                        let (g, u) = (gate_up[k] as f64, gate_up[cols + k] as f64);
+                        (g / (1.0 + (-g).min(80.0).exp()) * u) as f32
+                    })
+                    .collect();
+                let (x, y) = (env.upload_f32("gate_up", &gate_up), env.zeros("y", rows));
+                let d = kernels.matvec_after_silu_mul(&w, &x, &y, OutputSlice::whole(rows)).unwrap();
+                env.run(&[&d]);
+                let (expected, scale) = reference(&wf, &act, rows, cols, 1);
+                let what = format!("matvec_after_silu_mul subgroups={subgroups} {} [{rows}x{cols}]", format.name());
+                assert_close(&what, &env.read_f32(&y, rows).await, &expected, &scale, 1e-6, 2e-6);
+            }
+        }
+    }
+}
+
 /// bench-gpu's read probe: workgroup g XORs the 16-byte words whose index
 /// modulo the grid's invocations falls in its 256.
 pub async fn read_bandwidth_xors_every_word(env: &Env) {

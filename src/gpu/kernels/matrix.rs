@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{need, u32_of, Kernels, Variant};
+use super::{need, u32_of, Kernels, Shader, Variant};
 use super::{EMBEDDING, EMBEDDING_ANY, MATMUL_ANY, MATMUL_REGISTERS, MATMUL_WORKGROUP, MATVEC, MATVEC_SUBGROUP};
 use crate::error::{ensure_shape, Result};
 use crate::gpu::shapes::OutputSlice;
@@ -105,11 +105,7 @@ impl Kernels {
         let (shader, groups) = if !w.cols.is_multiple_of(quant::BLOCK) {
             (&MATMUL_ANY, self.grid_for(&MATMUL_ANY, tokens * w.rows))
         } else if tokens == 1 {
-            let (shader, rows_per_wg) = match self.subgroups {
-                true => (&MATVEC_SUBGROUP, self.tuning.matvec_subgroup_rows),
-                false => (&MATVEC, self.tuning.matvec_rows_per_wg(self.tuning.matvec_wg)),
-            };
-            (shader, self.grid(w.rows.div_ceil(rows_per_wg)))
+            self.matvec_grid(w)
         } else {
             let (shader, (tile_rows, tile_tokens)) = match self.tuning.matmul_registers {
                 true => (&MATMUL_REGISTERS, self.tuning.register_tile(MATMUL_REGISTERS.wg)),
@@ -124,6 +120,48 @@ impl Kernels {
             (shader, [row_tiles as u32, token_tiles as u32, 1])
         };
         Ok(self.dispatch(shader, variant, &params, &bindings, w.bind_entries(), groups))
+    }
+
+    /// y [N] = W [N, K] (silu(gate) * up) for one token, with gate_up [2K]
+    /// (gate first): a down projection that reads the MLP's activation from
+    /// the gate_up projection directly (input_silu_mul.wgsl), one dispatch
+    /// instead of silu_mul then matvec. Written into the slice `out` of y.
+    pub fn matvec_after_silu_mul(
+        &self,
+        w: &Matrix,
+        gate_up: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        out: OutputSlice,
+    ) -> Result<Dispatch> {
+        ensure_shape(w.cols.is_multiple_of(quant::BLOCK), "matvec_after_silu_mul", || {
+            format!("{} columns are not whole {}-column blocks", w.cols, quant::BLOCK)
+        })?;
+        ensure_shape(out.offset + w.rows <= out.stride, "matvec_after_silu_mul", || {
+            format!("{} outputs at offset {} overflow rows of {}", w.rows, out.offset, out.stride)
+        })?;
+        need("matvec_after_silu_mul", "gate_up", gate_up, 2 * w.cols * 4)?;
+        need("matvec_after_silu_mul", "y", y, (out.offset + w.rows) * 4)?;
+        let params = MatrixParams {
+            rows: u32_of("matvec_after_silu_mul", "rows", w.rows)?,
+            cols: u32_of("matvec_after_silu_mul", "cols", w.cols)?,
+            tokens: 1,
+            y_stride: u32_of("matvec_after_silu_mul", "stride", out.stride)?,
+            y_offset: u32_of("matvec_after_silu_mul", "offset", out.offset)?,
+            bias_offset: 0,
+            _pad: [0; 2],
+        };
+        let variant = Variant { weights: Some(w.format), silu_input: true, ..Default::default() };
+        let (shader, groups) = self.matvec_grid(w);
+        Ok(self.dispatch(shader, variant, &params, &[(1, gate_up), (2, y)], w.bind_entries(), groups))
+    }
+
+    /// The decode matvec kernel for this device and its grid over w's rows.
+    fn matvec_grid(&self, w: &Matrix) -> (&'static Shader, [u32; 3]) {
+        let (shader, rows_per_wg) = match self.subgroups {
+            true => (&MATVEC_SUBGROUP, self.tuning.matvec_subgroup_rows),
+            false => (&MATVEC, self.tuning.matvec_rows_per_wg(self.tuning.matvec_wg)),
+        };
+        (shader, self.grid(w.rows.div_ceil(rows_per_wg)))
     }
 
     /// out [T, D] = rows ids [T] of the table [vocab, D].

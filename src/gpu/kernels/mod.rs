@@ -62,28 +62,35 @@ pub(super) struct Shader {
     preludes: &'static [&'static str],
     /// Matrix kernels: a bias reader (bias_f32 or bias_none) goes first.
     bias_reader: bool,
+    /// matvec*.wgsl: an input reader (input_f32 or input_silu_mul) goes first.
+    input_reader: bool,
     knobs: Knobs,
     pub wg: usize,
 }
 
 macro_rules! shader {
     ($name:literal, $wg:expr, [$($prelude:expr),*], $knobs:expr) => {
-        shader!($name, $wg, [$($prelude),*], $knobs, bias_reader: false)
+        shader!($name, $wg, [$($prelude),*], $knobs, bias_reader: false, input_reader: false)
     };
     ($name:literal, $wg:expr, [$($prelude:expr),*], $knobs:expr, bias_reader: $bias:expr) => {
+        shader!($name, $wg, [$($prelude),*], $knobs, bias_reader: $bias, input_reader: false)
+    };
+    ($name:literal, $wg:expr, [$($prelude:expr),*], $knobs:expr, bias_reader: $bias:expr, input_reader: $input:expr) => {
         Shader {
             name: $name,
             source: include_str!(concat!("../../../shaders/", $name, ".wgsl")),
             preludes: &[$($prelude),*],
             bias_reader: $bias,
+            input_reader: $input,
             knobs: $knobs,
             wg: $wg,
         }
     };
 }
 
-static MATVEC: Shader = shader!("matvec", 64, [MATRIX], Knobs::Matvec, bias_reader: true);
-static MATVEC_SUBGROUP: Shader = shader!("matvec_subgroup", 64, [MATRIX], Knobs::MatvecSubgroup, bias_reader: true);
+static MATVEC: Shader = shader!("matvec", 64, [MATRIX], Knobs::Matvec, bias_reader: true, input_reader: true);
+static MATVEC_SUBGROUP: Shader =
+    shader!("matvec_subgroup", 64, [MATRIX], Knobs::MatvecSubgroup, bias_reader: true, input_reader: true);
 static MATMUL_REGISTERS: Shader = shader!("matmul_registers", 64, [MATRIX], Knobs::MatmulRegisters, bias_reader: true);
 static MATMUL_WORKGROUP: Shader = shader!("matmul_workgroup", 256, [MATRIX], Knobs::None, bias_reader: true);
 static MATMUL_ANY: Shader = shader!("matmul_any", 64, [MATRIX], Knobs::None, bias_reader: true);
@@ -131,6 +138,8 @@ struct Variant {
     sparse: bool,
     /// rms_norm: the residual add folded in (`override RESIDUAL`).
     residual: bool,
+    /// matvec*: x = silu(gate) * up read from a fused gate_up (input_silu_mul.wgsl).
+    silu_input: bool,
 }
 
 fn weights_reader(format: WeightFormat) -> &'static str {
@@ -226,6 +235,14 @@ impl Kernels {
         format!("{matvec}, {:?} tiles", self.class)
     }
 
+    /// Whether a down projection's decode matvec computes silu(gate) * up as
+    /// it reads it ([`Kernels::matvec_after_silu_mul`]): on the GPU tiles,
+    /// where recomputing the activations per workgroup is cheap beside the
+    /// weight reads and saves a dispatch per layer; CPU adapters keep silu_mul.
+    pub fn fuses_silu_into_matvec(&self) -> bool {
+        self.class == KernelTuning::Gpu
+    }
+
     /// Whether decode matvecs use the subgroup kernel.
     pub fn subgroups(&self) -> bool {
         self.subgroups
@@ -277,6 +294,15 @@ impl Kernels {
                 true => include_str!("../../../shaders/bias_f32.wgsl"),
                 false => include_str!("../../../shaders/bias_none.wgsl"),
             });
+        }
+        if shader.input_reader {
+            push(match variant.silu_input {
+                true => include_str!("../../../shaders/input_silu_mul.wgsl"),
+                false => include_str!("../../../shaders/input_f32.wgsl"),
+            });
+            if variant.silu_input {
+                label += "_silu_mul";
+            }
         }
         if let Some(format) = variant.kv {
             push(kv_reader(format));
