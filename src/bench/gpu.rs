@@ -22,10 +22,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{model_figure, random_layout, ModelBench, ModelFigure};
+use super::{model_figure, random_layout, time_list, ModelBench, ModelFigure};
 use crate::backend::{Backend, GpuBackend};
 use crate::error::Result;
-use crate::gpu::{AttentionScratch, Command, Dispatch, Gpu, Kernels, KvFormat, Matrix, Tuning};
+use crate::gpu::{AttentionScratch, Dispatch, Gpu, Kernels, KvFormat, Matrix, Tuning};
 use crate::quant::WeightFormat;
 
 /// Copies of each matrix the matvec rotates through.
@@ -112,28 +112,6 @@ pub struct Goal {
     pub value: f64,
     pub target: f64,
     pub met: bool,
-}
-
-/// Seconds per run of `dispatches`, the median of `reps` submits after a
-/// warm-up; GPU time where the adapter has timestamp queries.
-fn time_list(gpu: &Gpu, dispatches: &[Dispatch], reps: usize) -> Result<f64> {
-    let commands: Vec<Command> = dispatches.iter().cloned().map(Command::from).collect();
-    gpu.submit(&commands);
-    gpu.wait()?;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let start = Instant::now();
-        if gpu.features.timestamps {
-            gpu.start_timer(1)?;
-        }
-        gpu.submit(&commands);
-        gpu.wait()?;
-        let wall = start.elapsed().as_secs_f64();
-        let timed = pollster::block_on(gpu.stop_timer())?;
-        times.push(timed.map_or(wall, |t| t.gpu.as_secs_f64()));
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 /// Runs the plan on `b`'s GPU.

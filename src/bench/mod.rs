@@ -15,8 +15,8 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::gpu::{
-    AttentionScratch, AttentionShape, Dispatch, ExpertInput, ExpertStack, Gpu, Kernels, KvFormat, Matrix, OutputSlice,
-    Routing,
+    AttentionScratch, AttentionShape, Command, Dispatch, ExpertInput, ExpertStack, Gpu, Kernels, KvFormat, Matrix,
+    OutputSlice, Routing,
 };
 use crate::quant::{self, GpuLayout, WeightFormat};
 
@@ -109,16 +109,28 @@ fn random_layout(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> G
 
 /// Median seconds per dispatch list: `reps` copies in one submit, `trials` times.
 fn time_dispatches(gpu: &Gpu, dispatches: &[&Dispatch], reps: usize, trials: usize) -> Result<f64> {
-    let list: Vec<&Dispatch> = (0..reps).flat_map(|_| dispatches.iter().copied()).collect();
-    gpu.run(&list); // warm-up: pipeline and memory first touch
+    let list: Vec<Dispatch> = (0..reps).flat_map(|_| dispatches.iter().map(|&d| d.clone())).collect();
+    Ok(time_list(gpu, &list, trials)? / reps as f64)
+}
+
+/// Seconds per run of `dispatches`, the median of `reps` submits after a
+/// warm-up; GPU time where the adapter has timestamp queries.
+pub(crate) fn time_list(gpu: &Gpu, dispatches: &[Dispatch], reps: usize) -> Result<f64> {
+    let commands: Vec<Command> = dispatches.iter().cloned().map(Command::from).collect();
+    gpu.submit(&commands);
     gpu.wait()?;
-    let mut times: Vec<f64> = (0..trials)
-        .map(|_| {
-            let start = Instant::now();
-            gpu.run(&list);
-            gpu.wait().map(|_| start.elapsed().as_secs_f64() / reps as f64)
-        })
-        .collect::<Result<_>>()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        if gpu.features.timestamps {
+            gpu.start_timer(1)?;
+        }
+        gpu.submit(&commands);
+        gpu.wait()?;
+        let wall = start.elapsed().as_secs_f64();
+        let timed = pollster::block_on(gpu.stop_timer())?;
+        times.push(timed.map_or(wall, |t| t.gpu.as_secs_f64()));
+    }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
 }

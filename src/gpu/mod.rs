@@ -58,14 +58,18 @@ impl Gpu {
         let mut timer = self.timer_slot();
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("phi-web step") });
-        let passes = commands
-            .iter()
-            .enumerate()
-            .filter(|&(i, c)| {
-                matches!(c, Command::Dispatch(_)) && (i == 0 || !matches!(commands[i - 1], Command::Dispatch(_)))
-            })
-            .count();
         let stamps = timer.as_mut().and_then(|t| t.next());
+        // Compute passes (runs of dispatches), counted only while timing.
+        let passes = match stamps {
+            Some(_) => commands
+                .iter()
+                .enumerate()
+                .filter(|&(i, c)| {
+                    matches!(c, Command::Dispatch(_)) && (i == 0 || !matches!(commands[i - 1], Command::Dispatch(_)))
+                })
+                .count(),
+            None => 0,
+        };
         let mut pass_index = 0;
         let mut i = 0;
         while i < commands.len() {
@@ -95,6 +99,7 @@ impl Gpu {
             }
         }
         if let Some(t) = timer.as_mut().filter(|_| passes > 0) {
+            // Only a submit that took the timer's slot (next) resolves it.
             t.resolve(&mut encoder);
         }
         let index = self.queue.submit([encoder.finish()]);

@@ -24,8 +24,6 @@ pub(super) struct Timer {
 /// What a timer measured.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GpuTimes {
-    /// Submits timed (at most the capacity asked for).
-    pub submits: u32,
     /// Sum over the submits of GPU time from first pass start to last pass end.
     pub gpu: Duration,
     /// CPU time in `Gpu::submit` (command encoding and queue submission).
@@ -103,7 +101,7 @@ impl Gpu {
         let gpu_ns: f64 = (0..timer.submits as usize)
             .map(|i| ticks[i * stride + 1].saturating_sub(ticks[i * stride]) as f64 * period)
             .sum();
-        Ok(Some(GpuTimes { submits: timer.submits, gpu: Duration::from_nanos(gpu_ns as u64), encode: timer.encode }))
+        Ok(Some(GpuTimes { gpu: Duration::from_nanos(gpu_ns as u64), encode: timer.encode }))
     }
 
     pub(super) fn timer_slot(&self) -> std::sync::MutexGuard<'_, Option<Timer>> {

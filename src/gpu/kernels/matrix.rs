@@ -25,6 +25,24 @@ struct MatrixParams {
     _pad: [u32; 2],
 }
 
+impl MatrixParams {
+    /// W's shape, `tokens` rows of input, outputs into the slice `out`.
+    fn new(op: &'static str, w: &Matrix, tokens: usize, out: OutputSlice, bias_offset: usize) -> Result<MatrixParams> {
+        ensure_shape(out.offset + w.rows <= out.stride, op, || {
+            format!("{} outputs at offset {} overflow rows of {}", w.rows, out.offset, out.stride)
+        })?;
+        Ok(MatrixParams {
+            rows: u32_of(op, "rows", w.rows)?,
+            cols: u32_of(op, "cols", w.cols)?,
+            tokens: u32_of(op, "tokens", tokens)?,
+            y_stride: u32_of(op, "stride", out.stride)?,
+            y_offset: u32_of(op, "offset", out.offset)?,
+            bias_offset: u32_of(op, "bias offset", bias_offset)?,
+            _pad: [0; 2],
+        })
+    }
+}
+
 /// embedding_params.wgsl: `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -80,23 +98,12 @@ impl Kernels {
         out: OutputSlice,
     ) -> Result<Dispatch> {
         ensure_shape(tokens > 0, "linear", || "0 tokens".into())?;
-        ensure_shape(out.offset + w.rows <= out.stride, "linear", || {
-            format!("{} outputs at offset {} overflow rows of {}", w.rows, out.offset, out.stride)
-        })?;
+        let params = MatrixParams::new("linear", w, tokens, out, bias.map_or(0, |b| b.offset))?;
         need("linear", "x", x, tokens * w.cols * 4)?;
         need("linear", "y", y, ((tokens - 1) * out.stride + out.offset + w.rows) * 4)?;
         if let Some(b) = bias {
             need("linear", "bias", b.buffer, (b.offset + w.rows) * 4)?;
         }
-        let params = MatrixParams {
-            rows: u32_of("linear", "rows", w.rows)?,
-            cols: u32_of("linear", "cols", w.cols)?,
-            tokens: u32_of("linear", "tokens", tokens)?,
-            y_stride: u32_of("linear", "stride", out.stride)?,
-            y_offset: u32_of("linear", "offset", out.offset)?,
-            bias_offset: u32_of("linear", "bias offset", bias.map_or(0, |b| b.offset))?,
-            _pad: [0; 2],
-        };
         let variant = Variant { weights: Some(w.format), bias: bias.is_some(), ..Default::default() };
         let mut bindings = vec![(1, x), (2, y)];
         if let Some(b) = bias {
@@ -136,20 +143,9 @@ impl Kernels {
         ensure_shape(w.cols.is_multiple_of(quant::BLOCK), "matvec_after_silu_mul", || {
             format!("{} columns are not whole {}-column blocks", w.cols, quant::BLOCK)
         })?;
-        ensure_shape(out.offset + w.rows <= out.stride, "matvec_after_silu_mul", || {
-            format!("{} outputs at offset {} overflow rows of {}", w.rows, out.offset, out.stride)
-        })?;
+        let params = MatrixParams::new("matvec_after_silu_mul", w, 1, out, 0)?;
         need("matvec_after_silu_mul", "gate_up", gate_up, 2 * w.cols * 4)?;
         need("matvec_after_silu_mul", "y", y, (out.offset + w.rows) * 4)?;
-        let params = MatrixParams {
-            rows: u32_of("matvec_after_silu_mul", "rows", w.rows)?,
-            cols: u32_of("matvec_after_silu_mul", "cols", w.cols)?,
-            tokens: 1,
-            y_stride: u32_of("matvec_after_silu_mul", "stride", out.stride)?,
-            y_offset: u32_of("matvec_after_silu_mul", "offset", out.offset)?,
-            bias_offset: 0,
-            _pad: [0; 2],
-        };
         let variant = Variant { weights: Some(w.format), silu_input: true, ..Default::default() };
         let (shader, groups) = self.matvec_grid(w);
         Ok(self.dispatch(shader, variant, &params, &[(1, gate_up), (2, y)], w.bind_entries(), groups))

@@ -256,9 +256,9 @@ impl Kernels {
     /// The workgroup size `shader` is compiled with: the matvec kernels'
     /// comes from the tuning, every other's from its `Shader`.
     fn wg(&self, shader: &Shader) -> usize {
-        match shader.knobs {
-            Knobs::Matvec | Knobs::MatvecSubgroup if shader.name.starts_with("matvec") => self.tuning.matvec_wg,
-            _ => shader.wg,
+        match std::ptr::eq(shader, &MATVEC) || std::ptr::eq(shader, &MATVEC_SUBGROUP) {
+            true => self.tuning.matvec_wg,
+            false => shader.wg,
         }
     }
 
